@@ -1,0 +1,146 @@
+"""Tests for jaxrl_llm/evaluation.py: hand cases, brute-force enumeration, identities."""
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from jaxrl_llm import evaluation as ev
+
+
+def _brute_pass_at_k(n, c, k):
+    """Fraction of k-subsets of n samples (c correct) that contain a correct one."""
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_pass_at_k_matches_enumeration(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            got = float(ev.pass_at_k(n, c, k))
+            assert got == pytest.approx(_brute_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_hand_values_and_vectorised():
+    # n=4, c=1, k=2: 1 - C(3,2)/C(4,2) = 1 - 3/6 = 0.5.
+    assert float(ev.pass_at_k(4, 1, 2)) == pytest.approx(0.5)
+    # pass@1 is c / n.
+    c = np.array([0, 3, 7, 10])
+    np.testing.assert_allclose(ev.pass_at_k(10, c, 1), c / 10)
+    # n - c < k -> exactly 1; c = 0 -> exactly 0.
+    np.testing.assert_array_equal(ev.pass_at_k(10, np.array([9, 0]), 2), [1.0, 0.0])
+    # Large n does not overflow, and agrees with the closed form via lgamma.
+    n, cc, k = 256, 3, 128
+    ref = 1 - math.exp(math.lgamma(n - cc + 1) - math.lgamma(n - cc - k + 1)
+                       - math.lgamma(n + 1) + math.lgamma(n - k + 1))
+    assert float(ev.pass_at_k(n, cc, k)) == pytest.approx(ref, rel=1e-10)
+    # Monotone non-decreasing in k.
+    vals = [float(ev.pass_at_k(64, 5, k)) for k in range(1, 65)]
+    assert all(b >= a for a, b in zip(vals, vals[1:]))
+
+
+def test_pass_at_k_rejects_bad_input():
+    with pytest.raises(ValueError, match="exceeds"):
+        ev.pass_at_k(4, 1, 5)
+    with pytest.raises(ValueError, match="0 <= c <= n"):
+        ev.pass_at_k(4, 5, 1)
+
+
+def test_pass_at_ks_from_table():
+    correct = np.array([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
+    got = ev.pass_at_ks(correct)
+    assert list(got) == [1, 2, 4]
+    assert got[1] == pytest.approx((0.25 + 0 + 1) / 3)
+    assert got[2] == pytest.approx((0.5 + 0 + 1) / 3)
+    assert got[4] == pytest.approx(2 / 3)
+
+
+def test_maj_at_k_hand_cases():
+    answers = [["1", "2", "2", "1", "3"],      # k=3: "2" wins (2 votes); k=4: tie 1/2 -> "1" seen first
+               ["7", None, None, "8", "8"],    # k=3: only "7" votes; k=5: "8" wins 2:1
+               [None, None, None, None, None]]  # nobody votes -> wrong
+    correct = [[True, False, False, True, False],
+               [False, False, False, True, True],
+               [False] * 5]
+    np.testing.assert_array_equal(ev.maj_at_k(answers, correct, 1), [1, 0, 0])
+    np.testing.assert_array_equal(ev.maj_at_k(answers, correct, 3), [0, 0, 0])
+    np.testing.assert_array_equal(ev.maj_at_k(answers, correct, 4), [1, 0, 0])
+    # k=5: "1" and "2" tie 2:2 -> "1" seen first (right); prompt 1: "8" wins 2:1.
+    np.testing.assert_array_equal(ev.maj_at_k(answers, correct, 5), [1, 1, 0])
+    # A callable verifier gives the same as the table.
+    fn = lambda p, a: (p, a) in {(0, "1"), (1, "8")}
+    np.testing.assert_array_equal(ev.maj_at_k(answers, fn, 5), [1, 1, 0])
+
+
+def test_maj_at_k_expected_mode():
+    answers = [["a", "b", "b", "c"]]
+    correct = [[False, True, True, False]]
+    # k=1: expectation over single samples = fraction correct.
+    assert ev.maj_at_k(answers, correct, 1, mode="expected")[0] == pytest.approx(0.5)
+    # k=n: the only subset is the full set.
+    assert ev.maj_at_k(answers, correct, 4, mode="expected")[0] == 1.0
+    # k=2 by hand over the 6 pairs (ties -> earlier sample):
+    # ab->a, ab->a, ac->a, bb->b, bc->b, bc->b  => 3/6 correct.
+    assert ev.maj_at_k(answers, correct, 2, mode="expected")[0] == pytest.approx(0.5)
+    # Monte-Carlo branch (forced by max_subsets=1) approximates the exact value.
+    mc = ev.maj_at_k(answers, correct, 2, mode="expected", max_subsets=1, num_resamples=4000)
+    assert mc[0] == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ValueError, match="mode"):
+        ev.maj_at_k(answers, correct, 2, mode="best")
+
+
+def test_mean_at_k_difficulty_and_diversity():
+    rewards = np.array([[1.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]])
+    np.testing.assert_allclose(ev.mean_at_k(rewards, 2), [0.5, 0.0])
+    np.testing.assert_allclose(ev.mean_at_k(rewards, 4), [0.5, 0.5])
+
+    correct = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    acc = ev.per_difficulty_accuracy(correct, ["easy", "hard", "easy"])
+    assert acc == {"easy": {"accuracy": 0.75, "num_prompts": 2},
+                   "hard": {"accuracy": 0.0, "num_prompts": 1}}
+
+    answers = [["4", "4", "4", "4"], ["1", "2", None, None], ["1", "2", "3", "4"]]
+    np.testing.assert_allclose(ev.answer_entropy(answers),
+                               [0.0, -(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5)), math.log(4)])
+    np.testing.assert_allclose(ev.answer_entropy(answers, count_none=False),
+                               [0.0, math.log(2), math.log(4)])
+    okt = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [0, 1, 0, 1]], bool)
+    np.testing.assert_array_equal(ev.distinct_correct_answers(answers, okt), [1, 2, 2])
+
+
+def test_fit_entropy_performance_recovers_parameters():
+    h = np.linspace(0.05, 1.5, 20)
+    a, b = 0.3, 1.2
+    r = -a * np.exp(h) + b
+    got_a, got_b, r2 = ev.fit_entropy_performance(h, r)
+    assert got_a == pytest.approx(a, rel=1e-9) and got_b == pytest.approx(b, rel=1e-9)
+    assert r2 == pytest.approx(1.0)
+    noisy = r + np.random.default_rng(0).normal(0, 0.05, size=r.shape)
+    _, _, r2n = ev.fit_entropy_performance(h, noisy)
+    assert 0.5 < r2n < 1.0
+
+
+def test_summarize_samples_and_eval_json(tmp_path):
+    examples = [{"difficulty": 1}, {"difficulty": 2}]
+    completions = [["x=4", "x=5", "x=4", "?"], ["a", "b", "c", "d"]]
+    answers = [["4", "5", "4", None], ["a", "b", "c", "d"]]
+    rewards = [[1, 0, 1, 0], [0, 0, 0, 1]]
+    out = ev.summarize_samples(examples, completions, rewards, answers, ks=[1, 2, 4])
+    assert out["accuracy"] == pytest.approx(3 / 8)
+    assert out["pass@1"] == pytest.approx((0.5 + 0.25) / 2)
+    assert out["pass@2"] == pytest.approx((1 - 1 / 6 + 0.5) / 2)   # c=2: 1 - C(2,2)/C(4,2)
+    assert out["pass@4"] == pytest.approx(1.0)
+    assert out["maj@4"] == pytest.approx((1 + 0) / 2)               # "4" wins; a/b/c/d tie -> "a" wrong
+    assert out["mean@2"] == pytest.approx((0.5 + 0.0) / 2)
+    assert out["distinct_correct_answers"] == pytest.approx((1 + 1) / 2)
+    assert out["accuracy/difficulty_1"] == 0.5 and out["accuracy/difficulty_2"] == 0.25
+    assert out["num_samples"] == 4
+    path = ev.write_eval_json(str(tmp_path), out, step=7, n=4)
+    back = ev.read_eval_json(str(tmp_path))
+    assert back["step"] == 7 and back["metrics"]["pass@2"] == pytest.approx(out["pass@2"])
+    assert json.load(open(path))["n"] == 4
+    with pytest.raises(ValueError, match="every k"):
+        ev.summarize_samples(examples, completions, rewards, answers, ks=[8])
