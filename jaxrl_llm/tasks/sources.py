@@ -1,0 +1,106 @@
+"""Prompt sources: the one protocol through which the trainer gets prompts.
+
+    source.next(n) -> list[Example]        # the next n prompts
+    source.update(stats)                   # per-prompt outcomes of the last step
+    source.state_dict() / load_state_dict  # JSON-friendly; resume replays the same prompts
+
+`stats` is a list of dicts, one per prompt of the step:
+    {'id': str, 'rewards': [G floats], 'advantages': mean |advantage| (float), 'difficulty': int}
+
+Filters, replay and curricula (`jaxrl_llm.tasks.selection`) wrap a source and
+forward `update` to it, so they compose.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from jaxrl_llm.tasks.base import Example
+
+__all__ = ["PromptSource", "TaskSource", "ExampleStream", "check_stats"]
+
+_STAT_KEYS = ("id", "rewards", "advantages", "difficulty")
+
+
+@runtime_checkable
+class PromptSource(Protocol):
+    def next(self, n: int) -> list[Example]:
+        ...
+
+    def update(self, stats: Sequence[dict]) -> None:
+        ...
+
+    def state_dict(self) -> dict:
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        ...
+
+
+def check_stats(stats: Sequence[dict]) -> None:
+    """Raises ValueError naming the missing key when a per-prompt stat lacks one."""
+    for s in stats:
+        missing = [k for k in _STAT_KEYS if k not in s]
+        if missing:
+            raise ValueError(f"per-prompt stats need keys {_STAT_KEYS}; missing {missing} in {s!r}")
+
+
+class ExampleStream:
+    """Cycles deterministically through `examples`, reshuffled each epoch.
+
+    Epoch e visits the examples in the order `default_rng([seed, e]).permutation(len)`,
+    so the position (epoch, index) fully determines what comes next.
+    """
+
+    def __init__(self, examples: Sequence[Example], seed: int = 0, *, shuffle: bool = True):
+        if len(examples) == 0:
+            raise ValueError("ExampleStream needs at least one example")
+        self.examples = list(examples)
+        self.seed, self.shuffle = int(seed), shuffle
+        self.epoch, self.index = 0, 0
+        self._order = self._make_order()
+
+    def _make_order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.examples))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.examples))
+
+    def next(self, n: int) -> list[Example]:
+        if n < 0:
+            raise ValueError(f"n must be ≥ 0, got {n}")
+        out = []
+        for _ in range(n):
+            if self.index == len(self.examples):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._make_order()
+            out.append(self.examples[int(self._order[self.index])])
+            self.index += 1
+        return out
+
+    def update(self, stats: Sequence[dict]) -> None:
+        check_stats(stats)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "size": len(self.examples)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["size"]) != len(self.examples) or int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"prompt state is for {state['size']} examples with seed {state['seed']}, "
+                f"this source has {len(self.examples)} with seed {self.seed}"
+            )
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._order = self._make_order()
+
+
+class TaskSource(ExampleStream):
+    """The plain source: `num_examples` examples of `task`'s `split`, cycled in epoch-shuffled order.
+
+    TaskSource(task, split='train', seed=0) draws `task.examples(split, num_examples, seed)`
+    once; `num_examples=None` asks the task for all it has (dataset tasks).
+    """
+
+    def __init__(self, task: Any, split: str = "train", seed: int = 0, *, num_examples: int | None = 10_000):
+        self.task, self.split = task, split
+        super().__init__(task.examples(split, num_examples, seed), seed)
