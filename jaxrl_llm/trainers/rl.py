@@ -1,0 +1,421 @@
+"""The RL trainer loop (host side): what `python -m jaxrl_llm.main` runs.
+
+  prompts (B) → generate (G per prompt) → rewards on the host → reference / old log-probs →
+  critic values → token rewards → advantages → num_epochs × minibatches of the jitted
+  `train_step` (micro-batches scanned inside) → metrics → eval → checkpoint.
+
+The device work is in `rl_step`; this file wires the pieces, owns the resume logic
+(orbax state + data position), the NaN guard and the logging.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxrl_llm import checkpoint as ckpt_lib
+from jaxrl_llm import metrics as metrics_lib
+from jaxrl_llm import models
+from jaxrl_llm import parallel
+from jaxrl_llm import rollout as rollout_lib
+from jaxrl_llm import tasks as tasks_lib
+from jaxrl_llm.losses import kl as kl_lib
+from jaxrl_llm.trainers import config as config_lib
+from jaxrl_llm.trainers import rl_step, sft, text
+from jaxrl_llm.trainers.state import TrainState, make_optimizer
+
+__all__ = ["Trainer", "train", "TrainingStopped"]
+
+
+class TrainingStopped(RuntimeError):
+  """Raised when the NaN guard stops a run (the last good checkpoint is kept)."""
+
+
+@dataclasses.dataclass
+class Components:
+  """The host objects a run is built from (returned by `Trainer.setup` for reuse)."""
+  tokenizer: object
+  task: object
+  model_config: models.ModelConfig
+  mesh: object
+  rules: tuple
+
+
+def build_tokenizer(config, workdir):
+  path = config.tokenizer.path
+  if path == "builtin":
+    path = os.path.join(workdir, "tokenizer")
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+      models.build_builtin_tokenizer(path)
+  return models.load_tokenizer(path)
+
+
+def build_model_config(config, tokenizer):
+  m = config.model
+  if m.hf_path:
+    return models.ModelConfig.from_hf(m.hf_path, dtype=m.dtype, param_dtype=m.param_dtype,
+                                      remat=m.remat)
+  return models.ModelConfig(
+      vocab_size=len(tokenizer), hidden_size=m.hidden_size, num_layers=m.num_layers,
+      num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+      intermediate_size=m.intermediate_size, rope_theta=m.rope_theta,
+      tie_embeddings=m.tie_embeddings, qkv_bias=m.architecture == "qwen2",
+      qk_norm=m.architecture == "qwen3", dtype=m.dtype, param_dtype=m.param_dtype,
+      remat=m.remat, architecture=m.architecture, max_position_embeddings=1024,
+      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+      pad_token_id=tokenizer.pad_token_id)
+
+
+class Trainer:
+  """One RL run in one workdir; `run()` resumes from the workdir's last checkpoint."""
+
+  def __init__(self, config, workdir: str):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    config_lib.validate(config, num_devices=jax.device_count())
+    os.makedirs(self.workdir, exist_ok=True)
+    self.compiles = metrics_lib.CompileCounter()
+
+    c = config
+    self.tokenizer = build_tokenizer(c, self.workdir)
+    self.task = tasks_lib.make_task(c.task.name, **c.task.kwargs.to_dict())
+    self.model_config = build_model_config(c, self.tokenizer)
+    self.mesh = parallel.make_mesh({k: c.mesh[k] for k in ("data", "fsdp", "tensor")})
+    self.rules = tuple(tuple(r) for r in c.mesh.rules) or parallel.DEFAULT_RULES
+    self.batch_axes = ("data", "fsdp")
+    self.replicated = NamedSharding(self.mesh, P())
+    self.row_sharding = NamedSharding(self.mesh, P(self.batch_axes))
+    sizes = config_lib.derived_sizes(c)
+    self.rows, self.minibatch, self.microbatch = sizes["rows"], sizes["minibatch"], sizes["microbatch"]
+    self.sampling = rollout_lib.SamplingParams(
+        max_new_tokens=c.rollout.max_new_tokens, temperature=c.rollout.temperature,
+        top_k=c.rollout.top_k, top_p=c.rollout.top_p, min_p=c.rollout.min_p,
+        stop_token_ids=text.stop_ids(self.tokenizer), n=c.train.samples_per_prompt)
+    self.eval_sampling = rollout_lib.SamplingParams(
+        max_new_tokens=c.rollout.max_new_tokens,
+        temperature=c.eval.temperature if c.eval.temperature > 0 else 1.0,
+        greedy=c.eval.temperature <= 0, stop_token_ids=text.stop_ids(self.tokenizer),
+        n=c.eval.n)
+    self.optimizer = make_optimizer(c.optim, c.train.steps * c.train.num_epochs * (
+        self.rows // self.minibatch))
+    self.critic_optimizer = make_optimizer(
+        dict_to_optim(c.optim, lr=c.critic.lr), c.train.steps * c.train.num_epochs * (
+            self.rows // self.minibatch)) if c.critic.enabled else None
+    self.needs_ref = c.algo.kl.coef > 0 or c.algo.kl.log
+    self.checkpointer = ckpt_lib.Checkpointer(self.workdir, keep=c.checkpoint.keep)
+    self.writer = metrics_lib.MetricWriter(self.workdir)
+    self.pool = None
+    self.programs = None
+
+  # ----------------------------------------------------------------------------- set-up
+  def _param_shardings(self, specs):
+    return parallel.logical_to_sharding(specs, self.mesh, self.rules)
+
+  def _place(self, params, specs):
+    shardings = self._param_shardings(specs)
+    return jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
+
+  def initial_params(self, log=print):
+    """Policy params: a given checkpoint (HF folder), or random init + SFT warm start."""
+    c = self.config
+    specs = models.logical_axes(self.model_config)
+    if c.model.init_checkpoint or c.model.hf_path:
+      path = c.model.init_checkpoint or c.model.hf_path
+      _, params = models.load_hf(path, mesh=self.mesh, rules=self.rules,
+                                 dtype=c.model.param_dtype)
+      return params
+    sft_dir = os.path.join(self.workdir, "sft")
+    if os.path.exists(os.path.join(sft_dir, "config.json")):
+      log(f"SFT warm start: reusing {sft_dir}")
+      _, params = models.load_hf(sft_dir, mesh=self.mesh, rules=self.rules)
+      return params
+    init = jax.jit(models.init_params, static_argnums=0,
+                   out_shardings=self._param_shardings(specs))
+    params = init(self.model_config, jax.random.key(c.sft.seed))
+    if c.sft.steps > 0:
+      log(f"SFT warm start: {c.sft.steps} steps of batch {c.sft.batch_size}")
+      pairs = (sft.load_jsonl_pairs(c.sft.data_file) if c.sft.data_file else
+               sft.sft_pairs(self.task, max(2000, c.sft.batch_size), c.sft.seed))
+      params, loss = sft.sft_train(
+          self.model_config, params, self.tokenizer, pairs, steps=c.sft.steps,
+          batch_size=c.sft.batch_size, lr=c.sft.lr, warmup_steps=c.sft.warmup_steps,
+          seed=c.sft.seed, prompt_buckets=c.rollout.prompt_buckets,
+          completion_len=c.rollout.max_new_tokens)
+      log(f"SFT done, loss {loss:.4f}")
+      if jax.process_index() == 0:
+        models.save_hf(sft_dir, self.model_config, jax.device_get(params))
+    return params
+
+  def init_state(self, params) -> TrainState:
+    c = self.config
+    opt_state = jax.jit(self.optimizer.init)(params)
+    ref = jax.tree.map(jnp.copy, params) if self.needs_ref else None
+    critic_params = critic_opt = None
+    if c.critic.enabled:
+      vspecs = models.value_logical_axes(self.model_config)
+      init_v = jax.jit(lambda k, p: models.init_value_params(self.model_config, k, p),
+                       out_shardings=self._param_shardings(vspecs))
+      critic_params = init_v(jax.random.key(c.train.seed + 1), params)
+      critic_opt = jax.jit(self.critic_optimizer.init)(critic_params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                      rng=jax.random.key_data(jax.random.key(c.train.seed)),
+                      kl_coef=jnp.asarray(c.algo.kl.coef, jnp.float32), ref_params=ref,
+                      critic_params=critic_params, critic_opt_state=critic_opt)
+
+  # ----------------------------------------------------------------------------- rollouts
+  def _prompt_batch(self, examples):
+    ids = text.encode_prompts(self.tokenizer, [e.prompt for e in examples])
+    return rollout_lib.pad_prompts(ids, bucket_lengths=tuple(self.config.rollout.prompt_buckets),
+                                   pad_id=int(self.tokenizer.pad_token_id or 0))
+
+  def rollout(self, params, examples, key, sampling):
+    prompts = self._prompt_batch(examples)
+    ro = rollout_lib.generate(params, self.model_config, prompts, key, sampling,
+                              mesh=self.mesh, rules=self.rules)
+    completions = rollout_lib.decode_completions(self.tokenizer, ro)
+    return ro, completions
+
+  def score(self, completions, examples):
+    rewards, info = self.pool.score(self.task, completions, examples)
+    comps = info.get("components", {})
+    correct = comps.get("correct", (rewards >= 1.0 - 1e-6).astype(np.float32))
+    return np.asarray(rewards, np.float32), np.asarray(correct, np.float32), info
+
+  def evaluate(self, params, key_seed: int | None = None):
+    """Held-out accuracy (greedy by default) on `eval.size` test prompts."""
+    c = self.config
+    examples = self.task.examples("test", c.eval.size, c.eval.seed)
+    key = jax.random.key(c.eval.seed if key_seed is None else key_seed)
+    ro, completions = self.rollout(params, examples, key, self.eval_sampling)
+    rep = [e for e in examples for _ in range(c.eval.n)]
+    _, correct, _ = self.score(completions, rep)
+    per_prompt = correct.reshape(len(examples), c.eval.n)
+    acc = float(per_prompt.mean())
+    stderr = float(per_prompt.mean(axis=1).std(ddof=1) / np.sqrt(len(examples)))
+    out = {"eval/accuracy": acc, "eval/stderr": stderr}
+    out.update({f"eval/accuracy_d{d}": v for d, v in tasks_lib.per_difficulty_accuracy(
+        examples, correct).items()} if _has_difficulty(examples) else {})
+    del ro
+    return out
+
+  # ----------------------------------------------------------------------------- the loop
+  def run(self, log=print):
+    c = self.config
+    metrics_lib.write_provenance(self.workdir, c)
+    self.pool = tasks_lib.RewardPool(num_workers=c.task.reward_workers,
+                                     timeout_s=c.task.reward_timeout_s)
+    try:
+      return self._run(log)
+    finally:
+      self.pool.close()
+      self.writer.close()
+
+  def _run(self, log):
+    c = self.config
+    source = tasks_lib.TaskSource(self.task, split="train", seed=c.train.seed)
+    params = self.initial_params(log)
+    state = self.init_state(params)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    batch_sharding = rl_step.TrainBatch(
+        prompt_tokens=self.row_sharding, prompt_mask=self.row_sharding,
+        tokens=self.row_sharding, mask=self.row_sharding, old_logp=self.row_sharding,
+        advantages=self.row_sharding,
+        ref_logp=self.row_sharding if self.needs_ref else None,
+        old_values=self.row_sharding if c.critic.enabled else None,
+        returns=self.row_sharding if c.critic.enabled else None)
+    self.programs = rl_step.RLPrograms(
+        c, self.model_config, self.optimizer, self.critic_optimizer,
+        state_shardings=state_shardings, batch_sharding=batch_sharding,
+        replicated=self.replicated)
+    counters = {"bad_steps": 0, "skipped_total": 0, "reward_errors": 0, "reward_timeouts": 0,
+                "reward_nans": 0}
+    history = []
+    start_step = 0
+    if self.checkpointer.latest_step() is not None:
+      state, meta = self.checkpointer.restore(state)
+      source.load_state_dict(meta["source"])
+      counters.update(meta["counters"])
+      history = meta.get("history", [])
+      start_step = int(meta["step"])
+      log(f"resumed from step {start_step} ({self.checkpointer.directory})")
+    initial_eval = None
+    if start_step == 0:
+      initial_eval = self.evaluate(state.params)
+      self.writer.scalars(0, initial_eval)
+      log(f"held-out accuracy before RL: {initial_eval['eval/accuracy']:.3f} "
+          f"(± {initial_eval['eval/stderr']:.3f}, {c.eval.size} prompts)")
+      history.append({"step": 0, **initial_eval})
+
+    progress = _progress(c, start_step)
+    step = start_step
+    t_start = time.time()
+    for step in range(start_step, c.train.steps):
+      state, m = self.train_one_step(state, source, step, counters)
+      m.update({f"compiles": float(self.compiles.count)})
+      if log_every(step + 1, c.log.every):
+        self.writer.scalars(step + 1, m)
+      history.append({"step": step + 1, **{k: float(v) for k, v in m.items()
+                                            if k in _HISTORY_KEYS}})
+      if progress is not None:
+        progress.set_postfix(reward=f"{m['train/reward']:.3f}", acc=f"{m['train/accuracy']:.3f}")
+        progress.update(1)
+      if counters["bad_steps"] >= c.train.max_bad_steps:
+        msg = rl_step.nan_guard_message(counters["bad_steps"], c.train.max_bad_steps, step + 1)
+        logging.error(msg)
+        raise TrainingStopped(msg)
+      if c.eval.every and (step + 1) % c.eval.every == 0 and step + 1 < c.train.steps:
+        ev = self.evaluate(state.params)
+        self.writer.scalars(step + 1, ev)
+        history.append({"step": step + 1, **ev})
+      last = step + 1 == c.train.steps
+      if (c.checkpoint.every and (step + 1) % c.checkpoint.every == 0) or last:
+        if counters["bad_steps"] == 0:
+          self.checkpointer.save(step + 1, state, {"source": source.state_dict(),
+                                                    "counters": counters, "history": history})
+    if progress is not None:
+      progress.close()
+    final_eval = self.evaluate(state.params)
+    self.writer.scalars(c.train.steps, final_eval)
+    self.writer.flush()
+    summary = {"steps": c.train.steps, "final_eval": final_eval, "initial_eval": initial_eval,
+               "counters": counters, "seconds": time.time() - t_start,
+               "compiles_after_step_2": None, "history": history}
+    log(f"held-out accuracy after RL: {final_eval['eval/accuracy']:.3f} "
+        f"(± {final_eval['eval/stderr']:.3f})")
+    log(f"TensorBoard logs: tensorboard --logdir {self.workdir}")
+    if jax.process_index() == 0:
+      with open(os.path.join(self.workdir, "done.json"), "w") as f:
+        json.dump({k: v for k, v in summary.items() if k != "history"}, f, indent=2)
+    self.state = state
+    return summary
+
+  def train_one_step(self, state, source, step, counters):
+    """One RL step (rollout → rewards → advantages → update); returns (state, metrics)."""
+    c = self.config
+    timings = {}
+    t0 = time.time()
+    examples = source.next(c.train.prompts_per_step)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
+    ro, completions = self.rollout(state.params, examples, key, self.sampling)
+    ro = jax.block_until_ready(ro)
+    timings["time/rollout"] = time.time() - t0
+
+    t0 = time.time()
+    rep = [e for e in examples for _ in range(c.train.samples_per_prompt)]
+    rewards, correct, info = self.score(completions, rep)
+    for k_src, k_dst in (("errors", "reward_errors"), ("timeouts", "reward_timeouts"),
+                         ("nans", "reward_nans")):
+      counters[k_dst] += int(info.get(k_src, 0))
+    timings["time/reward"] = time.time() - t0
+
+    t0 = time.time()
+    mask = ro.mask.astype(jnp.float32)
+    old_logp = ro.sampler_logp
+    if c.algo.recompute_old_logp:
+      old_logp = self.programs.logprobs(state.params, ro, self.microbatch)
+    ref_logp = self.programs.logprobs(state.ref_params, ro, self.microbatch) if (
+        self.needs_ref) else None
+    values = self.programs.values(state.critic_params, ro, self.microbatch) if (
+        c.critic.enabled) else None
+    ro = ro.replace(rewards=jnp.asarray(rewards), old_logp=old_logp, ref_logp=ref_logp,
+                    values=values)
+    timings["time/logprob"] = time.time() - t0
+
+    token_rewards, adv, ret, weight = rl_step.compute_advantages(c, ro, jnp.asarray(rewards))
+    ro = ro.replace(token_rewards=token_rewards, advantages=adv, returns=ret,
+                    sample_weight=weight)
+    loss_mask = mask * weight[:, None]
+    if c.data.mask_truncated:
+      loss_mask = loss_mask * (1.0 - ro.truncated.astype(jnp.float32))[:, None]
+    batch = rl_step.TrainBatch(
+        prompt_tokens=ro.prompt_tokens, prompt_mask=ro.prompt_mask, tokens=ro.tokens,
+        mask=loss_mask, old_logp=old_logp, advantages=adv, ref_logp=ref_logp,
+        old_values=values, returns=ret if c.critic.enabled else None)
+
+    t0 = time.time()
+    perm_rng = np.random.default_rng([c.train.seed, step])
+    step_metrics = []
+    for _ in range(c.train.num_epochs):
+      for idx in rl_step.sample_indices(perm_rng, self.rows, self.minibatch):
+        idx = np.sort(idx) if self.minibatch == self.rows else idx
+        mb = jax.tree.map(lambda x: x[idx], batch)
+        state, m = self.programs.train_step(state, mb)
+        step_metrics.append(m)
+    step_metrics = jax.device_get(step_metrics)
+    timings["time/update"] = time.time() - t0
+    skipped = sum(float(m["skipped"]) for m in step_metrics)
+    counters["skipped_total"] += int(skipped)
+    counters["bad_steps"] = counters["bad_steps"] + 1 if skipped == len(step_metrics) else 0
+
+    new_kl = state.kl_coef
+    if self.needs_ref and c.algo.kl.target > 0:
+      kl_now = float(np.mean([m.get("kl", 0.0) for m in step_metrics]))
+      ctl = kl_lib.AdaptiveKLController(float(c.algo.kl.coef), float(c.algo.kl.target),
+                                        float(c.algo.kl.horizon))
+      new_kl = ctl.update(kl_lib.KLControllerState(coef=state.kl_coef), kl_now, self.rows).coef
+    ref_params = state.ref_params
+    if self.needs_ref and c.algo.kl.ref_reset_every and (step + 1) % c.algo.kl.ref_reset_every == 0:
+      ref_params = jax.tree.map(jnp.copy, state.params)
+    state = state.replace(step=state.step + 1, kl_coef=jnp.asarray(new_kl, jnp.float32),
+                          ref_params=ref_params)
+
+    m = {k: float(np.mean([float(x[k]) for x in step_metrics])) for k in step_metrics[0]}
+    lengths = np.asarray(ro.mask).sum(axis=1)
+    out = {f"train/{k}": v for k, v in m.items()}
+    out.update({
+        "train/reward": float(rewards.mean()), "train/accuracy": float(correct.mean()),
+        "train/response_length": float(lengths.mean()),
+        "train/response_length_max": float(lengths.max()),
+        "train/truncated_frac": float(np.asarray(ro.truncated).mean()),
+        "train/kl_coef": float(new_kl),
+        "reward/errors": counters["reward_errors"], "reward/timeouts": counters["reward_timeouts"],
+        "reward/nans": counters["reward_nans"], "train/skipped_total": counters["skipped_total"],
+    })
+    out.update(rl_step.advantage_stats(adv, loss_mask))
+    out.update({f"reward/{k}": float(np.mean(v)) for k, v in info.get("components", {}).items()})
+    total_time = sum(timings.values())
+    out.update(timings)
+    out["throughput/tokens_per_s"] = float(lengths.sum() / max(total_time, 1e-9))
+    if self.config.log.samples and (step % 10 == 0):
+      sample_text = "\n\n".join(f"{e.prompt} → {comp!r} (reward {r:.2f})" for e, comp, r in zip(
+          rep[:self.config.log.samples], completions, rewards))
+      self.writer.text(step + 1, "samples", sample_text)
+    return state, out
+
+
+_HISTORY_KEYS = ("train/reward", "train/accuracy", "train/entropy", "train/kl",
+                 "train/loss/total", "train/grad_norm", "train/response_length", "compiles")
+
+
+def _has_difficulty(examples):
+  return any(getattr(e, "difficulty", 0) for e in examples)
+
+
+def log_every(step, every):
+  return every > 0 and step % every == 0
+
+
+def _progress(c, start):
+  if not c.log.progress or jax.process_index() != 0:
+    return None
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=c.train.steps, initial=start, desc="RL", dynamic_ncols=True)
+
+
+def dict_to_optim(optim, **overrides):
+  d = optim.to_dict()
+  d.update(overrides)
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict(d)
+
+
+def train(config, workdir, log=print):
+  """Runs (or resumes) one RL run; returns the summary dict."""
+  return Trainer(config, workdir).run(log=log)

@@ -1,0 +1,347 @@
+"""The RL update and its jitted programs: rollouts → rewards → log-probs → advantages → one jitted update.
+
+One step, as data flows:
+  prompts (B) → `generate` (n = G) → rewards (host pool) → reference log-probs (when a KL is
+  used or logged) → old log-probs (the sampler's, or recomputed) → critic values → token
+  rewards → advantages (registry) → num_epochs × minibatches of `train_step`, which scans
+  over micro-batches and accumulates gradients exactly (losses are normalised by the
+  minibatch's global token / sequence counts) → metrics → eval → checkpoint.
+
+The jitted functions live in `RLPrograms` and are built once per shape, with explicit
+in/out shardings and donated state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_llm.losses import aggregation as agg_lib
+from jaxrl_llm.losses import kl as kl_lib
+from jaxrl_llm.losses import registry
+from jaxrl_llm.losses import value as value_lib
+from jaxrl_llm.losses.advantages import to_token_rewards
+from jaxrl_llm.trainers.state import TrainState, completion_logprobs, completion_values
+
+__all__ = ["TrainBatch", "RLPrograms", "batch_counts"]
+
+# Losses whose batch statistics come from the current policy on the whole minibatch.
+_NEEDS_POLICY_STATS = ("clip_cov", "kl_cov")
+
+
+@flax.struct.dataclass
+class TrainBatch:
+  """The arrays one update reads; rows [N] are sequences, [N, T] tokens."""
+  prompt_tokens: jax.Array
+  prompt_mask: jax.Array
+  tokens: jax.Array
+  mask: jax.Array                 # completion mask × sample_weight (float32)
+  old_logp: jax.Array
+  advantages: jax.Array
+  ref_logp: Any = None
+  old_values: Any = None
+  returns: Any = None
+
+
+def batch_counts(mask, num_micro: int):
+  """Global token and sequence counts of a minibatch (from the weighted mask)."""
+  del num_micro
+  num_tokens = jnp.sum(mask)
+  num_seqs = jnp.sum((jnp.sum(mask, axis=-1) > 0).astype(jnp.float32))
+  return num_tokens, num_seqs
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+  """Static loss options, read once from `config.algo` (hashable: part of the jit key)."""
+  policy_loss: str
+  aggregation: str
+  clip_low: float
+  clip_high: float
+  dual_clip: float | None
+  norm_constant: float | None
+  entropy_coef: float
+  kl_in_loss: bool
+  kl_kind: str
+  forking_tokens: float
+  temperature: float
+  logprob_chunk: int
+  vf_coef: float
+  value_clip: float
+  loss_kwargs: tuple
+
+  @classmethod
+  def from_config(cls, c):
+    norm = c.algo.norm_constant or float(c.rollout.max_new_tokens)
+    return cls(
+        policy_loss=c.algo.policy_loss, aggregation=c.algo.aggregation,
+        clip_low=float(c.algo.clip_low), clip_high=float(c.algo.clip_high),
+        dual_clip=float(c.algo.dual_clip) if c.algo.dual_clip else None,
+        norm_constant=float(norm), entropy_coef=float(c.algo.entropy_coef),
+        kl_in_loss=c.algo.kl.placement == "loss" and c.algo.kl.coef > 0,
+        kl_kind=c.algo.kl.kind, forking_tokens=float(c.algo.forking_tokens),
+        temperature=float(c.rollout.temperature), logprob_chunk=int(c.train.logprob_chunk),
+        vf_coef=float(c.algo.vf_coef), value_clip=float(c.algo.value_clip),
+        loss_kwargs=tuple(sorted(c.algo.loss_kwargs.to_dict().items())))
+
+
+def _agg(x, mask, s: LossSettings, num_tokens, num_seqs):
+  return agg_lib.aggregate(x, mask, s.aggregation, num_tokens=num_tokens, num_seqs=num_seqs,
+                           norm_constant=s.norm_constant)
+
+
+def policy_micro_loss(params, mb: TrainBatch, stats, kl_coef, key, *, model_config,
+                      s: LossSettings, num_tokens, num_seqs):
+  """Loss of one micro-batch, normalised by the minibatch's global counts."""
+  need_entropy = s.entropy_coef != 0.0 or s.forking_tokens > 0 or True
+  logp, ent = completion_logprobs(model_config, params, mb.prompt_tokens, mb.prompt_mask,
+                                  mb.tokens, temperature=s.temperature, chunk=s.logprob_chunk,
+                                  with_entropy=need_entropy)
+  mask = mb.mask
+  pg_mask = mask
+  if s.forking_tokens > 0:
+    keep = (jax.lax.stop_gradient(ent) >= stats["forking_threshold"]).astype(mask.dtype)
+    pg_mask = mask * keep
+  pg_stats = {k: v for k, v in stats.items() if k != "forking_threshold"} or None
+  pg_loss, pg_metrics = registry.compute_policy_loss(
+      s.policy_loss, logp, mb.old_logp, mb.advantages, pg_mask, agg=s.aggregation,
+      num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=s.norm_constant,
+      clip_low=s.clip_low, clip_high=s.clip_high, dual_clip=s.dual_clip, stats=pg_stats,
+      key=key, **dict(s.loss_kwargs))
+  loss = pg_loss
+  tok_frac = jnp.sum(mask) / jnp.maximum(num_tokens, 1.0)
+  metrics = {f"pg/{k}": v * tok_frac for k, v in pg_metrics.items()}
+  metrics["loss/policy"] = pg_loss
+  token_sum = lambda x: jnp.sum(x * mask) / jnp.maximum(num_tokens, 1.0)
+  metrics["entropy"] = token_sum(ent)
+  if mb.ref_logp is not None:
+    kl_tok = kl_lib.kl_estimate(logp, mb.ref_logp, kind=s.kl_kind)
+    metrics["kl"] = token_sum(kl_tok)
+    if s.kl_in_loss:
+      kl_loss = _agg(kl_tok, mask, s, num_tokens, num_seqs)
+      loss = loss + kl_coef * kl_loss
+      metrics["loss/kl"] = kl_loss
+  if s.entropy_coef:
+    ent_term = _agg(ent, mask, s, num_tokens, num_seqs)
+    loss = loss - s.entropy_coef * ent_term
+  metrics["loss/total"] = loss
+  return loss, metrics
+
+
+def critic_micro_loss(critic_params, mb: TrainBatch, *, model_config, s: LossSettings,
+                      num_tokens, num_seqs):
+  values = completion_values(model_config, critic_params, mb.prompt_tokens, mb.prompt_mask,
+                             mb.tokens)
+  loss, m = value_lib.clipped_value_loss(values, mb.old_values, mb.returns, mb.mask,
+                                         clip=s.value_clip, agg="token-mean",
+                                         num_tokens=num_tokens, num_seqs=num_seqs)
+  tok_frac = jnp.sum(mb.mask) / jnp.maximum(num_tokens, 1.0)
+  return s.vf_coef * loss, {f"critic/{k}": v * tok_frac for k, v in m.items()} | {
+      "critic/loss": loss}
+
+
+def _split_micro(tree, num_micro):
+  return jax.tree.map(lambda x: x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:]),
+                      tree)
+
+
+def _tree_where(pred, a, b):
+  return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def train_step(state: TrainState, batch: TrainBatch, *, model_config, s: LossSettings,
+               num_micro: int, optimizer, critic_optimizer, policy_warmup: int):
+  """One optimiser update on a minibatch: scan over micro-batches, exact accumulation."""
+  num_tokens, num_seqs = batch_counts(batch.mask, num_micro)
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 7)
+  micro = _split_micro(batch, num_micro)
+
+  stats = {}
+  if s.policy_loss in _NEEDS_POLICY_STATS or s.forking_tokens > 0:
+    def fwd(_, mb):
+      lp, ent = completion_logprobs(model_config, state.params, mb.prompt_tokens,
+                                    mb.prompt_mask, mb.tokens, temperature=s.temperature,
+                                    chunk=s.logprob_chunk, with_entropy=True)
+      return None, (lp, ent)
+    _, (lp, ent) = jax.lax.scan(fwd, None, micro)
+    lp = lp.reshape(batch.mask.shape)
+    ent = ent.reshape(batch.mask.shape)
+    if s.policy_loss in _NEEDS_POLICY_STATS:
+      stats.update(registry.policy_loss_stats(s.policy_loss, lp, batch.advantages, batch.mask,
+                                              key=key, **dict(s.loss_kwargs)))
+    if s.forking_tokens > 0:
+      stats["forking_threshold"] = _masked_quantile(ent, batch.mask, 1.0 - s.forking_tokens)
+
+  grad_fn = jax.value_and_grad(policy_micro_loss, has_aux=True)
+
+  def body(carry, mb):
+    grads, metrics = carry
+    (_, m), g = grad_fn(state.params, mb, stats, state.kl_coef, key, model_config=model_config,
+                        s=s, num_tokens=num_tokens, num_seqs=num_seqs)
+    grads = jax.tree.map(jnp.add, grads, g)
+    metrics = jax.tree.map(jnp.add, metrics, m)
+    return (grads, metrics), None
+
+  zero_g = jax.tree.map(jnp.zeros_like, state.params)
+  _, m_shape = jax.eval_shape(
+      lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), stats, state.kl_coef,
+                      key, model_config=model_config, s=s, num_tokens=num_tokens,
+                      num_seqs=num_seqs))[0]
+  zero_m = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), m_shape)
+  (grads, metrics), _ = jax.lax.scan(body, (zero_g, zero_m), micro)
+
+  grad_norm = _global_norm(grads)
+  finite = jnp.isfinite(metrics["loss/total"]) & jnp.isfinite(grad_norm)
+  policy_on = finite & (state.step >= policy_warmup)
+  updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+  new_params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state.params, updates)
+  params = _tree_where(policy_on, new_params, state.params)
+  opt_state = _tree_where(policy_on, new_opt, state.opt_state)
+  metrics["grad_norm"] = grad_norm
+  metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
+  metrics["num_tokens"] = num_tokens
+
+  critic_params, critic_opt = state.critic_params, state.critic_opt_state
+  if critic_params is not None:
+    cgrad_fn = jax.value_and_grad(critic_micro_loss, has_aux=True)
+
+    def cbody(carry, mb):
+      g_acc, m_acc = carry
+      (_, m), g = cgrad_fn(critic_params, mb, model_config=model_config, s=s,
+                           num_tokens=num_tokens, num_seqs=num_seqs)
+      return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, m_acc, m)), None
+
+    _, cm_shape = jax.eval_shape(lambda: cgrad_fn(
+        critic_params, jax.tree.map(lambda x: x[0], micro), model_config=model_config, s=s,
+        num_tokens=num_tokens, num_seqs=num_seqs))[0]
+    zero_cm = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cm_shape)
+    (cgrads, cmetrics), _ = jax.lax.scan(
+        cbody, (jax.tree.map(jnp.zeros_like, critic_params), zero_cm), micro)
+    cfinite = jnp.isfinite(cmetrics["critic/loss"]) & jnp.isfinite(_global_norm(cgrads))
+    cupd, new_copt = critic_optimizer.update(cgrads, critic_opt, critic_params)
+    new_cp = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), critic_params, cupd)
+    critic_params = _tree_where(cfinite, new_cp, critic_params)
+    critic_opt = _tree_where(cfinite, new_copt, critic_opt)
+    metrics.update(cmetrics)
+
+  new_state = state.replace(params=params, opt_state=opt_state, critic_params=critic_params,
+                            critic_opt_state=critic_opt)
+  return new_state, metrics
+
+
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                      for x in jax.tree.leaves(tree)))
+
+
+def _masked_quantile(x, mask, q):
+  """The q-quantile of x over mask > 0 (lower interpolation), computed with a sort."""
+  flat = jnp.where(mask.reshape(-1) > 0, x.reshape(-1), jnp.inf)
+  count = jnp.sum(mask > 0)
+  srt = jnp.sort(flat)
+  idx = jnp.clip(jnp.floor(q * (count - 1)).astype(jnp.int32), 0, flat.shape[0] - 1)
+  return srt[idx]
+
+
+class RLPrograms:
+  """The jitted programs of a run (update, log-prob and value passes), built once."""
+
+  def __init__(self, config, model_config, optimizer, critic_optimizer, *, state_shardings,
+               batch_sharding, replicated):
+    self.settings = LossSettings.from_config(config)
+    self.model_config = model_config
+    self.num_micro = config.train.minibatch_size // config.train.microbatch_size if (
+        config.train.minibatch_size and config.train.microbatch_size) else (
+            _rows(config) // config.train.microbatch_size if config.train.microbatch_size else 1)
+    self.batch_sharding = batch_sharding
+    step_fn = functools.partial(
+        train_step, model_config=model_config, s=self.settings, num_micro=self.num_micro,
+        optimizer=optimizer, critic_optimizer=critic_optimizer,
+        policy_warmup=int(config.critic.warmup_steps) if config.critic.enabled else 0)
+    self.train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                              out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    chunk = self.settings.logprob_chunk
+    temp = self.settings.temperature
+
+    def logp_fn(params, prompt_tokens, prompt_mask, tokens):
+      return completion_logprobs(model_config, params, prompt_tokens, prompt_mask, tokens,
+                                 temperature=temp, chunk=chunk, with_entropy=False)[0]
+
+    def value_fn(critic_params, prompt_tokens, prompt_mask, tokens):
+      return completion_values(model_config, critic_params, prompt_tokens, prompt_mask, tokens)
+
+    self._logp = jax.jit(logp_fn, out_shardings=batch_sharding)
+    self._values = jax.jit(value_fn, out_shardings=batch_sharding)
+
+  def logprobs(self, params, rollout, micro_rows: int):
+    return _in_chunks(self._logp, params, rollout, micro_rows)
+
+  def values(self, critic_params, rollout, micro_rows: int):
+    return _in_chunks(self._values, critic_params, rollout, micro_rows)
+
+
+def _rows(config):
+  return config.train.prompts_per_step * config.train.samples_per_prompt
+
+
+def _in_chunks(fn, params, rollout, rows):
+  """Runs a forward pass over the batch `rows` sequences at a time (memory-lean)."""
+  n = rollout.tokens.shape[0]
+  rows = rows or n
+  outs = [fn(params, rollout.prompt_tokens[i:i + rows], rollout.prompt_mask[i:i + rows],
+             rollout.tokens[i:i + rows]) for i in range(0, n, rows)]
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
+
+
+def compute_advantages(config, rollout, rewards, greedy_rewards=None):
+  """Token rewards (with a KL penalty in the reward when configured) and advantages."""
+  a = config.algo
+  mask = rollout.mask.astype(jnp.float32)
+  kl = None
+  if a.kl.placement == "reward" and rollout.ref_logp is not None:
+    kl = kl_lib.kl_estimate(rollout.old_logp, rollout.ref_logp, kind=a.kl.kind)
+  token_rewards = to_token_rewards(rewards, mask, kl=kl,
+                                   kl_coef=float(a.kl.coef) if kl is not None else 0.0)
+  adv, ret, weight = registry.compute_advantages(
+      a.advantage, rewards=rewards, mask=mask, group_size=config.train.samples_per_prompt,
+      token_rewards=token_rewards, values=rollout.values, greedy_rewards=greedy_rewards,
+      gamma=a.gamma, lam=a.lam, eps=a.eps, ddof=a.ddof, w_lambda=a.w_lambda)
+  return token_rewards, adv, ret, weight
+
+
+def advantage_stats(adv, mask):
+  m = np.asarray(mask) > 0
+  a = np.asarray(adv)[m]
+  if a.size == 0:
+    return {"adv/mean": 0.0, "adv/std": 0.0, "adv/abs_mean": 0.0}
+  return {"adv/mean": float(a.mean()), "adv/std": float(a.std()),
+          "adv/abs_mean": float(np.abs(a).mean())}
+
+
+def sample_indices(rng: np.random.Generator, n: int, minibatch: int):
+  perm = rng.permutation(n)
+  return [perm[i:i + minibatch] for i in range(0, n, minibatch)]
+
+
+def nan_guard_message(bad: int, limit: int, step: int) -> str:
+  return (f"stopping: {bad} consecutive steps had a non-finite loss or gradient "
+          f"(limit train.max_bad_steps = {limit}) at step {step}; the last good checkpoint "
+          "is kept in the workdir")
+
+
+def log_every(step, every):
+  return every > 0 and step % every == 0
+
+
+def ceil_div(a, b):
+  return -(-a // b)
+
+
+del logging, math
