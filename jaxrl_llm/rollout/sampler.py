@@ -1,0 +1,269 @@
+"""`generate`: one jitted program per shape does prefill + a `while_loop` decode.
+
+    rollout = generate(params, config, prompts, key, sampling, *, mesh=None, rules=None)
+
+The program, compiled once per (config, batch bucket B, prompt bucket P,
+static sampling fields, mesh, rules):
+
+1. Prefill the B distinct prompts once (last-position logits only,
+   `apply(..., last_only=True)`) into a small [L, B, P] KV cache; copy it `n`
+   times into the rows of the full [L, N = B·n, P + T] cache, which is a
+   donated input buffer, updated in place from there on.
+2. Draw token 0 for all N rows (the n copies of a prompt draw independently).
+3. `lax.while_loop` over steps 1..T-1: feed the last token at position
+   `len(prompt) + t - 1`, draw the next token, record
+   `token_logprobs(logits, token, temperature)`. The loop exits as soon as
+   every row has emitted a stop id (or at T). A row's mask is 1 up to and
+   including its stop token; later positions hold token 0, log-prob 0.
+
+Randomness: step t draws with `fold_in(key, t)`, one uniform per row
+(`sampling.sample_tokens`), so the same key gives the same rollout, on any mesh.
+
+Sharding: `params` are used with the shardings they already have (the
+trainer's own pytree: no copy, no second model). With a `mesh`, prompts, the
+cache and the outputs are split over the mesh axes that `rules` map the
+logical `batch` axis to, KV heads over those of `kv_heads`, and the model's
+own logical constraints apply inside (run under `jax.sharding.set_mesh` and
+`flax.linen.logical_axis_rules`).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxrl_llm import models
+from jaxrl_llm.parallel import axes as A
+from jaxrl_llm.rollout.logprobs import token_logprobs
+from jaxrl_llm.rollout.sampling import sample_tokens
+from jaxrl_llm.rollout.types import PromptBatch, Rollout, SamplingParams
+
+__all__ = ["generate", "generate_with_cache", "init_sampler_cache", "cache_logical_axes"]
+
+Params = Any
+
+
+def cache_logical_axes() -> dict:
+    """Logical axis names of the KV cache (`models.init_cache` layout)."""
+    kv = (A.LAYERS, A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM)
+    return {"k": kv, "v": kv, "mask": (A.BATCH, A.KV_LENGTH), "index": ()}
+
+
+def _rules_tuple(rules) -> tuple:
+    if rules is None:
+        rules = A.DEFAULT_RULES
+    return tuple((str(name), None if axis is None else
+                  (tuple(axis) if isinstance(axis, (list, tuple)) else axis))
+                 for name, axis in rules)
+
+
+def _named(mesh, rules, names, shape) -> NamedSharding:
+    """Sharding from logical names; a mesh axis that does not divide its dimension is dropped."""
+    return NamedSharding(mesh, A.logical_to_spec(names, rules, mesh, shape, what="sampler"))
+
+
+def _cache_shardings(config, rows, max_len, mesh, rules):
+    if mesh is None:
+        return None
+    kv = (config.num_layers, rows, max_len, config.num_kv_heads, config.head_dim)
+    shapes = {"k": kv, "v": kv, "mask": (rows, max_len), "index": ()}
+    return {name: _named(mesh, rules, names, shapes[name])
+            for name, names in cache_logical_axes().items()}
+
+
+def _rollout_shardings(rows, prompt_len, max_new, mesh, rules):
+    if mesh is None:
+        return None
+    prompt = _named(mesh, rules, (A.BATCH, A.LENGTH), (rows, prompt_len))
+    comp = _named(mesh, rules, (A.BATCH, A.LENGTH), (rows, max_new))
+    vec = _named(mesh, rules, (A.BATCH,), (rows,))
+    return Rollout(prompt_tokens=prompt, prompt_mask=prompt, tokens=comp, mask=comp,
+                   sampler_logp=comp, group_id=vec, truncated=vec)
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_initializer(config, rows: int, max_len: int, mesh, rules):
+    fn = functools.partial(models.init_cache, config, rows, max_len)
+    return jax.jit(fn, out_shardings=_cache_shardings(config, rows, max_len, mesh, rules))
+
+
+def init_sampler_cache(config, rows: int, max_len: int, *, mesh=None, rules=None) -> dict:
+    """A zeroed KV cache for `rows` rows and `max_len = P + T` slots, sharded like the sampler's."""
+    rules = _rules_tuple(rules)
+    return _cache_initializer(config, int(rows), int(max_len), mesh, rules)()
+
+
+# ----------------------------------------------------------------------- program
+def _prefill(config, params, tokens, mask, n, cache):
+    """Prefill B prompts, write them n times into the N-row cache. Returns (logits [N, V], cache, plen [N])."""
+    b, p = tokens.shape
+    # A fully padded row (batch padding) gets one valid slot so attention stays finite.
+    empty = mask.sum(axis=-1) == 0
+    mask = mask.at[:, -1].set(jnp.where(empty, 1, mask[:, -1]))
+    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    small = models.init_cache(config, b, p, cache["k"].dtype)
+    logits, small = models.apply(config, params, tokens, positions, mask, small, last_only=True)
+    rep = lambda x: jnp.repeat(x, n, axis=1) if n > 1 else x  # noqa: E731
+    zero = jnp.zeros((), jnp.int32)
+    k = jax.lax.dynamic_update_slice(cache["k"], rep(small["k"]), (zero,) * 5)
+    v = jax.lax.dynamic_update_slice(cache["v"], rep(small["v"]), (zero,) * 5)
+    cache_mask = jnp.zeros_like(cache["mask"]).at[:, :p].set(
+        jnp.repeat(mask, n, axis=0).astype(cache["mask"].dtype))
+    cache = {"k": k, "v": v, "mask": cache_mask, "index": jnp.asarray(p, jnp.int32)}
+    logits = jnp.repeat(logits[:, 0, :], n, axis=0)
+    plen = jnp.repeat(mask.sum(axis=-1), n, axis=0)
+    return logits, cache, plen, jnp.repeat(empty, n, axis=0)
+
+
+def _is_stop(tokens, stop_ids):
+    if not stop_ids:
+        return jnp.zeros(tokens.shape, bool)
+    return jnp.isin(tokens, jnp.asarray(stop_ids, tokens.dtype))
+
+
+def _program(config, static, constrain, params, prompt_tokens, prompt_mask, key, floats, cache):
+    max_new, n, stop_ids, top_k, greedy = static
+    temperature, top_p, min_p = floats[0], floats[1], floats[2]
+    b, p = prompt_tokens.shape
+    rows = b * n
+
+    def draw(t, logits):
+        tok = sample_tokens(jax.random.fold_in(key, t), logits, temperature, top_p, min_p,
+                            top_k=top_k, greedy=greedy)
+        return tok, token_logprobs(logits, tok, temperature)
+
+    logits, cache, plen, empty = _prefill(config, params, prompt_tokens, prompt_mask, n, cache)
+    cache = constrain["cache"](cache)
+    tok, lp = draw(0, logits)
+    alive = ~empty
+    out_tokens = jnp.zeros((rows, max_new), jnp.int32).at[:, 0].set(jnp.where(alive, tok, 0))
+    out_logp = jnp.zeros((rows, max_new), jnp.float32).at[:, 0].set(jnp.where(alive, lp, 0.0))
+    length = alive.astype(jnp.int32)
+    done = empty | _is_stop(tok, stop_ids)
+    ones = jnp.ones((rows, 1), jnp.int32)
+
+    def cond(state):
+        t, _, _, done, *_ = state
+        return (t < max_new) & ~jnp.all(done)
+
+    def body(state):
+        t, cache, prev, done, out_tokens, out_logp, length = state
+        pos = (plen + t - 1)[:, None]
+        logits, cache = models.apply(config, params, prev[:, None], pos, ones, cache)
+        cache = constrain["cache"](cache)
+        tok, lp = draw(t, logits[:, 0, :])
+        alive = ~done
+        out_tokens = jax.lax.dynamic_update_slice(
+            out_tokens, jnp.where(alive, tok, 0)[:, None], (jnp.zeros((), jnp.int32), t))
+        out_logp = jax.lax.dynamic_update_slice(
+            out_logp, jnp.where(alive, lp, 0.0)[:, None], (jnp.zeros((), jnp.int32), t))
+        length = length + alive
+        done = done | _is_stop(tok, stop_ids)
+        return t + 1, cache, tok, done, out_tokens, out_logp, length
+
+    state = (jnp.asarray(1, jnp.int32), cache, tok, done, out_tokens, out_logp, length)
+    _, cache, _, done, out_tokens, out_logp, length = jax.lax.while_loop(cond, body, state)
+
+    mask = (jnp.arange(max_new)[None, :] < length[:, None]).astype(jnp.int32)
+    rollout = Rollout(
+        prompt_tokens=jnp.repeat(prompt_tokens, n, axis=0),
+        prompt_mask=jnp.repeat(prompt_mask, n, axis=0),
+        tokens=out_tokens,
+        mask=mask,
+        sampler_logp=out_logp,
+        group_id=jnp.repeat(jnp.arange(b, dtype=jnp.int32), n),
+        truncated=~done,
+    )
+    return rollout, cache
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(config, static: tuple, batch: int, prompt_len: int, mesh, rules):
+    """The jitted program for one (config, static sampling fields, shape, mesh, rules)."""
+    max_new, n = static[0], static[1]
+    if mesh is None:
+        constrain = {"cache": lambda c: c}
+        shardings = {}
+    else:
+        rows = batch * n
+        cache_sh = _cache_shardings(config, rows, prompt_len + max_new, mesh, rules)
+        constrain = {"cache": lambda c: jax.lax.with_sharding_constraint(c, cache_sh)}
+        shardings = {"out_shardings": (
+            _rollout_shardings(rows, prompt_len, max_new, mesh, rules), cache_sh)}
+    fn = functools.partial(_program, config, static, constrain)
+    return jax.jit(fn, donate_argnums=(5,), **shardings)
+
+
+def _check(config, prompts: PromptBatch, sampling: SamplingParams):
+    if not isinstance(sampling, SamplingParams):
+        raise TypeError(f"generate: sampling must be a SamplingParams, got {type(sampling).__name__}")
+    if not isinstance(prompts, PromptBatch):
+        raise TypeError(f"generate: prompts must be a PromptBatch, got {type(prompts).__name__}")
+    if prompts.tokens.ndim != 2 or prompts.tokens.shape != prompts.mask.shape:
+        raise ValueError(
+            f"generate: prompts.tokens {prompts.tokens.shape} and prompts.mask {prompts.mask.shape} "
+            "must both be [B, P]")
+    bad = [t for t in sampling.stop_token_ids if t >= config.vocab_size]
+    if bad:
+        raise ValueError(f"SamplingParams.stop_token_ids {bad} are >= vocab_size {config.vocab_size}")
+    if sampling.top_k > config.vocab_size:
+        raise ValueError(f"SamplingParams.top_k={sampling.top_k} exceeds vocab_size {config.vocab_size}")
+
+
+def generate_with_cache(params: Params, config, prompts: PromptBatch, key: jax.Array,
+                        sampling: SamplingParams, cache: dict | None = None, *,
+                        mesh=None, rules=None) -> tuple[Rollout, dict]:
+    """`generate`, also returning the final KV cache.
+
+    `cache` (from `init_sampler_cache(config, B·n, P + T, mesh=..., rules=...)`)
+    is donated: its buffers are reused in place and must not be used after
+    the call; pass the returned cache to the next call of the same shape to
+    avoid a new allocation. None allocates a fresh one.
+    """
+    _check(config, prompts, sampling)
+    rules = _rules_tuple(rules)
+    b, p = prompts.tokens.shape
+    rows, max_len = b * sampling.n, p + sampling.max_new_tokens
+    if cache is None:
+        cache = _cache_initializer(config, rows, max_len, mesh, rules)()
+    elif tuple(cache["k"].shape[1:3]) != (rows, max_len):
+        raise ValueError(f"generate: cache k has shape {cache['k'].shape}; rows and slots must be "
+                         f"({rows}, {max_len}) = (B·n, P + max_new_tokens)")
+    tokens = np.asarray(prompts.tokens, np.int32) if isinstance(prompts.tokens, np.ndarray) \
+        else prompts.tokens.astype(jnp.int32)
+    mask = np.asarray(prompts.mask, np.int32) if isinstance(prompts.mask, np.ndarray) \
+        else prompts.mask.astype(jnp.int32)
+    floats = np.asarray([sampling.temperature, sampling.top_p, sampling.min_p], np.float32) \
+        if all(isinstance(x, (int, float)) for x in (sampling.temperature, sampling.top_p, sampling.min_p)) \
+        else jnp.stack([jnp.asarray(x, jnp.float32) for x in (sampling.temperature, sampling.top_p, sampling.min_p)])
+    program = _compiled(config, sampling.static_key(), b, p, mesh, rules)
+    if mesh is None:
+        return program(params, tokens, mask, key, floats, cache)
+    batch_sh = _named(mesh, rules, (A.BATCH, A.LENGTH), (b, p))
+    tokens, mask = jax.device_put((tokens, mask), batch_sh)
+    with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(rules):
+        return program(params, tokens, mask, key, floats, cache)
+
+
+def generate(params: Params, config, prompts: PromptBatch, key: jax.Array, sampling: SamplingParams,
+             *, mesh=None, rules: Sequence | None = None) -> Rollout:
+    """Sample `sampling.n` completions for each prompt: a `Rollout` of N = B·n rows.
+
+    Args:
+      params: the model parameters (the trainer's pytree, used as sharded).
+      config: `models.ModelConfig` (static).
+      prompts: `PromptBatch` [B, P], left-padded (`pad_prompts`).
+      key: PRNG key, the only source of randomness.
+      sampling: `SamplingParams`.
+      mesh, rules: optional device mesh and logical-axis rules.
+    Returns:
+      `Rollout` with prompt_tokens/prompt_mask [N, P], tokens/mask/sampler_logp
+      [N, T], group_id [N] (row r ↔ prompt r // n), truncated [N].
+    """
+    rollout, _ = generate_with_cache(params, config, prompts, key, sampling, mesh=mesh, rules=rules)
+    return rollout

@@ -1,0 +1,162 @@
+"""Drawing the next token: temperature, top-k, top-p, min-p, greedy.
+
+All truncations are expressed as one per-row threshold on the scaled logits
+`z = logits / temperature`: a token is kept iff `z_i >= tau`, with
+
+    tau = max(tau_k, tau_p, tau_min_p)
+    tau_k     = k-th largest z                       (top-k; Fan et al. 2018)
+    tau_p     = z of the last token of the nucleus   (top-p; Holtzman et al. 2020)
+    tau_min_p = max(z) + log(min_p)                  (min-p; Nguyen et al. 2024)
+
+This is the HF transformers warper order (temperature -> top-k -> top-p on the
+top-k survivors -> min-p); tokens tied with the threshold are all kept, as in
+HF's top-k. The nucleus is the shortest prefix of the descending order whose
+mass reaches top_p (a token is kept iff the mass strictly before it is
+< top_p).
+
+Cost: nothing here sorts the full vocabulary on the common paths.
+- No truncation (the default): one fused pass over [N, V] (exp, compare,
+  block sums) and a draw by inverse CDF (below); no Gumbel noise, so only N
+  random numbers per step instead of N·V.
+- top-k (static k): `lax.top_k(z, k)`, and top-p is then exact inside those k.
+- top-p without top-k: `lax.top_k(z, TOP_P_CANDIDATES)`; if every row's nucleus
+  ends inside those candidates (usual for trained models) that is exact; else a
+  full sort runs for that step (`lax.cond`, so it costs only when needed). The
+  whole top-p branch is skipped by a `lax.cond` when top_p == 1.
+
+Inverse-CDF draw: with weights w_i = exp(z_i - max z)·[z_i >= tau] and one
+uniform u per row, the token is the first i with cumsum(w)_i > u·sum(w). The
+cumulative sum is taken in two levels (block sums over `_BLOCK` tokens, then
+inside the chosen block), so it touches V + V/_BLOCK + _BLOCK numbers per row.
+P(i) = w_i / sum(w) exactly, up to float32 rounding of the sums.
+"""
+from __future__ import annotations
+
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "TOP_P_CANDIDATES",
+    "truncation_threshold",
+    "sample_from_weights",
+    "sample_tokens",
+]
+
+TOP_P_CANDIDATES = 256  # static candidate cap for the top-p fast path
+_BLOCK = 256  # block size of the two-level inverse CDF
+
+
+def _first_above(cum: jax.Array, target: jax.Array) -> jax.Array:
+    """Index of the first entry of the non-decreasing `cum` [..., K] that is > target [...].
+
+    Clamped to the last index with a positive increment, so float rounding of
+    `target` past the total never lands on a zero-weight entry.
+    """
+    idx = jnp.sum(cum <= target[..., None], axis=-1)
+    last_positive = jnp.sum(cum < cum[..., -1:], axis=-1)
+    return jnp.minimum(idx, last_positive).astype(jnp.int32)
+
+
+def sample_from_weights(key: jax.Array, weights: jax.Array) -> jax.Array:
+    """Draw i with probability weights[r, i] / sum_i weights[r, i], per row.
+
+    Args:
+      key: PRNG key.
+      weights: float32 [N, V], non-negative, each row with a positive sum.
+    Returns:
+      int32 [N].
+    """
+    if weights.ndim != 2:
+        raise ValueError(f"sample_from_weights: weights must be [N, V], got {weights.shape}")
+    n, v = weights.shape
+    block = min(_BLOCK, v)
+    pad = (-v) % block
+    if pad:
+        weights = jnp.pad(weights, ((0, 0), (0, pad)))
+    blocks = weights.reshape(n, -1, block)  # [N, nb, C]
+    block_cum = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # [N, nb]
+    u = jax.random.uniform(key, (n,), jnp.float32)
+    target = u * block_cum[:, -1]
+    b = _first_above(block_cum, target)  # [N]
+    before = jnp.where(
+        b > 0, jnp.take_along_axis(block_cum, jnp.maximum(b - 1, 0)[:, None], axis=-1)[:, 0], 0.0
+    )
+    inner = jnp.take_along_axis(blocks, b[:, None, None], axis=1)[:, 0, :]  # [N, C]
+    i = _first_above(jnp.cumsum(inner, axis=-1), target - before)
+    return b * block + i
+
+
+def _nucleus_cut(sorted_z: jax.Array, log_norm: jax.Array, top_p: jax.Array):
+    """Top-p threshold from the descending candidates `sorted_z` [N, K].
+
+    `log_norm` [N, 1] is the log-normaliser of the distribution the nucleus is
+    taken over. Returns `(tau [N, 1], complete [N])`; `complete` says the
+    nucleus ends inside the K candidates (always true when they are the whole
+    support).
+    """
+    q = jnp.exp(sorted_z - log_norm)
+    cum = jnp.cumsum(q, axis=-1)
+    before = jnp.concatenate([jnp.zeros_like(cum[:, :1]), cum[:, :-1]], axis=-1)
+    n_keep = jnp.sum(before < top_p, axis=-1)  # >= 1 since before[:, 0] = 0 < top_p
+    tau = jnp.take_along_axis(sorted_z, (n_keep - 1)[:, None], axis=-1)
+    return tau, cum[:, -1] >= top_p
+
+
+def _descending(z: jax.Array, k: int) -> jax.Array:
+    return jax.lax.top_k(z, k)[0]
+
+
+def truncation_threshold(z: jax.Array, top_p, min_p, *, top_k: int = 0) -> jax.Array:
+    """Per-row threshold tau [N, 1] on scaled logits z [N, V] (module docstring)."""
+    if z.ndim != 2:
+        raise ValueError(f"truncation_threshold: z must be [N, V], got {z.shape}")
+    n, v = z.shape
+    top_p = jnp.asarray(top_p, jnp.float32)
+    min_p = jnp.asarray(min_p, jnp.float32)
+    z_max = jnp.max(z, axis=-1, keepdims=True)
+    tau = z_max + jnp.log(min_p)  # -inf when min_p == 0
+    neg_inf = jnp.full((n, 1), -jnp.inf, jnp.float32)
+
+    if top_k and top_k < v:
+        cand = _descending(z, top_k)  # [N, k], exact support of the top-k distribution
+        tau = jnp.maximum(tau, cand[:, -1:])
+        log_norm = jax.nn.logsumexp(cand, axis=-1, keepdims=True)
+        tau_p, _ = _nucleus_cut(cand, log_norm, top_p)
+        tau = jnp.maximum(tau, jnp.where(top_p < 1.0, tau_p, neg_inf))
+        return tau
+
+    def nucleus(z):
+        log_norm = jax.nn.logsumexp(z, axis=-1, keepdims=True)
+        cap = min(TOP_P_CANDIDATES, v)
+        tau_c, complete = _nucleus_cut(_descending(z, cap), log_norm, top_p)
+        if cap == v:
+            return tau_c
+        return jax.lax.cond(
+            jnp.all(complete),
+            lambda z: tau_c,
+            lambda z: _nucleus_cut(_descending(z, v), log_norm, top_p)[0],
+            z,
+        )
+
+    tau_p = jax.lax.cond(top_p < 1.0, nucleus, lambda z: neg_inf, z)
+    return jnp.maximum(tau, tau_p)
+
+
+def sample_tokens(key: jax.Array, logits: jax.Array, temperature=1.0, top_p=1.0, min_p=0.0, *,
+                  top_k: int = 0, greedy: bool = False) -> jax.Array:
+    """Next tokens int32 [N] from logits [N, V].
+
+    `greedy` and `top_k` are static; `temperature`, `top_p`, `min_p` may be
+    traced scalars. Greedy is the arg-max of the logits (first index on ties,
+    as torch.argmax in HF `generate`).
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"sample_tokens: logits must be [N, V], got {logits.shape}")
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    z = logits.astype(jnp.float32) / jnp.asarray(temperature, jnp.float32)
+    tau = truncation_threshold(z, top_p, min_p, top_k=top_k)
+    z_max = jnp.max(z, axis=-1, keepdims=True)
+    weights = jnp.where(z >= tau, jnp.exp(z - z_max), 0.0)
+    return sample_from_weights(key, weights)
