@@ -1,0 +1,130 @@
+"""Tests for experiments/collate.py on fake event files with known values."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from tensorboardX import SummaryWriter
+
+from experiments import collate
+from jaxrl_llm import stats
+
+STEPS = np.arange(0, 41, 2)
+A = {"psr": 0.5, "nsr": 0.8}
+OFFSET = {0: 0.0, 1: 0.01, 2: 0.02, 3: 0.5}          # seed 3 (nsr only) is an outlier
+
+
+def _curve(variant, seed):
+    y = np.where(STEPS == 0, 0.1, stats.sigmoid_curve(np.maximum(STEPS, 1), A[variant], 10.0, 2.0, 0.1))
+    return y + OFFSET[seed]
+
+
+def _write_cell(root, variant, seed, *, resumed=False):
+    name = f"advantage={variant},seed={seed}"
+    workdir = os.path.join(root, name)
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "cell.json"), "w") as f:
+        json.dump({"name": name, "index": 10 * (variant == "nsr") + seed, "seed_key": "train.seed",
+                   "overrides": {"algo.advantage": variant, "train.seed": seed}}, f)
+    y = _curve(variant, seed)
+    if resumed:          # a first attempt ran to step 20 and died; it resumes from a step-16 checkpoint
+        w = SummaryWriter(workdir, filename_suffix=".1")
+        for s, v in zip(STEPS, y):
+            if s <= 20:  # steps 16..20 are logged again after the resume, with other values
+                w.add_scalar("train/reward", float(v) if s < 16 else 9.0, int(s), walltime=1000.0 + s)
+        w.close()
+    w = SummaryWriter(workdir, filename_suffix=".2")
+    for s, v in zip(STEPS, y):
+        if not resumed or s >= 16:
+            w.add_scalar("train/reward", float(v), int(s), walltime=2000.0 + s)
+        w.add_scalar("train/entropy", 1.0 - 0.01 * s, int(s), walltime=2000.0 + s)
+    final = float(y[-1])
+    if variant == "nsr":   # pass@k as scalars (tensorboardX stores 'eval/pass@4' as 'eval/pass_4')
+        for k in (1, 4):
+            w.add_scalar(f"eval/pass@{k}", 1 - (1 - final) ** k, int(STEPS[-1]))
+    else:                  # pass@k from eval.json
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            json.dump({"step": 40, "n": 4, "metrics": {"pass@1": final, "pass@4": 1 - (1 - final) ** 4}}, f)
+    w.close()
+    with open(os.path.join(workdir, "done.json"), "w") as f:
+        json.dump({}, f)
+
+
+@pytest.fixture(scope="module")
+def grid_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("collate"))
+    for seed in range(3):
+        _write_cell(root, "psr", seed, resumed=(seed == 1))
+    for seed in range(4):
+        _write_cell(root, "nsr", seed)
+    assert collate.main(["--root", root, "--num-resamples", "500"]) == 0
+    return root
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_event_reader_merges_resumed_runs(grid_root):
+    scalars = collate.read_event_scalars(os.path.join(grid_root, "advantage=psr,seed=1"))
+    steps, values = scalars["train/reward"]
+    np.testing.assert_array_equal(steps, STEPS)
+    np.testing.assert_allclose(values, _curve("psr", 1), rtol=1e-6)   # the later file wins
+    scalars = collate.read_event_scalars(os.path.join(grid_root, "advantage=nsr,seed=0"))
+    assert set(scalars) == {"train/reward", "train/entropy", "eval/pass@1", "eval/pass@4"}
+
+
+def test_summary_csv_numbers(grid_root):
+    rows = {(r["variant"], r["metric"]): r for r in _rows(os.path.join(grid_root, "results", "summary.csv"))}
+    psr = rows[("advantage=psr", "train/reward")]
+    finals = [_curve("psr", s)[-1] for s in range(3)]
+    assert int(psr["num_seeds"]) == 3 and psr["algo.advantage"] == "psr"
+    assert float(psr["iqm"]) == pytest.approx(np.mean(finals), rel=1e-6)    # n=3: IQM = mean
+    assert min(finals) - 1e-6 <= float(psr["ci_low"]) < float(psr["iqm"]) < float(psr["ci_high"]) \
+        <= max(finals) + 1e-6
+    nsr = rows[("advantage=nsr", "train/reward")]
+    finals = sorted(_curve("nsr", s)[-1] for s in range(4))
+    assert float(nsr["iqm"]) == pytest.approx(np.mean(finals[1:3]), rel=1e-6)  # outlier trimmed
+    assert float(nsr["mean"]) == pytest.approx(np.mean(finals), rel=1e-6)
+    ent = rows[("advantage=nsr", "train/entropy")]
+    assert float(ent["iqm"]) == pytest.approx(0.6) and float(ent["ci_low"]) == pytest.approx(0.6)
+
+
+def test_pass_at_k_fits_markdown_and_plots(grid_root):
+    out = os.path.join(grid_root, "results")
+    passk = {(r["variant"], int(r["k"])): r for r in _rows(os.path.join(out, "passk.csv"))}
+    for variant in ("psr", "nsr"):
+        seeds = range(3) if variant == "psr" else range(4)
+        finals = sorted(_curve(variant, s)[-1] for s in seeds)
+        p4 = sorted(1 - (1 - f) ** 4 for f in finals)
+        expect = np.mean(p4) if variant == "psr" else np.mean(p4[1:3])
+        assert float(passk[(f"advantage={variant}", 4)]["iqm"]) == pytest.approx(expect, rel=1e-5)
+    assert sorted({k for _, k in passk}) == [1, 4]
+
+    fits = {r["variant"]: r for r in _rows(os.path.join(out, "fits.csv"))}
+    psr = fits["advantage=psr"]                      # seed mean = curve + 0.01
+    assert psr["metric"] == "train/reward"
+    assert float(psr["asymptote"]) == pytest.approx(0.51, rel=1e-3)
+    assert float(psr["midpoint"]) == pytest.approx(10.0, rel=1e-2)
+    assert float(psr["exponent"]) == pytest.approx(2.0, rel=1e-2)
+    assert float(psr["r0"]) == pytest.approx(0.11, rel=1e-5)
+
+    md = open(os.path.join(out, "summary.md")).read()
+    assert "| advantage=psr | 3 |" in md and "| advantage=nsr | 4 |" in md and "k=4" in md
+    for name in ("curve_train_reward.png", "curve_train_entropy.png", "pass_at_k.png"):
+        with open(os.path.join(out, name), "rb") as f:
+            data = f.read()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_reduce_options():
+    v = np.array([0.1, 0.5, 0.3])
+    assert collate.reduce_series(v, "final") == 0.3
+    assert collate.reduce_series(v, "best") == 0.5
+    assert collate.reduce_series(v, "last:2") == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="--reduce"):
+        collate.reduce_series(v, "median")
+    assert collate.canonical_tag("eval/pass_16") == "eval/pass@16"
+    assert collate.canonical_tag("train/kl_2x") == "train/kl_2x"
