@@ -19,6 +19,8 @@ Outputs in `--out` (default `<root>/results`):
                 `eval/pass@k` scalar; tensorboardX stores that tag as `eval/pass_k`)
   fits.csv      per variant: ScaleRL sigmoid fit of the seed-mean curve of `--fit-tag`
                 against the step (asymptote, midpoint, exponent, r0, r2)
+  entropy_fit.csv  per variant: R = -a exp(H) + b (Cui et al. 2025) between the seed-mean
+                curves of `--entropy-tag` (H) and `--fit-tag` (R) at common steps
   curve_<tag>.png   seed-mean learning curve with a 95 % bootstrap band per variant
   pass_at_k.png     IQM pass@k against k per variant, with CI bars
 
@@ -46,7 +48,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxrl_llm import stats  # noqa: E402
-from jaxrl_llm.evaluation import EVAL_JSON  # noqa: E402
+from jaxrl_llm.evaluation import EVAL_JSON, fit_entropy_performance  # noqa: E402
 
 __all__ = [
     "read_event_scalars",
@@ -57,6 +59,7 @@ __all__ = [
     "summarize",
     "pass_at_k_table",
     "fit_table",
+    "entropy_fit_table",
     "collate",
     "main",
 ]
@@ -275,6 +278,25 @@ def fit_table(cells: Sequence[CellRun], tag: str) -> list[dict]:
     return rows
 
 
+def entropy_fit_table(cells: Sequence[CellRun], perf_tag: str, entropy_tag: str = "train/entropy") -> list[dict]:
+    """R = -a * exp(H) + b per variant, fitted on the seed-mean curves at steps both tags share."""
+    rows = []
+    for variant, group in _group(cells).items():
+        both = [c for c in group if perf_tag in c.scalars and entropy_tag in c.scalars]
+        h, r = _aligned(both, entropy_tag), _aligned(both, perf_tag)
+        if h is None or r is None:
+            continue
+        steps = np.intersect1d(h[0], r[0])
+        if steps.size < 3:
+            continue
+        hh = h[1][:, np.searchsorted(h[0], steps)].mean(axis=0)
+        rr = r[1][:, np.searchsorted(r[0], steps)].mean(axis=0)
+        a, b, r2 = fit_entropy_performance(hh, rr)
+        rows.append({"variant": variant, "performance": perf_tag, "entropy": entropy_tag,
+                     "a": a, "b": b, "r2": r2, "num_points": int(steps.size)})
+    return rows
+
+
 # ----------------------------------------------------------------------------- plots
 
 def _band(values: np.ndarray, num_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -354,8 +376,10 @@ def _fmt(r: dict) -> str:
     return f"{r['iqm']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
 
 
-def _markdown(summary, passk, fits, reduce: str) -> str:
+def _markdown(summary, passk, fits, entropy_fits, reduce: str, incomplete: Sequence[str]) -> str:
     lines = [f"Values: IQM over seeds [95 % percentile-bootstrap CI]; each seed reduced by `{reduce}`.", ""]
+    if incomplete:
+        lines += [f"Unfinished cells included (no done.json): {', '.join(incomplete)}.", ""]
     variants = list(dict.fromkeys(r["variant"] for r in summary))
     metrics = [m for m in dict.fromkeys(r["metric"] for r in summary) if not re.search(r"@\d+$", m)]
     if metrics:
@@ -385,18 +409,28 @@ def _markdown(summary, passk, fits, reduce: str) -> str:
             lines.append(f"| {r['variant']} | {r['asymptote']:.4g} | {r['midpoint']:.4g} | "
                          f"{r['exponent']:.3g} | {r['r0']:.4g} | {r['r2']:.3f} | {r['num_points']} |")
         lines.append("")
+    if entropy_fits:
+        lines += [f"Entropy–performance fit R = −a·exp(H) + b of `{entropy_fits[0]['performance']}` on "
+                  f"`{entropy_fits[0]['entropy']}` (seed means):", "",
+                  "| variant | a | b | R² | points |", "|---|---|---|---|---|"]
+        for r in entropy_fits:
+            lines.append(f"| {r['variant']} | {r['a']:.4g} | {r['b']:.4g} | {r['r2']:.3f} | {r['num_points']} |")
+        lines.append("")
     return "\n".join(lines)
 
 
 def collate(root: str, *, out: str | None = None, reduce: str = "final", curves: Sequence[str] | None = None,
-            fit_tag: str | None = None, seed_key: str = "train.seed", num_resamples: int = 2000,
-            seed: int = 0) -> dict:
+            fit_tag: str | None = None, entropy_tag: str = "train/entropy", seed_key: str = "train.seed",
+            only_done: bool = False, num_resamples: int = 2000, seed: int = 0) -> dict:
     """Write the tables and plots for the grid under `root`; returns them and the written paths."""
     reduce_series(np.zeros(1), reduce)                      # validate the option early
     out = out or os.path.join(root, "results")
     cells = load_cells(root, seed_key)
+    if only_done:
+        cells = [c for c in cells if c.done]
     if not cells:
         raise SystemExit(f"collate: no cell with event files under {root}")
+    incomplete = [c.name for c in cells if not c.done]
     os.makedirs(out, exist_ok=True)
     summary = summarize(cells, reduce=reduce, num_resamples=num_resamples, seed=seed)
     passk = pass_at_k_table(cells, reduce=reduce, num_resamples=num_resamples, seed=seed)
@@ -404,6 +438,7 @@ def collate(root: str, *, out: str | None = None, reduce: str = "final", curves:
     if fit_tag is None:
         fit_tag = next((t for t in ("eval/accuracy", "train/reward") if t in all_tags), None)
     fits = fit_table(cells, fit_tag) if fit_tag else []
+    entropy_fits = entropy_fit_table(cells, fit_tag, entropy_tag) if fit_tag else []
     paths = {"summary.csv": os.path.join(out, "summary.csv"), "summary.md": os.path.join(out, "summary.md")}
     _write_csv(paths["summary.csv"], summary)
     if passk:
@@ -412,8 +447,11 @@ def collate(root: str, *, out: str | None = None, reduce: str = "final", curves:
     if fits:
         paths["fits.csv"] = os.path.join(out, "fits.csv")
         _write_csv(paths["fits.csv"], fits)
+    if entropy_fits:
+        paths["entropy_fit.csv"] = os.path.join(out, "entropy_fit.csv")
+        _write_csv(paths["entropy_fit.csv"], entropy_fits)
     with open(paths["summary.md"], "w") as f:
-        f.write(_markdown(summary, passk, fits, reduce))
+        f.write(_markdown(summary, passk, fits, entropy_fits, reduce, incomplete))
     if curves is None:
         curves = [t for t in ("train/reward", "train/accuracy", "eval/accuracy", "train/entropy",
                               "eval/entropy") if t in all_tags]
@@ -423,8 +461,8 @@ def collate(root: str, *, out: str | None = None, reduce: str = "final", curves:
             paths[os.path.basename(path)] = path
     if _plot_pass_at_k(passk, os.path.join(out, "pass_at_k.png")):
         paths["pass_at_k.png"] = os.path.join(out, "pass_at_k.png")
-    incomplete = [c.name for c in cells if not c.done]
-    return {"summary": summary, "passk": passk, "fits": fits, "paths": paths, "incomplete": incomplete}
+    return {"summary": summary, "passk": passk, "fits": fits, "entropy_fits": entropy_fits,
+            "paths": paths, "incomplete": incomplete}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -434,13 +472,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reduce", default="final", help="final | best | last:K")
     p.add_argument("--curves", default=None, help="comma-separated scalar tags to plot")
     p.add_argument("--fit-tag", default=None, help="tag for the sigmoid fit (default eval/accuracy or train/reward)")
+    p.add_argument("--entropy-tag", default="train/entropy", help="H of the entropy-performance fit")
+    p.add_argument("--only-done", action="store_true", help="leave out cells without done.json")
     p.add_argument("--seed-key", default="train.seed")
     p.add_argument("--num-resamples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     result = collate(args.root, out=args.out, reduce=args.reduce,
                      curves=args.curves.split(",") if args.curves else None, fit_tag=args.fit_tag,
-                     seed_key=args.seed_key, num_resamples=args.num_resamples, seed=args.seed)
+                     entropy_tag=args.entropy_tag, seed_key=args.seed_key, only_done=args.only_done,
+                     num_resamples=args.num_resamples, seed=args.seed)
     for name, path in result["paths"].items():
         print(f"[collate] wrote {path}")
     if result["incomplete"]:

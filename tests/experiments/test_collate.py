@@ -111,6 +111,9 @@ def test_pass_at_k_fits_markdown_and_plots(grid_root):
     assert float(psr["exponent"]) == pytest.approx(2.0, rel=1e-2)
     assert float(psr["r0"]) == pytest.approx(0.11, rel=1e-5)
 
+    ent = {r["variant"]: r for r in _rows(os.path.join(out, "entropy_fit.csv"))}
+    assert ent["advantage=psr"]["performance"] == "train/reward" and int(ent["advantage=psr"]["num_points"]) == 21
+
     md = open(os.path.join(out, "summary.md")).read()
     assert "| advantage=psr | 3 |" in md and "| advantage=nsr | 4 |" in md and "k=4" in md
     for name in ("curve_train_reward.png", "curve_train_entropy.png", "pass_at_k.png"):
@@ -128,3 +131,44 @@ def test_reduce_options():
         collate.reduce_series(v, "median")
     assert collate.canonical_tag("eval/pass_16") == "eval/pass@16"
     assert collate.canonical_tag("train/kl_2x") == "train/kl_2x"
+
+
+def _cell(variant, seed, scalars, done=True):
+    return collate.CellRun(name=f"{variant},{seed}", workdir="", index=seed,
+                           overrides={"algo.advantage": variant, "train.seed": seed},
+                           seed_key="train.seed", scalars=scalars, eval=None, done=done)
+
+
+def test_entropy_fit_table_recovers_law():
+    steps = np.arange(10)
+    h = np.linspace(1.2, 0.1, 10)
+    cells = []
+    for seed, shift in enumerate((-0.05, 0.05)):      # seed mean of H is h; R is linear in exp(H) per seed
+        hs = np.log(np.exp(h) + shift)
+        cells.append(_cell("nsr", seed, {"train/entropy": (steps, hs),
+                                         "eval/accuracy": (steps, -0.3 * np.exp(hs) + 1.2)}))
+    rows = collate.entropy_fit_table(cells, "eval/accuracy")
+    # Seed means: mean exp(H_s) = exp(h) exactly, but mean H_s != h; compare with the fit on the means.
+    from jaxrl_llm.evaluation import fit_entropy_performance
+    hm = np.mean([c.scalars["train/entropy"][1] for c in cells], axis=0)
+    rm = np.mean([c.scalars["eval/accuracy"][1] for c in cells], axis=0)
+    a, b, r2 = fit_entropy_performance(hm, rm)
+    assert rows[0]["a"] == pytest.approx(a) and rows[0]["b"] == pytest.approx(b)
+    assert rows[0]["a"] == pytest.approx(0.3, rel=0.02) and rows[0]["b"] == pytest.approx(1.2, rel=0.02)
+    assert rows[0]["num_points"] == 10 and r2 > 0.999
+    # Variants are separated; a variant missing the entropy tag has no row.
+    cells.append(_cell("psr", 0, {"eval/accuracy": (steps, np.ones(10))}))
+    assert [r["variant"] for r in collate.entropy_fit_table(cells, "eval/accuracy")] == ["advantage=nsr"]
+
+
+def test_summarize_groups_seeds_and_uses_only_finished_when_asked():
+    steps = np.arange(3)
+    cells = [_cell("psr", s, {"train/reward": (steps, np.array([0.0, 0.1, v]))})
+             for s, v in enumerate((0.2, 0.4, 0.6))]
+    cells.append(_cell("psr", 3, {"train/reward": (steps, np.array([0.0, 0.1, 5.0]))}, done=False))
+    rows = collate.summarize(cells, num_resamples=200)
+    assert len(rows) == 1 and rows[0]["num_seeds"] == 4 and rows[0]["variant"] == "advantage=psr"
+    assert rows[0]["iqm"] == pytest.approx(0.5)                 # middle two of (0.2, 0.4, 0.6, 5.0)
+    rows = collate.summarize([c for c in cells if c.done], reduce="last:2", num_resamples=200)
+    assert rows[0]["iqm"] == pytest.approx(np.mean([0.15, 0.25, 0.35]))
+    assert rows[0]["values"] == "0.15;0.25;0.35"
