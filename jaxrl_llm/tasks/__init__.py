@@ -1,8 +1,13 @@
 """Verifiable tasks, rewards and prompt selection (host-side Python on text).
 
-See `base` for the task contract, `reward_pool` for time-limited scoring,
-`sources` for the prompt-source protocol.
+`base`: the task contract and registry; `reward_pool`: time-limited scoring in
+spawn workers; `sources` / `selection`: prompt sources (plain, difficulty
+filter, replay, bandit curriculum); `sampling`: DAPO dynamic sampling;
+`length`: token-count length shaping; `rewards`: reward composition;
+`math_answer`: answer extraction and equivalence. Nothing here imports jax at
+module level (reward workers stay light).
 """
+from jaxrl_llm.tasks import length, math_answer
 from jaxrl_llm.tasks.arith import ArithTask
 from jaxrl_llm.tasks.base import (
     Example,
@@ -13,25 +18,54 @@ from jaxrl_llm.tasks.base import (
     registered_tasks,
     reward_details,
 )
+from jaxrl_llm.tasks.countdown import CountdownTask
+from jaxrl_llm.tasks.math_task import MathTask, make_gsm8k, make_math
 from jaxrl_llm.tasks.reward_pool import RewardPool, score_in_process
 from jaxrl_llm.tasks.rewards import ComposedTask, RewardTerm, compose
+from jaxrl_llm.tasks.sampling import DynamicSample, dynamic_sampling, informative_groups, select_rows
+from jaxrl_llm.tasks.selection import (
+    CURRICULUM_METHODS,
+    CurriculumSource,
+    DifficultyFilter,
+    ReplayItem,
+    ReplaySource,
+    importance_weights,
+)
+from jaxrl_llm.tasks.sort import SortTask
 from jaxrl_llm.tasks.sources import ExampleStream, PromptSource, TaskSource
 
 __all__ = [
     "ArithTask",
+    "CURRICULUM_METHODS",
     "ComposedTask",
+    "CountdownTask",
+    "CurriculumSource",
+    "DifficultyFilter",
+    "DynamicSample",
     "Example",
     "ExampleStream",
+    "MathTask",
     "PromptSource",
+    "ReplayItem",
+    "ReplaySource",
     "RewardPool",
     "RewardTerm",
+    "SortTask",
     "Task",
     "TaskSource",
     "compose",
+    "dynamic_sampling",
+    "importance_weights",
+    "informative_groups",
+    "length",
+    "make_gsm8k",
+    "make_math",
     "make_task",
+    "math_answer",
     "per_difficulty_accuracy",
     "register_task",
     "registered_tasks",
     "reward_details",
     "score_in_process",
+    "select_rows",
 ]

@@ -78,14 +78,17 @@ class ArithTask:
         n = 10_000 if n is None else int(n)
         rng = np.random.default_rng([seed, 0 if split == "train" else 1])
         out, seen = [], set()
+        misses = 0
         for _ in range(50 * n + 1000):
-            if len(out) == n:
+            if len(out) == n or misses > 5000:  # the split is (nearly) exhausted
                 break
+            misses += 1
             ex = self._sample(rng)
             if ex.id in seen or split_of(ex.id, self.test_fraction) != split:
                 continue
             seen.add(ex.id)
             out.append(ex)
+            misses = 0
         return out
 
     def sft_target(self, example: Example) -> str:

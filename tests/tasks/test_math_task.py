@@ -1,0 +1,85 @@
+"""GSM8K / MATH-format task from small generated jsonl / parquet files."""
+import json
+
+import pytest
+
+from jaxrl_llm.tasks import RewardPool, make_task
+from jaxrl_llm.tasks.math_task import MathTask
+
+
+def _gsm8k_rows(n):
+    return [{"question": f"Tom has {i} apples and buys {i + 3} more. How many now?",
+             "answer": f"He buys {i + 3}.\n{i}+{i + 3}=<<{i}+{i + 3}={2 * i + 3}>>{2 * i + 3}\n#### {2 * i + 3:,}"}
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def gsm8k_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gsm8k") / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in _gsm8k_rows(60)) + "\n")
+    return str(path)
+
+
+def test_gsm8k_from_jsonl_splits_and_gold(gsm8k_file):
+    task = make_task("gsm8k", path=gsm8k_file, test_fraction=0.25)
+    train, test = task.examples("train", None, 0), task.examples("test", None, 0)
+    assert len(train) + len(test) == 60 and len(test) > 0
+    assert not {e.id for e in train} & {e.id for e in test}
+    assert task.examples("train", 5, 1) == task.examples("train", 5, 1)
+    e = train[0]
+    i = int(e.prompt.split("has ")[1].split(" ")[0])
+    assert e.answer == f"{2 * i + 3:,}"            # gold keeps the dataset's text
+    assert e.prompt == f"Question: Tom has {i} apples and buys {i + 3} more. How many now?\nAnswer:"
+    target = task.sft_target(e)
+    assert "<<" not in target and target.strip().endswith(f"#### {2 * i + 3:,}")
+    assert task.reward(target, e) == 1.0                                    # SFT target is correct
+    assert task.reward(f"So {2 * i + 3} apples.", e) == 1.0                 # last number
+    assert task.reward(f"\\boxed{{{2 * i + 4}}}", e) == 0.0
+    assert task.reward("I do not know", e) == 0.0
+
+
+def test_thousands_gold_and_format_component(tmp_path):
+    rows = [{"question": "q1", "answer": "x\n#### 1,200"}, {"question": "q2", "answer": "#### -3"}]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "test.jsonl").write_text(json.dumps({"question": "q3", "answer": "#### 0.5"}))
+    task = make_task("gsm8k", path=str(tmp_path), format_weight=0.1)    # folder with split files
+    train = {e.prompt: e for e in task.examples("train", None, 0)}
+    e1 = train["Question: q1\nAnswer:"]
+    assert task.reward_details("It is 1200 in total", e1) == (1.0, {"correct": 1.0, "format": 0.0})
+    assert task.reward_details("#### 1200", e1) == (1.1, {"correct": 1.0, "format": 1.0})
+    (t,) = task.examples("test", None, 0)
+    assert task.reward_details("\\boxed{\\frac{1}{2}}", t) == (1.1, {"correct": 1.0, "format": 1.0})
+
+
+def test_math_format_parquet_with_levels(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"problem": f"p{i}", "solution": f"so \\boxed{{\\frac{{{i}}}{{2}}}}", "level": f"Level {1 + i % 5}"}
+            for i in range(20)]
+    path = tmp_path / "math.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    task = make_task("math", path=str(path), test_fraction=0.0)
+    exs = task.examples("train", None, 0)
+    assert len(exs) == 20 and task.difficulties == (1, 2, 3, 4, 5)
+    e = next(x for x in exs if x.prompt.startswith("Problem: p4\n"))
+    assert e.difficulty == 5 and e.answer == "\\frac{4}{2}"
+    assert task.reward("the answer is \\boxed{2}", e) == 1.0
+    assert task.reward("the answer is \\boxed{4/2}", e) == 1.0
+    assert task.reward("the answer is \\boxed{3}", e) == 0.0
+
+
+def test_math_task_scores_in_spawn_workers(gsm8k_file):
+    task = make_task("gsm8k", path=gsm8k_file)
+    exs = task.examples("train", 4, 0)
+    comps = [task.sft_target(exs[0]), "no idea", f"\\boxed{{{exs[2].answer}}}", "#### 99999"]
+    with RewardPool(num_workers=1, timeout_s=30.0) as pool:
+        rewards, info = pool.score(task, comps, exs)
+    assert rewards.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert info["errors"] == info["timeouts"] == 0
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="gold_format"):
+        MathTask(path="x", gold_format="last")
+    with pytest.raises(ValueError, match="extract_mode"):
+        MathTask(path="x", extract_mode="first")

@@ -1,0 +1,161 @@
+"""Difficulty filter keeps exactly the band; replay importance weights are exact; the bandit
+prefers the arm with larger |advantage|; all sources compose and resume."""
+import json
+
+import numpy as np
+import pytest
+
+from jaxrl_llm.tasks import ArithTask, Example
+from jaxrl_llm.tasks.selection import CurriculumSource, DifficultyFilter, ReplaySource, importance_weights
+from jaxrl_llm.tasks.sources import ExampleStream, TaskSource
+
+
+def _exs(n, difficulty=lambda i: 0):
+    return [Example(id=str(i), prompt=f"{i}=", answer=str(i), difficulty=difficulty(i)) for i in range(n)]
+
+
+def _stat(ex, rewards, adv=0.0):
+    return {"id": ex.id, "rewards": list(rewards), "advantages": adv, "difficulty": ex.difficulty}
+
+
+# ----------------------------------------------------------------------------- difficulty filter
+def test_difficulty_filter_keeps_exactly_the_band():
+    exs = _exs(40)
+    f = DifficultyFilter(ExampleStream(exs, seed=0), low=0.25, high=0.75)
+    # give prompt i the pass rate (i % 5) / 4 ∈ {0, .25, .5, .75, 1} from 4 samples
+    f.update([_stat(e, [1.0] * (i % 5) + [0.0] * (4 - i % 5)) for i, e in enumerate(exs) if i < 30])
+    in_band = {e.id for i, e in enumerate(exs) if i >= 30 or 1 <= i % 5 <= 3}   # unseen prompts pass
+    got = f.next(60)
+    assert {e.id for e in got} <= in_band and len(got) == 60
+    assert {e.id for e in got} == in_band            # all of the band is visited
+    assert f.last_stats["filled"] == 0 and f.last_stats["skipped"] > 0
+    assert f.pass_rate("7") == 0.5 and f.pass_rate("35") is None
+
+
+def test_difficulty_filter_running_mean_and_ema():
+    exs = _exs(1)
+    f = DifficultyFilter(ExampleStream(exs), low=0.0, high=1.0)
+    f.update([_stat(exs[0], [1, 1, 0, 0])])
+    f.update([_stat(exs[0], [1, 1, 1, 1])])
+    assert f.pass_rate("0") == 0.75
+    g = DifficultyFilter(ExampleStream(exs), ema=0.5)
+    g.update([_stat(exs[0], [0, 0, 0, 0])])
+    g.update([_stat(exs[0], [1, 1, 1, 1])])
+    g.update([_stat(exs[0], [1, 1, 1, 1])])
+    assert g.pass_rate("0") == 0.75                 # 0 → 0.5 → 0.75
+    with pytest.raises(ValueError, match="band"):
+        DifficultyFilter(ExampleStream(exs), low=0.8, high=0.2)
+
+
+def test_difficulty_filter_fills_when_band_is_empty():
+    exs = _exs(4)
+    f = DifficultyFilter(ExampleStream(exs), low=0.4, high=0.6, max_draws_factor=3)
+    f.update([_stat(e, [1.0] if i else [0.0]) for i, e in enumerate(exs)])
+    got = f.next(2)
+    assert len(got) == 2 and f.last_stats["filled"] == 2
+
+
+# ----------------------------------------------------------------------------- replay
+def _softmax_logp(logits):
+    z = logits - logits.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_importance_weights_are_exact_probability_ratios():
+    rng = np.random.default_rng(0)
+    N, T, V = 3, 5, 7
+    cur_logits, beh_logits = rng.normal(size=(N, T, V)), rng.normal(size=(N, T, V))
+    tokens = rng.integers(0, V, size=(N, T))
+    mask = np.ones((N, T), np.float32)
+    mask[1, 3:] = 0
+    take = lambda lp: np.take_along_axis(lp, tokens[..., None], -1)[..., 0]  # noqa: E731
+    cur, beh = take(_softmax_logp(cur_logits)), take(_softmax_logp(beh_logits))
+    # reference: probabilities (not log-probs), product over valid tokens
+    p_cur = np.exp(cur_logits) / np.exp(cur_logits).sum(-1, keepdims=True)
+    p_beh = np.exp(beh_logits) / np.exp(beh_logits).sum(-1, keepdims=True)
+    pc, pb = take(p_cur), take(p_beh)
+    want_tok = np.where(mask > 0, pc / pb, 0.0)
+    want_seq = np.prod(np.where(mask > 0, pc / pb, 1.0), axis=1)
+    np.testing.assert_allclose(importance_weights(cur, beh, mask), want_tok, rtol=1e-12)
+    np.testing.assert_allclose(importance_weights(cur, beh, mask, level="sequence"), want_seq, rtol=1e-12)
+    np.testing.assert_allclose(importance_weights(cur, beh, mask, level="sequence", clip=1.0),
+                               np.minimum(want_seq, 1.0), rtol=1e-12)
+    np.testing.assert_array_equal(importance_weights(beh, beh, mask), mask)   # on-policy: w = 1
+    import jax.numpy as jnp
+    np.testing.assert_allclose(importance_weights(jnp.asarray(cur, jnp.float32), jnp.asarray(beh, jnp.float32),
+                                                  jnp.asarray(mask)), want_tok, rtol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        importance_weights(cur, beh[:, :2], mask)
+
+
+def test_replay_fraction_buffer_and_resume():
+    task = ArithTask()
+    src = ReplaySource(TaskSource(task, seed=0, num_examples=64), fraction=0.25, capacity=6, seed=1)
+    first = src.next(8)
+    assert len(first) == 8 and src.replayed() == []          # empty buffer: all fresh
+    for i, e in enumerate(first):
+        src.add(e, {"logp": np.full((4, 3), -float(i))})
+    assert len(src) == 6 and [it.example for it in src.buffer.values()] == first[2:]   # FIFO
+    state = json.loads(json.dumps(src.state_dict()))
+    fresh = src.next(8)
+    rep = src.replayed()
+    assert len(fresh) == 6 and len(rep) == 2
+    assert all(it.uses == 1 for it in rep) and {it.example.id for it in rep} <= {e.id for e in first[2:]}
+    # max_reuse=1: replayed items are not offered again; 4 left, then 2, then 0
+    assert len(src.next(8)) == 6 and len(src.next(8)) == 6 and len(src.next(8)) == 8
+    # resume: same fresh prompts and same replay choice given the same buffer
+    other = ReplaySource(TaskSource(task, seed=0, num_examples=64), fraction=0.25, capacity=6, seed=99)
+    for i, e in enumerate(first):
+        other.add(e, {"logp": np.full((4, 3), -float(i))})
+    other.load_state_dict(state)
+    assert other.next(8) == fresh
+    assert [it.example.id for it in other.replayed()] == [it.example.id for it in rep]
+
+
+# ----------------------------------------------------------------------------- bandit curriculum
+@pytest.mark.parametrize("method", ["ucb", "td_softmax"])
+def test_bandit_prefers_arm_with_larger_abs_advantage(method):
+    exs = _exs(90, difficulty=lambda i: 1 + i % 3)
+    cur = CurriculumSource(exs, method=method, c=0.3, temperature=0.05, alpha=0.5, seed=0)
+    rng = np.random.default_rng(0)
+    mean_adv = {1: 0.05, 2: 0.6, 3: 0.15}
+    late = []
+    for step in range(40):
+        batch = cur.next(8)
+        if step >= 30:
+            late += [e.difficulty for e in batch]
+        cur.update([_stat(e, [0.0], adv=mean_adv[e.difficulty] + 0.05 * rng.normal()) for e in batch])
+    frac = np.mean(np.array(late) == 2)
+    assert frac > 0.6, (method, frac)
+    if method == "td_softmax":
+        assert max(cur.q, key=cur.q.get) == 2
+
+
+def test_td_update_and_ucb_scores_by_hand():
+    exs = _exs(6, difficulty=lambda i: i % 2)
+    cur = CurriculumSource(exs, method="td_softmax", alpha=0.5, temperature=1.0)
+    cur.update([_stat(exs[0], [0], adv=0.4), _stat(exs[2], [0], adv=0.8), _stat(exs[1], [0], adv=0.2)])
+    assert cur.q == pytest.approx({0: 0.5 * 0.6, 1: 0.5 * 0.2}, abs=1e-15)
+    p = cur.probabilities()
+    np.testing.assert_allclose(p, np.exp([0.3, 0.1]) / np.exp([0.3, 0.1]).sum())
+    ucb = CurriculumSource(exs, method="ucb", c=1.0)
+    assert ucb.choose_arms(2) == [0, 1]                 # unvisited arms first
+    ucb.counts = {0: 3, 1: 1}
+    ucb.history = {0: [0.5], 1: [0.1]}
+    want = [0.5 + np.sqrt(2 * np.log(4) / 3), 0.1 + np.sqrt(2 * np.log(4) / 1)]
+    np.testing.assert_allclose(ucb.ucb_scores(), want)
+
+
+def test_curriculum_resume_and_composition():
+    exs = _exs(30, difficulty=lambda i: i % 3)
+    a = CurriculumSource(exs, method="td_softmax", seed=3)
+    filt = DifficultyFilter(a, low=0.0, high=0.5)
+    for _ in range(3):
+        batch = filt.next(5)
+        filt.update([_stat(e, [float(e.difficulty == 0)], adv=0.1 * e.difficulty) for e in batch])
+    state = json.loads(json.dumps(filt.state_dict()))
+    want = filt.next(12)
+    b = DifficultyFilter(CurriculumSource(exs, method="td_softmax", seed=3), low=0.0, high=0.5)
+    b.load_state_dict(state)
+    assert b.next(12) == want
+    assert all(filt.keeps(e.id) for e in want)
