@@ -14,6 +14,16 @@ answer could be extracted").
   Mechanism of Reinforcement Learning for Reasoning Language Models").
 - `summarize_samples`: the flat dict of scalars that the evaluation CLI and
   the trainer's periodic evaluation log (`eval/<key>`).
+- `evaluate_task`: sample n completions per held-out prompt (through a given
+  sampling function), score them with the task, summarise.
+
+The CLI samples from a trained policy and prints / writes the metrics:
+
+    python -m jaxrl_llm.evaluation --config=configs/grpo_arith.py --checkpoint=runs/grpo_arith \
+        --n=64 --k=1,2,4,8,16,32,64 [--size=200] [--temperature=1.0] [--config.a.b=v]
+
+`--checkpoint` is a run workdir (the latest orbax checkpoint in
+`<dir>/checkpoints`, or `--step`) or a Hugging Face folder (`*.safetensors`).
 
 The JSON file an evaluation writes next to a run (`<workdir>/eval.json`, read
 by `experiments/collate.py`) is `{"step": int, "n": int, "metrics": {...}}`
@@ -41,6 +51,9 @@ __all__ = [
     "summarize_samples",
     "write_eval_json",
     "read_eval_json",
+    "first_line_answer",
+    "evaluate_task",
+    "format_table",
 ]
 
 EVAL_JSON = "eval.json"
@@ -360,3 +373,213 @@ def _as_table(x, name: str) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a [P, n] table, got shape {arr.shape}")
     return arr
+
+
+# ----------------------------------------------------------------------------- sampling a task
+
+def first_line_answer(completion: str, example=None) -> str | None:
+    """The stripped first non-empty line of a completion (None if there is none)."""
+    del example
+    for line in str(completion).splitlines():
+        if line.strip():
+            return line.strip()
+    return None
+
+
+def _default_answer_fn(task) -> Callable:
+    fn = getattr(task, "extract_answer", None)
+    if fn is None:
+        return first_line_answer
+    return lambda completion, example: fn(completion)
+
+
+def _default_score_fn(task) -> Callable:
+    def score(completions, examples):
+        from jaxrl_llm.tasks import score_in_process  # host-only, no jax
+        rewards, info = score_in_process(task, list(completions), list(examples))
+        rewards = np.asarray(rewards, np.float64)
+        correct = info.get("components", {}).get("correct")
+        correct = rewards >= 1.0 - 1e-6 if correct is None else np.asarray(correct) > 0.5
+        return rewards, correct
+    return score
+
+
+def evaluate_task(task, examples, sample_fn: Callable, *, n: int, ks: Sequence[int] | None = None,
+                  batch_prompts: int = 8, score_fn: Callable | None = None,
+                  answer_fn: Callable | None = None, maj_mode: str = "first") -> tuple[dict, dict]:
+    """Sample `n` completions for every example, score them, and summarise.
+
+    Args:
+      task: a `jaxrl_llm.tasks` task (reward / `reward_details`; optional `extract_answer`).
+      examples: the P held-out examples.
+      sample_fn: `sample_fn(chunk_examples, chunk_index) -> list[str]` of
+        `len(chunk_examples) * n` completions, rows grouped per prompt (row r
+        belongs to prompt r // n). Chunks always hold `batch_prompts` examples
+        (the last one is padded by repeating its final example, and the padding
+        rows are dropped), so a jitted sampler compiles once.
+      n, ks: samples per prompt and the k values (default powers of two <= n).
+      score_fn: `(completions, examples) -> (rewards [N], correct [N] bool)`;
+        default: the task's reward in-process, correctness from its `correct`
+        component, else reward >= 1.
+      answer_fn: `(completion, example) -> answer | None` for maj@k and the
+        diversity metrics; default `task.extract_answer` or `first_line_answer`.
+    Returns:
+      (metrics from `summarize_samples`, {"completions", "rewards", "correct"} as [P][n] tables).
+    """
+    examples = list(examples)
+    if not examples:
+        raise ValueError("evaluate_task: no examples")
+    if n < 1 or batch_prompts < 1:
+        raise ValueError(f"evaluate_task: n and batch_prompts must be >= 1, got {n}, {batch_prompts}")
+    score_fn = score_fn or _default_score_fn(task)
+    answer_fn = answer_fn or _default_answer_fn(task)
+    completions: list[list[str]] = []
+    for i, start in enumerate(range(0, len(examples), batch_prompts)):
+        chunk = examples[start:start + batch_prompts]
+        padded = chunk + [chunk[-1]] * (batch_prompts - len(chunk))
+        out = list(sample_fn(padded, i))
+        if len(out) != batch_prompts * n:
+            raise ValueError(f"evaluate_task: sample_fn returned {len(out)} completions for "
+                             f"{batch_prompts} prompts x n={n}")
+        completions += [out[j * n:(j + 1) * n] for j in range(len(chunk))]
+    flat = [c for row in completions for c in row]
+    rep = [e for e in examples for _ in range(n)]
+    rewards, correct = score_fn(flat, rep)
+    rewards = np.asarray(rewards, np.float64).reshape(len(examples), n)
+    correct = np.asarray(correct, bool).reshape(len(examples), n)
+    answers = [[answer_fn(c, e) for c in row] for row, e in zip(completions, examples)]
+    metrics = summarize_samples(examples, completions, rewards, answers, ks, correct=correct,
+                                maj_mode=maj_mode)
+    return metrics, {"completions": completions, "rewards": rewards, "correct": correct}
+
+
+def format_table(metrics: Mapping[str, float]) -> str:
+    """A Markdown table k | pass@k | maj@k | mean@k, followed by the other metrics."""
+    ks = sorted(int(k.split("@")[1]) for k in metrics if k.startswith("pass@"))
+    lines = ["| k | pass@k | maj@k | mean@k |", "|---|---|---|---|"]
+    for k in ks:
+        lines.append(f"| {k} | {metrics[f'pass@{k}']:.4f} | {metrics.get(f'maj@{k}', float('nan')):.4f} | "
+                     f"{metrics.get(f'mean@{k}', float('nan')):.4f} |")
+    rest = [k for k in metrics if "@" not in k]
+    lines += [""] + [f"{k}: {metrics[k]:.4g}" for k in rest]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+def load_policy(config, checkpoint: str, *, step: int | None = None):
+    """(model_config, params, tokenizer, mesh, rules, step) for a run workdir or an HF folder.
+
+    A run workdir is read from its orbax checkpoints (the latest, or `step`);
+    only the policy parameters are kept. A folder with `*.safetensors` is read
+    with `models.load_hf`. Parameters are placed with the config's mesh and rules.
+    """
+    import glob
+    import tempfile
+
+    import jax
+    from jaxrl_llm import models, parallel
+    from jaxrl_llm.trainers import rl
+
+    ckpt_dir = os.path.join(checkpoint, "checkpoints")
+    is_run = os.path.isdir(ckpt_dir)
+    is_hf = bool(glob.glob(os.path.join(checkpoint, "*.safetensors")))
+    if not (is_run or is_hf):
+        raise FileNotFoundError(f"--checkpoint={checkpoint}: neither a run workdir (no checkpoints/) "
+                                "nor a Hugging Face folder (no *.safetensors)")
+    mesh = parallel.make_mesh({k: config.mesh[k] for k in ("data", "fsdp", "tensor")})
+    rules = tuple(tuple(r) for r in config.mesh.rules) or parallel.DEFAULT_RULES
+    tok_dir = checkpoint if is_run or config.tokenizer.path != "builtin" else tempfile.mkdtemp()
+    tokenizer = rl.build_tokenizer(config, tok_dir)
+    if is_hf:
+        model_config, params = models.load_hf(checkpoint, mesh=mesh, rules=rules)
+        return model_config, params, tokenizer, mesh, rules, step
+    import orbax.checkpoint as ocp
+    model_config = rl.build_model_config(config, tokenizer)
+    manager = ocp.CheckpointManager(os.path.abspath(ckpt_dir),
+                                    item_handlers=dict(state=ocp.PyTreeCheckpointHandler()))
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
+    shardings = parallel.logical_to_sharding(models.logical_axes(model_config), mesh, rules)
+    abstract = jax.eval_shape(models.init_params, model_config, jax.random.key(0))
+    item = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                   abstract, shardings)}
+    # Only the policy is read (partial restore): no optimiser state, reference or critic.
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+    manager.close()
+    return model_config, restored.state["params"], tokenizer, mesh, rules, step
+
+
+def _make_sample_fn(config, model_config, params, tokenizer, mesh, rules, *, n, temperature, seed):
+    import jax
+    from jaxrl_llm import rollout as rollout_lib
+    from jaxrl_llm.trainers import text
+
+    sampling = rollout_lib.SamplingParams(
+        max_new_tokens=config.rollout.max_new_tokens, temperature=temperature if temperature > 0 else 1.0,
+        greedy=temperature <= 0, top_k=config.rollout.top_k, top_p=config.rollout.top_p,
+        min_p=config.rollout.min_p, stop_token_ids=text.stop_ids(tokenizer), n=n)
+    key = jax.random.key(seed)
+    pad_id = int(tokenizer.pad_token_id or 0)
+
+    def sample(examples, index):
+        ids = text.encode_prompts(tokenizer, [e.prompt for e in examples])
+        prompts = rollout_lib.pad_prompts(ids, bucket_lengths=tuple(config.rollout.prompt_buckets),
+                                          pad_id=pad_id)
+        ro = rollout_lib.generate(params, model_config, prompts, jax.random.fold_in(key, index),
+                                  sampling, mesh=mesh, rules=rules)
+        return rollout_lib.decode_completions(tokenizer, ro)
+    return sample
+
+
+def _cli() -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flag = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py[:arg]).",
+                                                  lock_config=True)
+    flags.DEFINE_string("checkpoint", None, "Run workdir (orbax checkpoints) or HF folder.")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_integer("n", 64, "Samples per prompt.")
+    flags.DEFINE_string("k", "", "Comma-separated k values (default: powers of two <= n).")
+    flags.DEFINE_integer("size", None, "Held-out prompts (default: config.eval.size).")
+    flags.DEFINE_string("split", "test", "Task split.")
+    flags.DEFINE_integer("seed", None, "Prompt and sampling seed (default: config.eval.seed).")
+    flags.DEFINE_float("temperature", 1.0, "Sampling temperature (<= 0: greedy).")
+    flags.DEFINE_integer("batch_prompts", 0, "Prompts per sampler call (default: train.prompts_per_step).")
+    flags.DEFINE_enum("maj_mode", "first", ["first", "expected"], "maj@k over the first k samples or "
+                      "the expectation over k-subsets.")
+    flags.DEFINE_string("out", None, "Where to write eval.json (default: <checkpoint>/eval.json).")
+    FLAGS = flags.FLAGS
+
+    def main(argv):
+        del argv
+        if FLAGS.checkpoint is None:
+            raise app.UsageError("--checkpoint is required")
+        config = config_flag.value
+        from jaxrl_llm import tasks
+        model_config, params, tokenizer, mesh, rules, step = load_policy(
+            config, FLAGS.checkpoint, step=FLAGS.step)
+        task = tasks.make_task(config.task.name, **config.task.kwargs.to_dict())
+        seed = config.eval.seed if FLAGS.seed is None else FLAGS.seed
+        examples = task.examples(FLAGS.split, FLAGS.size or config.eval.size, seed)
+        ks = [int(k) for k in FLAGS.k.split(",") if k.strip()] or None
+        sample_fn = _make_sample_fn(config, model_config, params, tokenizer, mesh, rules,
+                                    n=FLAGS.n, temperature=FLAGS.temperature, seed=seed)
+        metrics, _ = evaluate_task(task, examples, sample_fn, n=FLAGS.n, ks=ks,
+                                   batch_prompts=FLAGS.batch_prompts or config.train.prompts_per_step,
+                                   maj_mode=FLAGS.maj_mode)
+        print(format_table(metrics))
+        out = FLAGS.out or os.path.join(FLAGS.checkpoint, EVAL_JSON)
+        write_eval_json(os.path.dirname(os.path.abspath(out)), metrics, step=step or 0, n=FLAGS.n,
+                        filename=os.path.basename(out))
+        print(f"wrote {out}")
+
+    app.run(main)
+
+
+if __name__ == "__main__":
+    _cli()

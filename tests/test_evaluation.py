@@ -144,3 +144,31 @@ def test_summarize_samples_and_eval_json(tmp_path):
     assert json.load(open(path))["n"] == 4
     with pytest.raises(ValueError, match="every k"):
         ev.summarize_samples(examples, completions, rewards, answers, ks=[8])
+
+
+def test_evaluate_task_with_a_fake_sampler():
+    from jaxrl_llm.tasks import ArithTask
+    task = ArithTask(digits=(1,), ops="+")
+    examples = task.examples("test", 5, 0)
+    assert len(examples) == 5
+    n, calls = 4, []
+
+    def sample_fn(chunk, index):             # prompt p gets min(p, n) correct samples first
+        calls.append((index, len(chunk)))
+        out = []
+        for e in chunk:
+            p = examples.index(e)
+            out += [e.answer if s < p else "x\nmore" for s in range(n)]
+        return out
+
+    metrics, tables = ev.evaluate_task(task, examples, sample_fn, n=n, ks=[1, 2, 4], batch_prompts=2)
+    assert calls == [(0, 2), (1, 2), (2, 2)]                  # the last chunk is padded to 2 prompts
+    c = np.array([0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(tables["correct"].sum(axis=1), c)
+    for k in (1, 2, 4):
+        assert metrics[f"pass@{k}"] == pytest.approx(np.mean(ev.pass_at_k(n, c, k)))
+    assert metrics["maj@4"] == pytest.approx(3 / 5)           # p=2 ties 2:2 -> first (correct) wins
+    assert metrics["distinct_correct_answers"] == pytest.approx(4 / 5)
+    assert "| 4 | 0.8000 |" in ev.format_table(metrics)
+    with pytest.raises(ValueError, match="sample_fn returned"):
+        ev.evaluate_task(task, examples, lambda ch, i: ["1"], n=n, batch_prompts=2)
