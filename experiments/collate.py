@@ -13,7 +13,7 @@ and by mean and std (Agarwal et al. 2021).
 
 Outputs in `--out` (default `<root>/results`):
   summary.csv   variant, metric, num_seeds, iqm, ci_low, ci_high, mean, std, values, <override columns>
-  summary.md    the same as Markdown tables (metrics; pass@k; sigmoid fits)
+  summary.md    Markdown tables: headline metrics (`--metrics`), pass@k, sigmoid and entropy fits
   passk.csv     variant, k, num_seeds, iqm, ci_low, ci_high
                 (pass@k per seed from `<cell>/eval.json` if present, else the reduced
                 `eval/pass@k` scalar; tensorboardX stores that tag as `eval/pass_k`)
@@ -376,12 +376,17 @@ def _fmt(r: dict) -> str:
     return f"{r['iqm']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
 
 
-def _markdown(summary, passk, fits, entropy_fits, reduce: str, incomplete: Sequence[str]) -> str:
+MAIN_METRICS = re.compile(r"^(train/(reward|accuracy|entropy|kl|response_length)|eval/[^@]*)$")
+
+
+def _markdown(summary, passk, fits, entropy_fits, reduce: str, incomplete: Sequence[str],
+              metrics: Sequence[str] | None = None) -> str:
     lines = [f"Values: IQM over seeds [95 % percentile-bootstrap CI]; each seed reduced by `{reduce}`.", ""]
     if incomplete:
         lines += [f"Unfinished cells included (no done.json): {', '.join(incomplete)}.", ""]
     variants = list(dict.fromkeys(r["variant"] for r in summary))
-    metrics = [m for m in dict.fromkeys(r["metric"] for r in summary) if not re.search(r"@\d+$", m)]
+    if metrics is None:      # the CSV has every tag; the Markdown table the headline ones
+        metrics = [m for m in dict.fromkeys(r["metric"] for r in summary) if MAIN_METRICS.match(m)]
     if metrics:
         lines += ["| variant | seeds | " + " | ".join(metrics) + " |",
                   "|---|---|" + "---|" * len(metrics)]
@@ -421,7 +426,8 @@ def _markdown(summary, passk, fits, entropy_fits, reduce: str, incomplete: Seque
 
 def collate(root: str, *, out: str | None = None, reduce: str = "final", curves: Sequence[str] | None = None,
             fit_tag: str | None = None, entropy_tag: str = "train/entropy", seed_key: str = "train.seed",
-            only_done: bool = False, num_resamples: int = 2000, seed: int = 0) -> dict:
+            only_done: bool = False, metrics: Sequence[str] | None = None, num_resamples: int = 2000,
+            seed: int = 0) -> dict:
     """Write the tables and plots for the grid under `root`; returns them and the written paths."""
     reduce_series(np.zeros(1), reduce)                      # validate the option early
     out = out or os.path.join(root, "results")
@@ -451,7 +457,7 @@ def collate(root: str, *, out: str | None = None, reduce: str = "final", curves:
         paths["entropy_fit.csv"] = os.path.join(out, "entropy_fit.csv")
         _write_csv(paths["entropy_fit.csv"], entropy_fits)
     with open(paths["summary.md"], "w") as f:
-        f.write(_markdown(summary, passk, fits, entropy_fits, reduce, incomplete))
+        f.write(_markdown(summary, passk, fits, entropy_fits, reduce, incomplete, metrics))
     if curves is None:
         curves = [t for t in ("train/reward", "train/accuracy", "eval/accuracy", "train/entropy",
                               "eval/entropy") if t in all_tags]
@@ -471,6 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--reduce", default="final", help="final | best | last:K")
     p.add_argument("--curves", default=None, help="comma-separated scalar tags to plot")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated tags for the Markdown table (default: train reward, accuracy, "
+                        "entropy, kl, response_length and eval/* without @k; the CSV has every tag)")
     p.add_argument("--fit-tag", default=None, help="tag for the sigmoid fit (default eval/accuracy or train/reward)")
     p.add_argument("--entropy-tag", default="train/entropy", help="H of the entropy-performance fit")
     p.add_argument("--only-done", action="store_true", help="leave out cells without done.json")
@@ -480,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     result = collate(args.root, out=args.out, reduce=args.reduce,
                      curves=args.curves.split(",") if args.curves else None, fit_tag=args.fit_tag,
+                     metrics=args.metrics.split(",") if args.metrics else None,
                      entropy_tag=args.entropy_tag, seed_key=args.seed_key, only_done=args.only_done,
                      num_resamples=args.num_resamples, seed=args.seed)
     for name, path in result["paths"].items():
