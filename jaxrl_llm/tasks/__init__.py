@@ -30,6 +30,8 @@ from jaxrl_llm.tasks.selection import (
     ReplayItem,
     ReplaySource,
     importance_weights,
+    make_prompt_source,
+    prompt_stats,
 )
 from jaxrl_llm.tasks.sort import SortTask
 from jaxrl_llm.tasks.sources import ExampleStream, PromptSource, TaskSource
@@ -59,10 +61,12 @@ __all__ = [
     "informative_groups",
     "length",
     "make_gsm8k",
+    "make_prompt_source",
     "make_math",
     "make_task",
     "math_answer",
     "per_difficulty_accuracy",
+    "prompt_stats",
     "register_task",
     "registered_tasks",
     "reward_details",

@@ -289,7 +289,10 @@ class RewardPool:
                     load_failures += 1
                     self._replace(w)
             if load_failures > 2 * self.num_workers:
-                raise RuntimeError(f"reward workers failed to load task {getattr(task, 'name', task)!r} {load_failures} times")
+                raise RuntimeError(
+                    f"reward workers failed to start or load task {getattr(task, 'name', task)!r} "
+                    f"{load_failures} times (a script that creates a RewardPool needs an "
+                    "`if __name__ == '__main__':` guard, as for any spawn-context pool)")
         return tally
 
     def close(self) -> None:

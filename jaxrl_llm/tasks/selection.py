@@ -29,7 +29,16 @@ import numpy as np
 from jaxrl_llm.tasks.base import Example
 from jaxrl_llm.tasks.sources import ExampleStream, check_stats
 
-__all__ = ["DifficultyFilter", "ReplaySource", "ReplayItem", "importance_weights", "CurriculumSource", "CURRICULUM_METHODS"]
+__all__ = [
+    "DifficultyFilter",
+    "ReplaySource",
+    "ReplayItem",
+    "importance_weights",
+    "CurriculumSource",
+    "CURRICULUM_METHODS",
+    "prompt_stats",
+    "make_prompt_source",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -306,3 +315,63 @@ class CurriculumSource:
             self.q[a] = float(state["q"][str(a)])
             self.history[a] = [float(v) for v in state["history"][str(a)]]
         self.rng.bit_generator.state = state["rng"]
+
+
+# ----------------------------------------------------------------------------- helpers for the trainer
+def prompt_stats(examples: Sequence[Example], rewards, abs_advantages, group_size: int) -> list[dict]:
+    """Per-prompt stats for `source.update` from one step's rows.
+
+    examples: [B]; rewards: [B·G] (contiguous groups); abs_advantages: [B·G] per-row |A|
+    (e.g. the masked token mean of |A| per row) or [B] already per prompt.
+    Returns [{'id', 'rewards': [G floats], 'advantages': mean |A| of the group, 'difficulty'}].
+    """
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    a = np.abs(np.asarray(abs_advantages, dtype=np.float64).reshape(-1))
+    B = len(examples)
+    if r.size != B * group_size:
+        raise ValueError(f"rewards has {r.size} rows, expected len(examples)·group_size = {B}·{group_size}")
+    if a.size == B * group_size:
+        a = a.reshape(B, group_size).mean(axis=1)
+    elif a.size != B:
+        raise ValueError(f"abs_advantages has {a.size} values, expected {B} or {B * group_size}")
+    r = r.reshape(B, group_size)
+    return [{"id": e.id, "rewards": r[i].tolist(), "advantages": float(a[i]), "difficulty": int(e.difficulty)}
+            for i, e in enumerate(examples)]
+
+
+def make_prompt_source(
+    task: Any,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    num_examples: int | None = 10_000,
+    curriculum: str = "",
+    curriculum_kwargs: dict | None = None,
+    filter_band: tuple | None = None,
+    filter_ema: float | None = None,
+    filter_success: float = 1.0,
+    replay_fraction: float = 0.0,
+    replay_capacity: int = 256,
+    replay_max_reuse: int = 1,
+) -> Any:
+    """The composed prompt source a config asks for (each part off by default).
+
+    base: `CurriculumSource(method=curriculum)` when `curriculum` ∈ CURRICULUM_METHODS,
+    else `TaskSource`; then `DifficultyFilter(band=filter_band)` when a band is given;
+    then `ReplaySource(fraction=replay_fraction)` when the fraction is > 0.
+    """
+    from jaxrl_llm.tasks.sources import TaskSource
+
+    if curriculum:
+        if curriculum not in CURRICULUM_METHODS:
+            raise ValueError(f"curriculum must be '' (off) or one of {CURRICULUM_METHODS}, got {curriculum!r}")
+        source: Any = CurriculumSource(task.examples(split, num_examples, seed), method=curriculum, seed=seed,
+                                       **(curriculum_kwargs or {}))
+    else:
+        source = TaskSource(task, split, seed, num_examples=num_examples)
+    if filter_band is not None:
+        low, high = filter_band
+        source = DifficultyFilter(source, low, high, success=filter_success, ema=filter_ema)
+    if replay_fraction > 0:
+        source = ReplaySource(source, replay_fraction, capacity=replay_capacity, max_reuse=replay_max_reuse, seed=seed)
+    return source

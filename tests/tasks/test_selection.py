@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from jaxrl_llm.tasks import ArithTask, Example
-from jaxrl_llm.tasks.selection import CurriculumSource, DifficultyFilter, ReplaySource, importance_weights
+from jaxrl_llm.tasks.selection import (
+    CurriculumSource,
+    DifficultyFilter,
+    ReplaySource,
+    importance_weights,
+    make_prompt_source,
+    prompt_stats,
+)
 from jaxrl_llm.tasks.sources import ExampleStream, TaskSource
 
 
@@ -159,3 +166,28 @@ def test_curriculum_resume_and_composition():
     b.load_state_dict(state)
     assert b.next(12) == want
     assert all(filt.keeps(e.id) for e in want)
+
+
+def test_prompt_stats_by_hand():
+    exs = [Example("a", "", "", 1), Example("b", "", "", 2)]
+    stats = prompt_stats(exs, [1, 0, 0.5, 0.5], [0.5, -1.5, 0.0, 0.0], 2)
+    assert stats == [{"id": "a", "rewards": [1.0, 0.0], "advantages": 1.0, "difficulty": 1},
+                     {"id": "b", "rewards": [0.5, 0.5], "advantages": 0.0, "difficulty": 2}]
+    assert prompt_stats(exs, [1, 0, 0, 0], [0.3, 0.2], 2)[1]["advantages"] == 0.2
+    with pytest.raises(ValueError, match="rows"):
+        prompt_stats(exs, [1, 0, 0], [0.3, 0.2], 2)
+
+
+def test_make_prompt_source_composes_in_order():
+    task = ArithTask(digits=(1, 2))
+    plain = make_prompt_source(task, seed=1, num_examples=50)
+    assert isinstance(plain, TaskSource)
+    full = make_prompt_source(task, seed=1, num_examples=50, curriculum="ucb", filter_band=(0.2, 0.8),
+                              replay_fraction=0.25)
+    assert isinstance(full, ReplaySource) and isinstance(full.source, DifficultyFilter)
+    assert isinstance(full.source.source, CurriculumSource) and full.source.source.arms == (1, 2)
+    batch = full.next(8)
+    full.update(prompt_stats(batch, [1.0] * 8, [0.1] * 8, 1))
+    assert all(full.source.pass_rate(e.id) == 1.0 for e in batch)
+    with pytest.raises(ValueError, match="curriculum"):
+        make_prompt_source(task, curriculum="thompson")
