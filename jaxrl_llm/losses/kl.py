@@ -103,9 +103,11 @@ def _kl_from_logits(logits, ref_logits):
     lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
     ref_lse = jax.nn.logsumexp(ref_logits, axis=-1, keepdims=True)
     p = jnp.exp(logits - lse)
-    # log p − log q = (l − lse) − (r − ref_lse); zero-probability entries give 0.
-    log_ratio = (logits - lse) - (ref_logits - ref_lse)
-    kl = jnp.sum(jnp.where(p > 0, p * log_ratio, 0.0), axis=-1)
+    # log p − log q = (l − lse) − (r − ref_lse); zero-probability entries
+    # (e.g. −inf logits of banned tokens) give 0, with finite gradients.
+    keep = p > 0
+    log_ratio = jnp.where(keep, (logits - lse) - (ref_logits - ref_lse), 0.0)
+    kl = jnp.sum(jnp.where(keep, p * log_ratio, 0.0), axis=-1)
     # Rounding can leave tiny negatives where π = π_ref; KL is ≥ 0 exactly.
     return jnp.maximum(kl, 0.0)
 

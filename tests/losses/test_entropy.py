@@ -63,6 +63,11 @@ def test_grads(logits):
     np.testing.assert_allclose(jax.grad(lambda l: token_entropy(l))(jnp.ones(6)), np.zeros(6), atol=1e-7)
 
 
+def test_banned_tokens_finite_grad():
+    g = jax.grad(lambda l: token_entropy(l))
+    np.testing.assert_allclose(g(jnp.array([0.0, 1.0, -jnp.inf])), g(jnp.array([0.0, 1.0, -60.0])), atol=1e-7)
+
+
 # entropy_bonus ----------------------------------------------------------------
 H = np.array([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]], np.float32)
 MASK = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
