@@ -52,7 +52,6 @@ def _mean(x, w):
 def _finish(per_pair, chosen_reward, rejected_reward, w):
     loss = _mean(per_pair, w)
     metrics = {
-        "loss": loss,
         "chosen_reward": _mean(chosen_reward, w),
         "rejected_reward": _mean(rejected_reward, w),
         "reward_margin": _mean(chosen_reward - rejected_reward, w),

@@ -64,7 +64,10 @@ def clipped_value_loss(
     Returns:
       ``(loss, metrics)``: scalar float32 loss and a flat dict with
       ``vf_clip_frac`` (fraction of valid tokens where the clipped branch is
-      the larger one), ``vf_loss``, ``value_mean``, ``return_mean``.
+      the larger one), ``value_mean``, ``return_mean``. The metrics are
+      weighted means over this call's ``mask`` (not the global counts), so a
+      micro-batch's metric times its share of the tokens sums to the
+      minibatch value.
     """
     if not (values.shape == old_values.shape == returns.shape == mask.shape):
         raise ValueError(
@@ -85,7 +88,6 @@ def clipped_value_loss(
         clip_frac = _masked_mean((clipped > unclipped).astype(jnp.float32), mask)
     loss = aggregate(per_token, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=norm_constant)
     metrics = {
-        "vf_loss": loss,
         "vf_clip_frac": clip_frac,
         "value_mean": _masked_mean(v, mask),
         "return_mean": _masked_mean(ret, mask),
