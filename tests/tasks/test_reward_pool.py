@@ -8,7 +8,7 @@ import pytest
 from jaxrl_llm.tasks import ArithTask, Example, RewardPool, make_task
 from jaxrl_llm.tasks.testing import FaultyTask
 
-TIMEOUT_S = 1.0
+TIMEOUT_S = 2.0
 
 
 @pytest.fixture(scope="module")
