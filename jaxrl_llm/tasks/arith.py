@@ -16,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import numpy as np
+import random
 
 from jaxrl_llm.tasks import expr
-from jaxrl_llm.tasks.base import Example, check_split, split_of
+from jaxrl_llm.tasks.base import Example, check_split, split_of, split_rng
 from jaxrl_llm.tasks.rewards import exact_match, is_integer_format
 
 __all__ = ["ArithTask"]
@@ -57,13 +57,13 @@ class ArithTask:
     def difficulties(self) -> tuple:
         return tuple(sorted({d + k - 2 for d in self.digits for k in self.num_terms}))
 
-    def _sample(self, rng: np.random.Generator) -> Example:
-        d = int(rng.choice(self.digits))
-        k = int(rng.choice(self.num_terms))
+    def _sample(self, rng: random.Random) -> Example:
+        d = rng.choice(self.digits)
+        k = rng.choice(self.num_terms)
         lo = 0 if d == 1 else 10 ** (d - 1)
-        nums = rng.integers(lo, 10**d, size=k)
-        ops = [self.ops[int(i)] for i in rng.integers(0, len(self.ops), size=k - 1)]
-        text = str(int(nums[0])) + "".join(o + str(int(n)) for o, n in zip(ops, nums[1:]))
+        nums = [rng.randrange(lo, 10**d) for _ in range(k)]
+        ops = [rng.choice(self.ops) for _ in range(k - 1)]
+        text = str(nums[0]) + "".join(o + str(n) for o, n in zip(ops, nums[1:]))
         value = expr.evaluate(text)
         return Example(
             id=f"arith:{text}", prompt=text + "=", answer=str(int(value)), difficulty=d + k - 2
@@ -76,7 +76,7 @@ class ArithTask:
         """
         check_split(split)
         n = 10_000 if n is None else int(n)
-        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        rng = split_rng(seed, split)
         out, seen = [], set()
         misses = 0
         for _ in range(50 * n + 1000):

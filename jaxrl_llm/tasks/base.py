@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import random
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -36,6 +37,7 @@ __all__ = [
     "split_of",
     "per_difficulty_accuracy",
     "check_split",
+    "split_rng",
 ]
 
 SPLITS = ("train", "test")
@@ -102,6 +104,12 @@ def check_split(split: str) -> None:
 def stable_hash(text: str) -> int:
     """A 64-bit hash of `text` that is the same in every process and run (unlike `hash`)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def split_rng(seed: int, split: str) -> random.Random:
+    """The generator of a synthetic task's `split` for `seed` (Python's Mersenne Twister, fast per draw)."""
+    check_split(split)
+    return random.Random(stable_hash(f"{int(seed)}:{split}"))
 
 
 def split_of(key: str, test_fraction: float) -> str:

@@ -20,10 +20,10 @@ import dataclasses
 from fractions import Fraction
 from typing import Sequence
 
-import numpy as np
+import random
 
 from jaxrl_llm.tasks import expr
-from jaxrl_llm.tasks.base import Example, check_split, split_of
+from jaxrl_llm.tasks.base import Example, check_split, split_of, split_rng
 from jaxrl_llm.tasks.rewards import first_line
 
 __all__ = ["CountdownTask", "check_solution"]
@@ -86,13 +86,13 @@ class CountdownTask:
     def difficulties(self) -> tuple:
         return self.num_numbers
 
-    def _sample(self, rng: np.random.Generator) -> Example | None:
-        k = int(rng.choice(self.num_numbers))
-        numbers = [int(v) for v in rng.integers(1, self.max_number + 1, size=k)]
+    def _sample(self, rng: random.Random) -> Example | None:
+        k = rng.choice(self.num_numbers)
+        numbers = [rng.randint(1, self.max_number) for _ in range(k)]
         nodes = [(str(v), Fraction(v), 3) for v in numbers]
         while len(nodes) > 1:  # combine two random sub-expressions until one is left
-            i, j = rng.choice(len(nodes), size=2, replace=False)
-            op = self.ops[int(rng.integers(len(self.ops)))]
+            i, j = rng.sample(range(len(nodes)), 2)
+            op = rng.choice(self.ops)
             new = _combine(nodes[i], op, nodes[j])
             if new[1] is None:
                 return None
@@ -111,7 +111,7 @@ class CountdownTask:
         """Up to `n` distinct problems of `split` (n=None: 10 000)."""
         check_split(split)
         n = 10_000 if n is None else int(n)
-        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        rng = split_rng(seed, split)
         out, seen = [], set()
         misses = 0
         for _ in range(100 * n + 1000):

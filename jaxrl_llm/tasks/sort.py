@@ -11,9 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import numpy as np
-
-from jaxrl_llm.tasks.base import Example, check_split, split_of
+from jaxrl_llm.tasks.base import Example, check_split, split_of, split_rng
 from jaxrl_llm.tasks.rewards import first_line
 
 __all__ = ["SortTask"]
@@ -47,15 +45,15 @@ class SortTask:
         """Up to `n` distinct lists of `split` (n=None: 10 000)."""
         check_split(split)
         n = 10_000 if n is None else int(n)
-        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        rng = split_rng(seed, split)
         out, seen = [], set()
         misses = 0
         for _ in range(50 * n + 1000):
             if len(out) == n or misses > 5000:  # the split is (nearly) exhausted
                 break
             misses += 1
-            k = int(rng.choice(self.length))
-            values = [int(v) for v in rng.integers(0, self.max_value + 1, size=k)]
+            k = rng.choice(self.length)
+            values = [rng.randint(0, self.max_value) for _ in range(k)]
             prompt = f"sort {','.join(map(str, values))}="
             if prompt in seen or split_of(prompt, self.test_fraction) != split:
                 continue
