@@ -1,1 +1,27 @@
+"""Decoder-only transformer (Llama / Qwen2 / Qwen3), value model, HF IO and tokenizers."""
+from jaxrl_llm.models.config import ModelConfig, SUPPORTED_ARCHITECTURES
+from jaxrl_llm.models.transformer import (
+    apply,
+    apply_hidden,
+    cache_logical_axes,
+    init_cache,
+    init_params,
+    lm_head,
+    logical_axes,
+)
+from jaxrl_llm.models.value import apply_value, init_value_params, value_logical_axes
 
+__all__ = [
+    "ModelConfig",
+    "SUPPORTED_ARCHITECTURES",
+    "apply",
+    "apply_hidden",
+    "apply_value",
+    "cache_logical_axes",
+    "init_cache",
+    "init_params",
+    "init_value_params",
+    "lm_head",
+    "logical_axes",
+    "value_logical_axes",
+]

@@ -1,0 +1,478 @@
+"""Decoder-only transformer (Llama / Qwen2 / Qwen3) in Flax Linen, with a functional API.
+
+Architecture (pre-norm, as in Llama, Touvron et al. 2023, and Qwen2/3):
+
+    h_0   = Embed(tokens)
+    h'    = h_l + Attn(RMSNorm(h_l))           GQA, RoPE, optional qkv bias / per-head q,k RMSNorm
+    h_l+1 = h' + W_down (silu(W_gate x) * W_up x),  x = RMSNorm(h')        (SwiGLU, Shazeer 2020)
+    logits = RMSNorm(h_L) @ W_head             (W_head = Embed^T when embeddings are tied)
+
+The layers are one `nn.scan` over a leading `layers` axis of the stacked
+parameters, so compile time does not grow with depth; `config.remat` wraps
+the block in `nn.remat`.
+
+Functional entry points (everything else in the library calls these):
+
+    params = init_params(config, key)
+    logits, cache = apply(config, params, tokens, positions, mask, cache=None, *, last_only=False)
+    hidden = apply_hidden(config, params, tokens, positions, mask)     # final-norm states [N, S, H]
+    logits = lm_head(config, params, hidden)                           # float32 [..., V]
+    cache = init_cache(config, batch, max_len, dtype=None)
+    specs = logical_axes(config)
+
+Masking conventions: prompts are left-padded, `positions = clip(cumsum(mask) - 1, 0)`.
+Without a cache a query attends causally (by slot) to keys whose mask is 1.
+With a cache the S new tokens are written at slots `[index, index + S)`; query
+`i` (slot `index + i`) attends to slots `<= index + i` whose cache mask is 1.
+Fully masked query rows get a uniform (finite) attention, never NaN.
+
+Activations carry logical axis names (`batch`, `length`, `kv_length`, `embed`,
+`mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, `layers`) through
+`nn.with_logical_constraint`; they take effect when the caller runs under a mesh
+and logical rules, e.g.
+`with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(rules): jax.jit(...)`.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxrl_llm.models.config import ModelConfig
+from jaxrl_llm.parallel import axes as A
+
+__all__ = [
+    "RMSNorm",
+    "Attention",
+    "MLP",
+    "Proj",
+    "Embed",
+    "Block",
+    "Backbone",
+    "rope_inv_freq",
+    "apply_rope",
+    "attention_mask",
+    "init_params",
+    "init_cache",
+    "cache_logical_axes",
+    "apply",
+    "apply_hidden",
+    "lm_head",
+    "logical_axes",
+]
+
+Params = dict[str, Any]
+_NEG = -1e30  # finite "minus infinity": fully masked rows soften to uniform, not NaN
+_INIT_STD = 0.02
+
+
+def _constrain(x, names):
+    return nn.with_logical_constraint(x, names)
+
+
+def _param(module: nn.Module, name: str, shape, names, init, cfg: ModelConfig):
+    """A parameter annotated with logical axis names (boxed at init, plain at apply)."""
+    return module.param(
+        name, nn.with_logical_partitioning(init, names), shape, jnp.dtype(cfg.param_dtype)
+    )
+
+
+# --------------------------------------------------------------------------- RoPE
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies `theta^(-2i/d)`, i < d/2 (Su et al. 2021, RoFormer), float32.
+
+    Scaling: `linear` divides all by `factor`; `llama3` (Llama 3.1) divides the
+    low frequencies (wavelength > L/low_freq_factor, L the original context) by
+    `factor`, keeps high frequencies and interpolates smoothly in between:
+    `(1 - s) * f / factor + s * f`, `s = (L / wavelen - low) / (high - low)`.
+    Computed in float32 like transformers does.
+    """
+    d = config.head_dim
+    inv = (1.0 / (np.float32(config.rope_theta) ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d)))).astype(np.float32)
+    scaling = config.rope_scaling_dict
+    if scaling is None:
+        return inv
+    kind = scaling["rope_type"]
+    factor = np.float32(scaling["factor"])
+    if kind == "linear":
+        return (inv / factor).astype(np.float32)
+    if kind == "llama3":
+        low, high = np.float32(scaling["low_freq_factor"]), np.float32(scaling["high_freq_factor"])
+        old_len = np.float32(scaling["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = np.float32(2 * math.pi) / inv
+        scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ValueError(f"rope_type={kind!r} is not supported")
+
+
+def rope_cos_sin(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos, sin of `positions * inv_freq`, duplicated to head_dim (HF layout). float32 [N, S, D]."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config))
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """`x * cos + rotate_half(x) * sin`, rotate_half(x) = [-x2, x1] (HF convention).
+
+    x: [N, S, heads, D]; cos, sin: [N, S, D]. Computed in float32, cast back.
+    """
+    xf = x.astype(jnp.float32)
+    x1, x2 = jnp.split(xf, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+# -------------------------------------------------------------------------- masks
+def attention_mask(mask: jax.Array, cache_mask: jax.Array | None = None, index=None) -> jax.Array:
+    """Boolean `[N, S, K]`: may query i attend to key slot j.
+
+    No cache: `j <= i and mask[j]` (K = S). With a cache (K = max_len) whose
+    mask already holds the new tokens: `j <= index + i and cache_mask[j]`.
+    """
+    n, s = mask.shape
+    q_slot = jnp.arange(s)[:, None]
+    if cache_mask is None:
+        k_slot = jnp.arange(s)[None, :]
+        return (k_slot <= q_slot)[None] & (mask[:, None, :] > 0)
+    k_slot = jnp.arange(cache_mask.shape[1])[None, :]
+    return (k_slot <= q_slot + index)[None] & (cache_mask[:, None, :] > 0)
+
+
+# ------------------------------------------------------------------------ modules
+class RMSNorm(nn.Module):
+    """`y = w * x / sqrt(mean(x^2) + eps)` (Zhang & Sennrich 2019), statistics in float32."""
+
+    config: ModelConfig
+    dim: int
+    axis_name: str = A.EMBED
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        scale = _param(self, "scale", (self.dim,), (self.axis_name,), nn.initializers.ones, cfg)
+        xf = x.astype(jnp.float32)
+        y = xf * lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + cfg.rms_norm_eps)
+        dtype = jnp.dtype(cfg.dtype)
+        return scale.astype(dtype) * y.astype(dtype)
+
+
+class Proj(nn.Module):
+    """Linear map: inputs `[N, S, *in]` contracted with the leading `len(in)` kernel axes.
+
+    `kernel` has shape `(*in, *out)`, e.g. q: `[embed, heads, head_dim]`,
+    o: `[heads, head_dim, embed]` (contracts two axes); optional `bias` of shape `out`.
+    """
+
+    config: ModelConfig
+    shape: tuple
+    names: tuple
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        kernel = _param(self, "kernel", self.shape, self.names, nn.initializers.normal(_INIT_STD), cfg)
+        n_in = x.ndim - 2  # inputs are [N, S, *in]
+        y = lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                            ((tuple(range(2, x.ndim)), tuple(range(n_in))), ((), ())))
+        if self.use_bias:
+            out_shape, out_names = self.shape[n_in:], self.names[n_in:]
+            bias = _param(self, "bias", out_shape, out_names, nn.initializers.zeros, cfg)
+            y = y + bias.astype(dtype)
+        return y
+
+
+class Attention(nn.Module):
+    """Grouped-query attention (Ainslie et al. 2023) with RoPE and an optional KV cache."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, allowed, kv, index):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        h, nh, nkv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q = Proj(cfg, (h, nh, d), (A.EMBED, A.HEADS, A.HEAD_DIM), cfg.qkv_bias, name="q_proj")(x)
+        k = Proj(cfg, (h, nkv, d), (A.EMBED, A.KV_HEADS, A.HEAD_DIM), cfg.qkv_bias, name="k_proj")(x)
+        v = Proj(cfg, (h, nkv, d), (A.EMBED, A.KV_HEADS, A.HEAD_DIM), cfg.qkv_bias, name="v_proj")(x)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim, per head, before RoPE
+            q = RMSNorm(cfg, d, A.HEAD_DIM, name="q_norm")(q)
+            k = RMSNorm(cfg, d, A.HEAD_DIM, name="k_norm")(k)
+        q = _constrain(apply_rope(q, cos, sin), (A.BATCH, A.LENGTH, A.HEADS, A.HEAD_DIM))
+        k = apply_rope(k, cos, sin)
+
+        new_kv = None
+        if kv is not None:  # write the S new keys/values at slots [index, index + S)
+            k_cache, v_cache = kv
+            k_cache = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+            v_cache = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+            new_kv = (k_cache, v_cache)
+            k, v = k_cache.astype(dtype), v_cache.astype(dtype)
+        k = _constrain(k, (A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM))
+        v = _constrain(v, (A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM))
+
+        n, s = q.shape[:2]
+        groups = nh // nkv
+        qg = q.reshape(n, s, nkv, groups, d)
+        scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
+        scores = scores * (d ** -0.5)
+        scores = jnp.where(allowed[:, None, None, :, :], scores, _NEG)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(n, s, nh, d)
+        out = _constrain(out, (A.BATCH, A.LENGTH, A.HEADS, A.HEAD_DIM))
+        y = Proj(cfg, (nh, d, h), (A.HEADS, A.HEAD_DIM, A.EMBED), False, name="o_proj")(out)
+        return y, new_kv
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: `W_down (silu(W_gate x) * W_up x)`."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        h, m = cfg.hidden_size, cfg.intermediate_size
+        g = Proj(cfg, (h, m), (A.EMBED, A.MLP), False, name="gate_proj")(x)
+        u = Proj(cfg, (h, m), (A.EMBED, A.MLP), False, name="up_proj")(x)
+        a = _constrain(jax.nn.silu(g) * u, (A.BATCH, A.LENGTH, A.MLP))
+        return Proj(cfg, (m, h), (A.MLP, A.EMBED), False, name="down_proj")(a)
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer; the scan body (`carry = hidden`, `xs = this layer's KV cache`)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, kv, cos, sin, allowed, index):
+        cfg = self.config
+        h = RMSNorm(cfg, cfg.hidden_size, name="attn_norm")(x)
+        a, new_kv = Attention(cfg, name="attn")(h, cos, sin, allowed, kv, index)
+        x = x + a
+        h = RMSNorm(cfg, cfg.hidden_size, name="mlp_norm")(x)
+        x = x + MLP(cfg, name="mlp")(h)
+        x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
+        return x, new_kv
+
+
+class Embed(nn.Module):
+    """Token embedding table `[vocab, embed]`."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens):
+        cfg = self.config
+        emb = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), (A.VOCAB, A.EMBED),
+                     nn.initializers.normal(_INIT_STD), cfg)
+        return jnp.take(emb, tokens, axis=0)
+
+
+class Backbone(nn.Module):
+    """Embedding → scanned blocks → final RMSNorm. Returns `(hidden [N, S, H], new_kv)`."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions, mask, kv=None, cache_mask=None, index=None):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        x = Embed(cfg, name="embed")(tokens).astype(dtype)
+        x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
+        cos, sin = rope_cos_sin(cfg, positions)
+        allowed = attention_mask(mask, cache_mask, index)
+
+        block = Block
+        if cfg.remat:
+            block = nn.remat(Block, prevent_cse=False)
+        layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: A.LAYERS},
+        )(cfg, name="layers")
+        x, new_kv = layers(x, kv, cos, sin, allowed, index)
+        x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x)
+        return x, new_kv
+
+
+# -------------------------------------------------------------- functional API
+_BACKBONE_KEYS = ("embed", "layers", "final_norm")
+
+
+def _init_boxed(config: ModelConfig, key: jax.Array) -> Params:
+    """Parameters with `nn.LogicallyPartitioned` boxes (names per axis)."""
+    k_body, k_head = jax.random.split(key)
+    dummy = jnp.zeros((1, 1), jnp.int32)
+    params = dict(Backbone(config).init(k_body, dummy, dummy, jnp.ones_like(dummy))["params"])
+    if not config.tie_embeddings:
+        kernel = nn.initializers.normal(_INIT_STD)(
+            k_head, (config.hidden_size, config.vocab_size), jnp.dtype(config.param_dtype))
+        params["lm_head"] = {"kernel": nn.LogicallyPartitioned(kernel, (A.EMBED, A.VOCAB))}
+    return params
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def init_params(config: ModelConfig, key: jax.Array) -> Params:
+    """Random parameters (normal(0.02) kernels, unit norms, zero biases), a plain nested dict.
+
+    Layout: `{"embed": {"embedding": [V, H]}, "layers": {...stacked [L, ...]},
+    "final_norm": {"scale": [H]}, "lm_head": {"kernel": [H, V]}}` (no `lm_head`
+    when embeddings are tied). Jittable with `config` static, so it can be
+    initialised sharded: `jax.jit(init_params, static_argnums=0, out_shardings=...)`.
+    The public functions here are already `jax.jit`-wrapped (config static), so
+    eager calls compile once; inside an outer jit they are inlined.
+    """
+    shapes = nn.unbox(jax.eval_shape(functools.partial(_init_boxed, config), key))
+    return _draw_params(shapes, key)
+
+
+# Below this many kernel entries all kernels come from one normal draw (one
+# threefry in the program: XLA compiles it in a fraction of a second, instead
+# of ~0.25 s per drawn tensor); above it each kernel has its own draw, so a
+# sharded init never materialises one flat vector of all parameters.
+_FLAT_INIT_MAX = 1 << 26
+
+
+def _draw_params(shapes: Params, key: jax.Array) -> Params:
+    """Fill a pytree of `ShapeDtypeStruct`s: `scale` → 1, `bias` → 0, kernels → N(0, 0.02²)."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    kinds = [jax.tree_util.keystr(path[-1:]) for path, _ in flat]
+    kernels = [i for i, k in enumerate(kinds) if "scale" not in k and "bias" not in k]
+    sizes = [math.prod(flat[i][1].shape) for i in kernels]
+    draws = {}
+    if sum(sizes) <= _FLAT_INIT_MAX:
+        noise = jax.random.normal(key, (sum(sizes),), jnp.float32)
+        offset = 0
+        for i, n in zip(kernels, sizes):
+            draws[i] = noise[offset:offset + n].reshape(flat[i][1].shape)
+            offset += n
+    else:
+        for i in kernels:
+            draws[i] = jax.random.normal(jax.random.fold_in(key, i), flat[i][1].shape, jnp.float32)
+    leaves = []
+    for i, ((_, sds), kind) in enumerate(zip(flat, kinds)):
+        if i in draws:
+            leaves.append((_INIT_STD * draws[i]).astype(sds.dtype))
+        elif "scale" in kind:
+            leaves.append(jnp.ones(sds.shape, sds.dtype))
+        else:
+            leaves.append(jnp.zeros(sds.shape, sds.dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _is_box(x):
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
+def logical_axes(config: ModelConfig) -> Params:
+    """Pytree like `init_params(config, key)` whose leaves are tuples of logical axis names."""
+    boxed = jax.eval_shape(functools.partial(_init_boxed, config), jax.random.key(0))
+    return jax.tree.map(lambda b: tuple(b.names), boxed, is_leaf=_is_box)
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
+    """Empty KV cache: `k`, `v` `[layers, N, max_len, kv_heads, head_dim]`, `mask` `[N, max_len]`, `index` 0."""
+    dtype = jnp.dtype(dtype or config.dtype)
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "mask": jnp.zeros((batch, max_len), jnp.int32),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def cache_logical_axes(config: ModelConfig) -> dict:
+    """Logical axis names of `init_cache(...)` (for `logical_to_sharding`)."""
+    kv = (A.LAYERS, A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM)
+    return {"k": kv, "v": kv, "mask": (A.BATCH, A.KV_LENGTH), "index": ()}
+
+
+def _check_inputs(config, tokens, positions, mask, cache):
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [N, S], got shape {tokens.shape}")
+    if positions.shape != tokens.shape or mask.shape != tokens.shape:
+        raise ValueError(
+            f"tokens {tokens.shape}, positions {positions.shape} and mask {mask.shape} must match"
+        )
+    if cache is not None:
+        want = (config.num_layers, tokens.shape[0])
+        if tuple(cache["k"].shape[:2]) != want or cache["k"].shape[3:] != (config.num_kv_heads, config.head_dim):
+            raise ValueError(
+                f"cache k has shape {cache['k'].shape}; expected "
+                f"[{config.num_layers}, {tokens.shape[0]}, max_len, {config.num_kv_heads}, {config.head_dim}]"
+            )
+        if tokens.shape[1] > cache["k"].shape[2]:
+            raise ValueError(f"{tokens.shape[1]} new tokens exceed cache max_len {cache['k'].shape[2]}")
+
+
+def _forward(config, params, tokens, positions, mask, cache):
+    _check_inputs(config, tokens, positions, mask, cache)
+    body = {k: params[k] for k in _BACKBONE_KEYS}
+    tokens = tokens.astype(jnp.int32)
+    positions = positions.astype(jnp.int32)
+    mask = mask.astype(jnp.int32)
+    if cache is None:
+        hidden, _ = Backbone(config).apply({"params": body}, tokens, positions, mask)
+        return hidden, None
+    index = jnp.asarray(cache["index"], jnp.int32)
+    cache_mask = lax.dynamic_update_slice(cache["mask"], mask.astype(cache["mask"].dtype), (0, index))
+    hidden, (k, v) = Backbone(config).apply(
+        {"params": body}, tokens, positions, mask, (cache["k"], cache["v"]), cache_mask, index)
+    new_cache = {"k": k, "v": v, "mask": cache_mask, "index": index + tokens.shape[1]}
+    return hidden, new_cache
+
+
+def lm_head(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
+    """Float32 logits `hidden @ W_head` (`W_head = embedding^T` when tied); hidden `[..., H]`."""
+    dtype = jnp.dtype(config.dtype)
+    if config.tie_embeddings:
+        w = params["embed"]["embedding"].astype(dtype)
+        logits = jnp.einsum("...e,ve->...v", hidden.astype(dtype), w, preferred_element_type=jnp.float32)
+    else:
+        w = params["lm_head"]["kernel"].astype(dtype)
+        logits = jnp.einsum("...e,ev->...v", hidden.astype(dtype), w, preferred_element_type=jnp.float32)
+    if logits.ndim == 3:
+        logits = _constrain(logits, (A.BATCH, A.LENGTH, A.VOCAB))
+    return logits.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("last_only",))
+def apply(config: ModelConfig, params: Params, tokens, positions, mask, cache=None, *, last_only=False):
+    """Forward pass: `(logits float32 [N, S, V] (or [N, 1, V] if last_only), new cache or None)`.
+
+    tokens/positions/mask int32 `[N, S]` (left-padded; `positions = clip(cumsum(mask) - 1, 0)`).
+    With a `cache` (from `init_cache`) the S tokens are written at slots
+    `[index, index + S)`, the cache mask is set from `mask` there, and the
+    returned cache has `index + S`: prefill (index 0, S = P) and decode (S = 1)
+    share this path. `last_only=True` applies the head to the last position only.
+    """
+    hidden, new_cache = _forward(config, params, tokens, positions, mask, cache)
+    if last_only:
+        hidden = hidden[:, -1:, :]
+    return lm_head(config, params, hidden), new_cache
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def apply_hidden(config: ModelConfig, params: Params, tokens, positions, mask) -> jax.Array:
+    """Final-norm hidden states `[N, S, H]` (compute dtype), for chunked `lm_head` log-probs."""
+    hidden, _ = _forward(config, params, tokens, positions, mask, None)
+    return hidden
