@@ -47,6 +47,12 @@ def _float(x):
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def _safe_div(num, den):
+    """``num / den``, 0 where ``den <= 0`` (gradient-safe): empty masks give 0, not NaN."""
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
 def _check_2d(**arrays):
     shapes = {k: jnp.shape(v) for k, v in arrays.items()}
     first = next(iter(shapes.values()))
@@ -152,7 +158,8 @@ def whiten(x, mask, *, shift_mean=True, ddof=1, eps=1e-8, eps_mode="add"):
     Conventions: ``ddof=1, eps=1e-8, eps_mode="add"`` (default) is verl / TRL;
     ``ddof=0, eps_mode="max"`` is OpenRLHF (``rsqrt(max(σ², eps))``); tunix
     uses ``ddof=1``. Apply it to the full minibatch before splitting it.
-    Returns float32 (for float32/bf16 input), zero outside the mask.
+    Returns float32 (for float32/bf16 input), zero outside the mask; with
+    fewer than ``ddof + 1`` valid entries the variance is taken as 0.
     """
     x, m = _float(x), _float(mask)
     if x.shape != m.shape:
@@ -160,8 +167,8 @@ def whiten(x, mask, *, shift_mean=True, ddof=1, eps=1e-8, eps_mode="add"):
     if eps_mode not in ("add", "max"):
         raise ValueError(f"eps_mode must be 'add' or 'max', got {eps_mode!r}")
     n = jnp.sum(m)
-    mean = jnp.sum(m * x) / n
-    var = jnp.sum(m * (x - mean) ** 2) / (n - ddof)
+    mean = _safe_div(jnp.sum(jnp.where(m != 0, m * x, 0.0)), n)
+    var = _safe_div(jnp.sum(jnp.where(m != 0, m * (x - mean) ** 2, 0.0)), n - ddof)
     scale = jax.lax.rsqrt(var + eps if eps_mode == "add" else jnp.maximum(var, eps))
     out = (x - mean) * scale
     if not shift_mean:

@@ -85,6 +85,10 @@ def _prep(logp, old_logp, advantages, mask, pg_mask):
     logp, advantages, mask = _float(logp), _float(advantages), _float(mask)
     old_logp = sg(logp) if old_logp is None else _float(old_logp)
     pg_mask = jnp.ones_like(logp) if pg_mask is None else _float(pg_mask)
+    # Zero the masked positions before any nonlinearity, so that padding values
+    # (even inf / NaN) reach neither the loss nor its gradient.
+    valid = mask != 0
+    logp, old_logp, advantages, pg_mask = (jnp.where(valid, x, 0.0) for x in (logp, old_logp, advantages, pg_mask))
     return logp, sg(old_logp), sg(advantages), sg(mask), sg(pg_mask)
 
 
@@ -204,7 +208,7 @@ def gspo(
 
     Defaults follow the paper: ε_low = 3e-4, ε_high = 4e-4 and sequence-mean
     aggregation (``seq-mean-token-mean``). ``log_ratio_clamp`` clamps the
-    sequence log-ratio (verl clamps it at 10). Ratio metrics and clip
+    sequence log-ratio on both sides (verl clamps it from above at 10). Ratio metrics and clip
     fractions are about ``s_i`` (counted per token); ``approx_kl`` is token-level.
     """
     logp, old_logp, advantages, mask, pg_mask = _prep(logp, old_logp, advantages, mask, pg_mask)

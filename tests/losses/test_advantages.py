@@ -291,3 +291,11 @@ def test_to_tokens_and_token_rewards():
                                [[-0.5, 1.5, 0, 0], [-0.5, 0, -1.5, 0], [0, 0, 0, 0]])
     with pytest.raises(ValueError, match=r"\[N, T\]"):
         A.to_tokens(jnp.ones(2), m)
+
+
+def test_whiten_degenerate_masks_are_finite():
+    x = jnp.array([[1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(A.whiten(x, jnp.zeros((1, 3))), np.zeros((1, 3)))
+    np.testing.assert_array_equal(A.whiten(x, jnp.array([[0.0, 1.0, 0.0]])), np.zeros((1, 3)))
+    g = jax.grad(lambda y: A.whiten(y, jnp.array([[0.0, 1.0, 0.0]])).sum())(x)
+    assert np.all(np.isfinite(g))
