@@ -9,6 +9,8 @@ from jaxrl_llm.models.transformer import (
     lm_head,
     logical_axes,
 )
+from jaxrl_llm.models.hf_io import load_hf, save_hf
+from jaxrl_llm.models.tokenizer import build_builtin_tokenizer, chat_prompt, load_tokenizer
 from jaxrl_llm.models.value import apply_value, init_value_params, value_logical_axes
 
 __all__ = [
@@ -17,6 +19,11 @@ __all__ = [
     "apply",
     "apply_hidden",
     "apply_value",
+    "build_builtin_tokenizer",
+    "chat_prompt",
+    "load_hf",
+    "load_tokenizer",
+    "save_hf",
     "cache_logical_axes",
     "init_cache",
     "init_params",
