@@ -7,7 +7,7 @@ Command:   python -m jaxrl_llm.main --config=configs/grpo_hf_gsm8k.py:/ckpt/Qwen
            (.json / .jsonl / .parquet with 'question' and 'answer' '… #### N' fields, split
            train / test by a stable hash), a folder with train.* and test.* files, or a hub
            name (default 'openai/gsm8k', needs network or a local datasets cache).
-Laptop:    ...:MODEL_DIR,data=FILE,runlocal  — 2 steps of 2 prompts × 2 samples, 16 new tokens
+Laptop:    ...:MODEL_DIR,data=FILE,runlocal  — 2 steps of 8 prompts × 2 samples, 16 new tokens
            (the test suite runs this with a tiny random HF model and a generated jsonl).
 Hardware:  one 80 GB GPU or a TPU v4-8 for a 0.5B–1.5B model; about 1 h for 200 steps of
            32 prompts × 8 samples × 512 new tokens (an estimate, not a measurement).
@@ -77,7 +77,7 @@ def get_config(arg=None):
     c.task.reward_workers = 1
     c.rollout.max_new_tokens = 16
     c.rollout.prompt_buckets = (64, 128, 256)
-    c.train.prompts_per_step = 2
+    c.train.prompts_per_step = 8     # divides over 8 (virtual) devices
     c.train.samples_per_prompt = 2
     c.train.minibatch_size = 0
     c.train.microbatch_size = 0
@@ -85,5 +85,5 @@ def get_config(arg=None):
     c.train.logprob_chunk = 0
     c.checkpoint.every = 2
     c.eval.every = 0
-    c.eval.size = 4
+    c.eval.size = 8
   return c
