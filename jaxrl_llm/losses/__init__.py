@@ -37,6 +37,7 @@ from jaxrl_llm.losses.policy import (
     forking_threshold,
     forking_token_mask,
     gspo,
+    init_metrics,
     kl_cov,
     kl_cov_stats,
     merge_metrics,
@@ -71,7 +72,7 @@ __all__ = [
     "MODES", "aggregate", "global_counts", "sequence_weight",
     # policy
     "METRIC_KEYS", "ppo_clip", "reinforce", "gspo", "cispo", "clip_cov", "kl_cov", "clip_cov_stats",
-    "kl_cov_stats", "forking_token_mask", "forking_threshold", "merge_metrics",
+    "kl_cov_stats", "forking_token_mask", "forking_threshold", "init_metrics", "merge_metrics",
     # registry
     "ADVANTAGES", "POLICY_LOSSES", "AGGREGATIONS", "compute_advantages", "compute_policy_loss",
     "policy_loss_stats", "split_stats",

@@ -22,12 +22,14 @@ Every loss has the signature::
 
 Inputs may be bf16; everything is computed in (at least) float32.
 
-Metrics: a flat dict of scalars with the same keys on every call of a loss
-(:data:`METRIC_KEYS`, plus ``cov_frac`` for Clip-Cov / KL-Cov). Means
+Metrics: a flat dict of float32 scalars with the same keys on every call of a
+loss (:data:`METRIC_KEYS`, plus ``cov_frac`` for Clip-Cov / KL-Cov). Means
 (``clip_frac*``, ``approx_kl*``, ``ratio_mean``, ``cov_frac``) are token means
-normalised by ``num_tokens`` when it is given, so summing them over
-micro-batches gives the minibatch value; ``ratio_max`` / ``ratio_min`` combine
-with max / min. :func:`merge_metrics` does exactly this.
+over this call's ``mask`` (the local weighted token count, whatever
+``num_tokens`` is). Across micro-batches, weight each call's means by its
+token fraction ``Σ mask / num_tokens`` and add them; ``ratio_max`` /
+``ratio_min`` combine with max / min (never weight or add them).
+:func:`merge_metrics` and :func:`init_metrics` do this inside a ``lax.scan``.
 
 Ratio conventions: ``log_ratio_clamp=None`` (default, TRL) leaves
 ``log π − log π_old`` unclamped; verl, OpenRLHF and tunix clamp it to ±20
@@ -53,6 +55,7 @@ __all__ = [
     "kl_cov_stats",
     "forking_token_mask",
     "forking_threshold",
+    "init_metrics",
     "merge_metrics",
 ]
 
@@ -101,12 +104,12 @@ def _agg(x, mask, agg, num_tokens, num_seqs, norm_constant):
     return aggregate(x, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=norm_constant)
 
 
-def _metrics(ratio, log_ratio, mask, num_tokens, *, low=None, high=None, dual=None, **extra):
+def _metrics(ratio, log_ratio, mask, *, low=None, high=None, dual=None, **extra):
     """The common metric dict (all under stop_gradient); ``low``/``high``/``dual`` are boolean masks."""
     ratio, log_ratio = sg(ratio), sg(log_ratio)
 
     def mean(x):
-        return aggregate(sg(jnp.asarray(x, jnp.float32)), mask, "token-mean", num_tokens=num_tokens)
+        return aggregate(sg(jnp.asarray(x, jnp.float32)), mask, "token-mean")
 
     zero = jnp.zeros_like(ratio)
     low = zero if low is None else low
@@ -171,7 +174,7 @@ def ppo_clip(
     ratio = jnp.exp(log_ratio)
     per_token, low, high, dual = _clipped_surrogate(ratio, advantages, clip_low, clip_high, dual_clip)
     loss = _agg(per_token * pg_mask, mask, agg, num_tokens, num_seqs, norm_constant)
-    return loss, _metrics(ratio, log_ratio, mask, num_tokens, low=low, high=high, dual=dual)
+    return loss, _metrics(ratio, log_ratio, mask, low=low, high=high, dual=dual)
 
 
 def reinforce(
@@ -187,7 +190,7 @@ def reinforce(
     logp, old_logp, advantages, mask, pg_mask = _prep(logp, old_logp, advantages, mask, pg_mask)
     loss = _agg(-advantages * logp * pg_mask, mask, agg, num_tokens, num_seqs, norm_constant)
     log_ratio = logp - old_logp
-    return loss, _metrics(jnp.exp(log_ratio), log_ratio, mask, num_tokens)
+    return loss, _metrics(jnp.exp(log_ratio), log_ratio, mask)
 
 
 def gspo(
@@ -221,7 +224,7 @@ def gspo(
     s = jnp.exp(log_s)
     per_token, low, high, _ = _clipped_surrogate(s, advantages, clip_low, clip_high, None)
     loss = _agg(per_token * pg_mask, mask, agg, num_tokens, num_seqs, norm_constant)
-    metrics = _metrics(s, token_log_ratio, mask, num_tokens, low=low, high=high)
+    metrics = _metrics(s, token_log_ratio, mask, low=low, high=high)
     return loss, metrics
 
 
@@ -245,7 +248,7 @@ def cispo(
     hi = jnp.inf if clip_high is None else 1.0 + clip_high
     weight = sg(jnp.clip(ratio, lo, hi))
     loss = _agg(-weight * advantages * logp * pg_mask, mask, agg, num_tokens, num_seqs, norm_constant)
-    return loss, _metrics(ratio, log_ratio, mask, num_tokens, low=sg(ratio) < lo, high=sg(ratio) > hi)
+    return loss, _metrics(ratio, log_ratio, mask, low=sg(ratio) < lo, high=sg(ratio) > hi)
 
 
 # ----------------------------------------------------------- covariance-based losses
@@ -343,7 +346,7 @@ def clip_cov(
     per_token, low, high, dual = _clipped_surrogate(ratio, advantages, clip_low, clip_high, dual_clip)
     per_token = jnp.where(select != 0, sg(per_token), per_token)
     loss = _agg(per_token * pg_mask, mask, agg, num_tokens, num_seqs, norm_constant)
-    return loss, _metrics(ratio, log_ratio, mask, num_tokens, low=low, high=high, dual=dual, cov_frac=select)
+    return loss, _metrics(ratio, log_ratio, mask, low=low, high=high, dual=dual, cov_frac=select)
 
 
 def kl_cov(
@@ -367,7 +370,7 @@ def kl_cov(
     ratio = jnp.exp(log_ratio)
     per_token = -advantages * ratio * pg_mask + kl_coef * select * jnp.abs(log_ratio)
     loss = _agg(per_token, mask, agg, num_tokens, num_seqs, norm_constant)
-    return loss, _metrics(ratio, log_ratio, mask, num_tokens, cov_frac=select)
+    return loss, _metrics(ratio, log_ratio, mask, cov_frac=select)
 
 
 # ------------------------------------------------------------------ forking tokens
@@ -407,20 +410,36 @@ def forking_token_mask(entropy, mask, top_fraction=0.2, threshold=None):
     return (valid & (sg(entropy) >= threshold)).astype(jnp.float32)
 
 
-def merge_metrics(a, b):
-    """Combine the metrics of two micro-batches: max for ``*_max``, min for ``*_min``, sum otherwise.
+def init_metrics(metrics):
+    """Identity elements for :func:`merge_metrics`: 0 for sums, −inf for ``*_max``, +inf for ``*_min``.
 
-    With ``num_tokens`` the global count, the sum of per-micro-batch means is
-    the minibatch mean. Jittable (use it inside a ``lax.scan``).
+    ``metrics`` may hold arrays or ``jax.ShapeDtypeStruct`` (from ``jax.eval_shape``).
     """
-    if a.keys() != b.keys():
-        raise ValueError(f"metric keys differ: {sorted(a)} vs {sorted(b)}")
+
+    def init(k, v):
+        value = -jnp.inf if k.endswith("_max") else jnp.inf if k.endswith("_min") else 0.0
+        return jnp.full(jnp.shape(v), value, jnp.result_type(v.dtype, jnp.float32))
+
+    return {k: init(k, v) for k, v in metrics.items()}
+
+
+def merge_metrics(acc, metrics, weight=1.0):
+    """Accumulate one micro-batch's metrics: ``acc + weight · m``, but max / min for ``*_max`` / ``*_min``.
+
+    With ``weight = Σ mask_micro / num_tokens`` (the micro-batch's share of
+    the minibatch's weighted tokens) the accumulated means equal the
+    full-minibatch means exactly; extremes are never weighted. Start from
+    :func:`init_metrics`. Key prefixes are allowed (``"pg/ratio_max"``).
+    Jittable.
+    """
+    if acc.keys() != metrics.keys():
+        raise ValueError(f"metric keys differ: {sorted(acc)} vs {sorted(metrics)}")
 
     def combine(k):
         if k.endswith("_max"):
-            return jnp.maximum(a[k], b[k])
+            return jnp.maximum(acc[k], metrics[k])
         if k.endswith("_min"):
-            return jnp.minimum(a[k], b[k])
-        return a[k] + b[k]
+            return jnp.minimum(acc[k], metrics[k])
+        return acc[k] + weight * metrics[k]
 
-    return {k: combine(k) for k in a}
+    return {k: combine(k) for k in acc}

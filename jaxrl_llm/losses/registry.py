@@ -35,6 +35,7 @@ __all__ = [
     "compute_policy_loss",
     "policy_loss_stats",
     "split_stats",
+    "init_metrics",
     "merge_metrics",
 ]
 
@@ -192,13 +193,16 @@ def _accepts(fn, name):
     return name in inspect.signature(fn).parameters
 
 
-def _forking_pg_mask(extra, mask, stats):
+def _pg_mask(extra, mask, stats):
+    """``pg_mask`` from ``extra``, times the forking-token mask when ``entropy`` and ``forking_top_fraction`` are set."""
+    pg_mask = extra.pop("pg_mask", None)
     entropy = extra.pop("entropy", None)
     top_fraction = extra.pop("forking_top_fraction", None)
     if entropy is None or top_fraction is None:
-        return None
+        return pg_mask
     threshold = None if stats is None else stats.get("forking_threshold")
-    return policy.forking_token_mask(entropy, mask, top_fraction, threshold=threshold)
+    keep = policy.forking_token_mask(entropy, mask, top_fraction, threshold=threshold)
+    return keep if pg_mask is None else keep * pg_mask
 
 
 def compute_policy_loss(
@@ -216,12 +220,19 @@ def compute_policy_loss(
     accepted by ``ppo_clip`` and ``clip_cov``. ``stats``: this micro-batch's
     slice of :func:`policy_loss_stats`. ``key``: only used by ``clip_cov``
     when ``stats`` is None. ``extra``: loss options (``log_ratio_clamp``,
-    ``clip_ratio``, ``k_ratio``, ``kl_coef``, ...), plus ``entropy`` [N, T] and
-    ``forking_top_fraction`` to restrict the policy gradient to forking tokens.
+    ``clip_ratio``, ``k_ratio``, ``kl_coef``, ...), ``pg_mask`` [N, T], and
+    ``entropy`` [N, T] with ``forking_top_fraction`` to restrict the policy
+    gradient to forking tokens (threshold from ``stats["forking_threshold"]``
+    when present). Restricting tokens goes through ``pg_mask``, never through
+    ``mask``, so the normaliser still counts every token (Wang et al. 2025).
+
+    ``metrics`` are this micro-batch's token means (see :mod:`.policy`):
+    accumulate them with ``merge_metrics(acc, m, weight=Σ mask / num_tokens)``
+    from ``init_metrics(m)``.
     """
     fn = get_policy_loss(name)
     extra = dict(extra)
-    pg_mask = _forking_pg_mask(extra, mask, stats)
+    pg_mask = _pg_mask(extra, mask, stats)
     kwargs = dict(agg=check("aggregation", agg), num_tokens=num_tokens, num_seqs=num_seqs,
                   norm_constant=norm_constant, pg_mask=pg_mask)
     for field, value in (("clip_low", clip_low), ("clip_high", clip_high)):
@@ -293,4 +304,5 @@ def split_stats(stats, num_microbatches):
     return jax.tree.map(split, stats)
 
 
+init_metrics = policy.init_metrics
 merge_metrics = policy.merge_metrics

@@ -338,10 +338,26 @@ def test_merge_metrics_reproduces_full_batch(batch):
     n_tok, n_seq = global_counts(b["mask"])
     f = functools.partial(P.ppo_clip, clip_low=0.1, clip_high=0.1, num_tokens=n_tok, num_seqs=n_seq)
     _, full = f(b["logp"], b["old"], b["adv"], b["mask"])
-    parts = [f(*(b[k][s] for k in ("logp", "old", "adv", "mask")))[1] for s in (slice(0, 1), slice(1, None))]
-    merged = P.merge_metrics(*parts)
+    acc = P.init_metrics(full)
+    for s in (slice(0, 1), slice(1, None)):  # 5 and 15 tokens
+        _, m = f(*(b[k][s] for k in ("logp", "old", "adv", "mask")))
+        acc = P.merge_metrics(acc, m, weight=b["mask"][s].sum() / n_tok)
     for key in full:
-        np.testing.assert_allclose(merged[key], full[key], rtol=1e-5, atol=1e-7, err_msg=key)
+        np.testing.assert_allclose(acc[key], full[key], rtol=1e-5, atol=1e-7, err_msg=key)
+    assert float(full["ratio_max"]) > 1.0 > float(full["ratio_min"])
+
+
+def test_metrics_are_local_token_means(batch):
+    """Metrics do not depend on the global counts (only the loss does)."""
+    b = batch
+    args = (b["logp"][:2], b["old"][:2], b["adv"][:2], b["mask"][:2])
+    _, local = P.ppo_clip(*args)
+    _, with_global = P.ppo_clip(*args, num_tokens=100.0, num_seqs=50.0)
+    for key in local:
+        np.testing.assert_allclose(with_global[key], local[key], rtol=1e-6, err_msg=key)
+    ratio = np.exp(args[0] - args[1])[args[3] > 0]
+    np.testing.assert_allclose(local["ratio_mean"], ratio.mean(), rtol=1e-5)
+    np.testing.assert_allclose(local["ratio_max"], ratio.max(), rtol=1e-6)
 
 
 # ---------------------------------------------------------------- jit, vmap, dtype, grads

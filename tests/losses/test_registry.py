@@ -155,7 +155,9 @@ def test_microbatches_reproduce_the_minibatch(batch, loss_name, adv_name, agg, e
                             None if ent is None else ent[rows]))
     np.testing.assert_allclose(outs[0][0][0] + outs[1][0][0], full, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.concatenate([outs[0][1], outs[1][1]]), full_g, rtol=1e-5, atol=1e-7)
-    merged = registry.merge_metrics(outs[0][0][1], outs[1][0][1])
+    merged = registry.init_metrics(full_m)
+    for rows, out in zip((slice(0, 3), slice(3, 6)), outs):
+        merged = registry.merge_metrics(merged, out[0][1], weight=mask[rows].sum() / n_tok)
     assert merged.keys() == full_m.keys()
     for k in full_m:
         np.testing.assert_allclose(merged[k], full_m[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -189,6 +191,12 @@ def test_forking_tokens_restrict_the_gradient(batch):
     g_all = np.asarray(jax.grad(f)(b["logp"]))
     np.testing.assert_allclose(g, g_all * keep, rtol=1e-6, atol=1e-8)
     assert 0 < keep.sum() < b["mask"].sum()
+    # an explicit pg_mask combines with the forking mask
+    first = np.zeros_like(keep)
+    first[:, 0] = 1.0
+    g2 = np.asarray(jax.grad(functools.partial(f, entropy=b["entropy"], forking_top_fraction=0.2, pg_mask=first))(
+        b["logp"]))
+    np.testing.assert_allclose(g2, g_all * keep * first, rtol=1e-6, atol=1e-8)
 
 
 def test_loss_options_are_routed(batch):
