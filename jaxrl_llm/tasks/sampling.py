@@ -5,10 +5,11 @@ advantage and gives no gradient. Dynamic sampling drops such groups and keeps
 sampling until B informative groups are collected or `max_attempts` batches
 have been drawn:
 
-    result = dynamic_sampling(sample_fn, B, group_size, max_attempts)
+    kept, stats = dynamic_sampling(sample_fn, B, group_size, max_attempts)
     # sample_fn(attempt) -> (batch, rewards [M·G])   generates and scores M prompts × G samples
-    result.rows_by_attempt   # {attempt: row indices [k·G] into that attempt's batch}
-    result.stats             # attempts, groups_sampled, groups_dropped, frac_dropped, filled
+    kept.rows_by_attempt     # {attempt: row indices [k·G] into that attempt's batch}
+    kept.groups              # [(attempt, group)] in order; select_rows(kept) gathers the rows
+    stats                    # attempts, groups_sampled, groups_dropped, frac_dropped, groups_kept, filled
 
 Exactly B groups are returned so shapes stay static: when the cap is reached
 with fewer than B informative groups, the rest is filled with zero-variance
@@ -61,8 +62,8 @@ def dynamic_sampling(
     *,
     atol: float = 0.0,
     fill: bool = True,
-) -> DynamicSample:
-    """Collects B informative groups from up to `max_attempts` calls of `sample_fn` (see module doc)."""
+) -> tuple[DynamicSample, dict]:
+    """(kept, stats): B informative groups from up to `max_attempts` calls of `sample_fn` (module doc)."""
     if B < 1 or group_size < 1 or max_attempts < 1:
         raise ValueError(f"B, group_size and max_attempts must be ≥ 1, got {B}, {group_size}, {max_attempts}")
     batches, rewards_all, informative, uninformative = [], [], [], []
@@ -96,7 +97,7 @@ def dynamic_sampling(
         "groups_kept": len(groups),
         "filled": filled,
     }
-    return DynamicSample(batches, rewards_all, groups, rows_by_attempt, stats)
+    return DynamicSample(batches, rewards_all, groups, rows_by_attempt, stats), stats
 
 
 def select_rows(result: DynamicSample, take: Callable[[Any, np.ndarray], Any] | None = None, concat: Callable[[list], Any] | None = None):

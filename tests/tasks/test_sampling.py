@@ -32,10 +32,10 @@ def _stream(seed, informative_prob, M=5):
 @pytest.mark.parametrize("seed", range(5))
 def test_no_zero_variance_group_when_enough_informative(seed):
     B = 6
-    res = dynamic_sampling(_stream(seed, 0.5), B, G, max_attempts=50)
+    res, stats = dynamic_sampling(_stream(seed, 0.5), B, G, max_attempts=50)
     kept = res.kept_rewards().reshape(B, G)
     assert (kept.max(1) > kept.min(1)).all()
-    assert res.stats["groups_kept"] == B and res.stats["filled"] == 0
+    assert stats is res.stats and res.stats["groups_kept"] == B and res.stats["filled"] == 0
     sampled, dropped = res.stats["groups_sampled"], res.stats["groups_dropped"]
     assert sampled == 5 * res.stats["attempts"]
     all_r = np.concatenate(res.rewards).reshape(-1, G)
@@ -55,7 +55,7 @@ def test_stops_at_first_sufficient_attempt():
         calls.append(attempt)
         return None, np.tile(np.float32([0, 1, 1, 1]), 3)   # 3 informative groups per call
 
-    res = dynamic_sampling(sample_fn, 5, G, max_attempts=10)
+    res, stats = dynamic_sampling(sample_fn, 5, G, max_attempts=10)
     assert calls == [0, 1] and res.groups == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
     assert res.stats["frac_dropped"] == 0.0
 
@@ -66,9 +66,9 @@ def test_cap_fills_with_uninformative_groups_or_returns_fewer():
         r[attempt % 3, 1] = 1.0        # exactly one informative group per attempt
         return None, r.reshape(-1)
 
-    res = dynamic_sampling(sample_fn, 4, G, max_attempts=2)
+    res, stats = dynamic_sampling(sample_fn, 4, G, max_attempts=2)
     assert res.stats["attempts"] == 2 and res.stats["filled"] == 2 and len(res.groups) == 4
     assert {(0, 0), (1, 1)} <= set(res.groups)          # both informative groups kept
     assert res.stats["groups_dropped"] == 4 and res.stats["frac_dropped"] == 4 / 6
-    short = dynamic_sampling(sample_fn, 4, G, max_attempts=2, fill=False)
+    short, _ = dynamic_sampling(sample_fn, 4, G, max_attempts=2, fill=False)
     assert short.groups == [(0, 0), (1, 1)] and short.stats["filled"] == 0
