@@ -70,7 +70,14 @@ def load_rows(path: str, split: str, *, hub_config: str | None, test_fraction: f
     else:
         import datasets
 
-        rows = list(datasets.load_dataset(path, hub_config, split=split))
+        try:
+            rows = list(datasets.load_dataset(path, hub_config, split=split))
+        except Exception as e:  # noqa: BLE001 - name the cause for the user
+            raise ValueError(
+                f"task data {path!r} is neither a file nor a folder, and loading it as a hub dataset "
+                f"(config {hub_config!r}, split {split!r}) failed: {e}. Offline, pass a local "
+                ".json / .jsonl / .parquet file or a folder with train.* and test.* files."
+            ) from e
     _CACHE[cache_key] = rows
     return rows
 

@@ -83,3 +83,9 @@ def test_bad_options_are_named():
         MathTask(path="x", gold_format="last")
     with pytest.raises(ValueError, match="extract_mode"):
         MathTask(path="x", extract_mode="first")
+
+
+def test_missing_local_data_is_a_named_error(tmp_path):
+    task = make_task("gsm8k", path=str(tmp_path / "no_such_dataset_here"))
+    with pytest.raises(ValueError, match="neither a file nor a folder"):
+        task.examples("train", 3, 0)
