@@ -102,11 +102,10 @@ def test_save_hf_round_trip(hf_model, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("hf_model", ["llama"], indirect=True)
 @pytest.mark.parametrize("shape", [{"fsdp": 8}, {"fsdp": 4, "tensor": 2}])
 def test_sharded_load_same_logits(hf_model, shape):
     name, path, _model, ref = hf_model
-    if name != "llama":
-        pytest.skip("one architecture suffices for the mesh check")
     mesh = make_mesh(shape)
     config, params = load_hf(path, mesh=mesh, dtype="float32")
     specs = logical_axes(config)
@@ -139,10 +138,9 @@ def test_sharded_load_same_logits(hf_model, shape):
     assert _max_err(logits, ref, mask) <= 1e-4
 
 
+@pytest.mark.parametrize("hf_model", ["qwen3"], indirect=True)
 def test_load_bf16(hf_model):
     name, path, _model, ref = hf_model
-    if name != "qwen3":
-        pytest.skip("one architecture suffices")
     config, params = load_hf(path, dtype="bfloat16")
     assert config.dtype == "bfloat16" and params["embed"]["embedding"].dtype == jnp.bfloat16
     tokens, positions, mask = batch(config.vocab_size)
