@@ -126,19 +126,17 @@ def _is_stop(tokens, stop_ids):
     return jnp.isin(tokens, jnp.asarray(stop_ids, tokens.dtype))
 
 
-def _program(config, static, constrain, params, prompt_tokens, prompt_mask, key, floats, cache):
+def _decode(config, static, truncate, params, key, floats, logits, cache, plen, empty):
+    """Draw token 0 from the prefill logits, then the while_loop over steps 1..T-1."""
     max_new, n, stop_ids, top_k, greedy = static
     temperature, top_p, min_p = floats[0], floats[1], floats[2]
-    b, p = prompt_tokens.shape
-    rows = b * n
+    rows = logits.shape[0]
 
     def draw(t, logits):
         tok = sample_tokens(jax.random.fold_in(key, t), logits, temperature, top_p, min_p,
-                            top_k=top_k, greedy=greedy)
+                            top_k=top_k, greedy=greedy, truncate=truncate)
         return tok, token_logprobs(logits, tok, temperature)
 
-    logits, cache, plen, empty = _prefill(config, params, prompt_tokens, prompt_mask, n, cache)
-    cache = constrain["cache"](cache)
     tok, lp = draw(0, logits)
     alive = ~empty
     out_tokens = jnp.zeros((rows, max_new), jnp.int32).at[:, 0].set(jnp.where(alive, tok, 0))
@@ -146,6 +144,7 @@ def _program(config, static, constrain, params, prompt_tokens, prompt_mask, key,
     length = alive.astype(jnp.int32)
     done = empty | _is_stop(tok, stop_ids)
     ones = jnp.ones((rows, 1), jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
 
     def cond(state):
         t, _, _, done, *_ = state
@@ -155,19 +154,34 @@ def _program(config, static, constrain, params, prompt_tokens, prompt_mask, key,
         t, cache, prev, done, out_tokens, out_logp, length = state
         pos = (plen + t - 1)[:, None]
         logits, cache = models.apply(config, params, prev[:, None], pos, ones, cache)
-        cache = constrain["cache"](cache)
         tok, lp = draw(t, logits[:, 0, :])
         alive = ~done
-        out_tokens = jax.lax.dynamic_update_slice(
-            out_tokens, jnp.where(alive, tok, 0)[:, None], (jnp.zeros((), jnp.int32), t))
-        out_logp = jax.lax.dynamic_update_slice(
-            out_logp, jnp.where(alive, lp, 0.0)[:, None], (jnp.zeros((), jnp.int32), t))
+        out_tokens = jax.lax.dynamic_update_slice(out_tokens, jnp.where(alive, tok, 0)[:, None], (zero, t))
+        out_logp = jax.lax.dynamic_update_slice(out_logp, jnp.where(alive, lp, 0.0)[:, None], (zero, t))
         length = length + alive
         done = done | _is_stop(tok, stop_ids)
         return t + 1, cache, tok, done, out_tokens, out_logp, length
 
     state = (jnp.asarray(1, jnp.int32), cache, tok, done, out_tokens, out_logp, length)
     _, cache, _, done, out_tokens, out_logp, length = jax.lax.while_loop(cond, body, state)
+    return cache, done, out_tokens, out_logp, length
+
+
+def _program(config, static, constrain, params, prompt_tokens, prompt_mask, key, floats, cache):
+    max_new, n, stop_ids, top_k, greedy = static
+    b, p = prompt_tokens.shape
+
+    logits, cache, plen, empty = _prefill(config, params, prompt_tokens, prompt_mask, n, cache)
+    cache = constrain["cache"](cache)
+    operands = (params, key, floats, logits, cache, plen, empty)
+    if greedy or top_k:
+        outs = _decode(config, static, True, *operands)
+    else:  # one branch per call: the untruncated fast path unless top_p < 1 or min_p > 0
+        truncate = (floats[1] < 1.0) | (floats[2] > 0.0)
+        outs = jax.lax.cond(truncate, functools.partial(_decode, config, static, True),
+                            functools.partial(_decode, config, static, False), *operands)
+    cache, done, out_tokens, out_logp, length = outs
+    cache = constrain["cache"](cache)
 
     mask = (jnp.arange(max_new)[None, :] < length[:, None]).astype(jnp.int32)
     rollout = Rollout(

@@ -22,7 +22,9 @@ Cost: nothing here sorts the full vocabulary on the common paths.
 - top-p without top-k: `lax.top_k(z, TOP_P_CANDIDATES)`; if every row's nucleus
   ends inside those candidates (usual for trained models) that is exact; else a
   full sort runs for that step (`lax.cond`, so it costs only when needed). The
-  whole top-p branch is skipped by a `lax.cond` when top_p == 1.
+  sampler picks the untruncated fast path (`truncate=False`) once per call
+  when top_p == 1 and min_p == 0, so the common case pays for no threshold.
+- Greedy: `argmax_first`, two vectorised reductions.
 
 Inverse-CDF draw: with weights w_i = exp(z_i - max z)·[z_i >= tau] and one
 uniform u per row, the token is the first i with cumsum(w)_i > u·sum(w). The
@@ -38,6 +40,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "TOP_P_CANDIDATES",
+    "argmax_first",
     "truncation_threshold",
     "sample_from_weights",
     "sample_tokens",
@@ -143,20 +146,35 @@ def truncation_threshold(z: jax.Array, top_p, min_p, *, top_k: int = 0) -> jax.A
     return jnp.maximum(tau, tau_p)
 
 
+def argmax_first(x: jax.Array) -> jax.Array:
+    """`argmax` over the last axis (first index on ties) as two vectorised reductions.
+
+    Same result as `jnp.argmax` for non-NaN input; on CPU the (value, index)
+    pair reduction of `jnp.argmax` is about 3x slower over a 150k vocabulary.
+    """
+    top = jnp.max(x, axis=-1, keepdims=True)
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(x == top, iota, x.shape[-1]), axis=-1).astype(jnp.int32)
+
+
 def sample_tokens(key: jax.Array, logits: jax.Array, temperature=1.0, top_p=1.0, min_p=0.0, *,
-                  top_k: int = 0, greedy: bool = False) -> jax.Array:
+                  top_k: int = 0, greedy: bool = False, truncate: bool = True) -> jax.Array:
     """Next tokens int32 [N] from logits [N, V].
 
-    `greedy` and `top_k` are static; `temperature`, `top_p`, `min_p` may be
-    traced scalars. Greedy is the arg-max of the logits (first index on ties,
-    as torch.argmax in HF `generate`).
+    `greedy`, `top_k` and `truncate` are static; `temperature`, `top_p`,
+    `min_p` may be traced scalars. Greedy is the arg-max of the logits (first
+    index on ties, as torch.argmax in HF `generate`). `truncate=False` skips
+    the top-p / min-p thresholds (the caller knows top_p == 1 and min_p == 0;
+    the sampler decides this once per call, not once per token).
     """
     if logits.ndim != 2:
         raise ValueError(f"sample_tokens: logits must be [N, V], got {logits.shape}")
     if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return argmax_first(logits)
     z = logits.astype(jnp.float32) / jnp.asarray(temperature, jnp.float32)
-    tau = truncation_threshold(z, top_p, min_p, top_k=top_k)
     z_max = jnp.max(z, axis=-1, keepdims=True)
+    if not truncate and not top_k:
+        return sample_from_weights(key, jnp.exp(z - z_max))
+    tau = truncation_threshold(z, top_p, min_p, top_k=top_k)
     weights = jnp.where(z >= tau, jnp.exp(z - z_max), 0.0)
     return sample_from_weights(key, weights)
