@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -41,10 +41,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxrl_llm.models.config import ModelConfig
+from jaxrl_llm.models.rope import apply_rope, rope_cos_sin
 from jaxrl_llm.parallel import axes as A
 
 __all__ = [
@@ -55,8 +55,6 @@ __all__ = [
     "Embed",
     "Block",
     "Backbone",
-    "rope_inv_freq",
-    "apply_rope",
     "attention_mask",
     "init_params",
     "init_cache",
@@ -81,57 +79,6 @@ def _param(module: nn.Module, name: str, shape, names, init, cfg: ModelConfig):
     return module.param(
         name, nn.with_logical_partitioning(init, names), shape, jnp.dtype(cfg.param_dtype)
     )
-
-
-# --------------------------------------------------------------------------- RoPE
-def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-    """Inverse frequencies `theta^(-2i/d)`, i < d/2 (Su et al. 2021, RoFormer), float32.
-
-    Scaling: `linear` divides all by `factor`; `llama3` (Llama 3.1) divides the
-    low frequencies (wavelength > L/low_freq_factor, L the original context) by
-    `factor`, keeps high frequencies and interpolates smoothly in between:
-    `(1 - s) * f / factor + s * f`, `s = (L / wavelen - low) / (high - low)`.
-    Computed in float32 like transformers does.
-    """
-    d = config.head_dim
-    inv = (1.0 / (np.float32(config.rope_theta) ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d)))).astype(np.float32)
-    scaling = config.rope_scaling_dict
-    if scaling is None:
-        return inv
-    kind = scaling["rope_type"]
-    factor = np.float32(scaling["factor"])
-    if kind == "linear":
-        return (inv / factor).astype(np.float32)
-    if kind == "llama3":
-        low, high = np.float32(scaling["low_freq_factor"]), np.float32(scaling["high_freq_factor"])
-        old_len = np.float32(scaling["original_max_position_embeddings"])
-        low_wavelen, high_wavelen = old_len / low, old_len / high
-        wavelen = np.float32(2 * math.pi) / inv
-        scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-        return np.where(medium, smoothed, scaled).astype(np.float32)
-    raise ValueError(f"rope_type={kind!r} is not supported")
-
-
-def rope_cos_sin(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos, sin of `positions * inv_freq`, duplicated to head_dim (HF layout). float32 [N, S, D]."""
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config))
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """`x * cos + rotate_half(x) * sin`, rotate_half(x) = [-x2, x1] (HF convention).
-
-    x: [N, S, heads, D]; cos, sin: [N, S, D]. Computed in float32, cast back.
-    """
-    xf = x.astype(jnp.float32)
-    x1, x2 = jnp.split(xf, 2, axis=-1)
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
-    return out.astype(x.dtype)
 
 
 # -------------------------------------------------------------------------- masks

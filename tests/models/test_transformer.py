@@ -18,7 +18,7 @@ from jaxrl_llm.models import (
     logical_axes,
     value_logical_axes,
 )
-from jaxrl_llm.models.transformer import rope_inv_freq
+from jaxrl_llm.models.rope import rope_inv_freq
 
 CONFIGS = {
     "llama": ModelConfig.tiny(),
