@@ -242,23 +242,23 @@ def load_hf(path: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None, r
     for ppath, (hf_name, to_params, _to_hf, _shape) in specs.items():
         hf_names = _names_for(config, hf_name)
         stacked = "{i}" in hf_name
+        memo: dict = {}
 
-        def host(index=None, hf_names=hf_names, to_params=to_params, stacked=stacked):
-            """The (sub)array at `index` of the final parameter, read from disk."""
-            if stacked:
-                layer_slice = index[0] if index else slice(None)
-                chosen = hf_names[layer_slice]
-                arr = np.stack([to_params(folder.get(n)) for n in chosen])
-                rest = index[1:] if index else ()
-                return np.asarray(arr[(slice(None),) + tuple(rest)], target)
-            arr = to_params(folder.get(hf_names[0]))
-            return np.asarray(arr[tuple(index)] if index else arr, target)
+        def host(index=(), hf_names=hf_names, to_params=to_params, stacked=stacked, memo=memo):
+            """The (sub)array at `index` of the final parameter, read from disk once per parameter."""
+            if "full" not in memo:
+                if stacked:
+                    memo["full"] = np.stack([to_params(folder.get(n)) for n in hf_names])
+                else:
+                    memo["full"] = to_params(folder.get(hf_names[0]))
+            return np.asarray(memo["full"][tuple(index)], target)
 
         shape = full_shapes[ppath]
         if shardings is None:
             value = jnp.asarray(host())
         else:
             value = jax.make_array_from_callback(shape, _get_path(shardings, ppath), host)
+        memo.clear()  # host copy of this parameter no longer needed
         _set_path(params, ppath, value)
     return config, params
 

@@ -411,6 +411,8 @@ def apply(config: ModelConfig, params: Params, tokens, positions, mask, cache=No
     `[index, index + S)`, the cache mask is set from `mask` there, and the
     returned cache has `index + S`: prefill (index 0, S = P) and decode (S = 1)
     share this path. `last_only=True` applies the head to the last position only.
+    The caller keeps `index + S <= max_len` (a traced index cannot be checked;
+    `dynamic_update_slice` would clamp the write).
     """
     hidden, new_cache = _forward(config, params, tokens, positions, mask, cache)
     if last_only:
