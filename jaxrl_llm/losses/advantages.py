@@ -23,6 +23,8 @@ Field conventions that disagree (defaults are the papers' plain definitions):
 """
 from __future__ import annotations
 
+import operator
+
 import jax
 import jax.numpy as jnp
 
@@ -68,11 +70,17 @@ def _check_1d(**arrays):
 
 
 def _check_groups(rewards, group_size):
+    """Check ``rewards [N]`` against a static ``group_size``; return it as a Python int."""
     _check_1d(rewards=rewards)
-    if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int (static), got {group_size!r}")
+    try:
+        group_size = operator.index(group_size)
+    except TypeError:
+        raise ValueError(f"group_size must be a static positive int, got {group_size!r}") from None
+    if group_size < 1:
+        raise ValueError(f"group_size must be a static positive int, got {group_size!r}")
     if rewards.shape[0] % group_size:
         raise ValueError(f"rewards has {rewards.shape[0]} rows, not a multiple of group_size={group_size}")
+    return group_size
 
 
 # --------------------------------------------------------------------- token level
@@ -199,7 +207,7 @@ def group_advantages(rewards, group_size, *, scale="group", eps=1e-6, ddof=1):
     Returns ``[N]`` float32.
     """
     rewards = _float(rewards)
-    _check_groups(rewards, group_size)
+    group_size = _check_groups(rewards, group_size)
     if scale not in ("group", "batch", "none"):
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
     g = rewards.reshape(-1, group_size)
@@ -225,7 +233,7 @@ def rloo(rewards, group_size):
     Returns ``[N]`` float32.
     """
     rewards = _float(rewards)
-    _check_groups(rewards, group_size)
+    group_size = _check_groups(rewards, group_size)
     if group_size < 2:
         raise ValueError(f"rloo needs group_size >= 2, got {group_size}")
     g = rewards.reshape(-1, group_size)
@@ -265,7 +273,7 @@ def reinforce_pp_baseline(rewards, group_size, mask, *, token_rewards=None, **wh
     Returns ``[N, T]`` float32, zero outside the mask.
     """
     rewards = _float(rewards)
-    _check_groups(rewards, group_size)
+    group_size = _check_groups(rewards, group_size)
     if mask.shape[0] != rewards.shape[0]:
         raise ValueError(f"mask {mask.shape} and rewards {rewards.shape} disagree on N")
     centred = group_advantages(rewards, group_size, scale="none")

@@ -141,12 +141,12 @@ def test_gae_jit_vmap_bf16_and_grads(tok):
     f = lambda r, v: A.gae(r, v, m, gamma=0.9, lam=0.8)[0]  # noqa: E731
     eager = f(r, v)
     np.testing.assert_allclose(jax.jit(f)(r, v), eager, rtol=1e-6, atol=1e-6)
-    stacked = jax.vmap(f)(np.stack([r, 2 * r]), np.stack([v, v]))
+    stacked = jax.jit(jax.vmap(f))(np.stack([r, 2 * r]), np.stack([v, v]))
     np.testing.assert_allclose(stacked[1], f(2 * r, v), rtol=1e-5, atol=1e-6)
     out = f(jnp.asarray(r, jnp.bfloat16), jnp.asarray(v, jnp.bfloat16))
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, eager, atol=5e-2)
-    check_grads(f, (jnp.asarray(r), jnp.asarray(v)), order=1, modes=["rev"], eps=1e-2, atol=1e-2, rtol=1e-2)
+    check_grads(jax.jit(f), (jnp.asarray(r), jnp.asarray(v)), order=1, modes=["rev"], eps=1e-2, atol=1e-2, rtol=1e-2)
 
 
 def test_discounted_returns(tok):
@@ -170,7 +170,7 @@ def test_whiten_hand_and_reference(tok):
                                atol=1e-6)
     np.testing.assert_allclose(A.whiten(tok["r"], tok["holes"], ddof=0, eps_mode="max"),
                                np_whiten(tok["r"], tok["holes"], ddof=0, mode="max"), rtol=1e-5, atol=1e-6)
-    check_grads(lambda y: A.whiten(y, tok["holes"]), (jnp.asarray(tok["r"]),), order=1, modes=["rev"],
+    check_grads(jax.jit(lambda y: A.whiten(y, tok["holes"])), (jnp.asarray(tok["r"]),), order=1, modes=["rev"],
                 eps=1e-2, atol=2e-2, rtol=2e-2)
 
 
@@ -200,12 +200,13 @@ def test_group_advantages_reference(scale, eps, ddof):
 def test_group_advantages_jit_bf16_grads():
     f = lambda r: A.group_advantages(r, 4)  # noqa: E731
     np.testing.assert_allclose(jax.jit(f)(REWARDS), f(REWARDS), rtol=1e-6)
-    np.testing.assert_allclose(jax.vmap(f)(np.stack([REWARDS, -REWARDS]))[1], f(-REWARDS), rtol=1e-6, atol=1e-6)
+    stacked = jax.jit(jax.vmap(f))(np.stack([REWARDS, -REWARDS]))
+    np.testing.assert_allclose(stacked[1], f(-REWARDS), rtol=1e-6, atol=1e-6)
     out = f(jnp.asarray(REWARDS, jnp.bfloat16))
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, f(REWARDS), atol=2e-2)
     r = jnp.asarray(REWARDS).at[4].add(0.3)  # no zero-variance group (not smooth there)
-    check_grads(f, (r,), order=1, modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2)
+    check_grads(jax.jit(f), (r,), order=1, modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2)
 
 
 def test_rloo_reference_and_identity():
@@ -299,3 +300,16 @@ def test_whiten_degenerate_masks_are_finite():
     np.testing.assert_array_equal(A.whiten(x, jnp.array([[0.0, 1.0, 0.0]])), np.zeros((1, 3)))
     g = jax.grad(lambda y: A.whiten(y, jnp.array([[0.0, 1.0, 0.0]])).sum())(x)
     assert np.all(np.isfinite(g))
+
+
+def test_reinforce_pp_hand():
+    # γ = 1: returns [1, 3] (= -2 + 3, 3); mean 2, unbiased var 2 -> ±1/√2
+    out = A.reinforce_pp(jnp.array([[-2.0, 3.0, 7.0]]), jnp.array([[1, 1, 0]]), gamma=1.0, eps=0.0)
+    np.testing.assert_allclose(out, [[-1 / np.sqrt(2), 1 / np.sqrt(2), 0.0]], rtol=1e-6)
+
+
+def test_reinforce_pp_baseline_hand():
+    # group [1, 0] -> centred [0.5, -0.5]; tokens [0.5, 0.5 | -0.5]; mean 1/6, unbiased var 1/3
+    out = A.reinforce_pp_baseline(jnp.array([1.0, 0.0]), 2, jnp.array([[1, 1], [1, 0]]), eps=0.0)
+    s = np.sqrt(3.0)
+    np.testing.assert_allclose(out, [[1 / s, 1 / s], [-2 / s, 0.0]], rtol=1e-5)

@@ -155,7 +155,7 @@ def test_jit_and_vmap_agree(data, mode):
     eager = np.array([aggregate(xi, m, mode) for xi in xs])
     jitted = jax.jit(aggregate, static_argnames="mode")
     np.testing.assert_allclose(jitted(x, m, mode=mode), eager[0], rtol=1e-5, atol=1e-6)
-    batched = jax.vmap(lambda xi: aggregate(xi, m, mode))(xs)
+    batched = jax.jit(jax.vmap(lambda xi: aggregate(xi, m, mode)))(xs)
     np.testing.assert_allclose(batched, eager, rtol=1e-5, atol=1e-6)
 
 
@@ -170,7 +170,7 @@ def test_bf16_inputs_give_float32(data, mode):
 def test_check_grads(data):
     x, m = data
     for mode in ("token-mean", "seq-mean-token-mean"):
-        check_grads(lambda y: aggregate(y, m, mode), (jnp.asarray(x, jnp.float32),), order=1, modes=["rev"],
+        check_grads(jax.jit(lambda y: aggregate(y, m, mode)), (jnp.asarray(x, jnp.float32),), order=1, modes=["rev"],
                     eps=1e-2, atol=1e-2, rtol=1e-2)
 
 
@@ -179,3 +179,12 @@ def test_errors_name_the_problem():
         aggregate(jnp.ones((2, 2)), jnp.ones((2, 2)), "mean")
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         aggregate(jnp.ones((2, 2)), jnp.ones((2, 3)), "token-mean")
+
+
+def test_global_counts_and_sequence_weight_hand():
+    from jaxrl_llm.losses.aggregation import sequence_weight
+
+    m = jnp.array([[1.0, 1.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(sequence_weight(m), [1.0, 0.5, 0.0])
+    n_tok, n_seq = global_counts(m)
+    assert float(n_tok) == 3.0 and float(n_seq) == 1.5

@@ -380,7 +380,7 @@ def test_jit_vmap_bf16(batch, name):
     jl, jm = jax.jit(fn)(*args)
     np.testing.assert_allclose(jl, loss, rtol=1e-5, atol=1e-6)
     assert jm.keys() == metrics.keys()
-    stacked = jax.vmap(lambda lp: fn(lp, *args[1:])[0])(np.stack([b["logp"], b["logp"] - 0.1]))
+    stacked = jax.jit(jax.vmap(lambda lp: fn(lp, *args[1:])[0]))(np.stack([b["logp"], b["logp"] - 0.1]))
     np.testing.assert_allclose(stacked[0], loss, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stacked[1], fn(b["logp"] - 0.1, *args[1:])[0], rtol=1e-5, atol=1e-6)
     bl, bm = fn(*(jnp.asarray(a, jnp.bfloat16) for a in args))
@@ -395,7 +395,7 @@ def test_check_grads_on_smooth_losses(batch):
     mask, adv = b["mask"], b["adv"]
     for fn in (P.reinforce, P.ppo_clip, functools.partial(P.gspo, clip_low=0.2, clip_high=0.2),
                functools.partial(P.ppo_clip, agg="seq-mean-token-sum")):
-        check_grads(lambda lp, fn=fn: fn(lp, old, adv, mask)[0], (jnp.asarray(b["logp"]),), order=1,
+        check_grads(jax.jit(lambda lp, fn=fn: fn(lp, old, adv, mask)[0]), (jnp.asarray(b["logp"]),), order=1,
                     modes=["rev"], eps=1e-3, atol=1e-2, rtol=1e-2)
 
 
@@ -428,3 +428,16 @@ def test_masked_call_equals_call_on_kept_rows(batch, name):
         keep = mask.sum(1) > 0
         np.testing.assert_allclose(f(b["logp"][keep], b["old"][keep], b["adv"][keep], mask[keep]), clean_l,
                                    rtol=1e-5, atol=1e-7)
+
+
+def test_cov_selections_hand():
+    # mean log π = -2.5, mean A = 0 -> cov = [1.5, -0.5, -0.5, 1.5]
+    logp = jnp.array([[-1.0, -2.0, -3.0, -4.0]])
+    adv = jnp.array([[1.0, -1.0, 1.0, -1.0]])
+    m = jnp.ones((1, 4))
+    np.testing.assert_array_equal(P.kl_cov_stats(logp, adv, m, k_ratio=0.5)["select"], [[1, 0, 0, 1]])
+    np.testing.assert_array_equal(P.kl_cov_stats(logp, adv, m, k_ratio=0.25)["select"], [[1, 0, 0, 1]])  # tie
+    sel = np.asarray(P.clip_cov_stats(logp, adv, m, key=jax.random.key(0), clip_ratio=0.25)["select"])
+    assert sel.sum() == 1 and sel[0, 1] == sel[0, 2] == 0  # one of the two tokens in (1, 5)
+    sel = P.clip_cov_stats(logp, adv, m, key=jax.random.key(0), clip_ratio=1.0, cov_lb=-1.0, cov_ub=1.0)["select"]
+    np.testing.assert_array_equal(sel, [[0, 1, 1, 0]])
