@@ -25,9 +25,9 @@ call on the whole minibatch; for micro-batches they give a mean of means).
 Conventions. ``seq-mean-token-sum-norm``: ``norm_constant`` defaults to
 ``T = per_token.shape[-1]`` (the padded response length, verl's
 ``loss_scale_factor=None`` default; TRL divides by ``max_completion_length``,
-which is ``T`` in our padding). verl divides by ``C`` only (no ``N_seq``);
-the Dr. GRPO paper and this module also average over sequences, so the scale
-does not grow with the batch. A normaliser of 0 (everything masked) gives a
+which is ``T`` in our padding). Like the Dr. GRPO paper, TRL and current
+verl, this module also averages over sequences, so the scale does not grow
+with the batch (older verl releases divided by ``C`` only). A normaliser of 0 (everything masked) gives a
 loss of 0, not NaN.
 """
 from __future__ import annotations
