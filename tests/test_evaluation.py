@@ -1,8 +1,15 @@
-"""Tests for jaxrl_llm/evaluation.py: hand cases, brute-force enumeration, identities."""
+"""Tests for jaxrl_llm/evaluation.py: hand cases, brute-force enumeration, identities, and the CLI
+end to end on a tiny random policy saved as an orbax run checkpoint."""
+import importlib.util
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -172,3 +179,69 @@ def test_evaluate_task_with_a_fake_sampler():
     assert "| 4 | 0.8000 |" in ev.format_table(metrics)
     with pytest.raises(ValueError, match="sample_fn returned"):
         ev.evaluate_task(task, examples, lambda ch, i: ["1"], n=n, batch_prompts=2)
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "grpo_arith.py")
+OVERRIDES = {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "model.num_kv_heads": 1,
+             "model.head_dim": 16, "model.intermediate_size": 64, "task.reward_workers": 0}
+
+
+def _config():
+    spec = importlib.util.spec_from_file_location("grpo_arith_cfg", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("runlocal")
+    for key, value in OVERRIDES.items():
+        group, name = key.split(".")
+        c[group][name] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from jaxrl_llm import models
+    from jaxrl_llm.checkpoint import Checkpointer
+    from jaxrl_llm.trainers import rl
+    from jaxrl_llm.trainers.state import TrainState
+
+    workdir = str(tmp_path_factory.mktemp("run"))
+    c = _config()
+    tokenizer = rl.build_tokenizer(c, workdir)
+    params = models.init_params(rl.build_model_config(c, tokenizer), jax.random.key(3))
+    state = TrainState(step=jnp.asarray(5, jnp.int32), params=params, opt_state={"mu": params},
+                       rng=jax.random.key_data(jax.random.key(0)), kl_coef=jnp.zeros((), jnp.float32))
+    ckpt = Checkpointer(workdir)
+    ckpt.save(5, state, {"step": 5})
+    ckpt.close()
+    return workdir, params
+
+
+def test_load_policy_reads_only_the_policy(run_dir):
+    workdir, params = run_dir
+    _, restored, _, _, _, step = ev.load_policy(_config(), workdir)
+    assert step == 5
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(FileNotFoundError, match="neither a run workdir"):
+        ev.load_policy(_config(), os.path.dirname(workdir))
+
+
+def test_cli_writes_eval_json(run_dir):
+    workdir, _ = run_dir
+    out = os.path.join(workdir, "eval_cli.json")
+    cmd = [sys.executable, "-m", "jaxrl_llm.evaluation", f"--config={CONFIG}:runlocal", f"--checkpoint={workdir}",
+           "--n=4", "--k=1,2,4", "--size=8", "--temperature=1.0", f"--out={out}"]
+    cmd += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}        # one CPU device: quicker
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| k | pass@k | maj@k | mean@k |" in proc.stdout
+    record = json.load(open(out))
+    m = record["metrics"]
+    assert record["step"] == 5 and record["n"] == 4 and m["num_prompts"] == 8 and m["num_samples"] == 4
+    assert m["pass@1"] == pytest.approx(m["accuracy"])
+    assert 0.0 <= m["pass@1"] <= m["pass@2"] <= m["pass@4"] <= 1.0
+    assert all(f"{name}@{k}" in m for name in ("pass", "maj", "mean") for k in (1, 2, 4))
