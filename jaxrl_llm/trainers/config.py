@@ -42,7 +42,7 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   c.tokenizer = ml_collections.ConfigDict(dict(path="builtin"))
   c.task = ml_collections.ConfigDict(dict(
       name="arith",           # registry name or "my_pkg.my_mod:make"
-      kwargs=ml_collections.ConfigDict(dict(digits=2, ops="+-")),
+      kwargs=ml_collections.ConfigDict(dict(digits=(1, 2), ops="+-")),
       reward_workers=2, reward_timeout_s=10.0,
   ))
   c.rollout = ml_collections.ConfigDict(dict(
@@ -78,12 +78,16 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   ))
   c.critic = ml_collections.ConfigDict(dict(enabled=False, lr=5e-4, warmup_steps=0))
   c.sft = ml_collections.ConfigDict(dict(
-      steps=300, batch_size=32, lr=1e-3, warmup_steps=20, seed=0, data_file="",
+      steps=1000, batch_size=32, lr=1e-3, warmup_steps=20, seed=0, data_file="",
   ))
   c.data = ml_collections.ConfigDict(dict(
-      dynamic_sampling=False, max_attempts=4,
+      dynamic_sampling=False, max_attempts=4,    # DAPO: resample until B informative groups
       overlong_buffer=0, overlong_penalty=1.0,   # DAPO soft overlong penalty in tokens; 0: off
-      mask_truncated=False,
+      mask_truncated=False,                      # leave truncated completions out of the loss
+      laser_target=0, laser_alpha=0.5,           # LASER target-length step reward; 0: off
+      curriculum="",                             # "" | "ucb" | "td_softmax" over difficulty arms
+      filter_low=0.0, filter_high=1.0,           # keep prompts whose pass rate is in the band
+      num_examples=10000,                        # size of the training prompt pool
   ))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, rules=()))
   c.checkpoint = ml_collections.ConfigDict(dict(every=20, keep=2))
@@ -95,7 +99,6 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
     c.train.steps = 20
     c.train.prompts_per_step = 8
     c.eval.size = 200
-    c.sft.steps = 200
   c.lock()
   return c
 
@@ -126,6 +129,13 @@ def validate(c, num_devices: int | None = None) -> None:
   _choice("model.param_dtype", c.model.param_dtype, DTYPES)
   if ":" not in c.task.name:
     _choice("task.name", c.task.name, tuple(registered_tasks()))
+  _choice("data.curriculum", c.data.curriculum, ("", "ucb", "td_softmax"))
+  if not 0.0 <= c.data.filter_low <= c.data.filter_high <= 1.0:
+    raise ConfigError(f"config.data.filter_low = {c.data.filter_low}, filter_high = "
+                      f"{c.data.filter_high}: need 0 <= filter_low <= filter_high <= 1")
+  if c.data.overlong_buffer >= c.rollout.max_new_tokens:
+    raise ConfigError(f"config.data.overlong_buffer = {c.data.overlong_buffer} must be smaller "
+                      f"than rollout.max_new_tokens = {c.rollout.max_new_tokens}")
   if c.algo.advantage == "gae" and not c.critic.enabled:
     raise ConfigError("config.algo.advantage = 'gae' needs config.critic.enabled = True")
   for field in ("train.prompts_per_step", "train.samples_per_prompt", "train.num_epochs",

@@ -130,12 +130,12 @@ class Trainer:
       path = c.model.init_checkpoint or c.model.hf_path
       _, params = models.load_hf(path, mesh=self.mesh, rules=self.rules,
                                  dtype=c.model.param_dtype)
-      return params
+      return self._place(params, specs)
     sft_dir = os.path.join(self.workdir, "sft")
     if os.path.exists(os.path.join(sft_dir, "config.json")):
       log(f"SFT warm start: reusing {sft_dir}")
       _, params = models.load_hf(sft_dir, mesh=self.mesh, rules=self.rules)
-      return params
+      return self._place(params, specs)
     init = jax.jit(models.init_params, static_argnums=0,
                    out_shardings=self._param_shardings(specs))
     params = init(self.model_config, jax.random.key(c.sft.seed))
@@ -219,7 +219,11 @@ class Trainer:
 
   def _run(self, log):
     c = self.config
-    source = tasks_lib.TaskSource(self.task, split="train", seed=c.train.seed)
+    d = c.data
+    band = (d.filter_low, d.filter_high) if (d.filter_low > 0 or d.filter_high < 1) else None
+    source = tasks_lib.make_prompt_source(
+        self.task, split="train", seed=c.train.seed, num_examples=d.num_examples,
+        curriculum=d.curriculum, filter_band=band)
     params = self.initial_params(log)
     state = self.init_state(params)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -292,7 +296,7 @@ class Trainer:
     log(f"TensorBoard logs: tensorboard --logdir {self.workdir}")
     if jax.process_index() == 0:
       with open(os.path.join(self.workdir, "done.json"), "w") as f:
-        json.dump({k: v for k, v in summary.items() if k != "history"}, f, indent=2)
+        json.dump(summary, f, indent=2)
     self.state = state
     return summary
 
@@ -301,19 +305,52 @@ class Trainer:
     c = self.config
     timings = {}
     t0 = time.time()
-    examples = source.next(c.train.prompts_per_step)
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
-    ro, completions = self.rollout(state.params, examples, key, self.sampling)
+    group = c.train.samples_per_prompt
+    data_metrics = {}
+
+    def sample(attempt):
+      examples = source.next(c.train.prompts_per_step)
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), step),
+                               attempt)
+      ro, completions = self.rollout(state.params, examples, key, self.sampling)
+      rep = [e for e in examples for _ in range(group)]
+      rewards, correct, info = self.score(completions, rep)
+      for k_src, k_dst in (("errors", "reward_errors"), ("timeouts", "reward_timeouts"),
+                           ("nans", "reward_nans")):
+        counters[k_dst] += int(info.get(k_src, 0))
+      return dict(examples=examples, ro=ro, completions=completions, rewards=rewards,
+                  correct=correct, info=info), rewards
+
+    if c.data.dynamic_sampling:
+      res = tasks_lib.dynamic_sampling(sample, c.train.prompts_per_step, group,
+                                       c.data.max_attempts)
+      parts = [(res.batches[a], rows) for a, rows in res.rows_by_attempt.items()]
+      examples = [b["examples"][g] for b, rows in parts for g in rows[::group] // group]
+      ro = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[
+          jax.tree.map(lambda x, r=rows: x[r], b["ro"]) for b, rows in parts])
+      completions = [b["completions"][i] for b, rows in parts for i in rows]
+      rewards = np.concatenate([b["rewards"][rows] for b, rows in parts])
+      correct = np.concatenate([b["correct"][rows] for b, rows in parts])
+      info = {"components": {k: np.concatenate([b["info"]["components"][k][rows]
+                                                for b, rows in parts])
+                             for k in parts[0][0]["info"].get("components", {})}}
+      data_metrics.update({f"data/{k}": float(v) for k, v in res.stats.items()})
+    else:
+      b, _ = sample(0)
+      examples, ro, completions = b["examples"], b["ro"], b["completions"]
+      rewards, correct, info = b["rewards"], b["correct"], b["info"]
     ro = jax.block_until_ready(ro)
+    rep = [e for e in examples for _ in range(group)]
     timings["time/rollout"] = time.time() - t0
 
-    t0 = time.time()
-    rep = [e for e in examples for _ in range(c.train.samples_per_prompt)]
-    rewards, correct, info = self.score(completions, rep)
-    for k_src, k_dst in (("errors", "reward_errors"), ("timeouts", "reward_timeouts"),
-                         ("nans", "reward_nans")):
-      counters[k_dst] += int(info.get(k_src, 0))
-    timings["time/reward"] = time.time() - t0
+    lengths = np.asarray(ro.mask).sum(axis=1)
+    shaped, shape_weight, shape_comps = tasks_lib.length.shape_rewards(
+        rewards, lengths, truncated=np.asarray(ro.truncated), correct=correct,
+        max_len=c.rollout.max_new_tokens, overlong_buffer=c.data.overlong_buffer,
+        overlong_penalty_scale=c.data.overlong_penalty, laser_target=c.data.laser_target,
+        laser_alpha=c.data.laser_alpha, mask_truncated=c.data.mask_truncated)
+    rewards = shaped
+    info.setdefault("components", {}).update(shape_comps)
 
     t0 = time.time()
     mask = ro.mask.astype(jnp.float32)
@@ -331,9 +368,7 @@ class Trainer:
     token_rewards, adv, ret, weight = rl_step.compute_advantages(c, ro, jnp.asarray(rewards))
     ro = ro.replace(token_rewards=token_rewards, advantages=adv, returns=ret,
                     sample_weight=weight)
-    loss_mask = mask * weight[:, None]
-    if c.data.mask_truncated:
-      loss_mask = loss_mask * (1.0 - ro.truncated.astype(jnp.float32))[:, None]
+    loss_mask = mask * (weight * jnp.asarray(shape_weight))[:, None]
     batch = rl_step.TrainBatch(
         prompt_tokens=ro.prompt_tokens, prompt_mask=ro.prompt_mask, tokens=ro.tokens,
         mask=loss_mask, old_logp=old_logp, advantages=adv, ref_logp=ref_logp,
@@ -366,8 +401,9 @@ class Trainer:
     state = state.replace(step=state.step + 1, kl_coef=jnp.asarray(new_kl, jnp.float32),
                           ref_params=ref_params)
 
+    abs_adv = (np.abs(np.asarray(adv)) * np.asarray(mask)).sum(1) / np.maximum(lengths, 1)
+    source.update(tasks_lib.prompt_stats(examples, rewards, abs_adv, group))
     m = {k: float(np.mean([float(x[k]) for x in step_metrics])) for k in step_metrics[0]}
-    lengths = np.asarray(ro.mask).sum(axis=1)
     out = {f"train/{k}": v for k, v in m.items()}
     out.update({
         "train/reward": float(rewards.mean()), "train/accuracy": float(correct.mean()),
@@ -379,6 +415,7 @@ class Trainer:
         "reward/nans": counters["reward_nans"], "train/skipped_total": counters["skipped_total"],
     })
     out.update(rl_step.advantage_stats(adv, loss_mask))
+    out.update(data_metrics)
     out.update({f"reward/{k}": float(np.mean(v)) for k, v in info.get("components", {}).items()})
     total_time = sum(timings.values())
     out.update(timings)
