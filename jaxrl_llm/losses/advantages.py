@@ -296,7 +296,10 @@ def remax(rewards, greedy_rewards):
 
 
 def psr_nsr(rewards, *, mode, lam=0.1, threshold=0.5):
-    """Positive / negative sample reinforcement (Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning").
+    """Positive / negative sample reinforcement for binary rewards.
+
+    Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement
+    in LLM Reasoning".
 
     For binary rewards (correct iff ``r > threshold``; 0.5 suits {0, 1} and
     {−1, 1} rewards):

@@ -267,7 +267,10 @@ def clip_cov_stats(
     logp, advantages, mask, *, key, clip_ratio=2e-4, cov_lb=1.0, cov_ub=5.0, old_logp=None, clip_low=0.2,
     clip_high=0.2,
 ):
-    """Clip-Cov's token selection on the whole minibatch (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs").
+    """Clip-Cov's token selection on the whole minibatch.
+
+    Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning for
+    Reasoning Language Models".
 
     Candidates are valid tokens with ``cov_lb < cov_t < cov_ub`` (``cov`` from
     :func:`_centred_cov`; when ``old_logp`` is given, tokens already clipped by

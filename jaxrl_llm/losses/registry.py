@@ -194,7 +194,7 @@ def _accepts(fn, name):
 
 
 def _pg_mask(extra, mask, stats):
-    """``pg_mask`` from ``extra``, times the forking-token mask when ``entropy`` and ``forking_top_fraction`` are set."""
+    """``pg_mask`` from ``extra``, times the forking-token mask if ``entropy`` and ``forking_top_fraction`` are set."""
     pg_mask = extra.pop("pg_mask", None)
     entropy = extra.pop("entropy", None)
     top_fraction = extra.pop("forking_top_fraction", None)
