@@ -15,13 +15,15 @@ Each cell runs as one subprocess
 one after another, or `--parallel N` at a time (a process pool, not a
 scheduler). A cell whose workdir holds `done.json` is skipped; an unfinished
 one is launched again and the trainer resumes from its workdir; a failing cell
-is reported and the others go on. `--print-only` prints one launch command per
-cell (for TPU pods and clusters: run them with your own launcher).
+is reported and the others go on. `--eval='--n=64 --k=1,2,4,...'` then runs
+`python -m jaxrl_llm.evaluation` on every finished cell that has no `eval.json`
+(pass@k for the tables). `--print-only` prints one launch command per cell (for
+TPU pods and clusters: run them with your own launcher).
 
 Examples:
     python experiments/grid.py --config=configs/grpo_arith.py:runlocal \\
         --grid 'algo.advantage=[psr,nsr,w_reinforce,grpo]' --seeds 3 \\
-        --root runs/nsr_grid --parallel 2 --collate
+        --root runs/nsr_grid --parallel 2 --eval='--n=64 --k=1,2,4,8,16,32,64' --collate
     python experiments/grid.py --config=configs/my_recipe.py --sweep --seeds 3 \\
         --root runs/sweep --print-only
 
@@ -57,6 +59,7 @@ __all__ = [
     "add_seeds",
     "make_cells",
     "build_command",
+    "build_eval_command",
     "is_done",
     "run_cells",
     "main",
@@ -65,7 +68,9 @@ __all__ = [
 DONE_FILE = "done.json"
 CELL_FILE = "cell.json"
 LOG_FILE = "grid.log"
+EVAL_FILE = "eval.json"
 DEFAULT_PROGRAM = "-m jaxrl_llm.main"
+DEFAULT_EVAL_PROGRAM = "-m jaxrl_llm.evaluation"
 DEFAULT_SEED_KEY = "train.seed"
 
 
@@ -80,8 +85,8 @@ class Cell:
 
 @dataclasses.dataclass(frozen=True)
 class CellResult:
-    """status: "skipped" (already done), "done", "failed" (non-zero exit) or
-    "incomplete" (exit 0 without done.json)."""
+    """status: "skipped" (already done), "done", "failed" (non-zero exit),
+    "incomplete" (exit 0 without done.json) or "eval_failed" (the evaluation did not write eval.json)."""
     name: str
     status: str
     returncode: int | None
@@ -239,38 +244,72 @@ def _write_cell_json(cell: Cell, *, config: str, fixed: dict, seed_key: str) -> 
         json.dump(record, f, indent=1)
 
 
-def _run_one(cell: Cell, command: list[str], env: dict | None) -> CellResult:
+def build_eval_command(cell: Cell, *, config: str, fixed: dict | None = None, eval_args: str = "",
+                       program: str = DEFAULT_EVAL_PROGRAM, python: str = sys.executable) -> list[str]:
+    """`python -m jaxrl_llm.evaluation --config=... --checkpoint=<cell> --config.<k>=<v> ... <eval_args>`."""
+    overrides = {**(fixed or {}), **cell.overrides}
+    return ([python, *shlex.split(program), f"--config={config}", f"--checkpoint={cell.workdir}"]
+            + [f"--config.{k}={_format_value(v)}" for k, v in overrides.items()] + shlex.split(eval_args))
+
+
+def _logged_run(cell: Cell, command: list[str], env: dict | None) -> int:
     with open(os.path.join(cell.workdir, LOG_FILE), "a") as log:
         log.write("$ " + shlex.join(command) + "\n")
         log.flush()
-        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        return CellResult(cell.name, "failed", proc.returncode)
-    return CellResult(cell.name, "done" if is_done(cell.workdir) else "incomplete", 0)
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def _run_one(cell: Cell, command: list[str] | None, eval_command: list[str] | None,
+             env: dict | None) -> CellResult:
+    """Train (unless `command` is None: already done), then evaluate if asked and not yet done."""
+    status = "skipped"
+    if command is not None:
+        rc = _logged_run(cell, command, env)
+        if rc != 0:
+            return CellResult(cell.name, "failed", rc)
+        if not is_done(cell.workdir):
+            return CellResult(cell.name, "incomplete", 0)
+        status = "done"
+    if eval_command is not None and not os.path.exists(os.path.join(cell.workdir, EVAL_FILE)):
+        rc = _logged_run(cell, eval_command, env)
+        if rc != 0 or not os.path.exists(os.path.join(cell.workdir, EVAL_FILE)):
+            return CellResult(cell.name, "eval_failed", rc)
+    return CellResult(cell.name, status, 0 if command is not None else None)
 
 
 def run_cells(cells: Sequence[Cell], *, config: str, fixed: dict | None = None,
               program: str = DEFAULT_PROGRAM, parallel: int = 1, seed_key: str = DEFAULT_SEED_KEY,
-              python: str = sys.executable, env: dict | None = None, echo=print) -> list[CellResult]:
-    """Run the unfinished cells, `parallel` at a time; results in cell order."""
+              python: str = sys.executable, env: dict | None = None, eval_args: str | None = None,
+              eval_program: str = DEFAULT_EVAL_PROGRAM, echo=print) -> list[CellResult]:
+    """Run the unfinished cells, `parallel` at a time; results in cell order.
+
+    With `eval_args` (e.g. "--n=64 --k=1,2,4,8,16,32,64"), every finished cell
+    without `eval.json` is then evaluated by `eval_program` (pass@k for collate).
+    """
     if parallel < 1:
         raise ValueError(f"--parallel must be >= 1, got {parallel}")
     fixed = dict(fixed or {})
     results: dict[str, CellResult] = {}
-    todo = []
+    jobs = []
     for cell in cells:
+        needs_eval = eval_args is not None and not os.path.exists(os.path.join(cell.workdir, EVAL_FILE))
+        eval_command = build_eval_command(cell, config=config, fixed=fixed, eval_args=eval_args,
+                                          program=eval_program, python=python) if needs_eval else None
         if is_done(cell.workdir):
-            results[cell.name] = CellResult(cell.name, "skipped", None)
             echo(f"[grid] skip   {cell.name} (done.json present)")
+            if eval_command is None:
+                results[cell.name] = CellResult(cell.name, "skipped", None)
+                continue
+            jobs.append((cell, None, eval_command))
         else:
             _write_cell_json(cell, config=config, fixed=fixed, seed_key=seed_key)
-            todo.append(cell)
+            jobs.append((cell, build_command(cell, config=config, fixed=fixed, program=program,
+                                             python=python), eval_command))
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = {}
-        for cell in todo:
-            command = build_command(cell, config=config, fixed=fixed, program=program, python=python)
-            echo(f"[grid] start  {cell.name}")
-            futures[pool.submit(_run_one, cell, command, env)] = cell
+        for cell, command, eval_command in jobs:
+            echo(f"[grid] start  {cell.name}" + (" (evaluation only)" if command is None else ""))
+            futures[pool.submit(_run_one, cell, command, eval_command, env)] = cell
         for fut in concurrent.futures.as_completed(futures):
             cell = futures[fut]
             try:
@@ -280,7 +319,8 @@ def run_cells(cells: Sequence[Cell], *, config: str, fixed: dict | None = None,
                 echo(f"[grid] {cell.name}: {e}")
             results[cell.name] = res
             log = os.path.join(cell.workdir, LOG_FILE)
-            extra = "" if res.status == "done" else f" (exit {res.returncode}; see {log})"
+            ok = res.status in ("done", "skipped")
+            extra = "" if ok else f" (exit {res.returncode}; see {log})"
             echo(f"[grid] {res.status:<6} {cell.name}{extra}")
     return [results[c.name] for c in cells]
 
@@ -304,6 +344,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="what python runs per cell (default: '%(default)s')")
     p.add_argument("--python", default=None,
                    help="interpreter in the commands (default: this one; 'python' with --print-only)")
+    p.add_argument("--eval", default=None, metavar="ARGS", dest="eval_args",
+                   help="evaluate each finished cell without eval.json, e.g. --eval='--n=64 --k=1,2,4,8'")
+    p.add_argument("--eval-program", default=DEFAULT_EVAL_PROGRAM,
+                   help="what python runs to evaluate a cell (default: '%(default)s')")
     p.add_argument("--print-only", action="store_true", help="print the launch commands, run nothing")
     p.add_argument("--collate", action="store_true", help="run experiments/collate.py on --root afterwards")
     return p
@@ -330,15 +374,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         for cell in cells:
             cmd = shlex.join(build_command(cell, config=args.config, fixed=fixed,
                                            program=args.program, python=python))
+            if args.eval_args is not None:
+                cmd += " && " + shlex.join(build_eval_command(
+                    cell, config=args.config, fixed=fixed, eval_args=args.eval_args,
+                    program=args.eval_program, python=python))
             print(("# done: " if is_done(cell.workdir) else "") + cmd)
         return 0
 
     print(f"[grid] {len(cells)} cells under {args.root}, {args.parallel} at a time")
     results = run_cells(cells, config=args.config, fixed=fixed, program=args.program,
                         parallel=args.parallel, seed_key=args.seed_key,
-                        python=args.python or sys.executable)
-    bad = [r for r in results if r.status in ("failed", "incomplete")]
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed", "incomplete")}
+                        python=args.python or sys.executable, eval_args=args.eval_args,
+                        eval_program=args.eval_program)
+    bad = [r for r in results if r.status in ("failed", "incomplete", "eval_failed")]
+    counts = {s: sum(r.status == s for r in results)
+              for s in ("done", "skipped", "failed", "incomplete", "eval_failed")}
     print("[grid] " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for r in bad:
         print(f"[grid] NOT FINISHED: {r.name} ({r.status}, exit {r.returncode})")

@@ -115,3 +115,39 @@ def test_parallel_cells_and_failing_cell_reported(tmp_path):
     log = open(os.path.join(root, "fail_at=1", "grid.log")).read()
     assert "failing at step 1" in log and log.startswith("$ ")
     assert os.path.exists(os.path.join(root, "fail_at=-1", "done.json"))
+
+
+FAKE_EVAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_eval.py")
+
+
+def _lines(path):
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+def test_evaluation_after_training(tmp_path):
+    root = str(tmp_path / "e")
+    cells = grid.make_cells(grid.expand_grid([("algo.advantage", ["psr", "nsr"])]), root)
+    kw = dict(config="unused.py", fixed={"train.steps": 2}, program=FAKE, eval_program=FAKE_EVAL,
+              echo=lambda line: None)
+    results = grid.run_cells(cells, eval_args="--n=4", **kw)
+    assert [r.status for r in results] == ["done", "done"]
+    for cell in cells:
+        record = json.load(open(os.path.join(cell.workdir, "eval.json")))
+        assert record["metrics"]["pass@4"] == 0.75
+        (line,) = _lines(os.path.join(cell.workdir, "evals.txt"))
+        assert f"--checkpoint={cell.workdir}" in line and "--config.train.steps=2" in line
+        assert line.endswith("--n=4")
+    # Re-run: trained and evaluated cells are skipped entirely.
+    assert [r.status for r in grid.run_cells(cells, eval_args="--n=4", **kw)] == ["skipped", "skipped"]
+    assert all(len(_lines(os.path.join(c.workdir, "evals.txt"))) == 1 for c in cells)
+    # A finished cell that lost its eval.json is evaluated again, without training.
+    os.remove(os.path.join(cells[1].workdir, "eval.json"))
+    assert [r.status for r in grid.run_cells(cells, eval_args="--n=4", **kw)] == ["skipped", "skipped"]
+    assert len(_lines(os.path.join(cells[1].workdir, "evals.txt"))) == 2
+    assert _invocations(cells[1].workdir) == 1
+    # A failing evaluation is reported.
+    os.remove(os.path.join(cells[0].workdir, "eval.json"))
+    results = grid.run_cells(cells, eval_args="--n=4 --fail", **kw)
+    assert (results[0].status, results[0].returncode) == ("eval_failed", 5)
+    assert results[1].status == "skipped"
