@@ -5,7 +5,7 @@ advantage and gives no gradient. Dynamic sampling drops such groups and keeps
 sampling until B informative groups are collected or `max_attempts` batches
 have been drawn:
 
-    kept, stats = dynamic_sampling(sample_fn, B, group_size, max_attempts)
+    kept, stats = dynamic_sampling(sample_fn, B, group_size, max_attempts)   # or: kept = ...; kept.stats
     # sample_fn(attempt) -> (batch, rewards [M·G])   generates and scores M prompts × G samples
     kept.rows_by_attempt     # {attempt: row indices [k·G] into that attempt's batch}
     kept.groups              # [(attempt, group)] in order; select_rows(kept) gathers the rows
@@ -49,6 +49,10 @@ class DynamicSample:
     rows_by_attempt: dict             # {attempt: int row indices into that batch}
     stats: dict
 
+    def __iter__(self):
+        """`kept, stats = dynamic_sampling(...)`."""
+        return iter((self, self.stats))
+
     def kept_rewards(self) -> np.ndarray:
         """float32 [B·G]: the rewards of the kept rows, in `groups` order."""
         return np.concatenate([self.rewards[a][rows] for a, rows in self.rows_by_attempt.items()]) if self.groups else np.zeros((0,), np.float32)
@@ -62,8 +66,11 @@ def dynamic_sampling(
     *,
     atol: float = 0.0,
     fill: bool = True,
-) -> tuple[DynamicSample, dict]:
-    """(kept, stats): B informative groups from up to `max_attempts` calls of `sample_fn` (module doc)."""
+) -> DynamicSample:
+    """B informative groups from up to `max_attempts` calls of `sample_fn` (module doc).
+
+    The result unpacks as `(kept, stats)` (kept is the result itself).
+    """
     if B < 1 or group_size < 1 or max_attempts < 1:
         raise ValueError(f"B, group_size and max_attempts must be ≥ 1, got {B}, {group_size}, {max_attempts}")
     batches, rewards_all, informative, uninformative = [], [], [], []
@@ -97,7 +104,7 @@ def dynamic_sampling(
         "groups_kept": len(groups),
         "filled": filled,
     }
-    return DynamicSample(batches, rewards_all, groups, rows_by_attempt, stats), stats
+    return DynamicSample(batches, rewards_all, groups, rows_by_attempt, stats)
 
 
 def select_rows(result: DynamicSample, take: Callable[[Any, np.ndarray], Any] | None = None, concat: Callable[[list], Any] | None = None):

@@ -66,7 +66,9 @@ def test_cap_fills_with_uninformative_groups_or_returns_fewer():
         r[attempt % 3, 1] = 1.0        # exactly one informative group per attempt
         return None, r.reshape(-1)
 
-    res, stats = dynamic_sampling(sample_fn, 4, G, max_attempts=2)
+    res = dynamic_sampling(sample_fn, 4, G, max_attempts=2)          # the object itself ...
+    kept, stats = res                                                # ... or unpacked
+    assert kept is res and stats is res.stats
     assert res.stats["attempts"] == 2 and res.stats["filled"] == 2 and len(res.groups) == 4
     assert {(0, 0), (1, 1)} <= set(res.groups)          # both informative groups kept
     assert res.stats["groups_dropped"] == 4 and res.stats["frac_dropped"] == 4 / 6
