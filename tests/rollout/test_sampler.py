@@ -174,3 +174,18 @@ def test_prompt_batch_shape_errors(params):
     with pytest.raises(ValueError, match="stop_token_ids"):
         generate(params, CONFIG, pad_prompts([[1]], bucket_lengths=(4,)), jax.random.key(0),
                  SamplingParams(2, stop_token_ids=(CONFIG.vocab_size,)))
+
+
+def test_decode_loop_exits_once_every_row_has_stopped(params, prompts):
+    """The cache index counts the decode steps that ran: none after all rows stop at token 0."""
+    free, free_cache = generate_with_cache(params, CONFIG, prompts, jax.random.key(0),
+                                           SamplingParams(T, greedy=True))
+    p = prompts.tokens.shape[1]
+    assert int(free_cache["index"]) == p + T - 1  # prefill, then T - 1 fed tokens
+    first = tuple(sorted({int(t) for t in np.asarray(free.tokens)[:, 0]}))
+    stopped, cache = generate_with_cache(params, CONFIG, prompts, jax.random.key(0),
+                                         SamplingParams(T, greedy=True, stop_token_ids=first))
+    assert int(cache["index"]) == p
+    np.testing.assert_array_equal(np.asarray(stopped.mask)[:, 0], 1)
+    np.testing.assert_array_equal(np.asarray(stopped.mask)[:, 1:], 0)
+    assert not np.asarray(stopped.truncated).any()
