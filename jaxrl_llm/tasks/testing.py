@@ -15,7 +15,7 @@ import time
 
 from jaxrl_llm.tasks.base import Example
 
-__all__ = ["FaultyTask", "make_faulty"]
+__all__ = ["FaultyTask", "UnloadableTask", "make_faulty"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,3 +52,14 @@ class FaultyTask:
 def make_faulty(**kwargs) -> FaultyTask:
     """Factory for `make_task('jaxrl_llm.tasks.testing:make_faulty', ...)`."""
     return FaultyTask(**kwargs)
+
+
+def _fail_to_load():
+    raise RuntimeError("this task cannot be loaded in a worker")
+
+
+class UnloadableTask(FaultyTask):
+    """Pickles in the parent but raises when a worker unpickles it."""
+
+    def __reduce__(self):
+        return (_fail_to_load, ())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxrl_llm.tasks import ArithTask, Example, RewardPool, make_task
-from jaxrl_llm.tasks.testing import FaultyTask
+from jaxrl_llm.tasks.testing import FaultyTask, UnloadableTask
 
 TIMEOUT_S = 2.0
 
@@ -100,3 +100,11 @@ def test_unpicklable_task_is_a_clear_error(pool):
 def test_length_mismatch_rejected(pool):
     with pytest.raises(ValueError, match="len\\(completions\\)"):
         pool.score(FaultyTask(), ["1", "2"], _examples(1))
+
+
+def test_task_that_fails_to_load_in_workers_is_a_clear_error_and_pool_recovers(pool):
+    with pytest.raises(RuntimeError, match="(?s)could not load task.*cannot be loaded in a worker"):
+        pool.score(UnloadableTask(), ["1", "2", "3"], _examples(3))
+    rewards, info = pool.score(FaultyTask(), ["1", "2", "3"], _examples(3))
+    np.testing.assert_array_equal(rewards, np.float32([1, 2, 3]))
+    assert info["errors"] == 0
