@@ -9,7 +9,9 @@ here launches or supervises processes.
     local = load_my_prompts(lo, hi)                              # each process reads only these
     batch = make_global(local, row_sharding, global_rows)        # jax.make_array_from_process_local_data
     mine = host_local_rows(rollout.tokens)                       # my rows back on the host
-    full = gather_to_host(metrics_array)                         # every process sees all rows
+    full = gather_to_host(rollout)                               # every process sees all rows
+    rewards = gather_rows(my_rewards)                            # host numpy rows, concatenated
+    bucket = global_max(longest_local_prompt)                    # one static shape everywhere
     if is_main_process(): writer.scalars(...)                    # summaries from process 0
 
 Which rows a process owns is read from the sharding itself (the row blocks of
@@ -40,6 +42,8 @@ __all__ = [
     "make_global",
     "host_local_rows",
     "gather_to_host",
+    "gather_rows",
+    "global_max",
     "log_main",
 ]
 
@@ -195,3 +199,23 @@ def gather_to_host(tree):
             return np.asarray(x)
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return jax.tree.map(one, tree)
+
+
+def gather_rows(local: np.ndarray) -> np.ndarray:
+    """Concatenates each process's host rows in process order (identity on one process).
+
+    Rows must be in the order of `process_rows` (process 0's block first), as
+    they are for the default, process-ordered mesh.
+    """
+    local = np.asarray(local)
+    if jax.process_count() == 1:
+        return local
+    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
+def global_max(value: int) -> int:
+    """The largest of each process's `value` (e.g. its longest prompt, to agree on a bucket)."""
+    if jax.process_count() == 1:
+        return int(value)
+    values = multihost_utils.process_allgather(np.asarray([int(value)], np.int64), tiled=True)
+    return int(np.max(values))

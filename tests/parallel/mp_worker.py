@@ -94,6 +94,8 @@ def run_steps(workdir: str | None = None) -> dict:
     mine = mh.local_rows(rows_sh, B)                      # this process's prompt indices
     examples = [prompt_example(step, i) for i in range(mine.start, mine.stop)]
     loaded.append(list(range(mine.start, mine.stop)))
+    longest = mh.global_max(max(map(len, examples)))       # one prompt bucket on every process
+    assert longest == max(len(prompt_example(step, i)) for i in range(B)), longest
     local = rollout_lib.pad_prompts(examples, bucket_lengths=(P,), pad_id=0)
     prompts = rollout_lib.PromptBatch(
         tokens=mh.make_global(np.asarray(local.tokens), rows_sh, B),
@@ -112,7 +114,9 @@ def run_steps(workdir: str | None = None) -> dict:
         prompt_mask=mh.host_local_rows(ro.prompt_mask), tokens=toks, mask=mask,
         old_logp=mh.host_local_rows(ro.sampler_logp), advantages=adv[:, None] * mask)
     batch = mh.make_global(local_batch, rows_sh, N)
-    all_rewards = mh.gather_to_host(mh.make_global(rewards, rows_sh, N))
+    all_rewards = mh.gather_rows(rewards)
+    np.testing.assert_array_equal(
+        all_rewards, mh.gather_to_host(mh.make_global(rewards, rows_sh, N)))
     state, metrics = step_fn(state, batch)
     m = {k: float(v) for k, v in metrics.items()}
     m.update({"reward": float(all_rewards.mean()), "param_sq": float(sq_norm(state.params)),
