@@ -18,9 +18,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrl_llm import checkpoint as ckpt_lib
+from jaxrl_llm import evaluation
 from jaxrl_llm import metrics as metrics_lib
 from jaxrl_llm import models
 from jaxrl_llm import parallel
@@ -142,7 +144,8 @@ class Trainer:
     if c.sft.steps > 0:
       log(f"SFT warm start: {c.sft.steps} steps of batch {c.sft.batch_size}")
       pairs = (sft.load_jsonl_pairs(c.sft.data_file) if c.sft.data_file else
-               sft.sft_pairs(self.task, max(2000, c.sft.batch_size), c.sft.seed))
+               sft.sft_pairs(self.task, max(4000, c.sft.batch_size), c.sft.seed,
+                             flawed_fraction=c.sft.flawed_fraction))
       params, loss = sft.sft_train(
           self.model_config, params, self.tokenizer, pairs, steps=c.sft.steps,
           batch_size=c.sft.batch_size, lr=c.sft.lr, warmup_steps=c.sft.warmup_steps,
@@ -155,7 +158,7 @@ class Trainer:
 
   def init_state(self, params) -> TrainState:
     c = self.config
-    opt_state = jax.jit(self.optimizer.init)(params)
+    opt_state = self._sharded_opt_init(self.optimizer, params)
     ref = jax.tree.map(jnp.copy, params) if self.needs_ref else None
     critic_params = critic_opt = None
     if c.critic.enabled:
@@ -163,11 +166,21 @@ class Trainer:
       init_v = jax.jit(lambda k, p: models.init_value_params(self.model_config, k, p),
                        out_shardings=self._param_shardings(vspecs))
       critic_params = init_v(jax.random.key(c.train.seed + 1), params)
-      critic_opt = jax.jit(self.critic_optimizer.init)(critic_params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                      rng=jax.random.key_data(jax.random.key(c.train.seed)),
-                      kl_coef=jnp.asarray(c.algo.kl.coef, jnp.float32), ref_params=ref,
+      critic_opt = self._sharded_opt_init(self.critic_optimizer, critic_params)
+    rep = lambda x: jax.device_put(x, self.replicated)
+    return TrainState(step=rep(jnp.zeros((), jnp.int32)), params=params, opt_state=opt_state,
+                      rng=rep(jax.random.key_data(jax.random.key(c.train.seed))),
+                      kl_coef=rep(jnp.asarray(c.algo.kl.coef, jnp.float32)), ref_params=ref,
                       critic_params=critic_params, critic_opt_state=critic_opt)
+
+  def _sharded_opt_init(self, optimizer, params):
+    """Optimiser state created directly in the shardings of the params it mirrors."""
+    abstract = jax.eval_shape(optimizer.init, params)
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    shardings = optax.tree_map_params(
+        optimizer, lambda _, s: s, abstract, param_shardings,
+        transform_non_params=lambda _: self.replicated)
+    return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
   # ----------------------------------------------------------------------------- rollouts
   def _prompt_batch(self, examples):
@@ -195,13 +208,18 @@ class Trainer:
     key = jax.random.key(c.eval.seed if key_seed is None else key_seed)
     ro, completions = self.rollout(params, examples, key, self.eval_sampling)
     rep = [e for e in examples for _ in range(c.eval.n)]
-    _, correct, _ = self.score(completions, rep)
-    per_prompt = correct.reshape(len(examples), c.eval.n)
+    rewards, correct, _ = self.score(completions, rep)
+    n = c.eval.n
+    per_prompt = correct.reshape(len(examples), n)
     acc = float(per_prompt.mean())
     stderr = float(per_prompt.mean(axis=1).std(ddof=1) / np.sqrt(len(examples)))
-    out = {"eval/accuracy": acc, "eval/stderr": stderr}
-    out.update({f"eval/accuracy_d{d}": v for d, v in tasks_lib.per_difficulty_accuracy(
-        examples, correct).items()} if _has_difficulty(examples) else {})
+    ks = [k for k in c.eval.ks if k <= n] or [1]
+    table = lambda x: [list(x[i * n:(i + 1) * n]) for i in range(len(examples))]
+    summary = evaluation.summarize_samples(
+        examples, table(completions), table(rewards), ks=ks, correct=per_prompt > 0)
+    out = {f"eval/{k}": float(v) for k, v in summary.items()
+           if k not in ("num_prompts", "num_samples")}
+    out.update({"eval/accuracy": acc, "eval/stderr": stderr})
     del ro
     return out
 
@@ -233,7 +251,7 @@ class Trainer:
         advantages=self.row_sharding,
         ref_logp=self.row_sharding if self.needs_ref else None,
         old_values=self.row_sharding if c.critic.enabled else None,
-        returns=self.row_sharding if c.critic.enabled else None)
+        returns=self.row_sharding if c.critic.enabled else None, token_mask=self.row_sharding)
     self.programs = rl_step.RLPrograms(
         c, self.model_config, self.optimizer, self.critic_optimizer,
         state_shardings=state_shardings, batch_sharding=batch_sharding,
@@ -372,7 +390,7 @@ class Trainer:
     batch = rl_step.TrainBatch(
         prompt_tokens=ro.prompt_tokens, prompt_mask=ro.prompt_mask, tokens=ro.tokens,
         mask=loss_mask, old_logp=old_logp, advantages=adv, ref_logp=ref_logp,
-        old_values=values, returns=ret if c.critic.enabled else None)
+        old_values=values, returns=ret if c.critic.enabled else None, token_mask=mask)
 
     t0 = time.time()
     perm_rng = np.random.default_rng([c.train.seed, step])
@@ -380,7 +398,7 @@ class Trainer:
     for _ in range(c.train.num_epochs):
       for idx in rl_step.sample_indices(perm_rng, self.rows, self.minibatch):
         idx = np.sort(idx) if self.minibatch == self.rows else idx
-        mb = jax.tree.map(lambda x: x[idx], batch)
+        mb = jax.device_put(jax.tree.map(lambda x: x[idx], batch), self.programs.batch_sharding)
         state, m = self.programs.train_step(state, mb)
         step_metrics.append(m)
     step_metrics = jax.device_get(step_metrics)
@@ -398,7 +416,8 @@ class Trainer:
     ref_params = state.ref_params
     if self.needs_ref and c.algo.kl.ref_reset_every and (step + 1) % c.algo.kl.ref_reset_every == 0:
       ref_params = jax.tree.map(jnp.copy, state.params)
-    state = state.replace(step=state.step + 1, kl_coef=jnp.asarray(new_kl, jnp.float32),
+    state = state.replace(step=jax.device_put(state.step + 1, self.replicated),
+                          kl_coef=jax.device_put(jnp.asarray(new_kl, jnp.float32), self.replicated),
                           ref_params=ref_params)
 
     abs_adv = (np.abs(np.asarray(adv)) * np.asarray(mask)).sum(1) / np.maximum(lengths, 1)
@@ -429,10 +448,6 @@ class Trainer:
 
 _HISTORY_KEYS = ("train/reward", "train/accuracy", "train/entropy", "train/kl",
                  "train/loss/total", "train/grad_norm", "train/response_length", "compiles")
-
-
-def _has_difficulty(examples):
-  return any(getattr(e, "difficulty", 0) for e in examples)
 
 
 def log_every(step, every):

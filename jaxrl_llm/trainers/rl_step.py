@@ -32,7 +32,7 @@ from jaxrl_llm.trainers.state import TrainState, completion_logprobs, completion
 
 __all__ = ["TrainBatch", "RLPrograms", "batch_counts"]
 
-# Losses whose batch statistics come from the current policy on the whole minibatch.
+# Losses whose batch statistics (token selections) come from the whole minibatch.
 _NEEDS_POLICY_STATS = ("clip_cov", "kl_cov")
 
 
@@ -42,20 +42,18 @@ class TrainBatch:
   prompt_tokens: jax.Array
   prompt_mask: jax.Array
   tokens: jax.Array
-  mask: jax.Array                 # completion mask × sample_weight (float32)
+  mask: jax.Array                 # loss mask: completion mask × sample_weight (float32)
   old_logp: jax.Array
   advantages: jax.Array
   ref_logp: Any = None
   old_values: Any = None
   returns: Any = None
+  token_mask: Any = None          # completion mask of every sampled token (diagnostics); None: mask
 
 
-def batch_counts(mask, num_micro: int):
+def batch_counts(mask):
   """Global token and sequence counts of a minibatch (from the weighted mask)."""
-  del num_micro
-  num_tokens = jnp.sum(mask)
-  num_seqs = jnp.sum((jnp.sum(mask, axis=-1) > 0).astype(jnp.float32))
-  return num_tokens, num_seqs
+  return agg_lib.global_counts(mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,41 +96,41 @@ def _agg(x, mask, s: LossSettings, num_tokens, num_seqs):
 
 
 def policy_micro_loss(params, mb: TrainBatch, stats, kl_coef, key, *, model_config,
-                      s: LossSettings, num_tokens, num_seqs):
-  """Loss of one micro-batch, normalised by the minibatch's global counts."""
-  need_entropy = s.entropy_coef != 0.0 or s.forking_tokens > 0 or True
+                      s: LossSettings, num_tokens, num_seqs, num_sampled):
+  """Loss of one micro-batch, normalised by the minibatch's global counts.
+
+  Returns (loss, (pg_metrics, sums)): `pg_metrics` are this micro-batch's token means (merged
+  with `registry.merge_metrics`), `sums` are already divided by global counts (added).
+  Entropy and KL diagnostics are means over every sampled token (`token_mask`), so PSR / NSR
+  runs log comparable entropies.
+  """
   logp, ent = completion_logprobs(model_config, params, mb.prompt_tokens, mb.prompt_mask,
                                   mb.tokens, temperature=s.temperature, chunk=s.logprob_chunk,
-                                  with_entropy=need_entropy)
+                                  with_entropy=True)
   mask = mb.mask
-  pg_mask = mask
+  token_mask = mask if mb.token_mask is None else mb.token_mask
+  extra = dict(s.loss_kwargs)
   if s.forking_tokens > 0:
-    keep = (jax.lax.stop_gradient(ent) >= stats["forking_threshold"]).astype(mask.dtype)
-    pg_mask = mask * keep
-  pg_stats = {k: v for k, v in stats.items() if k != "forking_threshold"} or None
+    extra.update(entropy=jax.lax.stop_gradient(ent), forking_top_fraction=s.forking_tokens)
   pg_loss, pg_metrics = registry.compute_policy_loss(
-      s.policy_loss, logp, mb.old_logp, mb.advantages, pg_mask, agg=s.aggregation,
+      s.policy_loss, logp, mb.old_logp, mb.advantages, mask, agg=s.aggregation,
       num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=s.norm_constant,
-      clip_low=s.clip_low, clip_high=s.clip_high, dual_clip=s.dual_clip, stats=pg_stats,
-      key=key, **dict(s.loss_kwargs))
+      clip_low=s.clip_low, clip_high=s.clip_high, dual_clip=s.dual_clip, stats=stats or None,
+      key=key, **extra)
   loss = pg_loss
-  tok_frac = jnp.sum(mask) / jnp.maximum(num_tokens, 1.0)
-  metrics = {f"pg/{k}": v * tok_frac for k, v in pg_metrics.items()}
-  metrics["loss/policy"] = pg_loss
-  token_sum = lambda x: jnp.sum(x * mask) / jnp.maximum(num_tokens, 1.0)
-  metrics["entropy"] = token_sum(ent)
+  sampled_mean = lambda x: jnp.sum(x * token_mask) / jnp.maximum(num_sampled, 1.0)
+  sums = {"loss/policy": pg_loss, "entropy": sampled_mean(ent)}
   if mb.ref_logp is not None:
     kl_tok = kl_lib.kl_estimate(logp, mb.ref_logp, kind=s.kl_kind)
-    metrics["kl"] = token_sum(kl_tok)
+    sums["kl"] = sampled_mean(kl_tok)
     if s.kl_in_loss:
       kl_loss = _agg(kl_tok, mask, s, num_tokens, num_seqs)
       loss = loss + kl_coef * kl_loss
-      metrics["loss/kl"] = kl_loss
+      sums["loss/kl"] = kl_loss
   if s.entropy_coef:
-    ent_term = _agg(ent, mask, s, num_tokens, num_seqs)
-    loss = loss - s.entropy_coef * ent_term
-  metrics["loss/total"] = loss
-  return loss, metrics
+    loss = loss - s.entropy_coef * _agg(ent, mask, s, num_tokens, num_seqs)
+  sums["loss/total"] = loss
+  return loss, ({f"pg/{k}": v for k, v in pg_metrics.items()}, sums)
 
 
 def critic_micro_loss(critic_params, mb: TrainBatch, *, model_config, s: LossSettings,
@@ -159,43 +157,48 @@ def _tree_where(pred, a, b):
 def train_step(state: TrainState, batch: TrainBatch, *, model_config, s: LossSettings,
                num_micro: int, optimizer, critic_optimizer, policy_warmup: int):
   """One optimiser update on a minibatch: scan over micro-batches, exact accumulation."""
-  num_tokens, num_seqs = batch_counts(batch.mask, num_micro)
+  num_tokens, num_seqs = batch_counts(batch.mask)
+  token_mask = batch.mask if batch.token_mask is None else batch.token_mask
+  num_sampled = jnp.sum(token_mask)
   key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 7)
   micro = _split_micro(batch, num_micro)
 
-  stats = {}
-  if s.policy_loss in _NEEDS_POLICY_STATS or s.forking_tokens > 0:
+  # Batch statistics on the whole minibatch (never per micro-batch).
+  extra = dict(s.loss_kwargs)
+  if s.forking_tokens > 0:
     def fwd(_, mb):
-      lp, ent = completion_logprobs(model_config, state.params, mb.prompt_tokens,
-                                    mb.prompt_mask, mb.tokens, temperature=s.temperature,
-                                    chunk=s.logprob_chunk, with_entropy=True)
-      return None, (lp, ent)
-    _, (lp, ent) = jax.lax.scan(fwd, None, micro)
-    lp = lp.reshape(batch.mask.shape)
-    ent = ent.reshape(batch.mask.shape)
-    if s.policy_loss in _NEEDS_POLICY_STATS:
-      stats.update(registry.policy_loss_stats(s.policy_loss, lp, batch.advantages, batch.mask,
-                                              key=key, **dict(s.loss_kwargs)))
-    if s.forking_tokens > 0:
-      stats["forking_threshold"] = _masked_quantile(ent, batch.mask, 1.0 - s.forking_tokens)
+      _, ent = completion_logprobs(model_config, state.params, mb.prompt_tokens,
+                                   mb.prompt_mask, mb.tokens, temperature=s.temperature,
+                                   chunk=s.logprob_chunk, with_entropy=True)
+      return None, ent
+    _, ent = jax.lax.scan(fwd, None, micro)
+    extra.update(entropy=ent.reshape(batch.mask.shape), forking_top_fraction=s.forking_tokens)
+  if s.policy_loss == "clip_cov":
+    extra.setdefault("old_logp", batch.old_logp)
+  stats = registry.policy_loss_stats(s.policy_loss, batch.old_logp, batch.advantages,
+                                     batch.mask, key=key, **extra) if (
+      s.policy_loss in _NEEDS_POLICY_STATS or s.forking_tokens > 0) else {}
+  micro_stats = registry.split_stats(stats, num_micro)
 
   grad_fn = jax.value_and_grad(policy_micro_loss, has_aux=True)
+  loss_kw = dict(model_config=model_config, s=s, num_tokens=num_tokens, num_seqs=num_seqs,
+                 num_sampled=num_sampled)
 
-  def body(carry, mb):
-    grads, metrics = carry
-    (_, m), g = grad_fn(state.params, mb, stats, state.kl_coef, key, model_config=model_config,
-                        s=s, num_tokens=num_tokens, num_seqs=num_seqs)
-    grads = jax.tree.map(jnp.add, grads, g)
-    metrics = jax.tree.map(jnp.add, metrics, m)
-    return (grads, metrics), None
+  def body(carry, xs):
+    grads, pg_acc, sums_acc = carry
+    mb, st = xs
+    (_, (pg_m, sums)), g = grad_fn(state.params, mb, st, state.kl_coef, key, **loss_kw)
+    weight = jnp.sum(mb.mask) / jnp.maximum(num_tokens, 1.0)
+    pg_acc = registry.merge_metrics(pg_acc, pg_m, weight=weight)
+    return (jax.tree.map(jnp.add, grads, g), pg_acc, jax.tree.map(jnp.add, sums_acc, sums)), None
 
-  zero_g = jax.tree.map(jnp.zeros_like, state.params)
-  _, m_shape = jax.eval_shape(
-      lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), stats, state.kl_coef,
-                      key, model_config=model_config, s=s, num_tokens=num_tokens,
-                      num_seqs=num_seqs))[0]
-  zero_m = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), m_shape)
-  (grads, metrics), _ = jax.lax.scan(body, (zero_g, zero_m), micro)
+  first = (jax.tree.map(lambda x: x[0], micro), jax.tree.map(lambda x: x[0], micro_stats))
+  _, (pg_shape, sums_shape) = jax.eval_shape(
+      lambda: grad_fn(state.params, first[0], first[1], state.kl_coef, key, **loss_kw))[0]
+  init = (jax.tree.map(jnp.zeros_like, state.params), registry.init_metrics(pg_shape),
+          jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), sums_shape))
+  (grads, pg_metrics, metrics), _ = jax.lax.scan(body, init, (micro, micro_stats))
+  metrics = dict(metrics, **pg_metrics)
 
   grad_norm = _global_norm(grads)
   finite = jnp.isfinite(metrics["loss/total"]) & jnp.isfinite(grad_norm)
@@ -239,15 +242,6 @@ def train_step(state: TrainState, batch: TrainBatch, *, model_config, s: LossSet
 def _global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
                       for x in jax.tree.leaves(tree)))
-
-
-def _masked_quantile(x, mask, q):
-  """The q-quantile of x over mask > 0 (lower interpolation), computed with a sort."""
-  flat = jnp.where(mask.reshape(-1) > 0, x.reshape(-1), jnp.inf)
-  count = jnp.sum(mask > 0)
-  srt = jnp.sort(flat)
-  idx = jnp.clip(jnp.floor(q * (count - 1)).astype(jnp.int32), 0, flat.shape[0] - 1)
-  return srt[idx]
 
 
 class RLPrograms:

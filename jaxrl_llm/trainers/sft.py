@@ -18,7 +18,7 @@ import optax
 from jaxrl_llm.trainers import text
 from jaxrl_llm.trainers.state import completion_logprobs
 
-__all__ = ["sft_pairs", "sft_train", "load_jsonl_pairs"]
+__all__ = ["sft_pairs", "sft_train", "load_jsonl_pairs", "add_target_flaw"]
 
 
 def load_jsonl_pairs(path: str):
@@ -32,9 +32,25 @@ def load_jsonl_pairs(path: str):
   return list(zip(ds["prompt"], ds["completion"]))
 
 
-def sft_pairs(task, n: int, seed: int):
+def sft_pairs(task, n: int, seed: int, *, flawed_fraction: float = 0.0, flaw: str = "."):
+  """(prompt, target) pairs from a task's training split; see `add_target_flaw`."""
   examples = task.examples("train", n, seed)
-  return [(e.prompt, task.sft_target(e)) for e in examples]
+  pairs = [(e.prompt, task.sft_target(e)) for e in examples]
+  return add_target_flaw(pairs, flawed_fraction, seed, flaw) if flawed_fraction > 0 else pairs
+
+
+def add_target_flaw(pairs, fraction: float, seed: int, flaw: str = "."):
+  """Appends `flaw` to the target of a `fraction` of the pairs (seeded).
+
+  Imperfect demonstrations for the demo: the verifier rejects a flawed answer ("30." is not
+  "30"), so the SFT model has some, but not full, skill — it knows the answers but often
+  writes them wrongly — and its samples still cover the right form (pass@k ≫ pass@1). RL
+  from the verifier's reward alone has to find and remove the flaw.
+  """
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f"sft.flawed_fraction = {fraction} must be in [0, 1]")
+  rng = np.random.default_rng([seed, 17])
+  return [(p, t + flaw if rng.random() < fraction else t) for p, t in pairs]
 
 
 def _encode_batch(tokenizer, pairs, prompt_buckets, completion_len):

@@ -1,0 +1,42 @@
+"""One small SFT checkpoint shared by every trainer test (built once per session)."""
+import os
+
+import pytest
+
+from jaxrl_llm.trainers import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def small_config(**overrides):
+  """The runlocal base config with dotted-key overrides (unlocked copy)."""
+  c = config_lib.base_config(runlocal=True)
+  c.unlock()
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  c.log.progress = False
+  return c
+
+
+@pytest.fixture(scope="session")
+def sft_checkpoint(tmp_path_factory):
+  """(model folder, tokenizer folder, held-out accuracy) of a partly-skilled SFT model."""
+  from jaxrl_llm.trainers import rl
+  from jaxrl_llm import tasks
+  workdir = str(tmp_path_factory.mktemp("sft"))
+  c = small_config(**{"train.steps": 1})
+  trainer = rl.Trainer(c, workdir)
+  trainer.initial_params(log=lambda *a: None)
+  model_dir = os.path.join(workdir, "sft")
+  tok_dir = os.path.join(workdir, "tokenizer")
+  assert os.path.exists(os.path.join(model_dir, "config.json"))
+  return model_dir, tok_dir
+
+
+def recipe_overrides(sft):
+  model_dir, tok_dir = sft
+  return {"model.init_checkpoint": model_dir, "tokenizer.path": tok_dir}
