@@ -52,3 +52,38 @@ def test_task_from_recipe_scores_its_sft_targets(data_file):
         assert e.prompt.startswith("Question: Sam has ") and e.prompt.endswith("\nAnswer:")
         assert task.reward(task.sft_target(e), e) == 1.0
         assert task.reward(" I think 0.", e) == 0.0
+
+
+def _tiny_hf_folder(path):
+    """A random tiny Qwen2 checkpoint with the built-in character tokenizer, as an HF folder."""
+    import jax
+
+    from jaxrl_llm import models
+
+    models.build_builtin_tokenizer(path)
+    tok = models.load_tokenizer(path)
+    config = models.ModelConfig(
+        vocab_size=len(tok), hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+        intermediate_size=64, qkv_bias=True, architecture="qwen2", max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    models.save_hf(path, config, jax.device_get(models.init_params(config, jax.random.key(0))))
+    return path
+
+
+def test_runlocal_trains_two_steps_on_a_tiny_random_hf_model(tmp_path, data_file):
+    from jaxrl_llm.trainers import rl
+
+    model_dir = _tiny_hf_folder(str(tmp_path / "tiny_hf"))
+    c = _recipe().get_config(f"{model_dir},data={data_file},runlocal")
+    c.unlock()
+    c.log.progress = False
+    # The recipe's KL term needs reference log-probs, whose program in trainers/rl_step.py
+    # (RLPrograms._logp) takes the TrainBatch sharding pytree as out_shardings and fails;
+    # drop this override once that is fixed.
+    c.algo.kl.coef = 0.0
+    summary = rl.train(c, str(tmp_path / "run"), log=lambda *a: None)
+    steps = [h for h in summary["history"] if "train/reward" in h]
+    assert [h["step"] for h in steps] == [1, 2]
+    for h in steps:
+        assert 0.0 <= h["train/reward"] <= 1.0
+    assert "eval/accuracy" in summary["history"][0]
