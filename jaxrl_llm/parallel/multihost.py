@@ -44,6 +44,7 @@ __all__ = [
     "gather_to_host",
     "gather_rows",
     "global_max",
+    "sum_over_processes",
     "log_main",
 ]
 
@@ -219,3 +220,11 @@ def global_max(value: int) -> int:
         return int(value)
     values = multihost_utils.process_allgather(np.asarray([int(value)], np.int64), tiled=True)
     return int(np.max(values))
+
+
+def sum_over_processes(value: float) -> float:
+    """The sum of each process's host number (e.g. reward errors counted on its own rows)."""
+    if jax.process_count() == 1:
+        return value
+    values = multihost_utils.process_allgather(np.asarray([value], np.float64), tiled=True)
+    return float(np.sum(values))
