@@ -81,6 +81,9 @@ def test_cache_decode_equals_full_forward(model):
         logits_t, cache = apply(config, params, tokens[:, t:t + 1], positions[:, t:t + 1],
                                 mask[:, t:t + 1], cache)
         got.append(logits_t)
+        if t == P:
+            compiled = apply._cache_size()
+    assert apply._cache_size() == compiled  # the cache index is traced: decode never recompiles
     got = jnp.concatenate(got, axis=1)
     assert int(cache["index"]) == P + STEPS
     np.testing.assert_array_equal(np.asarray(cache["mask"][:, :P + STEPS]), np.asarray(mask))
