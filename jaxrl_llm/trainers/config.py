@@ -69,16 +69,16 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       prompts_per_step=16, samples_per_prompt=8, num_epochs=1,
       minibatch_size=0, microbatch_size=0,      # rows (of N = B*G); 0: the whole batch
-      steps=60, seed=0, logprob_chunk=0,        # 0: the whole sequence in one chunk
+      steps=100, seed=0, logprob_chunk=0,       # 0: the whole sequence in one chunk
       max_bad_steps=5,
   ))
   c.optim = ml_collections.ConfigDict(dict(
-      lr=2e-4, schedule="constant", warmup_steps=0, b1=0.9, b2=0.99, eps=1e-8,
+      lr=1e-4, schedule="constant", warmup_steps=5, b1=0.9, b2=0.99, eps=1e-8,
       weight_decay=0.0, clip_norm=1.0,
   ))
   c.critic = ml_collections.ConfigDict(dict(enabled=False, lr=5e-4, warmup_steps=0))
   c.sft = ml_collections.ConfigDict(dict(
-      steps=1500, batch_size=32, lr=1e-3, warmup_steps=20, seed=0, data_file="",
+      steps=2000, batch_size=32, lr=1e-3, warmup_steps=20, seed=0, data_file="",
       flawed_fraction=0.5,     # fraction of SFT targets given a flaw the verifier rejects (sft.py)
   ))
   c.data = ml_collections.ConfigDict(dict(
@@ -89,17 +89,18 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       curriculum="",                             # "" | "ucb" | "td_softmax" over difficulty arms
       filter_low=0.0, filter_high=1.0,           # keep prompts whose pass rate is in the band
       num_examples=10000,                        # size of the training prompt pool
+      replay_fraction=0.0, replay_capacity=256,  # reuse recent rollout groups (importance-corrected)
   ))
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, rules=()))
+  # num_devices: use the first N devices of this process's machine (0: all of them).
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, rules=(), num_devices=0))
   c.checkpoint = ml_collections.ConfigDict(dict(every=20, keep=2))
   c.log = ml_collections.ConfigDict(dict(every=1, samples=4, progress=True))
-  c.eval = ml_collections.ConfigDict(dict(every=0, size=200, seed=12345, n=1, ks=(1,),
-                                          temperature=0.0))
+  # Held-out accuracy = mean over `n` samples at `temperature` (0: greedy) of each prompt.
+  c.eval = ml_collections.ConfigDict(dict(every=0, size=200, seed=12345, n=4, ks=(1, 2, 4),
+                                          temperature=1.0))
 
   if runlocal:
-    c.train.steps = 20
-    c.train.prompts_per_step = 8
-    c.eval.size = 200
+    c.train.steps = 30
   c.lock()
   return c
 
@@ -137,6 +138,15 @@ def validate(c, num_devices: int | None = None) -> None:
   if c.data.overlong_buffer >= c.rollout.max_new_tokens:
     raise ConfigError(f"config.data.overlong_buffer = {c.data.overlong_buffer} must be smaller "
                       f"than rollout.max_new_tokens = {c.rollout.max_new_tokens}")
+  if c.data.replay_fraction:
+    if not 0.0 < c.data.replay_fraction < 1.0:
+      raise ConfigError(f"config.data.replay_fraction = {c.data.replay_fraction} must be in [0, 1)")
+    if (c.algo.policy_loss == "reinforce" or c.data.dynamic_sampling or c.critic.enabled or
+        c.algo.recompute_old_logp):
+      raise ConfigError("config.data.replay_fraction > 0 needs a ratio-based policy loss "
+                        "(ppo_clip, gspo, cispo, clip_cov, kl_cov: the ratio to the stored "
+                        "behaviour log-probs is the importance correction, so no "
+                        "algo.recompute_old_logp), no dynamic sampling and no critic")
   if c.algo.advantage == "gae" and not c.critic.enabled:
     raise ConfigError("config.algo.advantage = 'gae' needs config.critic.enabled = True")
   for field in ("train.prompts_per_step", "train.samples_per_prompt", "train.num_epochs",
@@ -159,6 +169,11 @@ def validate(c, num_devices: int | None = None) -> None:
         f"config.train.microbatch_size = {s['microbatch']} does not divide "
         f"minibatch_size = {s['minibatch']}")
   if num_devices is not None:
+    if c.mesh.num_devices:
+      if c.mesh.num_devices > num_devices:
+        raise ConfigError(f"config.mesh.num_devices = {c.mesh.num_devices} but only "
+                          f"{num_devices} devices are available")
+      num_devices = c.mesh.num_devices
     batch_shards = _batch_shards(c, num_devices)
     if s["microbatch"] % batch_shards:
       raise ConfigError(

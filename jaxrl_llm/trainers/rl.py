@@ -89,7 +89,9 @@ class Trainer:
     self.tokenizer = build_tokenizer(c, self.workdir)
     self.task = tasks_lib.make_task(c.task.name, **c.task.kwargs.to_dict())
     self.model_config = build_model_config(c, self.tokenizer)
-    self.mesh = parallel.make_mesh({k: c.mesh[k] for k in ("data", "fsdp", "tensor")})
+    devices = jax.devices()[:c.mesh.num_devices] if c.mesh.num_devices else None
+    self.mesh = parallel.make_mesh({k: c.mesh[k] for k in ("data", "fsdp", "tensor")},
+                                   devices=devices)
     self.rules = tuple(tuple(r) for r in c.mesh.rules) or parallel.DEFAULT_RULES
     self.batch_axes = ("data", "fsdp")
     self.replicated = NamedSharding(self.mesh, P())
@@ -223,6 +225,37 @@ class Trainer:
     del ro
     return out
 
+  def _with_replay(self, source, examples, ro, completions, rewards, correct, info, metrics):
+    """Stores the fresh groups and appends the replayed ones (rollout replay).
+
+    Replayed rows keep their behaviour log-probs as `sampler_logp`, which becomes `old_logp`:
+    the PPO-style ratio π_θ / π_behaviour is then exactly the importance correction.
+    """
+    group = self.config.train.samples_per_prompt
+    host = jax.device_get(ro)
+    for i, e in enumerate(examples):
+      rows = slice(i * group, (i + 1) * group)
+      source.add(e, dict(ro=jax.tree.map(lambda x: x[rows], host), completions=completions[rows],
+                         rewards=rewards[rows], correct=correct[rows]))
+    replayed = source.replayed()
+    metrics["data/replayed_groups"] = float(len(replayed))
+    if not replayed:
+      return examples, ro, completions, rewards, correct, info
+    parts = [host] + [it.payload["ro"] for it in replayed]
+    p_len = max(x.prompt_tokens.shape[1] for x in parts)
+    parts = [_left_pad_prompts(x, p_len) for x in parts]
+    ro = jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *parts)
+    ro = ro.replace(group_id=jnp.arange(ro.tokens.shape[0], dtype=jnp.int32) // group)
+    examples = list(examples) + [it.example for it in replayed]
+    completions = list(completions) + [c for it in replayed for c in it.payload["completions"]]
+    rewards = np.concatenate([rewards] + [it.payload["rewards"] for it in replayed])
+    correct = np.concatenate([correct] + [it.payload["correct"] for it in replayed])
+    comps = info.get("components", {})
+    info = dict(info, components={k: np.concatenate([v, np.full(len(rewards) - len(v), np.nan,
+                                                                np.float32)])
+                                  for k, v in comps.items()})
+    return examples, ro, completions, rewards, correct, info
+
   # ----------------------------------------------------------------------------- the loop
   def run(self, log=print):
     c = self.config
@@ -241,7 +274,8 @@ class Trainer:
     band = (d.filter_low, d.filter_high) if (d.filter_low > 0 or d.filter_high < 1) else None
     source = tasks_lib.make_prompt_source(
         self.task, split="train", seed=c.train.seed, num_examples=d.num_examples,
-        curriculum=d.curriculum, filter_band=band)
+        curriculum=d.curriculum, filter_band=band, replay_fraction=d.replay_fraction,
+        replay_capacity=d.replay_capacity)
     params = self.initial_params(log)
     state = self.init_state(params)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -357,6 +391,9 @@ class Trainer:
       b, _ = sample(0)
       examples, ro, completions = b["examples"], b["ro"], b["completions"]
       rewards, correct, info = b["rewards"], b["correct"], b["info"]
+    if c.data.replay_fraction > 0:
+      examples, ro, completions, rewards, correct, info = self._with_replay(
+          source, examples, ro, completions, rewards, correct, info, data_metrics)
     ro = jax.block_until_ready(ro)
     rep = [e for e in examples for _ in range(group)]
     timings["time/rollout"] = time.time() - t0
@@ -447,7 +484,16 @@ class Trainer:
 
 
 _HISTORY_KEYS = ("train/reward", "train/accuracy", "train/entropy", "train/kl",
-                 "train/loss/total", "train/grad_norm", "train/response_length", "compiles")
+                 "train/loss/total", "train/grad_norm", "train/response_length", "compiles",
+                 "data/replayed_groups", "data/frac_dropped")
+
+
+def _left_pad_prompts(ro, length):
+  pad = length - ro.prompt_tokens.shape[1]
+  if pad == 0:
+    return ro
+  widen = lambda x: np.concatenate([np.zeros((x.shape[0], pad), x.dtype), x], axis=1)
+  return ro.replace(prompt_tokens=widen(ro.prompt_tokens), prompt_mask=widen(ro.prompt_mask))
 
 
 def log_every(step, every):

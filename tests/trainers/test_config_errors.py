@@ -31,7 +31,7 @@ def _config(**overrides):
     ({"algo.kl.placement": "both"}, r"algo\.kl\.placement = 'both' is not one of"),
     ({"optim.schedule": "step"}, r"optim\.schedule = 'step' is not one of"),
     ({"task.name": "chess"}, r"task\.name = 'chess' is not one of .*'arith'"),
-    ({"train.minibatch_size": 12}, r"minibatch_size = 12 does not divide .* = 64 rows"),
+    ({"train.minibatch_size": 12}, r"minibatch_size = 12 does not divide .* = 128 rows"),
     ({"train.minibatch_size": 32, "train.microbatch_size": 12},
      r"microbatch_size = 12 does not divide minibatch_size = 32"),
     ({"train.prompts_per_step": 6, "mesh.fsdp": 4, "mesh.data": 2},
