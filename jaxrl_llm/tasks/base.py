@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import importlib
 import random
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
