@@ -7,7 +7,8 @@
 from jaxrl_llm.rollout.host import DEFAULT_BUCKETS, apply_stop_strings, decode_completions, pad_prompts
 from jaxrl_llm.rollout.logprobs import token_logprobs
 from jaxrl_llm.rollout.sampler import cache_logical_axes, generate, generate_with_cache, init_sampler_cache
-from jaxrl_llm.rollout.sampling import TOP_P_CANDIDATES, sample_from_weights, sample_tokens, truncation_threshold
+from jaxrl_llm.rollout.sampling import (TOP_P_CANDIDATES, argmax_first, sample_from_weights, sample_tokens,
+                                       top_k_values, truncation_threshold)
 from jaxrl_llm.rollout.types import PromptBatch, Rollout, SamplingParams
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "sample_tokens",
     "sample_from_weights",
     "truncation_threshold",
+    "top_k_values",
+    "argmax_first",
     "TOP_P_CANDIDATES",
     "pad_prompts",
     "decode_completions",

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxrl_llm.rollout import TOP_P_CANDIDATES, sample_from_weights, sample_tokens, truncation_threshold
+from jaxrl_llm.rollout import (TOP_P_CANDIDATES, sample_from_weights, sample_tokens, top_k_values,
+                               truncation_threshold)
 
 LOGITS = np.array([2.0, 1.0, 0.5, 0.0, -1.0, -3.0], np.float32)
 DRAWS = 40_000
@@ -101,11 +102,12 @@ def test_greedy_is_argmax_first_on_ties():
     np.testing.assert_array_equal(sample(jax.random.key(0), logits, greedy=True), [1, 0])
 
 
-@pytest.mark.parametrize("scale", [6.0, 0.05], ids=["peaked-candidates", "flat-full-sort"])
+@pytest.mark.parametrize("scale", [6.0, 0.05], ids=["peaked-candidates", "flat-bisection"])
 def test_top_p_set_is_exact_beyond_candidate_cap(scale):
-    """Both top-p paths (inside TOP_P_CANDIDATES, and the full-sort fallback) give the exact nucleus."""
+    """Both top-p paths (inside TOP_P_CANDIDATES, and the bisection fallback) give the exact nucleus."""
     v, top_p = 1000, 0.9
     z = np.random.default_rng(7).normal(size=(3, v)).astype(np.float32) * scale
+    z[1, ::7] = -np.inf  # banned tokens
     tau = np.asarray(jax.jit(truncation_threshold)(jnp.asarray(z), top_p, 0.0))
     for row, t in zip(z, tau[:, 0]):
         want = reference_probs(row, top_p=top_p) > 0
@@ -118,3 +120,13 @@ def test_min_p_zero_and_top_p_one_keep_everything():
     z = jnp.asarray(np.random.default_rng(0).normal(size=(2, 50)).astype(np.float32))
     tau = jax.jit(truncation_threshold)(z, 1.0, 0.0)
     assert np.all(np.asarray(z) >= np.asarray(tau))
+
+
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_top_k_values_block_prefilter_is_exact(k):
+    rng = np.random.default_rng(k)
+    z = rng.normal(size=(3, 20_011)).astype(np.float32)
+    z[1] = np.round(z[1], 1)  # many ties
+    z[2, 5000:5100] = 9.0  # the top values crowd into few blocks
+    got = np.asarray(jax.jit(top_k_values, static_argnums=1)(jnp.asarray(z), k))
+    np.testing.assert_array_equal(got, -np.sort(-z, axis=-1)[:, :k])
