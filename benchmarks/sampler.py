@@ -211,6 +211,7 @@ def main(argv=None):
             worker.close()
 
     info = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                load_average_at_end=os.getloadavg(),
                 threads=args.threads, new_tokens=args.new_tokens, prompt_len=128,
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 command=" ".join([os.path.basename(sys.executable), "benchmarks/sampler.py"] + sys.argv[1:]))

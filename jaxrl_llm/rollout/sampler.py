@@ -10,6 +10,9 @@ static sampling fields, mesh, rules):
    times into the rows of the full [L, N = B·n, P + T] cache, which is a
    donated input buffer, updated in place from there on.
 2. Draw token 0 for all N rows (the n copies of a prompt draw independently).
+   Sampled programs hold two decode loops behind one `lax.cond`, chosen once
+   per call: the untruncated fast path, or the top-p / min-p thresholds when
+   top_p < 1 or min_p > 0 (both traced, so neither recompiles).
 3. `lax.while_loop` over steps 1..T-1: feed the last token at position
    `len(prompt) + t - 1`, draw the next token, record
    `token_logprobs(logits, token, temperature)`. The loop exits as soon as
@@ -20,7 +23,8 @@ Randomness: step t draws with `fold_in(key, t)`, one uniform per row
 (`sampling.sample_tokens`), so the same key gives the same rollout, on any mesh.
 
 Sharding: `params` are used with the shardings they already have (the
-trainer's own pytree: no copy, no second model). With a `mesh`, prompts, the
+trainer's own pytree: no copy, no second model; their `in_shardings` are
+left to the arrays, explicit `out_shardings` fix the outputs). With a `mesh`, prompts, the
 cache and the outputs are split over the mesh axes that `rules` map the
 logical `batch` axis to, KV heads over those of `kv_heads`, and the model's
 own logical constraints apply inside (run under `jax.sharding.set_mesh` and
