@@ -27,13 +27,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  import jax  # pylint: disable=g-import-not-at-top
-  if _DISTRIBUTED.value or _COORDINATOR.value:
-    kwargs = {}
-    if _COORDINATOR.value:
-      kwargs = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                    process_id=_PROCESS_ID.value)
-    jax.distributed.initialize(**kwargs)
+  from jaxrl_llm.parallel import multihost  # pylint: disable=g-import-not-at-top
+  if _DISTRIBUTED.value or _COORDINATOR.value or multihost.distributed_kwargs():
+    # flags, else $JAXRL_COORDINATOR_ADDRESS / $JAXRL_NUM_PROCESSES / $JAXRL_PROCESS_ID,
+    # else jax's own cluster detection (TPU pods, SLURM, Open MPI)
+    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from jaxrl_llm.trainers import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxrl_llm.trainers import rl  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value

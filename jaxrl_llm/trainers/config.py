@@ -42,7 +42,7 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   c.tokenizer = ml_collections.ConfigDict(dict(path="builtin"))
   c.task = ml_collections.ConfigDict(dict(
       name="arith",           # registry name or "my_pkg.my_mod:make"
-      kwargs=ml_collections.ConfigDict(dict(digits=(1, 2), ops="+-")),
+      kwargs=ml_collections.ConfigDict(dict(digits=(1, 2), ops="+")),
       reward_workers=2, reward_timeout_s=10.0,
   ))
   c.rollout = ml_collections.ConfigDict(dict(
@@ -78,8 +78,8 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   ))
   c.critic = ml_collections.ConfigDict(dict(enabled=False, lr=5e-4, warmup_steps=0))
   c.sft = ml_collections.ConfigDict(dict(
-      steps=2000, batch_size=32, lr=1e-3, warmup_steps=20, seed=0, data_file="",
-      flawed_fraction=0.5,     # fraction of SFT targets given a flaw the verifier rejects (sft.py)
+      steps=1500, batch_size=32, lr=1e-3, warmup_steps=20, seed=0, data_file="",
+      flawed_fraction=0.4,     # fraction of SFT targets given a flaw the verifier rejects (sft.py)
   ))
   c.data = ml_collections.ConfigDict(dict(
       dynamic_sampling=False, max_attempts=4,    # DAPO: resample until B informative groups

@@ -29,6 +29,8 @@ from jaxrl_llm import parallel
 from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import tasks as tasks_lib
 from jaxrl_llm.losses import kl as kl_lib
+from jaxrl_llm.parallel import multihost
+from jaxrl_llm.parallel import sharding as sharding_lib
 from jaxrl_llm.trainers import config as config_lib
 from jaxrl_llm.trainers import rl_step, sft, text
 from jaxrl_llm.trainers.state import TrainState, make_optimizer
@@ -119,11 +121,13 @@ class Trainer:
     self.programs = None
 
   # ----------------------------------------------------------------------------- set-up
-  def _param_shardings(self, specs):
-    return parallel.logical_to_sharding(specs, self.mesh, self.rules)
+  def _param_shardings(self, specs, shapes):
+    """Shardings by the rules; a mesh axis that does not divide a dimension is replicated
+    along it, with a warning (the divisibility rule, docs/scaling.md)."""
+    return parallel.logical_to_sharding(specs, self.mesh, self.rules, shapes=shapes)
 
   def _place(self, params, specs):
-    shardings = self._param_shardings(specs)
+    shardings = self._param_shardings(specs, params)
     return jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
 
   def initial_params(self, log=print):
@@ -141,7 +145,8 @@ class Trainer:
       _, params = models.load_hf(sft_dir, mesh=self.mesh, rules=self.rules)
       return self._place(params, specs)
     init = jax.jit(models.init_params, static_argnums=0,
-                   out_shardings=self._param_shardings(specs))
+                   out_shardings=self._param_shardings(specs, jax.eval_shape(
+                       lambda: models.init_params(self.model_config, jax.random.key(0)))))
     params = init(self.model_config, jax.random.key(c.sft.seed))
     if c.sft.steps > 0:
       log(f"SFT warm start: {c.sft.steps} steps of batch {c.sft.batch_size}")
@@ -154,8 +159,9 @@ class Trainer:
           seed=c.sft.seed, prompt_buckets=c.rollout.prompt_buckets,
           completion_len=c.rollout.max_new_tokens)
       log(f"SFT done, loss {loss:.4f}")
+      host_params = multihost.gather_to_host(params)  # a collective: every process calls it
       if jax.process_index() == 0:
-        models.save_hf(sft_dir, self.model_config, jax.device_get(params))
+        models.save_hf(sft_dir, self.model_config, host_params)
     return params
 
   def init_state(self, params) -> TrainState:
@@ -166,7 +172,9 @@ class Trainer:
     if c.critic.enabled:
       vspecs = models.value_logical_axes(self.model_config)
       init_v = jax.jit(lambda k, p: models.init_value_params(self.model_config, k, p),
-                       out_shardings=self._param_shardings(vspecs))
+                       out_shardings=self._param_shardings(vspecs, jax.eval_shape(
+                           lambda: models.init_value_params(self.model_config,
+                                                            jax.random.key(0), params))))
       critic_params = init_v(jax.random.key(c.train.seed + 1), params)
       critic_opt = self._sharded_opt_init(self.critic_optimizer, critic_params)
     rep = lambda x: jax.device_put(x, self.replicated)
@@ -187,18 +195,45 @@ class Trainer:
   # ----------------------------------------------------------------------------- rollouts
   def _prompt_batch(self, examples):
     ids = text.encode_prompts(self.tokenizer, [e.prompt for e in examples])
-    return rollout_lib.pad_prompts(ids, bucket_lengths=tuple(self.config.rollout.prompt_buckets),
+    buckets = tuple(self.config.rollout.prompt_buckets)
+    if jax.process_count() > 1:  # one bucket on every process: fits the longest prompt anywhere
+      longest = multihost.global_max(max(len(i) for i in ids))
+      buckets = tuple(b for b in buckets if b >= longest) or buckets
+    return rollout_lib.pad_prompts(ids, bucket_lengths=buckets,
                                    pad_id=int(self.tokenizer.pad_token_id or 0))
 
   def rollout(self, params, examples, key, sampling):
-    prompts = self._prompt_batch(examples)
+    """Samples on the whole mesh; with several processes each tokenises and feeds only the
+    prompts its devices hold, and every process gets all completions back as text."""
+    if jax.process_count() == 1:
+      prompts = self._prompt_batch(examples)
+    else:
+      b = len(examples)
+      sharding_lib.check_batch_divides(b, self.mesh, self.rules, what="prompts per sampler call")
+      local = self._prompt_batch(examples[multihost.local_rows(self.row_sharding, b)])
+      prompts = rollout_lib.PromptBatch(
+          tokens=multihost.make_global(local.tokens, self.row_sharding, b),
+          mask=multihost.make_global(local.mask, self.row_sharding, b))
     ro = rollout_lib.generate(params, self.model_config, prompts, key, sampling,
                               mesh=self.mesh, rules=self.rules)
-    completions = rollout_lib.decode_completions(self.tokenizer, ro)
+    host = ro if jax.process_count() == 1 else multihost.gather_to_host(ro)
+    completions = rollout_lib.decode_completions(self.tokenizer, host)
     return ro, completions
 
+  def _score_rows(self, completions, examples):
+    """Rewards of this process's rows (all rows on one process), concatenated over processes."""
+    if jax.process_count() == 1:
+      return self.pool.score(self.task, completions, examples)
+    mine = multihost.local_rows(self.row_sharding, len(completions))
+    rewards, info = self.pool.score(self.task, completions[mine], examples[mine])
+    info = dict(info, components={k: multihost.gather_rows(np.asarray(v))
+                                  for k, v in info.get("components", {}).items()})
+    for k in ("errors", "timeouts", "nans"):
+      info[k] = int(multihost.sum_over_processes(info.get(k, 0)))
+    return multihost.gather_rows(np.asarray(rewards, np.float32)), info
+
   def score(self, completions, examples):
-    rewards, info = self.pool.score(self.task, completions, examples)
+    rewards, info = self._score_rows(completions, examples)
     comps = info.get("components", {})
     correct = comps.get("correct", (rewards >= 1.0 - 1e-6).astype(np.float32))
     return np.asarray(rewards, np.float32), np.asarray(correct, np.float32), info
@@ -232,7 +267,7 @@ class Trainer:
     the PPO-style ratio π_θ / π_behaviour is then exactly the importance correction.
     """
     group = self.config.train.samples_per_prompt
-    host = jax.device_get(ro)
+    host = multihost.gather_to_host(ro)
     for i, e in enumerate(examples):
       rows = slice(i * group, (i + 1) * group)
       source.add(e, dict(ro=jax.tree.map(lambda x: x[rows], host), completions=completions[rows],
@@ -314,7 +349,7 @@ class Trainer:
     t_start = time.time()
     for step in range(start_step, c.train.steps):
       state, m = self.train_one_step(state, source, step, counters)
-      m.update({f"compiles": float(self.compiles.count)})
+      m["compiles"] = float(self.compiles.count)
       if log_every(step + 1, c.log.every):
         self.writer.scalars(step + 1, m)
       history.append({"step": step + 1, **{k: float(v) for k, v in m.items()
@@ -342,7 +377,7 @@ class Trainer:
     self.writer.flush()
     summary = {"steps": c.train.steps, "final_eval": final_eval, "initial_eval": initial_eval,
                "counters": counters, "seconds": time.time() - t_start,
-               "compiles_after_step_2": None, "history": history}
+               "compiles_after_step_2": _compiles_after_step_2(history), "history": history}
     log(f"held-out accuracy after RL: {final_eval['eval/accuracy']:.3f} "
         f"(± {final_eval['eval/stderr']:.3f})")
     log(f"TensorBoard logs: tensorboard --logdir {self.workdir}")
@@ -378,8 +413,10 @@ class Trainer:
                                        c.data.max_attempts)
       parts = [(res.batches[a], rows) for a, rows in res.rows_by_attempt.items()]
       examples = [b["examples"][g] for b, rows in parts for g in rows[::group] // group]
-      ro = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[
-          jax.tree.map(lambda x, r=rows: x[r], b["ro"]) for b, rows in parts])
+      host_parts = [jax.tree.map(lambda x, r=rows: np.asarray(x)[r],
+                                 multihost.gather_to_host(b["ro"])) for b, rows in parts]
+      ro = jax.device_put(jax.tree.map(lambda *xs: np.concatenate(xs), *host_parts),
+                          self.row_sharding)
       completions = [b["completions"][i] for b, rows in parts for i in rows]
       rewards = np.concatenate([b["rewards"][rows] for b, rows in parts])
       correct = np.concatenate([b["correct"][rows] for b, rows in parts])
@@ -398,9 +435,10 @@ class Trainer:
     rep = [e for e in examples for _ in range(group)]
     timings["time/rollout"] = time.time() - t0
 
-    lengths = np.asarray(ro.mask).sum(axis=1)
+    ro_mask, ro_truncated = multihost.gather_to_host((ro.mask, ro.truncated))
+    lengths = np.asarray(ro_mask).sum(axis=1)
     shaped, shape_weight, shape_comps = tasks_lib.length.shape_rewards(
-        rewards, lengths, truncated=np.asarray(ro.truncated), correct=correct,
+        rewards, lengths, truncated=np.asarray(ro_truncated), correct=correct,
         max_len=c.rollout.max_new_tokens, overlong_buffer=c.data.overlong_buffer,
         overlong_penalty_scale=c.data.overlong_penalty, laser_target=c.data.laser_target,
         laser_alpha=c.data.laser_alpha, mask_truncated=c.data.mask_truncated)
@@ -420,7 +458,7 @@ class Trainer:
                     values=values)
     timings["time/logprob"] = time.time() - t0
 
-    token_rewards, adv, ret, weight = rl_step.compute_advantages(c, ro, jnp.asarray(rewards))
+    token_rewards, adv, ret, weight = rl_step.compute_advantages(c, ro, rewards, state.kl_coef)
     ro = ro.replace(token_rewards=token_rewards, advantages=adv, returns=ret,
                     sample_weight=weight)
     loss_mask = mask * (weight * jnp.asarray(shape_weight))[:, None]
@@ -457,15 +495,16 @@ class Trainer:
                           kl_coef=jax.device_put(jnp.asarray(new_kl, jnp.float32), self.replicated),
                           ref_params=ref_params)
 
-    abs_adv = (np.abs(np.asarray(adv)) * np.asarray(mask)).sum(1) / np.maximum(lengths, 1)
-    source.update(tasks_lib.prompt_stats(examples, rewards, abs_adv, group))
+    adv, loss_mask = multihost.gather_to_host((adv, loss_mask))
+    abs_adv = (np.abs(adv) * np.asarray(ro_mask)).sum(1) / np.maximum(lengths, 1)
+    source.update(tasks_lib.prompt_stats(examples, correct, abs_adv, group))
     m = {k: float(np.mean([float(x[k]) for x in step_metrics])) for k in step_metrics[0]}
     out = {f"train/{k}": v for k, v in m.items()}
     out.update({
         "train/reward": float(rewards.mean()), "train/accuracy": float(correct.mean()),
         "train/response_length": float(lengths.mean()),
         "train/response_length_max": float(lengths.max()),
-        "train/truncated_frac": float(np.asarray(ro.truncated).mean()),
+        "train/truncated_frac": float(np.asarray(ro_truncated).mean()),
         "train/kl_coef": float(new_kl),
         "reward/errors": counters["reward_errors"], "reward/timeouts": counters["reward_timeouts"],
         "reward/nans": counters["reward_nans"], "train/skipped_total": counters["skipped_total"],
@@ -486,6 +525,11 @@ class Trainer:
 _HISTORY_KEYS = ("train/reward", "train/accuracy", "train/entropy", "train/kl",
                  "train/loss/total", "train/grad_norm", "train/response_length", "compiles",
                  "data/replayed_groups", "data/frac_dropped")
+
+
+def _compiles_after_step_2(history):
+  counts = [h["compiles"] for h in history if "compiles" in h]
+  return counts[-1] - counts[1] if len(counts) >= 2 else None
 
 
 def _left_pad_prompts(ro, length):
@@ -515,5 +559,7 @@ def dict_to_optim(optim, **overrides):
 
 
 def train(config, workdir, log=print):
-  """Runs (or resumes) one RL run; returns the summary dict."""
+  """Runs (or resumes) one RL run; returns the summary dict. Logs from process 0 only."""
+  if jax.process_index() != 0:
+    log = lambda *args, **kwargs: None  # noqa: E731
   return Trainer(config, workdir).run(log=log)

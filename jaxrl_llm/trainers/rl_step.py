@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-import math
 from typing import Any
 
 import flax
@@ -271,8 +269,9 @@ class RLPrograms:
     def value_fn(critic_params, prompt_tokens, prompt_mask, tokens):
       return completion_values(model_config, critic_params, prompt_tokens, prompt_mask, tokens)
 
-    self._logp = jax.jit(logp_fn, out_shardings=batch_sharding)
-    self._values = jax.jit(value_fn, out_shardings=batch_sharding)
+    rows = batch_sharding.mask  # [N, T] outputs split by rows, like the batch
+    self._logp = jax.jit(logp_fn, out_shardings=rows)
+    self._values = jax.jit(value_fn, out_shardings=rows)
 
   def logprobs(self, params, rollout, micro_rows: int):
     return _in_chunks(self._logp, params, rollout, micro_rows)
@@ -294,20 +293,32 @@ def _in_chunks(fn, params, rollout, rows):
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
 
 
-def compute_advantages(config, rollout, rewards, greedy_rewards=None):
-  """Token rewards (with a KL penalty in the reward when configured) and advantages."""
-  a = config.algo
-  mask = rollout.mask.astype(jnp.float32)
-  kl = None
-  if a.kl.placement == "reward" and rollout.ref_logp is not None:
-    kl = kl_lib.kl_estimate(rollout.old_logp, rollout.ref_logp, kind=a.kl.kind)
-  token_rewards = to_token_rewards(rewards, mask, kl=kl,
-                                   kl_coef=float(a.kl.coef) if kl is not None else 0.0)
+@functools.partial(jax.jit, static_argnames=("name", "group_size", "kl_in_reward", "kl_kind",
+                                             "gamma", "lam", "eps", "ddof", "w_lambda"))
+def _advantages(rewards, mask, old_logp, ref_logp, values, greedy_rewards, kl_coef, *, name,
+                group_size, kl_in_reward, kl_kind, gamma, lam, eps, ddof, w_lambda):
+  kl = kl_lib.kl_estimate(old_logp, ref_logp, kind=kl_kind) if kl_in_reward else None
+  token_rewards = to_token_rewards(rewards, mask, kl=kl, kl_coef=kl_coef if kl_in_reward else 0.0)
   adv, ret, weight = registry.compute_advantages(
-      a.advantage, rewards=rewards, mask=mask, group_size=config.train.samples_per_prompt,
-      token_rewards=token_rewards, values=rollout.values, greedy_rewards=greedy_rewards,
-      gamma=a.gamma, lam=a.lam, eps=a.eps, ddof=a.ddof, w_lambda=a.w_lambda)
+      name, rewards=rewards, mask=mask, group_size=group_size, token_rewards=token_rewards,
+      values=values, greedy_rewards=greedy_rewards, gamma=gamma, lam=lam, eps=eps, ddof=ddof,
+      w_lambda=w_lambda)
   return token_rewards, adv, ret, weight
+
+
+def compute_advantages(config, rollout, rewards, kl_coef=0.0, greedy_rewards=None):
+  """Token rewards (minus a per-token KL penalty when KL lives in the reward) and advantages.
+
+  One jitted program per estimator and shape; `kl_coef` is traced (adaptive controller).
+  """
+  a = config.algo
+  kl_in_reward = a.kl.placement == "reward" and rollout.ref_logp is not None
+  return _advantages(
+      jnp.asarray(rewards, jnp.float32), rollout.mask.astype(jnp.float32), rollout.old_logp,
+      rollout.ref_logp, rollout.values, greedy_rewards, jnp.asarray(kl_coef, jnp.float32),
+      name=a.advantage, group_size=int(config.train.samples_per_prompt),
+      kl_in_reward=kl_in_reward, kl_kind=a.kl.kind, gamma=float(a.gamma), lam=float(a.lam),
+      eps=float(a.eps), ddof=int(a.ddof), w_lambda=float(a.w_lambda))
 
 
 def advantage_stats(adv, mask):
@@ -330,12 +341,3 @@ def nan_guard_message(bad: int, limit: int, step: int) -> str:
           "is kept in the workdir")
 
 
-def log_every(step, every):
-  return every > 0 and step % every == 0
-
-
-def ceil_div(a, b):
-  return -(-a // b)
-
-
-del logging, math
