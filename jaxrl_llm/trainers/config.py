@@ -69,7 +69,7 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       prompts_per_step=16, samples_per_prompt=8, num_epochs=1,
       minibatch_size=0, microbatch_size=0,      # rows (of N = B*G); 0: the whole batch
-      steps=100, seed=0, logprob_chunk=0,       # 0: the whole sequence in one chunk
+      steps=150, seed=0, logprob_chunk=0,       # 0: the whole sequence in one chunk
       max_bad_steps=5,
   ))
   c.optim = ml_collections.ConfigDict(dict(
@@ -78,7 +78,7 @@ def base_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   ))
   c.critic = ml_collections.ConfigDict(dict(enabled=False, lr=5e-4, warmup_steps=0))
   c.sft = ml_collections.ConfigDict(dict(
-      steps=1500, batch_size=32, lr=1e-3, warmup_steps=20, seed=0, data_file="",
+      steps=2500, batch_size=32, lr=1e-3, warmup_steps=20, seed=0, data_file="",
       flawed_fraction=0.4,     # fraction of SFT targets given a flaw the verifier rejects (sft.py)
   ))
   c.data = ml_collections.ConfigDict(dict(

@@ -99,6 +99,10 @@ def sft_train(model_config, params, tokenizer, pairs, *, steps: int, batch_size:
   for i in range(steps):
     idx = rng.choice(len(pairs), size=batch_size, replace=len(pairs) < batch_size)
     params, opt_state, loss = step(params, opt_state, pt[idx], pm[idx], ct[idx], cm[idx])
+    if i % 32 == 31:
+      # Bound the queue of dispatched steps: hundreds of queued programs with collectives on
+      # many virtual CPU devices can trip XLA's collective time-outs.
+      loss.block_until_ready()
     if log_fn is not None and (i % 50 == 0 or i == steps - 1):
       log_fn(i, float(loss))
   loss = float(loss)
