@@ -473,7 +473,7 @@ class Trainer:
     for _ in range(c.train.num_epochs):
       for idx in rl_step.sample_indices(perm_rng, self.rows, self.minibatch):
         idx = np.sort(idx) if self.minibatch == self.rows else idx
-        mb = jax.device_put(jax.tree.map(lambda x: x[idx], batch), self.programs.batch_sharding)
+        mb = self.programs.select_rows(batch, idx)
         state, m = self.programs.train_step(state, mb)
         step_metrics.append(m)
     step_metrics = jax.device_get(step_metrics)

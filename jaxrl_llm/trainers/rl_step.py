@@ -270,27 +270,59 @@ class RLPrograms:
       return completion_values(model_config, critic_params, prompt_tokens, prompt_mask, tokens)
 
     rows = batch_sharding.mask  # [N, T] outputs split by rows, like the batch
-    self._logp = jax.jit(logp_fn, out_shardings=rows)
-    self._values = jax.jit(value_fn, out_shardings=rows)
+    self._logp = jax.jit(_in_chunks(logp_fn), static_argnums=0, out_shardings=rows)
+    self._values = jax.jit(_in_chunks(value_fn), static_argnums=0, out_shardings=rows)
+    # One SPMD program picks a minibatch's rows (a cross-process gather when rows live on
+    # several hosts), rather than eager per-field indexing plus a device_put: eager
+    # multi-process ops are separate computations whose collectives can interleave
+    # differently between processes and deadlock.
+    self._select = jax.jit(lambda batch, idx: jax.tree.map(lambda x: x[idx], batch),
+                           in_shardings=(None, replicated), out_shardings=batch_sharding)
+
+  def select_rows(self, batch, idx):
+    """`batch` restricted to rows `idx` (host int array, the same on every process), laid out
+    with `batch_sharding`."""
+    return self._select(batch, np.asarray(idx, np.int32))
 
   def logprobs(self, params, rollout, micro_rows: int):
-    return _in_chunks(self._logp, params, rollout, micro_rows)
+    """Sampled-token log-probs [N, T] of `rollout` under `params`, `micro_rows` rows at a time."""
+    return self._logp(micro_rows, params, rollout.prompt_tokens, rollout.prompt_mask,
+                      rollout.tokens)
 
   def values(self, critic_params, rollout, micro_rows: int):
-    return _in_chunks(self._values, critic_params, rollout, micro_rows)
+    """Critic values [N, T] of `rollout`, `micro_rows` rows at a time."""
+    return self._values(micro_rows, critic_params, rollout.prompt_tokens, rollout.prompt_mask,
+                        rollout.tokens)
 
 
 def _rows(config):
   return config.train.prompts_per_step * config.train.samples_per_prompt
 
 
-def _in_chunks(fn, params, rollout, rows):
-  """Runs a forward pass over the batch `rows` sequences at a time (memory-lean)."""
-  n = rollout.tokens.shape[0]
-  rows = rows or n
-  outs = [fn(params, rollout.prompt_tokens[i:i + rows], rollout.prompt_mask[i:i + rows],
-             rollout.tokens[i:i + rows]) for i in range(0, n, rows)]
-  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
+def _in_chunks(fn):
+  """`fn(params, prompt_tokens, prompt_mask, tokens)` over the batch `rows` rows at a time, in
+  one program (memory-lean: `lax.map` runs the chunks one after another).
+
+  Chunk c holds rows c, c + C, c + 2C, ... (C = N / rows chunks), so each device's block of
+  a row-sharded batch is split evenly between the chunks and no chunk needs rows from
+  another device. Rows are independent, so the chunking changes the order of the work, not
+  what is computed. When `rows` does not divide N the chunks are consecutive slices instead.
+  """
+  def run(rows, params, prompt_tokens, prompt_mask, tokens):
+    n = tokens.shape[0]
+    rows = rows or n
+    if rows >= n:
+      return fn(params, prompt_tokens, prompt_mask, tokens)
+    if n % rows:
+      outs = [fn(params, prompt_tokens[i:i + rows], prompt_mask[i:i + rows], tokens[i:i + rows])
+              for i in range(0, n, rows)]
+      return jnp.concatenate(outs, axis=0)
+    c = n // rows
+    split = lambda x: jnp.moveaxis(x.reshape(rows, c, *x.shape[1:]), 1, 0)  # noqa: E731
+    out = jax.lax.map(lambda xs: fn(params, *xs), (split(prompt_tokens), split(prompt_mask),
+                                                   split(tokens)))
+    return jnp.moveaxis(out, 0, 1).reshape(n, *out.shape[2:])
+  return run
 
 
 @functools.partial(jax.jit, static_argnames=("name", "group_size", "kl_in_reward", "kl_kind",

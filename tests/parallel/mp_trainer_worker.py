@@ -9,8 +9,10 @@ Records, for every sampler call, the prompts this process tokenised and fed.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import signal
 import sys
 
 
@@ -72,7 +74,13 @@ def main(argv=None):
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--tokenizer", required=True)
   parser.add_argument("--record", required=True)
+  parser.add_argument("--stack_dump_after", type=float, default=0.0,
+                      help="if > 0: print every thread's stack after this many seconds (and "
+                           "every such interval after), so a stuck run shows where it waits")
   args = parser.parse_args(argv)
+  faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1`: stacks to the log
+  if args.stack_dump_after > 0:
+    faulthandler.dump_traceback_later(args.stack_dump_after, repeat=True)
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_default_matmul_precision", "highest")
   from jaxrl_llm.parallel import multihost  # pylint: disable=g-import-not-at-top
@@ -90,6 +98,7 @@ def main(argv=None):
 
   summary = RecordingTrainer(trainer_config(args.tokenizer), args.workdir).run(
       log=lambda *a: None)
+  faulthandler.cancel_dump_traceback_later()
   with open(args.record, "w") as f:
     json.dump({"fed": fed, "process_count": jax.process_count(),
                "process_index": jax.process_index(), "history": summary["history"],

@@ -1,18 +1,25 @@
-"""The RL `Trainer` in two jax.distributed processes (gloo, 4 CPU devices each) = one process.
+"""The RL `Trainer` in two jax.distributed processes (gloo, 2 CPU devices each) = one process.
 
-Both runs: 3 GRPO steps of 8 prompts × 2 samples with a KL term, mesh (data 2, fsdp 4),
+Both runs: 3 GRPO steps of 8 prompts × 2 samples with a KL term, mesh (data 2, fsdp 2),
 an evaluation before and after; the reward (the fraction of digits in a completion) is
 non-zero for an untrained model, so the updates are real. Checks: `jax.process_count() == 2`
 in the workers; every sampler call fed process 0 the first half of the prompts and process 1
 the second half, exactly those of the one-process run; both workers report the same history,
 equal to the one-process history within rtol 1e-4 / atol 1e-6 (collectives reorder sums; with
 Adam's eps = 1 the update is SGD-like and does not amplify them).
+
+The one-process reference runs after the two workers, not beside them, so that a 2-core
+machine runs two processes at a time. A worker that outlives its time limit prints every
+thread's stack into its log (SIGUSR1 → faulthandler) before it is killed, and the failure
+shows the tails of all logs.
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -20,7 +27,7 @@ from jaxrl_llm import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(REPO, "tests", "parallel", "mp_trainer_worker.py")
-TIME_LIMIT_S = 480
+TIME_LIMIT_S = 420        # per phase (the two workers; then the reference); ~40 s each when idle
 
 
 def _free_port() -> int:
@@ -33,31 +40,47 @@ def _launch(args, devices, log_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   log = open(log_path, "w")
-  return subprocess.Popen([sys.executable, WORKER] + args, env=env, cwd=REPO, stdout=log,
-                          stderr=subprocess.STDOUT), log
+  return subprocess.Popen([sys.executable, WORKER, f"--stack_dump_after={TIME_LIMIT_S - 60}"]
+                          + args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log
 
 
-def test_two_process_trainer_matches_one_process(tmp_path):
-  tok = models.build_builtin_tokenizer(str(tmp_path / "tok"))
-  addr = f"127.0.0.1:{_free_port()}"
-  common = [f"--tokenizer={tok}"]
-  runs = [_launch(common + [f"--process_id={i}", "--num_processes=2",
-                            f"--coordinator_address={addr}", f"--workdir={tmp_path / 'mp'}",
-                            f"--record={tmp_path / f'p{i}.json'}"], 4, tmp_path / f"log{i}")
-          for i in range(2)]
-  runs.append(_launch(common + [f"--workdir={tmp_path / 'sp'}",
-                                f"--record={tmp_path / 'ref.json'}"], 8, tmp_path / "logref"))
+def _wait_all(runs, logs):
+  """Waits for every process; on time-out dumps their stacks, kills them and fails with the logs."""
+  deadline = time.monotonic() + TIME_LIMIT_S
   try:
     for p, _ in runs:
-      p.wait(timeout=TIME_LIMIT_S)
+      try:
+        p.wait(timeout=max(deadline - time.monotonic(), 1))
+      except subprocess.TimeoutExpired:
+        break
+    stuck = [p for p, _ in runs if p.poll() is None]
+    for p in stuck:
+      p.send_signal(signal.SIGUSR1)
+    if stuck:
+      time.sleep(5)
   finally:
     for p, log in runs:
       if p.poll() is None:
         p.kill()
         p.wait()
       log.close()
-  for (p, _), name in zip(runs, ("log0", "log1", "logref")):
-    assert p.returncode == 0, (tmp_path / name).read_text()[-4000:]
+  report = "\n".join(f"==== {name} (exit {p.returncode})\n{logs[name].read_text()[-6000:]}"
+                     for (p, _), name in zip(runs, logs))
+  assert all(p.returncode == 0 for p, _ in runs), report
+
+
+def test_two_process_trainer_matches_one_process(tmp_path):
+  tok = models.build_builtin_tokenizer(str(tmp_path / "tok"))
+  addr = f"127.0.0.1:{_free_port()}"
+  common = [f"--tokenizer={tok}"]
+  logs = {f"log{i}": tmp_path / f"log{i}" for i in range(2)}
+  _wait_all([_launch(common + [f"--process_id={i}", "--num_processes=2",
+                               f"--coordinator_address={addr}", f"--workdir={tmp_path / 'mp'}",
+                               f"--record={tmp_path / f'p{i}.json'}"], 2, logs[f"log{i}"])
+             for i in range(2)], logs)
+  logs = {"logref": tmp_path / "logref"}
+  _wait_all([_launch(common + [f"--workdir={tmp_path / 'sp'}", f"--record={tmp_path / 'ref.json'}"],
+                     4, logs["logref"])], logs)
   ref = json.loads((tmp_path / "ref.json").read_text())
   workers = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
 

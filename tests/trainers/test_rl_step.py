@@ -93,3 +93,33 @@ def test_loss_matches_hand_computed_reinforce(setup):
   expected = -np.sum(np.asarray(b.advantages) * np.asarray(lp) * np.asarray(b.mask)) / np.sum(
       np.asarray(b.mask))
   np.testing.assert_allclose(float(m["loss/total"]), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("micro_rows", [8, 2, 3])
+def test_chunked_logprobs_and_row_selection_on_a_mesh(setup, micro_rows):
+  """`RLPrograms.logprobs` in `micro_rows` chunks (strided when they divide N, slices when not)
+  = one full forward pass, row for row, on a batch split over 8 devices; `select_rows` picks
+  exactly the asked rows, in the asked order, laid out with the batch sharding."""
+  from jax.sharding import NamedSharding, PartitionSpec as PS
+  mc, params, batch = setup
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  rows, repl = NamedSharding(mesh, PS("data")), NamedSharding(mesh, PS())
+  c = config_lib.base_config()
+  c.unlock()
+  c.rollout.max_new_tokens = T
+  batch_sh = jax.tree.map(lambda _: rows, batch)
+  programs = rl_step.RLPrograms(c, mc, optax.sgd(1.0), None, state_shardings=None,
+                                batch_sharding=batch_sh, replicated=repl)
+  sharded = jax.device_put(batch, batch_sh)
+  want = np.asarray(completion_logprobs(mc, params, batch.prompt_tokens, batch.prompt_mask,
+                                        batch.tokens)[0])
+  got = programs.logprobs(params, sharded, micro_rows)
+  assert got.sharding.is_equivalent_to(rows, 2)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+  idx = np.roll(np.array([5, 0, 3, 6, 1, 2, 7, 4]), micro_rows)
+  picked = programs.select_rows(sharded, idx)
+  for name in ("tokens", "mask", "advantages", "ref_logp"):
+    np.testing.assert_array_equal(np.asarray(getattr(picked, name)),
+                                  np.asarray(getattr(batch, name))[idx], err_msg=name)
+  assert picked.tokens.sharding.is_equivalent_to(rows, 2)
