@@ -9,7 +9,10 @@ Architecture (pre-norm, as in Llama, Touvron et al. 2023, and Qwen2/3):
 
 The layers are one `nn.scan` over a leading `layers` axis of the stacked
 parameters, so compile time does not grow with depth; `config.remat` wraps
-the block in `nn.remat`.
+the block in `nn.remat`. The stacked KV cache rides in the scan's carry and
+each layer writes its new keys / values into it in place (one
+`dynamic_update_slice` at `(layer, 0, index)`), so a decode step touches one
+token's worth of cache per layer instead of copying the cache.
 
 Functional entry points (everything else in the library calls these):
 
@@ -66,6 +69,7 @@ __all__ = [
 ]
 
 Params = dict[str, Any]
+_CACHE_AXES = (A.LAYERS, A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM)
 _NEG = -1e30  # finite "minus infinity": fully masked rows soften to uniform, not NaN
 _INIT_STD = 0.02
 
@@ -148,7 +152,7 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, allowed, kv, index):
+    def __call__(self, x, cos, sin, allowed, kv, layer, index):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         h, nh, nkv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -161,13 +165,20 @@ class Attention(nn.Module):
         q = _constrain(apply_rope(q, cos, sin), (A.BATCH, A.LENGTH, A.HEADS, A.HEAD_DIM))
         k = apply_rope(k, cos, sin)
 
-        new_kv = None
-        if kv is not None:  # write the S new keys/values at slots [index, index + S)
-            k_cache, v_cache = kv
-            k_cache = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-            v_cache = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
-            new_kv = (k_cache, v_cache)
-            k, v = k_cache.astype(dtype), v_cache.astype(dtype)
+        if kv is not None:
+            # `kv` is the whole stacked cache [L, N, max_len, kv_heads, head_dim], carried
+            # through the layer scan: the S new keys/values are written in place at
+            # (layer, :, index), and this layer's slice is read back. (Scanning the cache
+            # as per-layer input/output instead makes XLA copy all of it every step.)
+            k_all, v_all = kv
+            at = (layer, 0, index, 0, 0)
+            k_all = lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
+            v_all = lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
+            k_all = _constrain(k_all, _CACHE_AXES)
+            v_all = _constrain(v_all, _CACHE_AXES)
+            kv = (k_all, v_all)
+            k = lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(dtype)
+            v = lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(dtype)
         k = _constrain(k, (A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM))
         v = _constrain(v, (A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM))
 
@@ -181,7 +192,7 @@ class Attention(nn.Module):
         out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(n, s, nh, d)
         out = _constrain(out, (A.BATCH, A.LENGTH, A.HEADS, A.HEAD_DIM))
         y = Proj(cfg, (nh, d, h), (A.HEADS, A.HEAD_DIM, A.EMBED), False, name="o_proj")(out)
-        return y, new_kv
+        return y, kv
 
 
 class MLP(nn.Module):
@@ -201,20 +212,22 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm decoder layer; the scan body (`carry = hidden`, `xs = this layer's KV cache`)."""
+    """One pre-norm decoder layer, the scan body: `carry = (hidden, stacked KV cache or None)`,
+    `xs = layer index` (which slice of the stacked cache is this layer's)."""
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, kv, cos, sin, allowed, index):
+    def __call__(self, carry, layer, cos, sin, allowed, index):
         cfg = self.config
+        x, kv = carry
         h = RMSNorm(cfg, cfg.hidden_size, name="attn_norm")(x)
-        a, new_kv = Attention(cfg, name="attn")(h, cos, sin, allowed, kv, index)
+        a, kv = Attention(cfg, name="attn")(h, cos, sin, allowed, kv, layer, index)
         x = x + a
         h = RMSNorm(cfg, cfg.hidden_size, name="mlp_norm")(x)
         x = x + MLP(cfg, name="mlp")(h)
         x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
-        return x, new_kv
+        return (x, kv), None
 
 
 class Embed(nn.Module):
@@ -255,7 +268,8 @@ class Backbone(nn.Module):
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: A.LAYERS},
         )(cfg, name="layers")
-        x, new_kv = layers(x, kv, cos, sin, allowed, index)
+        (x, new_kv), _ = layers((x, kv), jnp.arange(cfg.num_layers, dtype=jnp.int32), cos, sin,
+                                allowed, index)
         x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x)
         return x, new_kv
 
@@ -349,8 +363,7 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> dic
 
 def cache_logical_axes(config: ModelConfig) -> dict:
     """Logical axis names of `init_cache(...)` (for `logical_to_sharding`)."""
-    kv = (A.LAYERS, A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM)
-    return {"k": kv, "v": kv, "mask": (A.BATCH, A.KV_LENGTH), "index": ()}
+    return {"k": _CACHE_AXES, "v": _CACHE_AXES, "mask": (A.BATCH, A.KV_LENGTH), "index": ()}
 
 
 def _check_inputs(config, tokens, positions, mask, cache):
