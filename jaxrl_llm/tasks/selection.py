@@ -18,8 +18,10 @@ Each wraps (or, for the curriculum, owns) prompt streams and forwards
 """
 from __future__ import annotations
 
+import base64
 import collections
 import dataclasses
+import io
 import logging
 import math
 from typing import Any, Sequence
@@ -170,7 +172,9 @@ class ReplaySource:
     fresh prompts, `add(example, payload)`s each new group (latest per prompt;
     oldest evicted beyond `capacity`), and trains on fresh + replayed rows with
     `importance_weights` (or the replayed behaviour log-probs as old_logp).
-    The buffer itself is not part of `state_dict` (a resumed run refills it).
+    `state_dict` holds the buffer too (payloads: nested dicts / lists of numpy arrays,
+    strings, numbers, None; arrays stored as base64 `.npy` bytes), so a resumed run
+    replays exactly what the uninterrupted run would have.
     """
 
     def __init__(self, source: Any, fraction: float, *, capacity: int = 256, max_reuse: int = 1, seed: int = 0):
@@ -211,11 +215,67 @@ class ReplaySource:
         self.source.update(stats)
 
     def state_dict(self) -> dict:
-        return {"source": self.source.state_dict(), "rng": self.rng.bit_generator.state}
+        buffer = [{"example": _example_to_json(it.example), "uses": it.uses,
+                   "payload": _to_json(it.payload)} for it in self.buffer.values()]
+        return {"source": self.source.state_dict(), "rng": self.rng.bit_generator.state,
+                "buffer": buffer}
 
     def load_state_dict(self, state: dict) -> None:
         self.source.load_state_dict(state["source"])
         self.rng.bit_generator.state = state["rng"]
+        self.buffer.clear()
+        self._replayed = []
+        for item in state.get("buffer", ()):   # checkpoints written before the buffer was saved
+            example = _example_from_json(item["example"])
+            self.buffer[example.id] = ReplayItem(example, _from_json(item["payload"]),
+                                                 int(item["uses"]))
+
+
+_NDARRAY = "__ndarray__"
+
+
+def _to_json(x):
+    """Nested dicts / lists / tuples of numpy arrays, str, numbers, bool, None → JSON values."""
+    if isinstance(x, dict):
+        if _NDARRAY in x:
+            raise ValueError(f"replay payload key {_NDARRAY!r} is reserved")
+        return {str(k): _to_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_json(v) for v in x]
+    if isinstance(x, np.ndarray) or type(x).__module__.startswith(("jax", "jaxlib")):
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(x), allow_pickle=False)
+        return {_NDARRAY: base64.b64encode(buf.getvalue()).decode("ascii")}
+    if isinstance(x, np.generic):
+        return x.item()
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    raise TypeError(f"replay payload: cannot store a {type(x).__name__} in a checkpoint; use "
+                    "dicts / lists of numpy arrays, strings and numbers")
+
+
+def _from_json(x):
+    if isinstance(x, dict):
+        if set(x) == {_NDARRAY}:
+            return np.load(io.BytesIO(base64.b64decode(x[_NDARRAY])), allow_pickle=False)
+        return {k: _from_json(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_from_json(v) for v in x]
+    return x
+
+
+def _deep_tuple(x):
+    return tuple(_deep_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _example_to_json(e: Example) -> dict:
+    return {"id": e.id, "prompt": e.prompt, "answer": e.answer, "difficulty": int(e.difficulty),
+            "meta": _to_json(e.meta)}
+
+
+def _example_from_json(d: dict) -> Example:
+    return Example(id=d["id"], prompt=d["prompt"], answer=d["answer"],
+                   difficulty=int(d["difficulty"]), meta=_deep_tuple(d["meta"]))
 
 
 # ----------------------------------------------------------------------------- bandit curriculum

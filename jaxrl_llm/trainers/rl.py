@@ -270,17 +270,21 @@ class Trainer:
     host = multihost.gather_to_host(ro)
     for i, e in enumerate(examples):
       rows = slice(i * group, (i + 1) * group)
-      source.add(e, dict(ro=jax.tree.map(lambda x: x[rows], host), completions=completions[rows],
+      # the rollout rows as a plain dict of numpy arrays: the buffer goes into checkpoints
+      group_ro = {f.name: None if getattr(host, f.name) is None else
+                  np.asarray(getattr(host, f.name))[rows] for f in dataclasses.fields(host)}
+      source.add(e, dict(ro=group_ro, completions=list(completions[rows]),
                          rewards=rewards[rows], correct=correct[rows]))
     replayed = source.replayed()
     metrics["data/replayed_groups"] = float(len(replayed))
     if not replayed:
       return examples, ro, completions, rewards, correct, info
-    parts = [host] + [it.payload["ro"] for it in replayed]
+    parts = [host] + [rollout_lib.Rollout(**it.payload["ro"]) for it in replayed]
     p_len = max(x.prompt_tokens.shape[1] for x in parts)
     parts = [_left_pad_prompts(x, p_len) for x in parts]
-    ro = jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *parts)
-    ro = ro.replace(group_id=jnp.arange(ro.tokens.shape[0], dtype=jnp.int32) // group)
+    ro = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    ro = ro.replace(group_id=np.arange(ro.tokens.shape[0], dtype=np.int32) // group)
+    ro = jax.device_put(ro, self.row_sharding)   # a global array on every process
     examples = list(examples) + [it.example for it in replayed]
     completions = list(completions) + [c for it in replayed for c in it.payload["completions"]]
     rewards = np.concatenate([rewards] + [it.payload["rewards"] for it in replayed])

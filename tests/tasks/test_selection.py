@@ -110,13 +110,24 @@ def test_replay_fraction_buffer_and_resume():
     assert all(it.uses == 1 for it in rep) and {it.example.id for it in rep} <= {e.id for e in first[2:]}
     # max_reuse=1: replayed items are not offered again; 4 left, then 2, then 0
     assert len(src.next(8)) == 6 and len(src.next(8)) == 6 and len(src.next(8)) == 8
-    # resume: same fresh prompts and same replay choice given the same buffer
+    # resume from the JSON state alone: the buffer (examples, payload arrays, use counts) comes
+    # back, so the same fresh prompts and the same replayed groups follow
     other = ReplaySource(TaskSource(task, seed=0, num_examples=64), fraction=0.25, capacity=6, seed=99)
-    for i, e in enumerate(first):
-        other.add(e, {"logp": np.full((4, 3), -float(i))})
+    other.add(first[0], {"logp": np.zeros(1)})        # stale content is dropped by the load
     other.load_state_dict(state)
+    assert [it.example for it in other.buffer.values()] == first[2:]
+    for i, it in enumerate(other.buffer.values()):
+        assert it.uses == 0 and it.payload["logp"].dtype == np.float64
+        np.testing.assert_array_equal(it.payload["logp"], np.full((4, 3), -float(i + 2)))
     assert other.next(8) == fresh
     assert [it.example.id for it in other.replayed()] == [it.example.id for it in rep]
+    again = ReplaySource(TaskSource(task, seed=0, num_examples=64), fraction=0.25, capacity=6, seed=5)
+    again.load_state_dict(json.loads(json.dumps(other.state_dict())))
+    assert [(it.example, it.uses) for it in again.buffer.values()] == \
+        [(it.example, it.uses) for it in other.buffer.values()]
+    with pytest.raises(TypeError, match="cannot store a object"):
+        src.add(first[0], {"bad": object()})
+        src.state_dict()
 
 
 # ----------------------------------------------------------------------------- bandit curriculum

@@ -44,3 +44,24 @@ def test_replay_curriculum_and_overlong_shaping_run(tmp_path, sft_checkpoint):
     assert np.isfinite(h["train/loss/total"])
   # 2 of 8 groups come from the buffer once it holds groups (after the first step)
   assert [h["data/replayed_groups"] for h in steps] == [0.0, 2.0, 2.0]
+
+
+def test_replay_run_resumes_exactly(tmp_path, sft_checkpoint):
+  """The replay buffer is part of the checkpoint: a 4-step run cut back to its step-2
+  checkpoint (as if killed there) and resumed = the uninterrupted run (same replayed groups,
+  same losses), bit for bit."""
+  import shutil
+  keys = ("train/reward", "train/loss/total", "train/grad_norm", "train/entropy",
+          "data/replayed_groups")
+  opts = {"data.replay_fraction": 0.25, "checkpoint.every": 1, "checkpoint.keep": 10,
+          "train.steps": 4}
+  straight = _steps(_run(tmp_path, sft_checkpoint, **opts))
+  assert [h["data/replayed_groups"] for h in straight] == [0.0, 2.0, 2.0, 2.0]
+  ckpt = tmp_path / "checkpoints"
+  for step in (3, 4):
+    shutil.rmtree(ckpt / str(step))
+  resumed = _steps(_run(tmp_path, sft_checkpoint, **opts))
+  assert [h["step"] for h in resumed] == [1, 2, 3, 4]
+  for want, got in zip(straight, resumed):
+    for k in keys:
+      assert got[k] == want[k], (want["step"], k, got[k], want[k])
