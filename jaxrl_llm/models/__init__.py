@@ -8,6 +8,7 @@ from jaxrl_llm.models.transformer import (
     init_params,
     lm_head,
     logical_axes,
+    unstack_layers,
 )
 from jaxrl_llm.models.hf_io import load_hf, save_hf
 from jaxrl_llm.models.tokenizer import build_builtin_tokenizer, chat_prompt, load_tokenizer
@@ -30,5 +31,6 @@ __all__ = [
     "init_value_params",
     "lm_head",
     "logical_axes",
+    "unstack_layers",
     "value_logical_axes",
 ]

@@ -64,6 +64,7 @@ __all__ = [
     "cache_logical_axes",
     "apply",
     "apply_hidden",
+    "unstack_layers",
     "lm_head",
     "logical_axes",
 ]
@@ -384,19 +385,61 @@ def _check_inputs(config, tokens, positions, mask, cache):
             raise ValueError(f"{tokens.shape[1]} new tokens exceed cache max_len {cache['k'].shape[2]}")
 
 
+def unstack_layers(params: Params) -> Params:
+    """`params` with the stacked `layers` (leading axis L) split into a tuple of L per-layer trees.
+
+    `apply` / `apply_hidden` accept either form and compute the same thing. The stacked
+    form is one `scan` over layers (compile time independent of depth); inside a decode
+    loop, XLA then copies each layer's weight slice out of the stack at every step, which
+    costs a second pass over the layer weights when decoding is bound by reading them
+    (few rows). Unstacked, the layers are unrolled and each reads its own arrays in
+    place; splitting costs one copy of the layer weights (time and memory), so do it
+    once outside the loop (the sampler does, for small batches).
+    """
+    layers = params["layers"]
+    if isinstance(layers, (tuple, list)):
+        return params
+    n = jax.tree.leaves(layers)[0].shape[0]
+    return dict(params, layers=tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(n)))
+
+
+def _backbone_unstacked(config, params, tokens, positions, mask, kv, cache_mask, index):
+    """`Backbone` with per-layer parameter trees: the same modules, unrolled over layers."""
+    if len(params["layers"]) != config.num_layers:
+        raise ValueError(f"params hold {len(params['layers'])} unstacked layers; the config has "
+                         f"num_layers = {config.num_layers}")
+    x = Embed(config).apply({"params": params["embed"]}, tokens).astype(jnp.dtype(config.dtype))
+    x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
+    cos, sin = rope_cos_sin(config, positions)
+    allowed = attention_mask(mask, cache_mask, index)
+    block = nn.remat(Block, prevent_cse=False) if config.remat else Block
+    for i, layer in enumerate(params["layers"]):
+        (x, kv), _ = block(config).apply({"params": layer}, (x, kv), jnp.asarray(i, jnp.int32),
+                                         cos, sin, allowed, index)
+    x = RMSNorm(config, config.hidden_size).apply({"params": params["final_norm"]}, x)
+    return x, kv
+
+
 def _forward(config, params, tokens, positions, mask, cache):
     _check_inputs(config, tokens, positions, mask, cache)
     body = {k: params[k] for k in _BACKBONE_KEYS}
     tokens = tokens.astype(jnp.int32)
     positions = positions.astype(jnp.int32)
     mask = mask.astype(jnp.int32)
+    unstacked = isinstance(body["layers"], (tuple, list))
     if cache is None:
+        if unstacked:
+            return _backbone_unstacked(config, body, tokens, positions, mask, None, None, None)[0], None
         hidden, _ = Backbone(config).apply({"params": body}, tokens, positions, mask)
         return hidden, None
     index = jnp.asarray(cache["index"], jnp.int32)
     cache_mask = lax.dynamic_update_slice(cache["mask"], mask.astype(cache["mask"].dtype), (0, index))
-    hidden, (k, v) = Backbone(config).apply(
-        {"params": body}, tokens, positions, mask, (cache["k"], cache["v"]), cache_mask, index)
+    if unstacked:
+        hidden, (k, v) = _backbone_unstacked(config, body, tokens, positions, mask,
+                                             (cache["k"], cache["v"]), cache_mask, index)
+    else:
+        hidden, (k, v) = Backbone(config).apply(
+            {"params": body}, tokens, positions, mask, (cache["k"], cache["v"]), cache_mask, index)
     new_cache = {"k": k, "v": v, "mask": cache_mask, "index": index + tokens.shape[1]}
     return hidden, new_cache
 

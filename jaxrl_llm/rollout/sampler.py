@@ -171,9 +171,12 @@ def _decode(config, static, truncate, params, key, floats, logits, cache, plen, 
     return cache, done, out_tokens, out_logp, length
 
 
-def _program(config, static, constrain, params, prompt_tokens, prompt_mask, key, floats, cache):
+def _program(config, static, unstack, constrain, params, prompt_tokens, prompt_mask, key, floats,
+             cache):
     max_new, n, stop_ids, top_k, greedy = static
     b, p = prompt_tokens.shape
+    if unstack:   # one copy of the layer weights per call, none per decode step
+        params = models.unstack_layers(params)
 
     logits, cache, plen, empty = _prefill(config, params, prompt_tokens, prompt_mask, n, cache)
     cache = constrain["cache"](cache)
@@ -201,8 +204,8 @@ def _program(config, static, constrain, params, prompt_tokens, prompt_mask, key,
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(config, static: tuple, batch: int, prompt_len: int, mesh, rules):
-    """The jitted program for one (config, static sampling fields, shape, mesh, rules)."""
+def _compiled(config, static: tuple, batch: int, prompt_len: int, mesh, rules, unstack: bool):
+    """The jitted program for one (config, static sampling fields, shape, mesh, rules, layout)."""
     max_new, n = static[0], static[1]
     if mesh is None:
         constrain = {"cache": lambda c: c}
@@ -213,7 +216,7 @@ def _compiled(config, static: tuple, batch: int, prompt_len: int, mesh, rules):
         constrain = {"cache": lambda c: jax.lax.with_sharding_constraint(c, cache_sh)}
         shardings = {"out_shardings": (
             _rollout_shardings(rows, prompt_len, max_new, mesh, rules), cache_sh)}
-    fn = functools.partial(_program, config, static, constrain)
+    fn = functools.partial(_program, config, static, unstack, constrain)
     return jax.jit(fn, donate_argnums=(5,), **shardings)
 
 
@@ -233,9 +236,16 @@ def _check(config, prompts: PromptBatch, sampling: SamplingParams):
         raise ValueError(f"SamplingParams.top_k={sampling.top_k} exceeds vocab_size {config.vocab_size}")
 
 
+# Up to this many rows a decode step is bound by reading the weights, and the sampler
+# unstacks the layers (see `models.unstack_layers`): e.g. 1.56x faster backbone steps for a
+# 0.5B model at 1 row on CPU; no gain at 16 rows, where the step is compute-bound.
+UNSTACK_MAX_ROWS = 8
+
+
 def generate_with_cache(params: Params, config, prompts: PromptBatch, key: jax.Array,
                         sampling: SamplingParams, cache: dict | None = None, *,
-                        mesh=None, rules=None) -> tuple[Rollout, dict]:
+                        mesh=None, rules=None,
+                        unstack_layers: bool | None = None) -> tuple[Rollout, dict]:
     """`generate`, also returning the final KV cache.
 
     `cache` (from `init_sampler_cache(config, B·n, P + T, mesh=..., rules=...)`)
@@ -259,7 +269,9 @@ def generate_with_cache(params: Params, config, prompts: PromptBatch, key: jax.A
     floats = np.asarray([sampling.temperature, sampling.top_p, sampling.min_p], np.float32) \
         if all(isinstance(x, (int, float)) for x in (sampling.temperature, sampling.top_p, sampling.min_p)) \
         else jnp.stack([jnp.asarray(x, jnp.float32) for x in (sampling.temperature, sampling.top_p, sampling.min_p)])
-    program = _compiled(config, sampling.static_key(), b, p, mesh, rules)
+    if unstack_layers is None:
+        unstack_layers = rows <= UNSTACK_MAX_ROWS
+    program = _compiled(config, sampling.static_key(), b, p, mesh, rules, bool(unstack_layers))
     if mesh is None:
         return program(params, tokens, mask, key, floats, cache)
     batch_sh = _named(mesh, rules, (A.BATCH, A.LENGTH), (b, p))
@@ -269,7 +281,8 @@ def generate_with_cache(params: Params, config, prompts: PromptBatch, key: jax.A
 
 
 def generate(params: Params, config, prompts: PromptBatch, key: jax.Array, sampling: SamplingParams,
-             *, mesh=None, rules: Sequence | None = None) -> Rollout:
+             *, mesh=None, rules: Sequence | None = None,
+             unstack_layers: bool | None = None) -> Rollout:
     """Sample `sampling.n` completions for each prompt: a `Rollout` of N = B·n rows.
 
     Args:
@@ -279,9 +292,15 @@ def generate(params: Params, config, prompts: PromptBatch, key: jax.Array, sampl
       key: PRNG key, the only source of randomness.
       sampling: `SamplingParams`.
       mesh, rules: optional device mesh and logical-axis rules.
+      unstack_layers: run the layers unrolled on a per-layer copy of their weights
+        (`models.unstack_layers`, made once per call) instead of the stacked scan; None
+        (default) does so when B·n <= `UNSTACK_MAX_ROWS`, where decoding is bound by
+        reading the weights. Costs one extra copy of the layer weights in memory during
+        the call. Same tokens and log-probs either way.
     Returns:
       `Rollout` with prompt_tokens/prompt_mask [N, P], tokens/mask/sampler_logp
       [N, T], group_id [N] (row r ↔ prompt r // n), truncated [N].
     """
-    rollout, _ = generate_with_cache(params, config, prompts, key, sampling, mesh=mesh, rules=rules)
+    rollout, _ = generate_with_cache(params, config, prompts, key, sampling, mesh=mesh, rules=rules,
+                                     unstack_layers=unstack_layers)
     return rollout

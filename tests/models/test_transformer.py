@@ -247,3 +247,30 @@ def test_shape_errors():
     with pytest.raises(ValueError, match="num_kv_heads"):
         ModelConfig.tiny(num_kv_heads=3)
     assert hash(ModelConfig.tiny()) == hash(ModelConfig.tiny())
+
+
+def test_unstacked_layers_compute_the_same(model):
+    """`unstack_layers`: per-layer parameter trees, layers unrolled = the stacked scan, with and
+    without a KV cache (prefill, then decode steps); the wrong layer count is refused."""
+    from jaxrl_llm.models import unstack_layers
+    config, params, (tokens, positions, mask), full_logits = model
+    split = unstack_layers(params)
+    assert len(split["layers"]) == config.num_layers and unstack_layers(split) is split
+    q_stack = params["layers"]["attn"]["q_proj"]["kernel"]
+    for i, layer in enumerate(split["layers"]):
+        np.testing.assert_array_equal(layer["attn"]["q_proj"]["kernel"], q_stack[i])
+    logits, _ = apply(config, split, tokens, positions, mask)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(full_logits), atol=1e-5, rtol=0)
+    caches = [init_cache(config, N, P + STEPS), init_cache(config, N, P + STEPS)]
+    for t0, t1 in [(0, P)] + [(t, t + 1) for t in range(P, P + STEPS)]:
+        outs = [apply(config, p, tokens[:, t0:t1], positions[:, t0:t1], mask[:, t0:t1], c)
+                for p, c in zip((params, split), caches)]
+        (want, _), (got, _) = outs
+        caches = [c for _, c in outs]
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+    for name in ("k", "v", "mask"):
+        np.testing.assert_allclose(np.asarray(caches[1][name]), np.asarray(caches[0][name]),
+                                   atol=1e-5, rtol=0)
+    short = dict(split, layers=split["layers"][:-1])
+    with pytest.raises(ValueError, match="unstacked layers"):
+        apply(config, short, tokens, positions, mask)

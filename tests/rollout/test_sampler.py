@@ -189,3 +189,29 @@ def test_decode_loop_exits_once_every_row_has_stopped(params, prompts):
     np.testing.assert_array_equal(np.asarray(stopped.mask)[:, 0], 1)
     np.testing.assert_array_equal(np.asarray(stopped.mask)[:, 1:], 0)
     assert not np.asarray(stopped.truncated).any()
+
+
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_unstacked_layers_give_the_same_rollout(params, on_mesh):
+    """`unstack_layers=True` (per-layer weight copies, unrolled) and `False` (the stacked scan):
+    the same tokens and log-probs, also with FSDP/tensor-sharded parameters; the default picks
+    the unstacked layout only for few rows."""
+    from jaxrl_llm.rollout import sampler as sampler_lib
+    sp = SamplingParams(T, n=2, temperature=0.9)
+    kwargs, p = {}, params
+    if on_mesh:
+        mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+        p = jax.device_put(params, A.logical_to_sharding(models.logical_axes(CONFIG), mesh,
+                                                         shapes=params))
+        kwargs = dict(mesh=mesh, rules=A.DEFAULT_RULES)
+    stacked = generate(p, CONFIG, group_prompts(), jax.random.key(3), sp, unstack_layers=False,
+                       **kwargs)
+    unstacked = generate(p, CONFIG, group_prompts(), jax.random.key(3), sp, unstack_layers=True,
+                         **kwargs)
+    np.testing.assert_array_equal(unstacked.tokens, stacked.tokens)
+    np.testing.assert_array_equal(unstacked.mask, stacked.mask)
+    np.testing.assert_allclose(unstacked.sampler_logp, stacked.sampler_logp, atol=1e-5)
+    assert sampler_lib.UNSTACK_MAX_ROWS < 64
+    before = sampler_lib._compiled.cache_info().currsize
+    generate(p, CONFIG, group_prompts(), jax.random.key(3), sp, **kwargs)   # 8 rows: unstacked
+    assert sampler_lib._compiled.cache_info().currsize == before          # reused, not new
