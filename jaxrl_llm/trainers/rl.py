@@ -204,19 +204,28 @@ class Trainer:
 
   def rollout(self, params, examples, key, sampling):
     """Samples on the whole mesh; with several processes each tokenises and feeds only the
-    prompts its devices hold, and every process gets all completions back as text."""
-    if jax.process_count() == 1:
+    prompts its devices hold, and every process gets all completions back as text.
+
+    A prompt count the mesh's batch shards do not divide (e.g. the fresh part of a replay
+    batch) is padded with copies of the last prompt, whose rows are dropped afterwards.
+    """
+    b, single = len(examples), jax.process_count() == 1
+    pad = -b % sharding_lib.batch_shards(self.mesh, self.rules)
+    examples = list(examples) + [examples[-1]] * pad
+    if single:
       prompts = self._prompt_batch(examples)
     else:
-      b = len(examples)
-      sharding_lib.check_batch_divides(b, self.mesh, self.rules, what="prompts per sampler call")
-      local = self._prompt_batch(examples[multihost.local_rows(self.row_sharding, b)])
+      local = self._prompt_batch(examples[multihost.local_rows(self.row_sharding, b + pad)])
       prompts = rollout_lib.PromptBatch(
-          tokens=multihost.make_global(local.tokens, self.row_sharding, b),
-          mask=multihost.make_global(local.mask, self.row_sharding, b))
+          tokens=multihost.make_global(local.tokens, self.row_sharding, b + pad),
+          mask=multihost.make_global(local.mask, self.row_sharding, b + pad))
     ro = rollout_lib.generate(params, self.model_config, prompts, key, sampling,
                               mesh=self.mesh, rules=self.rules)
-    host = ro if jax.process_count() == 1 else multihost.gather_to_host(ro)
+    host = ro if single else multihost.gather_to_host(ro)
+    if pad:
+      keep = b * sampling.n
+      host = jax.tree.map(lambda x: np.asarray(x)[:keep], host)
+      ro = jax.tree.map(jnp.asarray, host) if single else jax.device_put(host, self.row_sharding)
     completions = rollout_lib.decode_completions(self.tokenizer, host)
     return ro, completions
 

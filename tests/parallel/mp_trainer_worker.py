@@ -41,8 +41,9 @@ def make_task():
   return DigitsTask()
 
 
-def trainer_config(tokenizer_dir: str):
-  """A tiny GRPO run: 3 steps of 8 prompts × 2 samples, mesh (data 2, fsdp -1), KL in the loss."""
+def trainer_config(tokenizer_dir: str, replay_fraction: float = 0.0):
+  """A tiny GRPO run: 3 steps of 8 prompts × 2 samples, mesh (data 2, fsdp -1), KL in the loss;
+  with `replay_fraction`, that share of each batch's groups replayed from the buffer."""
   from jaxrl_llm.trainers import config as config_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config(runlocal=True)
   c.unlock()
@@ -63,6 +64,7 @@ def trainer_config(tokenizer_dir: str):
   c.task.kwargs = {}
   c.optim.eps = 1.0     # Adam ≈ SGD here: no sign-like amplification of reordered sums
   c.optim.lr = 0.5
+  c.data.replay_fraction = replay_fraction
   return c
 
 
@@ -74,6 +76,7 @@ def main(argv=None):
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--tokenizer", required=True)
   parser.add_argument("--record", required=True)
+  parser.add_argument("--replay_fraction", type=float, default=0.0)
   parser.add_argument("--stack_dump_after", type=float, default=0.0,
                       help="if > 0: print every thread's stack after this many seconds (and "
                            "every such interval after), so a stuck run shows where it waits")
@@ -96,7 +99,8 @@ def main(argv=None):
       fed.append([e.prompt for e in examples])
       return super()._prompt_batch(examples)
 
-  summary = RecordingTrainer(trainer_config(args.tokenizer), args.workdir).run(
+  summary = RecordingTrainer(trainer_config(args.tokenizer, args.replay_fraction),
+                             args.workdir).run(
       log=lambda *a: None)
   faulthandler.cancel_dump_traceback_later()
   with open(args.record, "w") as f:

@@ -2,7 +2,8 @@
 
 Both runs: 3 GRPO steps of 8 prompts × 2 samples with a KL term, mesh (data 2, fsdp 2),
 an evaluation before and after; the reward (the fraction of digits in a completion) is
-non-zero for an untrained model, so the updates are real. Checks: `jax.process_count() == 2`
+non-zero for an untrained model, so the updates are real; a second case replays a quarter of
+each batch's groups from the rollout buffer. Checks: `jax.process_count() == 2`
 in the workers; every sampler call fed process 0 the first half of the prompts and process 1
 the second half, exactly those of the one-process run; both workers report the same history,
 equal to the one-process history within rtol 1e-4 / atol 1e-6 (collectives reorder sums; with
@@ -22,6 +23,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from jaxrl_llm import models
 
@@ -69,10 +71,11 @@ def _wait_all(runs, logs):
   assert all(p.returncode == 0 for p, _ in runs), report
 
 
-def test_two_process_trainer_matches_one_process(tmp_path):
+@pytest.mark.parametrize("replay", [0.0, 0.25], ids=["plain", "replay"])
+def test_two_process_trainer_matches_one_process(tmp_path, replay):
   tok = models.build_builtin_tokenizer(str(tmp_path / "tok"))
   addr = f"127.0.0.1:{_free_port()}"
-  common = [f"--tokenizer={tok}"]
+  common = [f"--tokenizer={tok}", f"--replay_fraction={replay}"]
   logs = {f"log{i}": tmp_path / f"log{i}" for i in range(2)}
   _wait_all([_launch(common + [f"--process_id={i}", "--num_processes=2",
                                f"--coordinator_address={addr}", f"--workdir={tmp_path / 'mp'}",
@@ -89,6 +92,11 @@ def test_two_process_trainer_matches_one_process(tmp_path):
   assert [w["process_index"] for w in workers] == [0, 1]
   # 1 eval + 3 steps + 1 eval sampler calls; each process fed exactly its half of each
   assert len(ref["fed"]) == 5
+  # with replay, 2 of the 8 groups of steps 2 and 3 come from the buffer, not the sampler: 6
+  # fresh prompts, padded to 8 (the mesh's 4 batch shards) with copies of the last one
+  assert all(len(f) == 8 for f in ref["fed"])
+  for f in ref["fed"][2:4]:
+    assert (f[5:] == [f[5]] * 3) == bool(replay)
   for full, first, second in zip(ref["fed"], workers[0]["fed"], workers[1]["fed"]):
     assert first == full[:len(full) // 2] and second == full[len(full) // 2:]
 
@@ -103,3 +111,5 @@ def test_two_process_trainer_matches_one_process(tmp_path):
   assert len(train) == 3 and all(h["train/grad_norm"] > 0.1 and h["train/reward"] > 0
                                  for h in train)
   assert train[0]["train/entropy"] != train[-1]["train/entropy"]   # the policy moved
+  if replay:
+    assert [h["data/replayed_groups"] for h in train] == [0.0, 2.0, 2.0]
