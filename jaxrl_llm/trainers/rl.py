@@ -537,7 +537,7 @@ class Trainer:
 
 _HISTORY_KEYS = ("train/reward", "train/accuracy", "train/entropy", "train/kl",
                  "train/loss/total", "train/grad_norm", "train/response_length", "compiles",
-                 "data/replayed_groups", "data/frac_dropped")
+                 "data/replayed_groups", "data/frac_dropped", "data/attempts")
 
 
 def _compiles_after_step_2(history):

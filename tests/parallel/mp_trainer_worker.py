@@ -41,9 +41,11 @@ def make_task():
   return DigitsTask()
 
 
-def trainer_config(tokenizer_dir: str, replay_fraction: float = 0.0):
+def trainer_config(tokenizer_dir: str, replay_fraction: float = 0.0,
+                   dynamic_sampling: bool = False):
   """A tiny GRPO run: 3 steps of 8 prompts × 2 samples, mesh (data 2, fsdp -1), KL in the loss;
-  with `replay_fraction`, that share of each batch's groups replayed from the buffer."""
+  with `replay_fraction`, that share of each batch's groups replayed from the buffer; with
+  `dynamic_sampling`, DAPO's filter of all-equal groups (up to 3 sampler calls a step)."""
   from jaxrl_llm.trainers import config as config_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config(runlocal=True)
   c.unlock()
@@ -65,6 +67,8 @@ def trainer_config(tokenizer_dir: str, replay_fraction: float = 0.0):
   c.optim.eps = 1.0     # Adam ≈ SGD here: no sign-like amplification of reordered sums
   c.optim.lr = 0.5
   c.data.replay_fraction = replay_fraction
+  c.data.dynamic_sampling = dynamic_sampling
+  c.data.max_attempts = 3
   return c
 
 
@@ -77,6 +81,7 @@ def main(argv=None):
   parser.add_argument("--tokenizer", required=True)
   parser.add_argument("--record", required=True)
   parser.add_argument("--replay_fraction", type=float, default=0.0)
+  parser.add_argument("--dynamic_sampling", action="store_true")
   parser.add_argument("--stack_dump_after", type=float, default=0.0,
                       help="if > 0: print every thread's stack after this many seconds (and "
                            "every such interval after), so a stuck run shows where it waits")
@@ -99,8 +104,8 @@ def main(argv=None):
       fed.append([e.prompt for e in examples])
       return super()._prompt_batch(examples)
 
-  summary = RecordingTrainer(trainer_config(args.tokenizer, args.replay_fraction),
-                             args.workdir).run(
+  config = trainer_config(args.tokenizer, args.replay_fraction, args.dynamic_sampling)
+  summary = RecordingTrainer(config, args.workdir).run(
       log=lambda *a: None)
   faulthandler.cancel_dump_traceback_later()
   with open(args.record, "w") as f:

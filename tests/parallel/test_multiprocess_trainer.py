@@ -3,7 +3,7 @@
 Both runs: 3 GRPO steps of 8 prompts × 2 samples with a KL term, mesh (data 2, fsdp 2),
 an evaluation before and after; the reward (the fraction of digits in a completion) is
 non-zero for an untrained model, so the updates are real; a second case replays a quarter of
-each batch's groups from the rollout buffer. Checks: `jax.process_count() == 2`
+each batch's groups from the rollout buffer, a third runs DAPO dynamic sampling. Checks: `jax.process_count() == 2`
 in the workers; every sampler call fed process 0 the first half of the prompts and process 1
 the second half, exactly those of the one-process run; both workers report the same history,
 equal to the one-process history within rtol 1e-4 / atol 1e-6 (collectives reorder sums; with
@@ -71,11 +71,13 @@ def _wait_all(runs, logs):
   assert all(p.returncode == 0 for p, _ in runs), report
 
 
-@pytest.mark.parametrize("replay", [0.0, 0.25], ids=["plain", "replay"])
-def test_two_process_trainer_matches_one_process(tmp_path, replay):
+@pytest.mark.parametrize("replay,dynamic", [(0.0, False), (0.25, False), (0.0, True)],
+                         ids=["plain", "replay", "dynamic_sampling"])
+def test_two_process_trainer_matches_one_process(tmp_path, replay, dynamic):
   tok = models.build_builtin_tokenizer(str(tmp_path / "tok"))
   addr = f"127.0.0.1:{_free_port()}"
-  common = [f"--tokenizer={tok}", f"--replay_fraction={replay}"]
+  common = [f"--tokenizer={tok}", f"--replay_fraction={replay}"] + (
+      ["--dynamic_sampling"] if dynamic else [])
   logs = {f"log{i}": tmp_path / f"log{i}" for i in range(2)}
   _wait_all([_launch(common + [f"--process_id={i}", "--num_processes=2",
                                f"--coordinator_address={addr}", f"--workdir={tmp_path / 'mp'}",
@@ -90,8 +92,11 @@ def test_two_process_trainer_matches_one_process(tmp_path, replay):
   assert ref["process_count"] == 1
   assert [w["process_count"] for w in workers] == [2, 2]
   assert [w["process_index"] for w in workers] == [0, 1]
-  # 1 eval + 3 steps + 1 eval sampler calls; each process fed exactly its half of each
-  assert len(ref["fed"]) == 5
+  # 1 eval + 3 steps (+ any extra dynamic-sampling calls) + 1 eval sampler calls; each
+  # process fed exactly its half of each
+  assert len(ref["fed"]) == 5 + sum(h.get("data/attempts", 1) - 1 for h in ref["history"]
+                                    if "train/reward" in h)
+  assert [len(w["fed"]) for w in workers] == [len(ref["fed"])] * 2
   # with replay, 2 of the 8 groups of steps 2 and 3 come from the buffer, not the sampler: 6
   # fresh prompts, padded to 8 (the mesh's 4 batch shards) with copies of the last one
   assert all(len(f) == 8 for f in ref["fed"])
@@ -113,3 +118,6 @@ def test_two_process_trainer_matches_one_process(tmp_path, replay):
   assert train[0]["train/entropy"] != train[-1]["train/entropy"]   # the policy moved
   if replay:
     assert [h["data/replayed_groups"] for h in train] == [0.0, 2.0, 2.0]
+  if dynamic:   # groups were dropped and re-sampled, every attempt gathered across processes
+    assert sum(h["data/attempts"] for h in train) > 3
+    assert any(h["data/frac_dropped"] > 0 for h in train)
