@@ -43,6 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxrl_llm import models
 from jaxrl_llm.parallel import axes as A
+from jaxrl_llm.parallel import sharding as sharding_lib
 from jaxrl_llm.rollout.logprobs import token_logprobs
 from jaxrl_llm.rollout.sampling import sample_tokens
 from jaxrl_llm.rollout.types import PromptBatch, Rollout, SamplingParams
@@ -236,8 +237,8 @@ def _check(config, prompts: PromptBatch, sampling: SamplingParams):
         raise ValueError(f"SamplingParams.top_k={sampling.top_k} exceeds vocab_size {config.vocab_size}")
 
 
-# Up to this many rows a decode step is bound by reading the weights, and the sampler
-# unstacks the layers (see `models.unstack_layers`): e.g. 1.56x faster backbone steps for a
+# Up to this many rows per device a decode step is bound by reading the weights, and the
+# sampler unstacks the layers (see `models.unstack_layers`): e.g. 1.56x faster backbone steps for a
 # 0.5B model at 1 row on CPU; no gain at 16 rows, where the step is compute-bound.
 UNSTACK_MAX_ROWS = 8
 
@@ -269,8 +270,9 @@ def generate_with_cache(params: Params, config, prompts: PromptBatch, key: jax.A
     floats = np.asarray([sampling.temperature, sampling.top_p, sampling.min_p], np.float32) \
         if all(isinstance(x, (int, float)) for x in (sampling.temperature, sampling.top_p, sampling.min_p)) \
         else jnp.stack([jnp.asarray(x, jnp.float32) for x in (sampling.temperature, sampling.top_p, sampling.min_p)])
-    if unstack_layers is None:
-        unstack_layers = rows <= UNSTACK_MAX_ROWS
+    if unstack_layers is None:   # rows per device decide whether a step is weight-bound
+        shards = sharding_lib.batch_shards(mesh, rules) if mesh is not None else 1
+        unstack_layers = (rows // shards if rows % shards == 0 else rows) <= UNSTACK_MAX_ROWS
     program = _compiled(config, sampling.static_key(), b, p, mesh, rules, bool(unstack_layers))
     if mesh is None:
         return program(params, tokens, mask, key, floats, cache)
@@ -294,8 +296,8 @@ def generate(params: Params, config, prompts: PromptBatch, key: jax.Array, sampl
       mesh, rules: optional device mesh and logical-axis rules.
       unstack_layers: run the layers unrolled on a per-layer copy of their weights
         (`models.unstack_layers`, made once per call) instead of the stacked scan; None
-        (default) does so when B·n <= `UNSTACK_MAX_ROWS`, where decoding is bound by
-        reading the weights. Costs one extra copy of the layer weights in memory during
+        (default) does so when the rows per device (B·n over the mesh's batch shards) are
+        at most `UNSTACK_MAX_ROWS`, where decoding is bound by reading the weights. Costs one extra copy of the layer weights in memory during
         the call. Same tokens and log-probs either way.
     Returns:
       `Rollout` with prompt_tokens/prompt_mask [N, P], tokens/mask/sampler_logp

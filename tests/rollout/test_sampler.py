@@ -196,6 +196,8 @@ def test_unstacked_layers_give_the_same_rollout(params, on_mesh):
     """`unstack_layers=True` (per-layer weight copies, unrolled) and `False` (the stacked scan):
     the same tokens and log-probs, also with FSDP/tensor-sharded parameters; the default picks
     the unstacked layout only for few rows."""
+    from unittest import mock
+
     from jaxrl_llm.rollout import sampler as sampler_lib
     sp = SamplingParams(T, n=2, temperature=0.9)
     kwargs, p = {}, params
@@ -211,7 +213,10 @@ def test_unstacked_layers_give_the_same_rollout(params, on_mesh):
     np.testing.assert_array_equal(unstacked.tokens, stacked.tokens)
     np.testing.assert_array_equal(unstacked.mask, stacked.mask)
     np.testing.assert_allclose(unstacked.sampler_logp, stacked.sampler_logp, atol=1e-5)
-    assert sampler_lib.UNSTACK_MAX_ROWS < 64
-    before = sampler_lib._compiled.cache_info().currsize
-    generate(p, CONFIG, group_prompts(), jax.random.key(3), sp, **kwargs)   # 8 rows: unstacked
-    assert sampler_lib._compiled.cache_info().currsize == before          # reused, not new
+    # the default counts rows per device: 8 rows → unstacked; 32 rows → 8 per batch shard on
+    # the mesh (data 2 × fsdp 2: unstacked), 32 on one device (stacked)
+    many = pad_prompts(PROMPTS * 4, bucket_lengths=(8, 16), pad_id=0)
+    with mock.patch.object(sampler_lib, "_compiled", wraps=sampler_lib._compiled) as spy:
+        generate(p, CONFIG, group_prompts(), jax.random.key(3), sp, **kwargs)
+        generate(p, CONFIG, many, jax.random.key(3), SamplingParams(T, n=2), **kwargs)
+    assert [c.args[-1] for c in spy.call_args_list] == [True, on_mesh]
