@@ -221,11 +221,15 @@ class Trainer:
           mask=multihost.make_global(local.mask, self.row_sharding, b + pad))
     ro = rollout_lib.generate(params, self.model_config, prompts, key, sampling,
                               mesh=self.mesh, rules=self.rules)
-    host = ro if single else multihost.gather_to_host(ro)
-    if pad:
-      keep = b * sampling.n
-      host = jax.tree.map(lambda x: np.asarray(x)[:keep], host)
-      ro = jax.tree.map(jnp.asarray, host) if single else jax.device_put(host, self.row_sharding)
+    keep = b * sampling.n
+    if single:   # padded rows dropped on the device: no round trip through the host
+      ro = jax.tree.map(lambda x: x[:keep], ro) if pad else ro
+      host = ro
+    else:        # every process holds all rows on the host; the kept ones go back as global arrays
+      host = multihost.gather_to_host(ro)
+      if pad:
+        host = jax.tree.map(lambda x: np.asarray(x)[:keep], host)
+        ro = jax.device_put(host, self.row_sharding)
     completions = rollout_lib.decode_completions(self.tokenizer, host)
     return ro, completions
 
