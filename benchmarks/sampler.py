@@ -83,14 +83,20 @@ def param_count(folder: str) -> int:
 class Worker:
     """One system's worker process (`sampler_workers.py`), answering timing requests."""
 
-    def __init__(self, python: str, system: str, folder: str, threads: int, logdir: str):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false",
-                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    def __init__(self, python: str, system: str, folder: str, threads: int, logdir: str,
+                 device: str = "cpu", dtype: str = "float32"):
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         env.pop("XLA_FLAGS", None)
+        if device == "cpu":
+            env["JAX_PLATFORMS"] = "cpu"
+        else:  # the systems share one GPU: JAX allocates as it goes instead of taking 75 % up front
+            env.pop("JAX_PLATFORMS", None)
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         self.system = system
         self.log = open(os.path.join(logdir, f"worker_{system}.log"), "a")
         self.proc = subprocess.Popen(
-            [python, os.path.join(HERE, "sampler_workers.py"), system, folder, "--threads", str(threads)],
+            [python, os.path.join(HERE, "sampler_workers.py"), system, folder, "--threads", str(threads),
+             "--device", device, "--dtype", dtype],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         self.ok = self._read() == "READY"
 
@@ -175,6 +181,10 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tunix-python", default=None, help="python of the venv with google-tunix")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: every system on the first GPU (torch cuda, JAX's default backend)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="weights and compute dtype of every system (tunix: its own default)")
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
 
@@ -195,7 +205,7 @@ def main(argv=None):
         workers = {}
         for system in systems:
             python = args.tunix_python if system == "tunix" else sys.executable
-            workers[system] = Worker(python, system, folder, args.threads, args.workdir)
+            workers[system] = Worker(python, system, folder, args.threads, args.workdir, args.device, args.dtype)
             if not workers[system].ok:
                 print(f"# {system} worker failed to start; see {workers[system].log.name}", flush=True)
         for m, batch, mode in plan:
@@ -212,7 +222,7 @@ def main(argv=None):
 
     info = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                 load_average_at_end=os.getloadavg(),
-                threads=args.threads, new_tokens=args.new_tokens, prompt_len=128,
+                threads=args.threads, device=args.device, dtype=args.dtype, new_tokens=args.new_tokens, prompt_len=128,
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 command=" ".join([os.path.basename(sys.executable), "benchmarks/sampler.py"] + sys.argv[1:]))
     with open(os.path.join(args.workdir, "results.json"), "w") as f:

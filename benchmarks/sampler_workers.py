@@ -1,6 +1,7 @@
 """Workers of `benchmarks/sampler.py`: one process per (system, model), timing calls on request.
 
-    python benchmarks/sampler_workers.py SYSTEM FOLDER [--threads 2]    # then stdin: "16 sampled 256"
+    python benchmarks/sampler_workers.py SYSTEM FOLDER [--threads 2] [--device cpu|gpu] [--dtype float32|bfloat16]
+    # then stdin: "16 sampled 256"
 
 SYSTEM is `jaxrl` (this library), `hf` (transformers `generate`, torch CPU) or
 `tunix` (tunix's vanilla `Sampler`; run with the interpreter of a separate
@@ -34,14 +35,15 @@ def _prompts(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:
 
 
 # ----------------------------------------------------------------------- jaxrl
-def setup_jaxrl(folder, threads):
+def setup_jaxrl(folder, threads, device="cpu", dtype="float32"):
     import jax
     import numpy as np
 
     from jaxrl_llm import models
     from jaxrl_llm.rollout import SamplingParams, generate, pad_prompts
 
-    config, params = models.load_hf(folder)
+    config, params = models.load_hf(folder, dtype=dtype)
+    print(f"# jaxrl on {jax.devices()[0].device_kind}, jax {jax.__version__}, {dtype}", file=sys.stderr, flush=True)
     seed = [0]
 
     def call(batch, mode, new_tokens):
@@ -56,30 +58,39 @@ def setup_jaxrl(folder, threads):
 
 
 # -------------------------------------------------------------------------- hf
-def setup_hf(folder, threads):
+def setup_hf(folder, threads, device="cpu", dtype="float32"):
     import torch
     import transformers
 
     torch.set_num_threads(threads)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    dev = "cuda" if device == "gpu" else "cpu"
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).to(dev).eval()
     vocab = model.config.vocab_size
+    print(f"# hf on {dev}, torch {torch.__version__}, transformers {transformers.__version__}, {dtype}",
+          file=sys.stderr, flush=True)
+
+    def sync():
+        if dev == "cuda":
+            torch.cuda.synchronize()
 
     def call(batch, mode, new_tokens):
-        ids = torch.tensor(_prompts(batch, vocab), dtype=torch.long)
+        ids = torch.tensor(_prompts(batch, vocab), dtype=torch.long, device=dev)
         kw = dict(do_sample=False) if mode == "greedy" else dict(do_sample=True, temperature=1.0,
                                                                    top_k=0, top_p=1.0)
+        sync()
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                  eos_token_id=None, pad_token_id=0, **kw)
+        sync()
         return time.perf_counter() - t0, int((out.shape[1] - PROMPT_LEN) * out.shape[0])
 
     return call
 
 
 # ----------------------------------------------------------------------- tunix
-def setup_tunix(folder, threads):
+def setup_tunix(folder, threads, device="cpu", dtype="float32"):
     import jax
     import numpy as np
     import transformers
@@ -133,8 +144,10 @@ def main(argv=None):
     parser.add_argument("system", choices=sorted(SETUPS))
     parser.add_argument("folder")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args(argv)
-    call = SETUPS[args.system](args.folder, args.threads)
+    call = SETUPS[args.system](args.folder, args.threads, args.device, args.dtype)
     seen = set()
     print("READY", flush=True)
     for line in sys.stdin:

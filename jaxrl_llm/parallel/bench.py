@@ -58,13 +58,13 @@ def peak_of(device) -> tuple[float, float] | None:
   return None
 
 
-def _config(size: str):
+def _config(size: str, remat: bool = True):
   from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
   from jaxrl_llm.parallel import plan  # pylint: disable=g-import-not-at-top
   if size in plan.QWEN25:
-    return dataclasses.replace(plan.qwen25_config(size), remat=True)
+    return dataclasses.replace(plan.qwen25_config(size), remat=remat)
   hf = dict(_SIZES[size], model_type="qwen2", rope_theta=1e6, max_position_embeddings=32768)
-  return models.ModelConfig.from_hf(hf, dtype="bfloat16", remat=True)
+  return models.ModelConfig.from_hf(hf, dtype="bfloat16", remat=remat)
 
 
 def _median_time(fn, repeats):
@@ -157,22 +157,27 @@ def main(argv=None):
   parser.add_argument("--new_tokens", type=int, default=256)
   parser.add_argument("--tensor", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--no_remat", action="store_true", help="train step without rematerialisation")
+  parser.add_argument("--only", choices=("train", "decode"), default=None, help="run one of the two")
   args = parser.parse_args(argv)
   from jaxrl_llm.parallel import make_mesh  # pylint: disable=g-import-not-at-top
 
-  config = _config(args.size)
+  config = _config(args.size, remat=not args.no_remat)
   mesh = make_mesh({"fsdp": -1, "tensor": args.tensor})
   devices = jax.devices()
   peak = peak_of(devices[0])
-  train = bench_train(config, mesh, args.rows, args.seq, args.repeats)
-  decode = bench_decode(config, mesh, args.decode_rows, args.prompt_len, args.new_tokens,
-                        args.repeats)
   out = {"device": devices[0].device_kind, "devices": len(devices), "size": args.size,
-         "mesh": dict(mesh.shape), "train": train, "decode": decode}
-  if peak is not None:
-    out["train_mfu"] = train["model_flops"] / (train["seconds"] * len(devices) * peak[0])
-    out["decode_bw_util"] = decode["bytes_per_step"] / (
-        decode["seconds_per_step"] * len(devices) * peak[1])
+         "mesh": dict(mesh.shape), "remat": config.remat}
+  if args.only in (None, "train"):
+    train = out["train"] = bench_train(config, mesh, args.rows, args.seq, args.repeats)
+    if peak is not None:
+      out["train_mfu"] = train["model_flops"] / (train["seconds"] * len(devices) * peak[0])
+  if args.only in (None, "decode"):
+    decode = out["decode"] = bench_decode(config, mesh, args.decode_rows, args.prompt_len,
+                                          args.new_tokens, args.repeats)
+    if peak is not None:
+      out["decode_bw_util"] = decode["bytes_per_step"] / (
+          decode["seconds_per_step"] * len(devices) * peak[1])
   print(json.dumps(out, indent=2))
   return out
 
