@@ -20,6 +20,12 @@ is reported and the others go on. `--eval='--n=64 --k=1,2,4,...'` then runs
 (pass@k for the tables). `--print-only` prints one launch command per cell (for
 TPU pods and clusters: run them with your own launcher).
 
+`--vmap-seeds` (tiny models): the unfinished seeds of each variant run as one
+process, one vmapped program (`python -m jaxrl_llm.main --seeds=0,1,2
+--workdirs=<cell> --workdirs=<cell> ...`, `jaxrl_llm/trainers/seeds.py`), each seed
+still written to its own cell workdir, so skipping, resuming, evaluation and
+collation work per cell as before. The seed key must be `train.seed`.
+
 Examples:
     python experiments/grid.py --config=configs/grpo_arith.py:runlocal \\
         --grid 'algo.advantage=[psr,nsr,w_reinforce,grpo]' --seeds 3 \\
@@ -59,6 +65,8 @@ __all__ = [
     "add_seeds",
     "make_cells",
     "build_command",
+    "build_seeds_command",
+    "seed_groups",
     "build_eval_command",
     "is_done",
     "run_cells",
@@ -232,6 +240,31 @@ def build_command(cell: Cell, *, config: str, fixed: dict | None = None,
             + [f"--config.{k}={_format_value(v)}" for k, v in overrides.items()])
 
 
+def seed_groups(cells: Sequence[Cell], seed_key: str = DEFAULT_SEED_KEY) -> list[list[Cell]]:
+    """Cells that differ only in `seed_key`, grouped (first-appearance order)."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        if seed_key not in cell.overrides:
+            raise ValueError(f"--vmap-seeds: cell {cell.name} sets no {seed_key}; use --seeds N")
+        rest = {k: v for k, v in cell.overrides.items() if k != seed_key}
+        groups.setdefault(json.dumps(rest, sort_keys=True, default=repr), []).append(cell)
+    return list(groups.values())
+
+
+def build_seeds_command(cells: Sequence[Cell], *, config: str, fixed: dict | None = None,
+                        program: str = DEFAULT_PROGRAM, seed_key: str = DEFAULT_SEED_KEY,
+                        python: str = sys.executable) -> list[str]:
+    """One vmapped run of cells that differ only in the seed: `python <program> --config=...
+    --seeds=s0,s1 --workdirs=w0 --workdirs=w1 --config.<k>=<v> ...` (cell names hold commas)."""
+    if seed_key != DEFAULT_SEED_KEY:
+        raise ValueError(f"--vmap-seeds needs --seed-key {DEFAULT_SEED_KEY}, got {seed_key}")
+    overrides = {**(fixed or {}), **{k: v for k, v in cells[0].overrides.items() if k != seed_key}}
+    return ([python, *shlex.split(program), f"--config={config}",
+             "--seeds=" + ",".join(str(int(c.overrides[seed_key])) for c in cells)]
+            + [f"--workdirs={c.workdir}" for c in cells]
+            + [f"--config.{k}={_format_value(v)}" for k, v in overrides.items()])
+
+
 def is_done(workdir: str) -> bool:
     return os.path.exists(os.path.join(workdir, DONE_FILE))
 
@@ -259,69 +292,97 @@ def _logged_run(cell: Cell, command: list[str], env: dict | None) -> int:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
 
-def _run_one(cell: Cell, command: list[str] | None, eval_command: list[str] | None,
-             env: dict | None) -> CellResult:
-    """Train (unless `command` is None: already done), then evaluate if asked and not yet done."""
-    status = "skipped"
+def _run_job(cells: Sequence[Cell], command: list[str] | None,
+             eval_commands: Sequence[list[str] | None], env: dict | None) -> list[CellResult]:
+    """Train the cells with one command (unless None: already done; several cells = one
+    vmapped-seeds run, logged in the first cell's grid.log), then evaluate each cell if asked
+    and not yet done."""
+    status, rc = "skipped", None
     if command is not None:
-        rc = _logged_run(cell, command, env)
-        if rc != 0:
-            return CellResult(cell.name, "failed", rc)
-        if not is_done(cell.workdir):
-            return CellResult(cell.name, "incomplete", 0)
+        for cell in cells[1:]:
+            with open(os.path.join(cell.workdir, LOG_FILE), "a") as log:
+                log.write(f"# trained with the vmapped seeds of {cells[0].name}: see its {LOG_FILE}\n")
+        rc = _logged_run(cells[0], command, env)
         status = "done"
-    if eval_command is not None and not os.path.exists(os.path.join(cell.workdir, EVAL_FILE)):
-        rc = _logged_run(cell, eval_command, env)
-        if rc != 0 or not os.path.exists(os.path.join(cell.workdir, EVAL_FILE)):
-            return CellResult(cell.name, "eval_failed", rc)
-    return CellResult(cell.name, status, 0 if command is not None else None)
+    results = []
+    for cell, eval_command in zip(cells, eval_commands):
+        if command is not None and rc != 0:
+            results.append(CellResult(cell.name, "failed", rc))
+            continue
+        if command is not None and not is_done(cell.workdir):
+            results.append(CellResult(cell.name, "incomplete", 0))
+            continue
+        if eval_command is not None and not os.path.exists(os.path.join(cell.workdir, EVAL_FILE)):
+            erc = _logged_run(cell, eval_command, env)
+            if erc != 0 or not os.path.exists(os.path.join(cell.workdir, EVAL_FILE)):
+                results.append(CellResult(cell.name, "eval_failed", erc))
+                continue
+        results.append(CellResult(cell.name, status, rc))
+    return results
 
 
 def run_cells(cells: Sequence[Cell], *, config: str, fixed: dict | None = None,
               program: str = DEFAULT_PROGRAM, parallel: int = 1, seed_key: str = DEFAULT_SEED_KEY,
               python: str = sys.executable, env: dict | None = None, eval_args: str | None = None,
-              eval_program: str = DEFAULT_EVAL_PROGRAM, echo=print) -> list[CellResult]:
+              eval_program: str = DEFAULT_EVAL_PROGRAM, vmap_seeds: bool = False,
+              echo=print) -> list[CellResult]:
     """Run the unfinished cells, `parallel` at a time; results in cell order.
 
     With `eval_args` (e.g. "--n=64 --k=1,2,4,8,16,32,64"), every finished cell
     without `eval.json` is then evaluated by `eval_program` (pass@k for collate).
+    With `vmap_seeds`, the unfinished cells of each variant (cells differing only in
+    `seed_key`) train as one vmapped-seeds process.
     """
     if parallel < 1:
         raise ValueError(f"--parallel must be >= 1, got {parallel}")
     fixed = dict(fixed or {})
     results: dict[str, CellResult] = {}
     jobs = []
-    for cell in cells:
-        needs_eval = eval_args is not None and not os.path.exists(os.path.join(cell.workdir, EVAL_FILE))
-        eval_command = build_eval_command(cell, config=config, fixed=fixed, eval_args=eval_args,
-                                          program=eval_program, python=python) if needs_eval else None
-        if is_done(cell.workdir):
-            echo(f"[grid] skip   {cell.name} (done.json present)")
-            if eval_command is None:
-                results[cell.name] = CellResult(cell.name, "skipped", None)
-                continue
-            jobs.append((cell, None, eval_command))
-        else:
-            _write_cell_json(cell, config=config, fixed=fixed, seed_key=seed_key)
-            jobs.append((cell, build_command(cell, config=config, fixed=fixed, program=program,
-                                             python=python), eval_command))
+    for group in (seed_groups(cells, seed_key) if vmap_seeds else [[c] for c in cells]):
+        todo, evals_only = [], []
+        for cell in group:
+            needs_eval = eval_args is not None and not os.path.exists(os.path.join(cell.workdir, EVAL_FILE))
+            eval_command = build_eval_command(cell, config=config, fixed=fixed, eval_args=eval_args,
+                                              program=eval_program, python=python) if needs_eval else None
+            if is_done(cell.workdir):
+                echo(f"[grid] skip   {cell.name} (done.json present)")
+                if eval_command is None:
+                    results[cell.name] = CellResult(cell.name, "skipped", None)
+                else:
+                    evals_only.append(([cell], None, [eval_command]))
+            else:
+                _write_cell_json(cell, config=config, fixed=fixed, seed_key=seed_key)
+                todo.append((cell, eval_command))
+        jobs.extend(evals_only)
+        if len(todo) == 1 and not vmap_seeds:
+            cell, eval_command = todo[0]
+            jobs.append(([cell], build_command(cell, config=config, fixed=fixed, program=program,
+                                               python=python), [eval_command]))
+        elif todo:
+            group_cells = [cell for cell, _ in todo]
+            jobs.append((group_cells, build_seeds_command(
+                group_cells, config=config, fixed=fixed, program=program, seed_key=seed_key,
+                python=python), [e for _, e in todo]))
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = {}
-        for cell, command, eval_command in jobs:
-            echo(f"[grid] start  {cell.name}" + (" (evaluation only)" if command is None else ""))
-            futures[pool.submit(_run_one, cell, command, eval_command, env)] = cell
+        for job_cells, command, eval_commands in jobs:
+            names = ", ".join(c.name for c in job_cells)
+            echo(f"[grid] start  {names}" + (" (evaluation only)" if command is None else
+                                             " (vmapped seeds)" if len(job_cells) > 1 else ""))
+            futures[pool.submit(_run_job, job_cells, command, eval_commands, env)] = job_cells
         for fut in concurrent.futures.as_completed(futures):
-            cell = futures[fut]
+            job_cells = futures[fut]
             try:
-                res = fut.result()
+                job_results = fut.result()
             except OSError as e:                    # the program could not be started
-                res = CellResult(cell.name, "failed", None)
-                echo(f"[grid] {cell.name}: {e}")
-            results[cell.name] = res
-            log = os.path.join(cell.workdir, LOG_FILE)
-            ok = res.status in ("done", "skipped")
-            extra = "" if ok else f" (exit {res.returncode}; see {log})"
-            echo(f"[grid] {res.status:<6} {cell.name}{extra}")
+                job_results = [CellResult(c.name, "failed", None) for c in job_cells]
+                echo(f"[grid] {job_cells[0].name}: {e}")
+            for cell, res in zip(job_cells, job_results):
+                results[cell.name] = res
+                log = os.path.join(job_cells[0].workdir, LOG_FILE)
+                ok = res.status in ("done", "skipped")
+                extra = "" if ok else f" (exit {res.returncode}; see {log})"
+                echo(f"[grid] {res.status:<6} {cell.name}{extra}")
     return [results[c.name] for c in cells]
 
 
@@ -337,6 +398,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true", help="use the config file's sweep(add)")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per cell (sets --seed-key)")
     p.add_argument("--seed-key", default=DEFAULT_SEED_KEY)
+    p.add_argument("--vmap-seeds", action="store_true",
+                   help="tiny models: train the seeds of each variant as one vmapped program")
     p.add_argument("--set", action="append", default=[], metavar="KEY=V",
                    help="an override for every cell (not part of the cell names)")
     p.add_argument("--parallel", type=int, default=1, help="cells running at the same time")
@@ -371,6 +434,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.print_only:
         python = args.python or "python"
+        if args.vmap_seeds:
+            for group in seed_groups(cells, args.seed_key):
+                todo = [c for c in group if not is_done(c.workdir)]
+                if todo:
+                    print(shlex.join(build_seeds_command(todo, config=args.config, fixed=fixed,
+                                                         program=args.program, seed_key=args.seed_key,
+                                                         python=python)))
+                for cell in group:
+                    if args.eval_args is not None:
+                        print(shlex.join(build_eval_command(
+                            cell, config=args.config, fixed=fixed, eval_args=args.eval_args,
+                            program=args.eval_program, python=python)))
+            return 0
         for cell in cells:
             cmd = shlex.join(build_command(cell, config=args.config, fixed=fixed,
                                            program=args.program, python=python))
@@ -385,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_cells(cells, config=args.config, fixed=fixed, program=args.program,
                         parallel=args.parallel, seed_key=args.seed_key,
                         python=args.python or sys.executable, eval_args=args.eval_args,
-                        eval_program=args.eval_program)
+                        eval_program=args.eval_program, vmap_seeds=args.vmap_seeds)
     bad = [r for r in results if r.status in ("failed", "incomplete", "eval_failed")]
     counts = {s: sum(r.status == s for r in results)
               for s in ("done", "skipped", "failed", "incomplete", "eval_failed")}

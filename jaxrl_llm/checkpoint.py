@@ -71,6 +71,13 @@ class Checkpointer:
   def all_steps(self):
     return list(self._manager.all_steps())
 
+  def discard_after(self, step: int) -> None:
+    """Deletes the complete checkpoints of steps after `step` (runs resumed together from the
+    newest step they all have)."""
+    for s in self.all_steps():
+      if s > step:
+        self._manager.delete(s)
+
   def save(self, step: int, state, meta: dict) -> None:
     meta = dict(meta, step=int(step))
     self._manager.save(step, args=ocp.args.Composite(

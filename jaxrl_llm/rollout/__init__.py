@@ -6,7 +6,8 @@
 """
 from jaxrl_llm.rollout.host import DEFAULT_BUCKETS, apply_stop_strings, decode_completions, pad_prompts
 from jaxrl_llm.rollout.logprobs import token_logprobs
-from jaxrl_llm.rollout.sampler import cache_logical_axes, generate, generate_with_cache, init_sampler_cache
+from jaxrl_llm.rollout.sampler import (cache_logical_axes, generate, generate_seeds, generate_with_cache,
+                                       init_sampler_cache)
 from jaxrl_llm.rollout.sampling import (TOP_P_CANDIDATES, argmax_first, sample_from_weights, sample_tokens,
                                        top_k_values, truncation_threshold)
 from jaxrl_llm.rollout.types import PromptBatch, Rollout, SamplingParams
@@ -17,6 +18,7 @@ __all__ = [
     "Rollout",
     "generate",
     "generate_with_cache",
+    "generate_seeds",
     "init_sampler_cache",
     "cache_logical_axes",
     "token_logprobs",

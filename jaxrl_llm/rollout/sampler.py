@@ -48,7 +48,8 @@ from jaxrl_llm.rollout.logprobs import token_logprobs
 from jaxrl_llm.rollout.sampling import sample_tokens
 from jaxrl_llm.rollout.types import PromptBatch, Rollout, SamplingParams
 
-__all__ = ["generate", "generate_with_cache", "init_sampler_cache", "cache_logical_axes"]
+__all__ = ["generate", "generate_with_cache", "generate_seeds", "init_sampler_cache",
+           "cache_logical_axes"]
 
 Params = Any
 
@@ -280,6 +281,46 @@ def generate_with_cache(params: Params, config, prompts: PromptBatch, key: jax.A
     tokens, mask = jax.device_put((tokens, mask), batch_sh)
     with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(rules):
         return program(params, tokens, mask, key, floats, cache)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_seeds(config, static: tuple, seeds: int, batch: int, prompt_len: int, unstack: bool):
+    """`_program` vmapped over a leading seed axis of params, prompts, keys and cache."""
+    rows, max_len = batch * static[1], prompt_len + static[0]
+    fn = jax.vmap(functools.partial(_program, config, static, unstack, {"cache": lambda c: c}),
+                  in_axes=(0, 0, 0, 0, None, 0))
+
+    def run(params, tokens, mask, key_data, floats):
+        cache = jax.vmap(lambda _: models.init_cache(config, rows, max_len))(jnp.arange(seeds))
+        return fn(params, tokens, mask, jax.random.wrap_key_data(key_data), floats, cache)[0]
+    return jax.jit(run)
+
+
+def generate_seeds(params: Params, config, prompts: PromptBatch, keys: jax.Array,
+                   sampling: SamplingParams, *, unstack_layers: bool | None = None) -> Rollout:
+    """`generate` for S models at once, as one program vmapped over a leading seed axis.
+
+    `params` (every leaf [S, ...]), `prompts` ([S, B, P]) and `keys` (S typed PRNG keys) carry
+    the seed axis; the result's fields are [S, N, ...], and slice s equals
+    `generate(params[s], config, prompts[s], keys[s], sampling)` up to float rounding (one
+    device, no mesh: the use is many small runs, e.g. seeds of a tiny model, on one chip).
+    The decode loop runs until every row of every seed has stopped.
+    """
+    tokens, mask = np.asarray(prompts.tokens, np.int32), np.asarray(prompts.mask, np.int32)
+    if tokens.ndim != 3 or tokens.shape != mask.shape:
+        raise ValueError(f"generate_seeds: prompts.tokens {tokens.shape} and prompts.mask "
+                         f"{mask.shape} must both be [S, B, P]")
+    _check(config, PromptBatch(tokens=tokens[0], mask=mask[0]), sampling)
+    s, b, p = tokens.shape
+    key_data = jax.random.key_data(keys)
+    if key_data.shape[0] != s:
+        raise ValueError(f"generate_seeds: {key_data.shape[0]} keys for {s} seeds of prompts")
+    if unstack_layers is None:
+        unstack_layers = b * sampling.n <= UNSTACK_MAX_ROWS
+    floats = jnp.stack([jnp.asarray(x, jnp.float32)
+                        for x in (sampling.temperature, sampling.top_p, sampling.min_p)])
+    program = _compiled_seeds(config, sampling.static_key(), s, b, p, bool(unstack_layers))
+    return program(params, tokens, mask, key_data, floats)
 
 
 def generate(params: Params, config, prompts: PromptBatch, key: jax.Array, sampling: SamplingParams,

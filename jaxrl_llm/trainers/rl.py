@@ -257,6 +257,12 @@ class Trainer:
     examples = self.task.examples("test", c.eval.size, c.eval.seed)
     key = jax.random.key(c.eval.seed if key_seed is None else key_seed)
     ro, completions = self.rollout(params, examples, key, self.eval_sampling)
+    del ro
+    return self.eval_summary(examples, completions)
+
+  def eval_summary(self, examples, completions):
+    """Scores `eval.n` completions per held-out prompt: the `eval/*` metrics."""
+    c = self.config
     rep = [e for e in examples for _ in range(c.eval.n)]
     rewards, correct, _ = self.score(completions, rep)
     n = c.eval.n
@@ -270,7 +276,6 @@ class Trainer:
     out = {f"eval/{k}": float(v) for k, v in summary.items()
            if k not in ("num_prompts", "num_samples")}
     out.update({"eval/accuracy": acc, "eval/stderr": stderr})
-    del ro
     return out
 
   def _with_replay(self, source, examples, ro, completions, rewards, correct, info, metrics):
@@ -320,14 +325,19 @@ class Trainer:
       self.pool.close()
       self.writer.close()
 
-  def _run(self, log):
+  def make_source(self):
+    """The training prompt stream (seeded by `train.seed`)."""
     c = self.config
     d = c.data
     band = (d.filter_low, d.filter_high) if (d.filter_low > 0 or d.filter_high < 1) else None
-    source = tasks_lib.make_prompt_source(
+    return tasks_lib.make_prompt_source(
         self.task, split="train", seed=c.train.seed, num_examples=d.num_examples,
         curriculum=d.curriculum, filter_band=band, replay_fraction=d.replay_fraction,
         replay_capacity=d.replay_capacity)
+
+  def _run(self, log):
+    c = self.config
+    source = self.make_source()
     params = self.initial_params(log)
     state = self.init_state(params)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -390,10 +400,17 @@ class Trainer:
     if progress is not None:
       progress.close()
     final_eval = self.evaluate(state.params)
+    summary = self.finish(final_eval, initial_eval, counters, history, time.time() - t_start, log)
+    self.state = state
+    return summary
+
+  def finish(self, final_eval, initial_eval, counters, history, seconds, log=print):
+    """Logs the final evaluation and writes `done.json` (what the grid runner looks for)."""
+    c = self.config
     self.writer.scalars(c.train.steps, final_eval)
     self.writer.flush()
     summary = {"steps": c.train.steps, "final_eval": final_eval, "initial_eval": initial_eval,
-               "counters": counters, "seconds": time.time() - t_start,
+               "counters": counters, "seconds": seconds,
                "compiles_after_step_2": _compiles_after_step_2(history), "history": history}
     log(f"held-out accuracy after RL: {final_eval['eval/accuracy']:.3f} "
         f"(± {final_eval['eval/stderr']:.3f})")
@@ -401,8 +418,20 @@ class Trainer:
     if jax.process_index() == 0:
       with open(os.path.join(self.workdir, "done.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    self.state = state
     return summary
+
+  def shape_rewards(self, rewards, correct, info, mask, truncated):
+    """Length shaping (overlong buffer, LASER, truncation masking) of one step's rewards on the
+    host; adds the shaping components to `info`. Returns (rewards, sample weights, lengths)."""
+    c = self.config
+    lengths = np.asarray(mask).sum(axis=1)
+    shaped, shape_weight, shape_comps = tasks_lib.length.shape_rewards(
+        rewards, lengths, truncated=np.asarray(truncated), correct=correct,
+        max_len=c.rollout.max_new_tokens, overlong_buffer=c.data.overlong_buffer,
+        overlong_penalty_scale=c.data.overlong_penalty, laser_target=c.data.laser_target,
+        laser_alpha=c.data.laser_alpha, mask_truncated=c.data.mask_truncated)
+    info.setdefault("components", {}).update(shape_comps)
+    return shaped, shape_weight, lengths
 
   def train_one_step(self, state, source, step, counters):
     """One RL step (rollout → rewards → advantages → update); returns (state, metrics)."""
@@ -449,18 +478,11 @@ class Trainer:
       examples, ro, completions, rewards, correct, info = self._with_replay(
           source, examples, ro, completions, rewards, correct, info, data_metrics)
     ro = jax.block_until_ready(ro)
-    rep = [e for e in examples for _ in range(group)]
     timings["time/rollout"] = time.time() - t0
 
     ro_mask, ro_truncated = multihost.gather_to_host((ro.mask, ro.truncated))
-    lengths = np.asarray(ro_mask).sum(axis=1)
-    shaped, shape_weight, shape_comps = tasks_lib.length.shape_rewards(
-        rewards, lengths, truncated=np.asarray(ro_truncated), correct=correct,
-        max_len=c.rollout.max_new_tokens, overlong_buffer=c.data.overlong_buffer,
-        overlong_penalty_scale=c.data.overlong_penalty, laser_target=c.data.laser_target,
-        laser_alpha=c.data.laser_alpha, mask_truncated=c.data.mask_truncated)
-    rewards = shaped
-    info.setdefault("components", {}).update(shape_comps)
+    rewards, shape_weight, lengths = self.shape_rewards(rewards, correct, info, ro_mask,
+                                                        ro_truncated)
 
     t0 = time.time()
     mask = ro.mask.astype(jnp.float32)
@@ -495,24 +517,45 @@ class Trainer:
         step_metrics.append(m)
     step_metrics = jax.device_get(step_metrics)
     timings["time/update"] = time.time() - t0
-    skipped = sum(float(m["skipped"]) for m in step_metrics)
-    counters["skipped_total"] += int(skipped)
-    counters["bad_steps"] = counters["bad_steps"] + 1 if skipped == len(step_metrics) else 0
-
-    new_kl = state.kl_coef
-    if self.needs_ref and c.algo.kl.target > 0:
-      kl_now = float(np.mean([m.get("kl", 0.0) for m in step_metrics]))
-      ctl = kl_lib.AdaptiveKLController(float(c.algo.kl.coef), float(c.algo.kl.target),
-                                        float(c.algo.kl.horizon))
-      new_kl = ctl.update(kl_lib.KLControllerState(coef=state.kl_coef), kl_now, self.rows).coef
+    new_kl = self.after_update(step_metrics, counters, state.kl_coef)
     ref_params = state.ref_params
-    if self.needs_ref and c.algo.kl.ref_reset_every and (step + 1) % c.algo.kl.ref_reset_every == 0:
+    if self.resets_ref(step):
       ref_params = jax.tree.map(jnp.copy, state.params)
     state = state.replace(step=jax.device_put(state.step + 1, self.replicated),
                           kl_coef=jax.device_put(jnp.asarray(new_kl, jnp.float32), self.replicated),
                           ref_params=ref_params)
 
     adv, loss_mask = multihost.gather_to_host((adv, loss_mask))
+    return state, self.step_summary(
+        step, source, step_metrics, examples, completions, rewards, correct, info, adv, loss_mask,
+        ro_mask, ro_truncated, lengths, float(new_kl), counters, data_metrics, timings)
+
+  def after_update(self, step_metrics, counters, kl_coef):
+    """NaN-guard counters from the updates' `skipped` flags; the next KL coefficient (adaptive
+    controller when `algo.kl.target > 0`, else `kl_coef` unchanged)."""
+    c = self.config
+    skipped = sum(float(m["skipped"]) for m in step_metrics)
+    counters["skipped_total"] += int(skipped)
+    counters["bad_steps"] = counters["bad_steps"] + 1 if skipped == len(step_metrics) else 0
+    if self.needs_ref and c.algo.kl.target > 0:
+      kl_now = float(np.mean([m.get("kl", 0.0) for m in step_metrics]))
+      ctl = kl_lib.AdaptiveKLController(float(c.algo.kl.coef), float(c.algo.kl.target),
+                                        float(c.algo.kl.horizon))
+      return ctl.update(kl_lib.KLControllerState(coef=kl_coef), kl_now, self.rows).coef
+    return kl_coef
+
+  def resets_ref(self, step) -> bool:
+    """Whether the reference policy is reset to the current one after `step`."""
+    every = self.config.algo.kl.ref_reset_every
+    return bool(self.needs_ref and every and (step + 1) % every == 0)
+
+  def step_summary(self, step, source, step_metrics, examples, completions, rewards, correct,
+                   info, adv, loss_mask, ro_mask, ro_truncated, lengths, kl_coef, counters,
+                   data_metrics, timings):
+    """Host side of a step's end: the prompt source's statistics, the `train/*` metrics and
+    the sample text (host arrays of one run's rows)."""
+    group = self.config.train.samples_per_prompt
+    rep = [e for e in examples for _ in range(group)]
     abs_adv = (np.abs(adv) * np.asarray(ro_mask)).sum(1) / np.maximum(lengths, 1)
     source.update(tasks_lib.prompt_stats(examples, correct, abs_adv, group))
     m = {k: float(np.mean([float(x[k]) for x in step_metrics])) for k in step_metrics[0]}
@@ -522,7 +565,7 @@ class Trainer:
         "train/response_length": float(lengths.mean()),
         "train/response_length_max": float(lengths.max()),
         "train/truncated_frac": float(np.asarray(ro_truncated).mean()),
-        "train/kl_coef": float(new_kl),
+        "train/kl_coef": kl_coef,
         "reward/errors": counters["reward_errors"], "reward/timeouts": counters["reward_timeouts"],
         "reward/nans": counters["reward_nans"], "train/skipped_total": counters["skipped_total"],
     })
@@ -536,7 +579,7 @@ class Trainer:
       sample_text = "\n\n".join(f"{e.prompt} → {comp!r} (reward {r:.2f})" for e, comp, r in zip(
           rep[:self.config.log.samples], completions, rewards))
       self.writer.text(step + 1, "samples", sample_text)
-    return state, out
+    return out
 
 
 _HISTORY_KEYS = ("train/reward", "train/accuracy", "train/entropy", "train/kl",

@@ -243,10 +243,15 @@ def _global_norm(tree):
 
 
 class RLPrograms:
-  """The jitted programs of a run (update, log-prob and value passes), built once."""
+  """The jitted programs of a run (update, log-prob and value passes), built once.
 
-  def __init__(self, config, model_config, optimizer, critic_optimizer, *, state_shardings,
-               batch_sharding, replicated):
+  With `seeds=True` every program is vmapped over a leading seed axis of its state, params
+  and batch (S runs of one config, one device, no shardings): `train_step(state[S], batch[S])`,
+  `logprobs(params[S], rollout[S])`, `select_rows(batch[S], idx[S, M])`.
+  """
+
+  def __init__(self, config, model_config, optimizer, critic_optimizer, *, state_shardings=None,
+               batch_sharding=None, replicated=None, seeds: bool = False):
     self.settings = LossSettings.from_config(config)
     self.model_config = model_config
     self.num_micro = config.train.minibatch_size // config.train.microbatch_size if (
@@ -257,8 +262,11 @@ class RLPrograms:
         train_step, model_config=model_config, s=self.settings, num_micro=self.num_micro,
         optimizer=optimizer, critic_optimizer=critic_optimizer,
         policy_warmup=int(config.critic.warmup_steps) if config.critic.enabled else 0)
-    self.train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                              out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    if seeds:
+      self.train_step = jax.jit(jax.vmap(step_fn), donate_argnums=(0,))
+    else:
+      self.train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
+                                out_shardings=(state_shardings, replicated), donate_argnums=(0,))
     chunk = self.settings.logprob_chunk
     temp = self.settings.temperature
 
@@ -269,6 +277,14 @@ class RLPrograms:
     def value_fn(critic_params, prompt_tokens, prompt_mask, tokens):
       return completion_values(model_config, critic_params, prompt_tokens, prompt_mask, tokens)
 
+    select = lambda batch, idx: jax.tree.map(lambda x: x[idx], batch)  # noqa: E731
+    if seeds:
+      def per_seed(fn):
+        return lambda rows, *args: jax.vmap(functools.partial(fn, rows))(*args)
+      self._logp = jax.jit(per_seed(_in_chunks(logp_fn)), static_argnums=0)
+      self._values = jax.jit(per_seed(_in_chunks(value_fn)), static_argnums=0)
+      self._select = jax.jit(jax.vmap(select))
+      return
     rows = batch_sharding.mask  # [N, T] outputs split by rows, like the batch
     self._logp = jax.jit(_in_chunks(logp_fn), static_argnums=0, out_shardings=rows)
     self._values = jax.jit(_in_chunks(value_fn), static_argnums=0, out_shardings=rows)
@@ -276,8 +292,7 @@ class RLPrograms:
     # several hosts), rather than eager per-field indexing plus a device_put: eager
     # multi-process ops are separate computations whose collectives can interleave
     # differently between processes and deadlock.
-    self._select = jax.jit(lambda batch, idx: jax.tree.map(lambda x: x[idx], batch),
-                           in_shardings=(None, replicated), out_shardings=batch_sharding)
+    self._select = jax.jit(select, in_shardings=(None, replicated), out_shardings=batch_sharding)
 
   def select_rows(self, batch, idx):
     """`batch` restricted to rows `idx` (host int array, the same on every process), laid out

@@ -1,6 +1,7 @@
 """A stand-in for `python -m jaxrl_llm.main` used by the grid-runner tests.
 
     python fake_train.py --config=C --workdir=W [--config.key=value ...]
+    python fake_train.py --config=C --seeds=0,1 --workdirs=W0 --workdirs=W1 [...]   # vmapped seeds
 
 Writes tensorboardX scalars with known values into W, resumes from
 W/progress.json, and writes W/done.json at the end. Overrides it reads:
@@ -26,8 +27,19 @@ BASE = {"psr": 0.2, "nsr": 0.3, "w_reinforce": 0.4, "grpo": 0.1}
 
 def main(argv):
     args = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
-    workdir = args["workdir"]
     over = {k[len("config."):]: v for k, v in args.items() if k.startswith("config.")}
+    if "seeds" in args:   # one process for several seeds, each in its own workdir
+        group = args["seeds"].split(",")
+        workdirs = [a.split("=", 1)[1] for a in argv if a.startswith("--workdirs=")]
+        for seed, workdir in zip(group, workdirs):
+            rc = train(workdir, {**over, "train.seed": seed, "group": args["seeds"]})
+            if rc:
+                return rc
+        return 0
+    return train(args["workdir"], over)
+
+
+def train(workdir, over):
     steps = int(over.get("train.steps", 5))
     seed = int(over.get("train.seed", 0))
     base = BASE[over.get("algo.advantage", "grpo")]

@@ -151,3 +151,50 @@ def test_evaluation_after_training(tmp_path):
     results = grid.run_cells(cells, eval_args="--n=4 --fail", **kw)
     assert (results[0].status, results[0].returncode) == ("eval_failed", 5)
     assert results[1].status == "skipped"
+
+
+def _invocation_records(workdir):
+    return [json.loads(line) for line in _lines(os.path.join(workdir, "invocations.txt"))]
+
+
+def test_vmap_seeds_one_process_per_variant(tmp_path, capsys):
+    root = tmp_path / "v"
+    argv = ["--config=unused.py", "--grid", "algo.advantage=[psr,nsr]", "--seeds", "3",
+            "--root", str(root), "--program", FAKE, "--set", "train.steps=3", "--vmap-seeds"]
+    done = root / "advantage=nsr,seed=1"          # finished earlier: left out of its group
+    done.mkdir(parents=True)
+    (done / "done.json").write_text("{}")
+    assert grid.main(argv + ["--print-only"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert "--seeds=0,1,2" in lines[0] and "--config.algo.advantage=psr" in lines[0]
+    assert f"--workdirs={root}/advantage=psr,seed=0 --workdirs={root}/advantage=psr,seed=1 " in lines[0]
+    assert "--seeds=0,2" in lines[1] and "--config.train.seed" not in lines[1]
+
+    assert grid.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(vmapped seeds)" in out and "skip   advantage=nsr,seed=1" in out
+    for variant, seeds in (("psr", "0,1,2"), ("nsr", "0,2")):
+        for seed in map(int, seeds.split(",")):
+            workdir = root / f"advantage={variant},seed={seed}"
+            (record,) = _invocation_records(workdir)           # trained once, by its group
+            assert record["group"] == seeds and record["train.seed"] == str(seed)
+            assert json.load(open(workdir / "cell.json"))["overrides"]["train.seed"] == seed
+            assert json.load(open(workdir / "done.json"))["final"]["train/reward"] == pytest.approx(
+                {"psr": 0.2, "nsr": 0.3}[variant] + 0.1 * seed + 0.02)
+    assert "vmapped seeds of advantage=psr,seed=0" in open(root / "advantage=psr,seed=2" / "grid.log").read()
+    # Everything done: nothing is launched again.
+    assert grid.main(argv) == 0
+    assert "6 skipped" in capsys.readouterr().out
+
+
+def test_vmap_seeds_group_failure_and_errors(tmp_path):
+    root = str(tmp_path / "f")
+    cells = grid.make_cells(grid.add_seeds([{}], 2), root)
+    results = grid.run_cells(cells, config="unused.py", fixed={"train.steps": 3, "fail_at": 1},
+                             program=FAKE, vmap_seeds=True, echo=lambda line: None)
+    assert [(r.status, r.returncode) for r in results] == [("failed", 3), ("failed", 3)]
+    with pytest.raises(ValueError, match="sets no train.seed"):
+        grid.seed_groups(grid.make_cells([{"a": 1}], root))
+    with pytest.raises(ValueError, match="--seed-key train.seed"):
+        grid.build_seeds_command(cells, config="c.py", seed_key="sft.seed")
