@@ -2,6 +2,7 @@
 with 3 seeds, pass@k (k = 1..64) on held-out prompts for every cell, then tables and plots.
 
   python experiments/nsr_reproduction.py --root runs/nsr_repro [--seeds 3] [--parallel 1]
+      [--vmap_seeds]     # each variant's seeds as one vmapped program (experiments/README.md)
 
 Results: <root>/summary.md, passk.csv, *.png (see experiments/README.md); the write-up is
 docs/nsr_reproduction.md.
@@ -21,6 +22,8 @@ def main():
   ap.add_argument("--parallel", type=int, default=1)
   ap.add_argument("--eval_n", type=int, default=64)
   ap.add_argument("--eval_size", type=int, default=100)
+  ap.add_argument("--vmap_seeds", action="store_true",
+                  help="train each variant's seeds as one vmapped program")
   args = ap.parse_args()
   root = os.path.abspath(args.root)
   sft_dir = os.path.join(root, "sft")
@@ -34,7 +37,7 @@ def main():
          f"--root={os.path.join(root, 'grid')}", f"--parallel={args.parallel}",
          f"--set=tokenizer.path={tok_dir}",
          f"--eval=--n={args.eval_n} --k={ks} --size={args.eval_size} --temperature=1.0",
-         "--collate"]
+         "--collate"] + (["--vmap-seeds"] if args.vmap_seeds else [])
   print(" ".join(cmd), flush=True)
   sys.exit(subprocess.run(cmd, cwd=REPO).returncode)
 
