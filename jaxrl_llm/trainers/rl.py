@@ -380,7 +380,7 @@ class Trainer:
       if log_every(step + 1, c.log.every):
         self.writer.scalars(step + 1, m)
       history.append({"step": step + 1, **{k: float(v) for k, v in m.items()
-                                            if k in _HISTORY_KEYS}})
+                                            if k in HISTORY_KEYS}})
       if progress is not None:
         progress.set_postfix(reward=f"{m['train/reward']:.3f}", acc=f"{m['train/accuracy']:.3f}")
         progress.update(1)
@@ -582,7 +582,7 @@ class Trainer:
     return out
 
 
-_HISTORY_KEYS = ("train/reward", "train/accuracy", "train/entropy", "train/kl",
+HISTORY_KEYS = ("train/reward", "train/accuracy", "train/entropy", "train/kl",
                  "train/loss/total", "train/grad_norm", "train/response_length", "compiles",
                  "data/replayed_groups", "data/frac_dropped", "data/attempts")
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from jaxrl_llm import metrics as metrics_lib
 from jaxrl_llm import rollout as rollout_lib
+from jaxrl_llm import tasks as tasks_lib
 from jaxrl_llm.trainers import config as config_lib
 from jaxrl_llm.trainers import rl, rl_step
 
@@ -162,7 +163,7 @@ class SeedsTrainer:
     c = self.config
     for run in self.runs:
       metrics_lib.write_provenance(run.workdir, run.config)
-    self.lead.pool = rl.tasks_lib.RewardPool(num_workers=c.task.reward_workers,
+    self.lead.pool = tasks_lib.RewardPool(num_workers=c.task.reward_workers,
                                               timeout_s=c.task.reward_timeout_s)
     for run in self.runs[1:]:
       run.pool = self.lead.pool
@@ -205,7 +206,7 @@ class SeedsTrainer:
         if rl.log_every(step + 1, c.log.every):
           run.writer.scalars(step + 1, m)
         hist.append({"step": step + 1, **{k: float(v) for k, v in m.items()
-                                          if k in rl._HISTORY_KEYS}})  # pylint: disable=protected-access
+                                          if k in rl.HISTORY_KEYS}})
       if c.log.progress and (step + 1) % max(c.log.every, 1) == 0:
         log(f"step {step + 1}: reward " + " ".join(f"{m['train/reward']:.3f}" for m in outs))
       bad = [s for s, cnt in zip(self.seeds, counters) if cnt["bad_steps"] >= c.train.max_bad_steps]
