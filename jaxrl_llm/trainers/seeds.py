@@ -15,7 +15,9 @@ controller, metrics, TensorBoard event files, orbax checkpoints and `done.json` 
 workdir, written exactly as a separate `python -m jaxrl_llm.main --workdir=...` run with
 that `train.seed` writes them (so `experiments/collate.py` reads them unchanged, and a seed's
 workdir can even be resumed by a plain run). Slice s of every step equals the separate run of
-seed s up to float rounding (`tests/trainers/test_seeds.py`).
+seed s up to float rounding (`tests/trainers/test_seeds.py`): the same tokens are sampled
+until, over a long run, rounding flips one draw (after ~42 steps in the NSR reproduction),
+from where the two runs are different samples of the same experiment.
 
 What a separate run does that this mode cannot (a `ConfigError` names the field): dynamic
 sampling and rollout replay (their per-seed control flow differs between seeds), several
