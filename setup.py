@@ -1,4 +1,5 @@
 """Install jaxrl_llm: `pip install -e .[dev]` (CPU), `pip install -e . "jax[cuda12]"` (GPU), `pip install -e . "jax[tpu]"` (TPU)."""
+
 import setuptools
 
 setuptools.setup(

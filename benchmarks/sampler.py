@@ -22,6 +22,7 @@ needs >= 0.8, so it lives in its own virtual environment, e.g.
 google-tunix==0.1.7 jax==0.10.2 "transformers<5"`; it is never a dependency
 of this package.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEMS = ("jaxrl", "hf", "tunix")
 
 MODELS = {
-    "a": dict(vocab_size=151936, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
-              head_dim=64, intermediate_size=1024),
-    "b": dict(vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
-              head_dim=64, intermediate_size=4864),
+    "a": dict(
+        vocab_size=151936,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        intermediate_size=1024,
+    ),
+    "b": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        head_dim=64,
+        intermediate_size=4864,
+    ),
 }
 
 
@@ -63,9 +78,16 @@ def prepare(workdir: str, name: str) -> str:
 
     from jaxrl_llm import models
 
-    config = models.ModelConfig(**MODELS[name], rope_theta=1e6, rms_norm_eps=1e-6, tie_embeddings=True,
-                                qkv_bias=True, architecture="qwen2", max_position_embeddings=32768,
-                                pad_token_id=0)
+    config = models.ModelConfig(
+        **MODELS[name],
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        tie_embeddings=True,
+        qkv_bias=True,
+        architecture="qwen2",
+        max_position_embeddings=32768,
+        pad_token_id=0,
+    )
     params = jax.jit(models.init_params, static_argnums=0)(config, jax.random.key(0))
     models.save_hf(folder, config, params)
     write_tokenizer(folder, config.vocab_size)
@@ -83,9 +105,19 @@ def param_count(folder: str) -> int:
 class Worker:
     """One system's worker process (`sampler_workers.py`), answering timing requests."""
 
-    def __init__(self, python: str, system: str, folder: str, threads: int, logdir: str,
-                 device: str = "cpu", dtype: str = "float32"):
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    def __init__(
+        self,
+        python: str,
+        system: str,
+        folder: str,
+        threads: int,
+        logdir: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ):
+        env = dict(
+            os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"
+        )
         env.pop("XLA_FLAGS", None)
         if device == "cpu":
             env["JAX_PLATFORMS"] = "cpu"
@@ -95,9 +127,24 @@ class Worker:
         self.system = system
         self.log = open(os.path.join(logdir, f"worker_{system}.log"), "a")
         self.proc = subprocess.Popen(
-            [python, os.path.join(HERE, "sampler_workers.py"), system, folder, "--threads", str(threads),
-             "--device", device, "--dtype", dtype],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+            [
+                python,
+                os.path.join(HERE, "sampler_workers.py"),
+                system,
+                folder,
+                "--threads",
+                str(threads),
+                "--device",
+                device,
+                "--dtype",
+                dtype,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+        )
         self.ok = self._read() == "READY"
 
     def _read(self) -> str:
@@ -148,9 +195,11 @@ def table(results: list[dict]) -> str:
     """Markdown table, one line per (model, batch, mode), systems side by side, with ratios."""
     keyed = {(r["model"], r["batch"], r["mode"], r["system"]): r for r in results}
     cells = sorted({(r["model"], r["batch"], r["mode"]) for r in results})
-    lines = ["| model | batch | mode | jaxrl tok/s | HF tok/s | tunix tok/s | jaxrl / HF | jaxrl / tunix "
-             "| TTFT ms jaxrl / HF / tunix |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | batch | mode | jaxrl tok/s | HF tok/s | tunix tok/s | jaxrl / HF | jaxrl / tunix "
+        "| TTFT ms jaxrl / HF / tunix |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def tps(r):
         return r["tokens"] / r["total_s"] if r else None
@@ -163,28 +212,43 @@ def table(results: list[dict]) -> str:
         t = {s: tps(r) for s, r in rows.items()}
         ratio = lambda other: None if not (t["jaxrl"] and t[other]) else t["jaxrl"] / t[other]  # noqa: E731
         ttft = " / ".join(fmt(r and r["ttft_s"] * 1e3) for r in rows.values())
-        lines.append(f"| {model} | {batch} | {mode} | {fmt(t['jaxrl'])} | {fmt(t['hf'])} | {fmt(t['tunix'])} "
-                     f"| {fmt(ratio('hf'), '{:.2f}x')} | {fmt(ratio('tunix'), '{:.2f}x')} | {ttft} |")
+        lines.append(
+            f"| {model} | {batch} | {mode} | {fmt(t['jaxrl'])} | {fmt(t['hf'])} | {fmt(t['tunix'])} "
+            f"| {fmt(ratio('hf'), '{:.2f}x')} | {fmt(ratio('tunix'), '{:.2f}x')} | {ttft} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "sampler_bench"))
+    parser.add_argument(
+        "--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "sampler_bench")
+    )
     parser.add_argument("--models", default="a,b")
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--modes", default="sampled,greedy")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--cells", default=None,
-                        help="explicit MODEL:BATCH:MODE list (overrides --models/--batches/--modes)")
+    parser.add_argument(
+        "--cells",
+        default=None,
+        help="explicit MODEL:BATCH:MODE list (overrides --models/--batches/--modes)",
+    )
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tunix-python", default=None, help="python of the venv with google-tunix")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
-                        help="gpu: every system on the first GPU (torch cuda, JAX's default backend)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="weights and compute dtype of every system (tunix: its own default)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: every system on the first GPU (torch cuda, JAX's default backend)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="weights and compute dtype of every system (tunix: its own default)",
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
 
@@ -192,8 +256,12 @@ def main(argv=None):
         plan = [tuple(c.split(":")) for c in args.cells.split(",")]
         plan = [(m, int(b), mode) for m, b, mode in plan]
     else:
-        plan = [(m, int(b), mode) for m in args.models.split(",") for b in args.batches.split(",")
-                for mode in args.modes.split(",")]
+        plan = [
+            (m, int(b), mode)
+            for m in args.models.split(",")
+            for b in args.batches.split(",")
+            for mode in args.modes.split(",")
+        ]
     systems = args.systems.split(",")
     if "tunix" in systems and not args.tunix_python:
         print("# no --tunix-python given: tunix skipped", flush=True)
@@ -205,26 +273,47 @@ def main(argv=None):
         workers = {}
         for system in systems:
             python = args.tunix_python if system == "tunix" else sys.executable
-            workers[system] = Worker(python, system, folder, args.threads, args.workdir, args.device, args.dtype)
+            workers[system] = Worker(
+                python, system, folder, args.threads, args.workdir, args.device, args.dtype
+            )
             if not workers[system].ok:
-                print(f"# {system} worker failed to start; see {workers[system].log.name}", flush=True)
+                print(
+                    f"# {system} worker failed to start; see {workers[system].log.name}", flush=True
+                )
         for m, batch, mode in plan:
             if m != model:
                 continue
             t0 = time.time()
             for system, row in measure(workers, batch, mode, args.new_tokens, args.reps).items():
-                results.append(dict(model=model, params=param_count(folder), system=system,
-                                    batch=batch, mode=mode, **row))
+                results.append(
+                    dict(
+                        model=model,
+                        params=param_count(folder),
+                        system=system,
+                        batch=batch,
+                        mode=mode,
+                        **row,
+                    )
+                )
                 print(json.dumps(results[-1]), flush=True)
             print(f"# cell {model}:{batch}:{mode} took {time.time() - t0:.0f}s", flush=True)
         for worker in workers.values():
             worker.close()
 
-    info = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-                load_average_at_end=os.getloadavg(),
-                threads=args.threads, device=args.device, dtype=args.dtype, new_tokens=args.new_tokens, prompt_len=128,
-                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                command=" ".join([os.path.basename(sys.executable), "benchmarks/sampler.py"] + sys.argv[1:]))
+    info = dict(
+        machine=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
+        load_average_at_end=os.getloadavg(),
+        threads=args.threads,
+        device=args.device,
+        dtype=args.dtype,
+        new_tokens=args.new_tokens,
+        prompt_len=128,
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        command=" ".join(
+            [os.path.basename(sys.executable), "benchmarks/sampler.py"] + sys.argv[1:]
+        ),
+    )
     with open(os.path.join(args.workdir, "results.json"), "w") as f:
         json.dump(dict(info=info, results=results), f, indent=1)
     print(json.dumps(info))

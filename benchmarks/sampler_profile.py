@@ -11,6 +11,7 @@ parts see the same machine load):
 - lm_head: the [N, H] x [H, V] logits matmul;
 - sample: the untruncated draw (`sample_tokens`), token_logprobs, greedy arg-max.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,12 +40,18 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args(argv)
     n = args.batch
-    config = models.ModelConfig(**MODELS[args.model], rope_theta=1e6, tie_embeddings=True, qkv_bias=True,
-                                architecture="qwen2")
+    config = models.ModelConfig(
+        **MODELS[args.model],
+        rope_theta=1e6,
+        tie_embeddings=True,
+        qkv_bias=True,
+        architecture="qwen2",
+    )
     params = jax.jit(models.init_params, static_argnums=0)(config, jax.random.key(0))
     rng = np.random.default_rng(0)
-    prompts = pad_prompts([list(rng.integers(1, config.vocab_size, 128)) for _ in range(n)],
-                          bucket_lengths=(128,))
+    prompts = pad_prompts(
+        [list(rng.integers(1, config.vocab_size, 128)) for _ in range(n)], bucket_lengths=(128,)
+    )
 
     def gen(t):
         return lambda: generate(params, config, prompts, jax.random.key(0), SamplingParams(t))
@@ -57,8 +64,9 @@ def main(argv=None):
         def body(t, carry):
             cache, tok = carry
             pos = jnp.full((n, 1), 128, jnp.int32) + t
-            hidden, cache = models.transformer._forward(config, params, tok[:, None], pos,
-                                                        jnp.ones((n, 1), jnp.int32), cache)
+            hidden, cache = models.transformer._forward(
+                config, params, tok[:, None], pos, jnp.ones((n, 1), jnp.int32), cache
+            )
             return cache, (hidden[:, 0, 0] > 0).astype(jnp.int32)
 
         return jax.lax.fori_loop(0, STEPS, body, (cache, jnp.zeros((n,), jnp.int32)))[1]

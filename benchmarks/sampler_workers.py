@@ -16,6 +16,7 @@ time that shape is seen (the JAX systems compile then), and the tokens
 actually produced (EOS disabled everywhere: no stop ids in jaxrl,
 eos_token_id=None in HF, an out-of-vocabulary eos id in tunix).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,11 @@ def setup_jaxrl(folder, threads, device="cpu", dtype="float32"):
     from jaxrl_llm.rollout import SamplingParams, generate, pad_prompts
 
     config, params = models.load_hf(folder, dtype=dtype)
-    print(f"# jaxrl on {jax.devices()[0].device_kind}, jax {jax.__version__}, {dtype}", file=sys.stderr, flush=True)
+    print(
+        f"# jaxrl on {jax.devices()[0].device_kind}, jax {jax.__version__}, {dtype}",
+        file=sys.stderr,
+        flush=True,
+    )
     seed = [0]
 
     def call(batch, mode, new_tokens):
@@ -64,10 +69,17 @@ def setup_hf(folder, threads, device="cpu", dtype="float32"):
 
     torch.set_num_threads(threads)
     dev = "cuda" if device == "gpu" else "cpu"
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).to(dev).eval()
+    model = (
+        transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+        .to(dev)
+        .eval()
+    )
     vocab = model.config.vocab_size
-    print(f"# hf on {dev}, torch {torch.__version__}, transformers {transformers.__version__}, {dtype}",
-          file=sys.stderr, flush=True)
+    print(
+        f"# hf on {dev}, torch {torch.__version__}, transformers {transformers.__version__}, {dtype}",
+        file=sys.stderr,
+        flush=True,
+    )
 
     def sync():
         if dev == "cuda":
@@ -75,14 +87,23 @@ def setup_hf(folder, threads, device="cpu", dtype="float32"):
 
     def call(batch, mode, new_tokens):
         ids = torch.tensor(_prompts(batch, vocab), dtype=torch.long, device=dev)
-        kw = dict(do_sample=False) if mode == "greedy" else dict(do_sample=True, temperature=1.0,
-                                                                   top_k=0, top_p=1.0)
+        kw = (
+            dict(do_sample=False)
+            if mode == "greedy"
+            else dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+        )
         sync()
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                 eos_token_id=None, pad_token_id=0, **kw)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                eos_token_id=None,
+                pad_token_id=0,
+                **kw,
+            )
         sync()
         return time.perf_counter() - t0, int((out.shape[1] - PROMPT_LEN) * out.shape[0])
 
@@ -102,30 +123,47 @@ def setup_tunix(folder, threads, device="cpu", dtype="float32"):
         hf = json.load(f)
     theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 1e6)
     cfg = qwen2_model.ModelConfig(
-        num_layers=hf["num_hidden_layers"], vocab_size=hf["vocab_size"], embed_dim=hf["hidden_size"],
-        hidden_dim=hf["intermediate_size"], num_heads=hf["num_attention_heads"],
+        num_layers=hf["num_hidden_layers"],
+        vocab_size=hf["vocab_size"],
+        embed_dim=hf["hidden_size"],
+        hidden_dim=hf["intermediate_size"],
+        num_heads=hf["num_attention_heads"],
         head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-        num_kv_heads=hf["num_key_value_heads"], rope_theta=int(theta), norm_eps=hf["rms_norm_eps"],
-        use_tied_embedding=hf["tie_word_embeddings"])
+        num_kv_heads=hf["num_key_value_heads"],
+        rope_theta=int(theta),
+        norm_eps=hf["rms_norm_eps"],
+        use_tied_embedding=hf["tie_word_embeddings"],
+    )
     model = qwen2_params.create_model_from_safe_tensors(folder, cfg)
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_file=os.path.join(folder, "tokenizer.json"), pad_token="t0", unk_token="t0")
+        tokenizer_file=os.path.join(folder, "tokenizer.json"), pad_token="t0", unk_token="t0"
+    )
     samplers = {}
     no_eos = [cfg.vocab_size]  # never produced: EOS disabled
     seed = [0]
 
     def call(batch, mode, new_tokens):
         if new_tokens not in samplers:  # the KV cache is sized to the call
-            cache = sampler_lib.CacheConfig(cache_size=PROMPT_LEN + new_tokens, num_layers=cfg.num_layers,
-                                            num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
+            cache = sampler_lib.CacheConfig(
+                cache_size=PROMPT_LEN + new_tokens,
+                num_layers=cfg.num_layers,
+                num_kv_heads=cfg.num_kv_heads,
+                head_dim=cfg.head_dim,
+            )
             samplers[new_tokens] = sampler_lib.Sampler(model, tokenizer, cache)
         texts = [" ".join(f"t{i}" for i in p) for p in _prompts(batch, cfg.vocab_size)]
         assert len(tokenizer(texts[0])["input_ids"]) == PROMPT_LEN
         kw = dict(temperature=0.0) if mode == "greedy" else dict(temperature=1.0, top_p=1.0)
         seed[0] += 1
         t0 = time.perf_counter()
-        out = samplers[new_tokens](texts, max_generation_steps=new_tokens, max_prompt_length=PROMPT_LEN,
-                                   eos_tokens=no_eos, seed=seed[0], **kw)
+        out = samplers[new_tokens](
+            texts,
+            max_generation_steps=new_tokens,
+            max_prompt_length=PROMPT_LEN,
+            eos_tokens=no_eos,
+            seed=seed[0],
+            **kw,
+        )
         jax.block_until_ready(out.tokens)
         return time.perf_counter() - t0, int(sum(len(np.asarray(t)) for t in out.tokens))
 

@@ -11,6 +11,7 @@ processes (start-up, compilation, evaluations included), the RL loop's own secon
 each `done.json`, and each seed's final held-out accuracy in both arms (equal up to float
 rounding of the update: the same tokens are sampled).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,12 +54,20 @@ def main(argv=None):
     os.makedirs(args.workdir, exist_ok=True)
     sft = os.path.join(args.workdir, "sft_base")
     if not os.path.exists(os.path.join(sft, "sft", "config.json")):
-        _run([sys.executable, "-c", SFT_SNIPPET, sft, str(args.sft_steps)],
-             os.path.join(args.workdir, "sft.log"))
-    common = ["--config=configs/grpo_arith.py", f"--config.model.init_checkpoint={sft}/sft",
-              f"--config.tokenizer.path={sft}/tokenizer", f"--config.train.steps={args.steps}",
-              f"--config.eval.size={args.eval_size}", "--config.log.progress=False",
-              "--config.checkpoint.every=0", "--config.mesh.num_devices=1"]
+        _run(
+            [sys.executable, "-c", SFT_SNIPPET, sft, str(args.sft_steps)],
+            os.path.join(args.workdir, "sft.log"),
+        )
+    common = [
+        "--config=configs/grpo_arith.py",
+        f"--config.model.init_checkpoint={sft}/sft",
+        f"--config.tokenizer.path={sft}/tokenizer",
+        f"--config.train.steps={args.steps}",
+        f"--config.eval.size={args.eval_size}",
+        "--config.log.progress=False",
+        "--config.checkpoint.every=0",
+        "--config.mesh.num_devices=1",
+    ]
     main_cmd = [sys.executable, "-m", "jaxrl_llm.main"]
     seeds = list(range(args.seeds))
     out = {}
@@ -66,33 +75,52 @@ def main(argv=None):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         dirs = [os.path.join(args.workdir, f"{arm}_{stamp}_seed{s}") for s in seeds]
         if arm == "separate":
-            wall = sum(_run(main_cmd + common + [f"--workdir={d}", f"--config.train.seed={s}"],
-                            d + ".log") for s, d in zip(seeds, dirs))
+            wall = sum(
+                _run(main_cmd + common + [f"--workdir={d}", f"--config.train.seed={s}"], d + ".log")
+                for s, d in zip(seeds, dirs)
+            )
         elif arm == "vmapped":
-            wall = _run(main_cmd + common + ["--seeds=" + ",".join(map(str, seeds))]
-                        + [f"--workdirs={d}" for d in dirs], dirs[0] + ".log")
+            wall = _run(
+                main_cmd
+                + common
+                + ["--seeds=" + ",".join(map(str, seeds))]
+                + [f"--workdirs={d}" for d in dirs],
+                dirs[0] + ".log",
+            )
         else:
             raise SystemExit(f"--arms: unknown arm {arm!r} (separate, vmapped)")
         done = [json.load(open(os.path.join(d, "done.json"))) for d in dirs]
         loop = sum(x["seconds"] for x in done) if arm == "separate" else done[0]["seconds"]
-        out[arm] = dict(wall_s=wall, loop_s=loop,
-                        final_accuracy=[x["final_eval"]["eval/accuracy"] for x in done])
+        out[arm] = dict(
+            wall_s=wall,
+            loop_s=loop,
+            final_accuracy=[x["final_eval"]["eval/accuracy"] for x in done],
+        )
         print(json.dumps({arm: out[arm]}), flush=True)
 
-    info = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-                seeds=args.seeds, steps=args.steps, rows_per_step=16 * 8,
-                load_average_at_end=os.getloadavg(),
-                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    info = dict(
+        machine=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
+        seeds=args.seeds,
+        steps=args.steps,
+        rows_per_step=16 * 8,
+        load_average_at_end=os.getloadavg(),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
     print(json.dumps(info))
-    print("| arm | wall s (processes) | RL loop s | steps x seeds / loop s | final accuracy per seed |")
+    print(
+        "| arm | wall s (processes) | RL loop s | steps x seeds / loop s | final accuracy per seed |"
+    )
     print("|---|---|---|---|---|")
     for arm, r in out.items():
         rate = args.steps * args.seeds / r["loop_s"]
         acc = " / ".join(f"{a:.3f}" for a in r["final_accuracy"])
         print(f"| {arm} | {r['wall_s']:.1f} | {r['loop_s']:.1f} | {rate:.2f} | {acc} |")
     if "separate" in out and "vmapped" in out:
-        print(f"vmapped speed-up: wall {out['separate']['wall_s'] / out['vmapped']['wall_s']:.2f}x, "
-              f"loop {out['separate']['loop_s'] / out['vmapped']['loop_s']:.2f}x")
+        print(
+            f"vmapped speed-up: wall {out['separate']['wall_s'] / out['vmapped']['wall_s']:.2f}x, "
+            f"loop {out['separate']['loop_s'] / out['vmapped']['loop_s']:.2f}x"
+        )
     with open(os.path.join(args.workdir, "results.json"), "w") as f:
         json.dump(dict(info=info, results=out), f, indent=1)
 

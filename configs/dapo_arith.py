@@ -6,16 +6,17 @@ Hardware:  a 2-core CPU, a few minutes (SFT warm start included).
 Expected:  held-out greedy accuracy on the arithmetic task rises over the SFT model
            (the test suite checks >= 5 points and > 2 standard errors in runlocal mode).
 """
+
 from jaxrl_llm.trainers.config import base_config
 
 
 def get_config(arg=None):
-  c = base_config(runlocal=arg == "runlocal")
-  c.algo.advantage = "grpo"
-  c.algo.policy_loss = "ppo_clip"
-  c.algo.aggregation = "token-mean"
-  c.algo.clip_low = 0.2
-  c.algo.clip_high = 0.28
-  c.data.dynamic_sampling = True
-  c.data.overlong_buffer = 2
-  return c
+    c = base_config(runlocal=arg == "runlocal")
+    c.algo.advantage = "grpo"
+    c.algo.policy_loss = "ppo_clip"
+    c.algo.aggregation = "token-mean"
+    c.algo.clip_low = 0.2
+    c.algo.clip_high = 0.28
+    c.data.dynamic_sampling = True
+    c.data.overlong_buffer = 2
+    return c

@@ -6,13 +6,14 @@ Hardware:  a 2-core CPU, a few minutes (SFT warm start included).
 Expected:  held-out greedy accuracy on the arithmetic task rises over the SFT model
            (the test suite checks >= 5 points and > 2 standard errors in runlocal mode).
 """
+
 from jaxrl_llm.trainers.config import base_config
 
 
 def get_config(arg=None):
-  c = base_config(runlocal=arg == "runlocal")
-  c.algo.advantage = "dr_grpo"
-  c.algo.policy_loss = "ppo_clip"
-  c.algo.aggregation = "seq-mean-token-sum-norm"
+    c = base_config(runlocal=arg == "runlocal")
+    c.algo.advantage = "dr_grpo"
+    c.algo.policy_loss = "ppo_clip"
+    c.algo.aggregation = "seq-mean-token-sum-norm"
 
-  return c
+    return c

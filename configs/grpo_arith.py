@@ -5,17 +5,18 @@ Laptop:    python -m jaxrl_llm.main --config=configs/grpo_arith.py:runlocal --wo
 Hardware:  a 2-core CPU; a few minutes (see BENCHMARKS.md for the measured time).
 Expected:  held-out greedy accuracy rises by >= 20 points over the SFT model.
 """
+
 from jaxrl_llm.trainers.config import base_config
 
 
 def get_config(arg=None):
-  c = base_config(runlocal=arg == "runlocal")
-  c.algo.advantage = "grpo"
-  c.algo.policy_loss = "ppo_clip"
-  c.algo.aggregation = "seq-mean-token-mean"
-  return c
+    c = base_config(runlocal=arg == "runlocal")
+    c.algo.advantage = "grpo"
+    c.algo.policy_loss = "ppo_clip"
+    c.algo.aggregation = "seq-mean-token-mean"
+    return c
 
 
 def sweep(add):
-  for adv in ("grpo", "dr_grpo", "lite_ppo"):
-    add(**{"algo.advantage": adv})
+    for adv in ("grpo", "dr_grpo", "lite_ppo"):
+        add(**{"algo.advantage": adv})

@@ -11,27 +11,34 @@ One cell:
       --config.algo.advantage=nsr
 Hardware: a 2-core CPU; about an hour for the whole study (docs/nsr_reproduction.md).
 """
+
 from jaxrl_llm.trainers.config import base_config
 
 
 def get_config(arg=None):
-  c = base_config(runlocal=False)
-  c.model.init_checkpoint = arg or ""
-  c.algo.advantage = "w_reinforce"
-  c.algo.policy_loss = "ppo_clip"
-  c.algo.aggregation = "token-mean"
-  c.algo.w_lambda = 0.1
-  c.train.steps = 60
-  c.train.num_epochs = 1
-  c.eval.n = 4
-  c.eval.ks = (1, 2, 4)
-  c.checkpoint.every = 0
-  c.log.progress = False
-  return c
+    c = base_config(runlocal=False)
+    c.model.init_checkpoint = arg or ""
+    c.algo.advantage = "w_reinforce"
+    c.algo.policy_loss = "ppo_clip"
+    c.algo.aggregation = "token-mean"
+    c.algo.w_lambda = 0.1
+    c.train.steps = 60
+    c.train.num_epochs = 1
+    c.eval.n = 4
+    c.eval.ks = (1, 2, 4)
+    c.checkpoint.every = 0
+    c.log.progress = False
+    return c
 
 
 def sweep(add):
-  for adv in ("psr", "nsr", "w_reinforce", "grpo"):
-    add(**{"algo.advantage": adv})
-  add(**{"algo.advantage": "gae", "critic.enabled": True, "critic.warmup_steps": 2,
-         "algo.lam": 0.95})
+    for adv in ("psr", "nsr", "w_reinforce", "grpo"):
+        add(**{"algo.advantage": adv})
+    add(
+        **{
+            "algo.advantage": "gae",
+            "critic.enabled": True,
+            "critic.warmup_steps": 2,
+            "algo.lam": 0.95,
+        }
+    )

@@ -29,6 +29,7 @@ TensorFlow or TensorBoard needed, and no reservoir down-sampling). When a run
 was resumed, its workdir holds several event files; for a step logged twice the
 value written last wins.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,6 +69,7 @@ _KTAG = re.compile(r"(pass|maj|mean)_(\d+)$")
 
 
 # ----------------------------------------------------------------------------- event files
+
 
 def canonical_tag(tag: str) -> str:
     """tensorboardX rewrites '@' in tags to '_': 'eval/pass_4' -> 'eval/pass@4'."""
@@ -124,9 +126,11 @@ def read_event_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
 # ----------------------------------------------------------------------------- cells
 
+
 @dataclasses.dataclass
 class CellRun:
     """One workdir: its overrides, its variant (overrides without the seed) and its scalars."""
+
     name: str
     workdir: str
     index: int
@@ -146,14 +150,18 @@ class CellRun:
         if not o:
             return "default"
         last = [k.rsplit(".", 1)[-1] for k in o]
-        return ",".join(f"{s if last.count(s) == 1 else k}={v}" for (k, v), s in zip(o.items(), last))
+        return ",".join(
+            f"{s if last.count(s) == 1 else k}={v}" for (k, v), s in zip(o.items(), last)
+        )
 
 
 def load_cells(root: str, seed_key: str = "train.seed") -> list[CellRun]:
     """Every sub-directory of `root` with event files, in grid order (then by name)."""
     cells = []
     for workdir in sorted(glob.glob(os.path.join(root, "*"))):
-        if not os.path.isdir(workdir) or not glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        if not os.path.isdir(workdir) or not glob.glob(
+            os.path.join(workdir, "events.out.tfevents.*")
+        ):
             continue
         meta = {}
         if os.path.exists(os.path.join(workdir, "cell.json")):
@@ -163,12 +171,18 @@ def load_cells(root: str, seed_key: str = "train.seed") -> list[CellRun]:
         if os.path.exists(os.path.join(workdir, EVAL_JSON)):
             with open(os.path.join(workdir, EVAL_JSON)) as f:
                 ev = json.load(f)
-        cells.append(CellRun(name=os.path.basename(workdir), workdir=workdir,
-                             index=int(meta.get("index", 1 << 30)),
-                             overrides=dict(meta.get("overrides", {})),
-                             seed_key=meta.get("seed_key", seed_key),
-                             scalars=read_event_scalars(workdir), eval=ev,
-                             done=os.path.exists(os.path.join(workdir, "done.json"))))
+        cells.append(
+            CellRun(
+                name=os.path.basename(workdir),
+                workdir=workdir,
+                index=int(meta.get("index", 1 << 30)),
+                overrides=dict(meta.get("overrides", {})),
+                seed_key=meta.get("seed_key", seed_key),
+                scalars=read_event_scalars(workdir),
+                eval=ev,
+                done=os.path.exists(os.path.join(workdir, "done.json")),
+            )
+        )
     cells.sort(key=lambda c: (c.index, c.name))
     return cells
 
@@ -190,21 +204,29 @@ def reduce_series(values: np.ndarray, how: str = "final") -> float:
     if how == "best":
         return float(values.max())
     if how.startswith("last:") and how[5:].isdigit() and int(how[5:]) > 0:
-        return float(values[-int(how[5:]):].mean())
+        return float(values[-int(how[5:]) :].mean())
     raise ValueError(f"--reduce must be 'final', 'best' or 'last:K', got {how!r}")
 
 
 def _interval(values, num_resamples: int, seed: int) -> dict:
     v = np.asarray(values, np.float64)
     point, lo, hi = stats.iqm_ci(v, num_resamples=num_resamples, seed=seed)
-    return {"num_seeds": int(v.size), "iqm": point, "ci_low": lo, "ci_high": hi,
-            "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+    return {
+        "num_seeds": int(v.size),
+        "iqm": point,
+        "ci_low": lo,
+        "ci_high": hi,
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+    }
 
 
 # ----------------------------------------------------------------------------- tables
 
-def summarize(cells: Sequence[CellRun], *, reduce: str = "final", num_resamples: int = 2000,
-              seed: int = 0) -> list[dict]:
+
+def summarize(
+    cells: Sequence[CellRun], *, reduce: str = "final", num_resamples: int = 2000, seed: int = 0
+) -> list[dict]:
     """Rows (variant, metric, num_seeds, iqm, ci_low, ci_high, mean, std, values, overrides...)."""
     rows = []
     for variant, group in _group(cells).items():
@@ -214,17 +236,26 @@ def summarize(cells: Sequence[CellRun], *, reduce: str = "final", num_resamples:
             vals = [v for v in vals if np.isfinite(v)]
             if not vals:
                 continue
-            rows.append({"variant": variant, "metric": tag, **_interval(vals, num_resamples, seed),
-                         "values": ";".join(f"{v:.6g}" for v in vals),
-                         **{k: v for k, v in group[0].variant_overrides.items()}})
+            rows.append(
+                {
+                    "variant": variant,
+                    "metric": tag,
+                    **_interval(vals, num_resamples, seed),
+                    "values": ";".join(f"{v:.6g}" for v in vals),
+                    **{k: v for k, v in group[0].variant_overrides.items()},
+                }
+            )
     return rows
 
 
 def _cell_pass_at_k(cell: CellRun, reduce: str) -> dict[int, float]:
     if cell.eval is not None:
         metrics = cell.eval.get("metrics", {})
-        return {int(m.group(1)): float(v) for k, v in metrics.items()
-                if (m := re.fullmatch(r"pass@(\d+)", k))}
+        return {
+            int(m.group(1)): float(v)
+            for k, v in metrics.items()
+            if (m := re.fullmatch(r"pass@(\d+)", k))
+        }
     out = {}
     for tag, (_, values) in cell.scalars.items():
         m = re.fullmatch(r"eval/pass@(\d+)", tag)
@@ -233,8 +264,9 @@ def _cell_pass_at_k(cell: CellRun, reduce: str) -> dict[int, float]:
     return out
 
 
-def pass_at_k_table(cells: Sequence[CellRun], *, reduce: str = "final", num_resamples: int = 2000,
-                    seed: int = 0) -> list[dict]:
+def pass_at_k_table(
+    cells: Sequence[CellRun], *, reduce: str = "final", num_resamples: int = 2000, seed: int = 0
+) -> list[dict]:
     """Rows (variant, k, num_seeds, iqm, ci_low, ci_high, mean, std) over seeds."""
     rows = []
     for variant, group in _group(cells).items():
@@ -278,7 +310,9 @@ def fit_table(cells: Sequence[CellRun], tag: str) -> list[dict]:
     return rows
 
 
-def entropy_fit_table(cells: Sequence[CellRun], perf_tag: str, entropy_tag: str = "train/entropy") -> list[dict]:
+def entropy_fit_table(
+    cells: Sequence[CellRun], perf_tag: str, entropy_tag: str = "train/entropy"
+) -> list[dict]:
     """R = -a * exp(H) + b per variant, fitted on the seed-mean curves at steps both tags share."""
     rows = []
     for variant, group in _group(cells).items():
@@ -292,12 +326,22 @@ def entropy_fit_table(cells: Sequence[CellRun], perf_tag: str, entropy_tag: str 
         hh = h[1][:, np.searchsorted(h[0], steps)].mean(axis=0)
         rr = r[1][:, np.searchsorted(r[0], steps)].mean(axis=0)
         a, b, r2 = fit_entropy_performance(hh, rr)
-        rows.append({"variant": variant, "performance": perf_tag, "entropy": entropy_tag,
-                     "a": a, "b": b, "r2": r2, "num_points": int(steps.size)})
+        rows.append(
+            {
+                "variant": variant,
+                "performance": perf_tag,
+                "entropy": entropy_tag,
+                "a": a,
+                "b": b,
+                "r2": r2,
+                "num_points": int(steps.size),
+            }
+        )
     return rows
 
 
 # ----------------------------------------------------------------------------- plots
+
 
 def _band(values: np.ndarray, num_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """95 % percentile-bootstrap band of the seed mean at every step; values [S, T]."""
@@ -309,6 +353,7 @@ def _band(values: np.ndarray, num_resamples: int, seed: int) -> tuple[np.ndarray
 
 def _plot_curves(cells, tag: str, path: str, num_resamples: int, seed: int) -> bool:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -337,6 +382,7 @@ def _plot_curves(cells, tag: str, path: str, num_resamples: int, seed: int) -> b
 
 def _plot_pass_at_k(rows: Sequence[dict], path: str) -> bool:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -347,7 +393,9 @@ def _plot_pass_at_k(rows: Sequence[dict], path: str) -> bool:
         rs = [r for r in rows if r["variant"] == variant]
         k = np.array([r["k"] for r in rs])
         y = np.array([r["iqm"] for r in rs])
-        err = np.array([[r["iqm"] - r["ci_low"] for r in rs], [r["ci_high"] - r["iqm"] for r in rs]])
+        err = np.array(
+            [[r["iqm"] - r["ci_low"] for r in rs], [r["ci_high"] - r["iqm"] for r in rs]]
+        )
         ax.errorbar(k, y, yerr=np.maximum(err, 0), marker="o", capsize=3, label=variant)
     ks = sorted({r["k"] for r in rows})
     ax.set_xscale("log", base=2)
@@ -364,6 +412,7 @@ def _plot_pass_at_k(rows: Sequence[dict], path: str) -> bool:
 
 # ----------------------------------------------------------------------------- writing
 
+
 def _write_csv(path: str, rows: Sequence[dict]) -> None:
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
@@ -379,57 +428,100 @@ def _fmt(r: dict) -> str:
 MAIN_METRICS = re.compile(r"^(train/(reward|accuracy|entropy|kl|response_length)|eval/[^@]*)$")
 
 
-def _markdown(summary, passk, fits, entropy_fits, reduce: str, incomplete: Sequence[str],
-              metrics: Sequence[str] | None = None) -> str:
-    lines = [f"Values: IQM over seeds [95 % percentile-bootstrap CI]; each seed reduced by `{reduce}`.", ""]
+def _markdown(
+    summary,
+    passk,
+    fits,
+    entropy_fits,
+    reduce: str,
+    incomplete: Sequence[str],
+    metrics: Sequence[str] | None = None,
+) -> str:
+    lines = [
+        f"Values: IQM over seeds [95 % percentile-bootstrap CI]; each seed reduced by `{reduce}`.",
+        "",
+    ]
     if incomplete:
         lines += [f"Unfinished cells included (no done.json): {', '.join(incomplete)}.", ""]
     variants = list(dict.fromkeys(r["variant"] for r in summary))
-    if metrics is None:      # the CSV has every tag; the Markdown table the headline ones
+    if metrics is None:  # the CSV has every tag; the Markdown table the headline ones
         metrics = [m for m in dict.fromkeys(r["metric"] for r in summary) if MAIN_METRICS.match(m)]
     if metrics:
-        lines += ["| variant | seeds | " + " | ".join(metrics) + " |",
-                  "|---|---|" + "---|" * len(metrics)]
+        lines += [
+            "| variant | seeds | " + " | ".join(metrics) + " |",
+            "|---|---|" + "---|" * len(metrics),
+        ]
         cell = {(r["variant"], r["metric"]): r for r in summary}
         for v in variants:
             n = max(r["num_seeds"] for r in summary if r["variant"] == v)
-            lines.append(f"| {v} | {n} | " + " | ".join(
-                _fmt(cell[(v, m)]) if (v, m) in cell else "–" for m in metrics) + " |")
+            lines.append(
+                f"| {v} | {n} | "
+                + " | ".join(_fmt(cell[(v, m)]) if (v, m) in cell else "–" for m in metrics)
+                + " |"
+            )
         lines.append("")
     if passk:
         ks = sorted({r["k"] for r in passk})
         cell = {(r["variant"], r["k"]): r for r in passk}
-        lines += ["pass@k:", "", "| variant | " + " | ".join(f"k={k}" for k in ks) + " |",
-                  "|---|" + "---|" * len(ks)]
+        lines += [
+            "pass@k:",
+            "",
+            "| variant | " + " | ".join(f"k={k}" for k in ks) + " |",
+            "|---|" + "---|" * len(ks),
+        ]
         for v in dict.fromkeys(r["variant"] for r in passk):
-            lines.append(f"| {v} | " + " | ".join(
-                _fmt(cell[(v, k)]) if (v, k) in cell else "–" for k in ks) + " |")
+            lines.append(
+                f"| {v} | "
+                + " | ".join(_fmt(cell[(v, k)]) if (v, k) in cell else "–" for k in ks)
+                + " |"
+            )
         lines.append("")
     if fits:
-        lines += [f"Sigmoid fit R(C) = R0 + (A − R0) / (1 + (C_mid / C)^B) of `{fits[0]['metric']}` "
-                  "(seed mean) against the step:", "",
-                  "| variant | A (asymptote) | C_mid (midpoint) | B | R0 | R² | points |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Sigmoid fit R(C) = R0 + (A − R0) / (1 + (C_mid / C)^B) of `{fits[0]['metric']}` "
+            "(seed mean) against the step:",
+            "",
+            "| variant | A (asymptote) | C_mid (midpoint) | B | R0 | R² | points |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in fits:
-            lines.append(f"| {r['variant']} | {r['asymptote']:.4g} | {r['midpoint']:.4g} | "
-                         f"{r['exponent']:.3g} | {r['r0']:.4g} | {r['r2']:.3f} | {r['num_points']} |")
+            lines.append(
+                f"| {r['variant']} | {r['asymptote']:.4g} | {r['midpoint']:.4g} | "
+                f"{r['exponent']:.3g} | {r['r0']:.4g} | {r['r2']:.3f} | {r['num_points']} |"
+            )
         lines.append("")
     if entropy_fits:
-        lines += [f"Entropy–performance fit R = −a·exp(H) + b of `{entropy_fits[0]['performance']}` on "
-                  f"`{entropy_fits[0]['entropy']}` (seed means):", "",
-                  "| variant | a | b | R² | points |", "|---|---|---|---|---|"]
+        lines += [
+            f"Entropy–performance fit R = −a·exp(H) + b of `{entropy_fits[0]['performance']}` on "
+            f"`{entropy_fits[0]['entropy']}` (seed means):",
+            "",
+            "| variant | a | b | R² | points |",
+            "|---|---|---|---|---|",
+        ]
         for r in entropy_fits:
-            lines.append(f"| {r['variant']} | {r['a']:.4g} | {r['b']:.4g} | {r['r2']:.3f} | {r['num_points']} |")
+            lines.append(
+                f"| {r['variant']} | {r['a']:.4g} | {r['b']:.4g} | {r['r2']:.3f} | {r['num_points']} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
-def collate(root: str, *, out: str | None = None, reduce: str = "final", curves: Sequence[str] | None = None,
-            fit_tag: str | None = None, entropy_tag: str = "train/entropy", seed_key: str = "train.seed",
-            only_done: bool = False, metrics: Sequence[str] | None = None, num_resamples: int = 2000,
-            seed: int = 0) -> dict:
+def collate(
+    root: str,
+    *,
+    out: str | None = None,
+    reduce: str = "final",
+    curves: Sequence[str] | None = None,
+    fit_tag: str | None = None,
+    entropy_tag: str = "train/entropy",
+    seed_key: str = "train.seed",
+    only_done: bool = False,
+    metrics: Sequence[str] | None = None,
+    num_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
     """Write the tables and plots for the grid under `root`; returns them and the written paths."""
-    reduce_series(np.zeros(1), reduce)                      # validate the option early
+    reduce_series(np.zeros(1), reduce)  # validate the option early
     out = out or os.path.join(root, "results")
     cells = load_cells(root, seed_key)
     if only_done:
@@ -445,7 +537,10 @@ def collate(root: str, *, out: str | None = None, reduce: str = "final", curves:
         fit_tag = next((t for t in ("eval/accuracy", "train/reward") if t in all_tags), None)
     fits = fit_table(cells, fit_tag) if fit_tag else []
     entropy_fits = entropy_fit_table(cells, fit_tag, entropy_tag) if fit_tag else []
-    paths = {"summary.csv": os.path.join(out, "summary.csv"), "summary.md": os.path.join(out, "summary.md")}
+    paths = {
+        "summary.csv": os.path.join(out, "summary.csv"),
+        "summary.md": os.path.join(out, "summary.md"),
+    }
     _write_csv(paths["summary.csv"], summary)
     if passk:
         paths["passk.csv"] = os.path.join(out, "passk.csv")
@@ -459,16 +554,31 @@ def collate(root: str, *, out: str | None = None, reduce: str = "final", curves:
     with open(paths["summary.md"], "w") as f:
         f.write(_markdown(summary, passk, fits, entropy_fits, reduce, incomplete, metrics))
     if curves is None:
-        curves = [t for t in ("train/reward", "train/accuracy", "eval/accuracy", "train/entropy",
-                              "eval/entropy") if t in all_tags]
+        curves = [
+            t
+            for t in (
+                "train/reward",
+                "train/accuracy",
+                "eval/accuracy",
+                "train/entropy",
+                "eval/entropy",
+            )
+            if t in all_tags
+        ]
     for tag in curves:
         path = os.path.join(out, "curve_" + re.sub(r"[^A-Za-z0-9]+", "_", tag).strip("_") + ".png")
         if _plot_curves(cells, tag, path, min(num_resamples, 1000), seed):
             paths[os.path.basename(path)] = path
     if _plot_pass_at_k(passk, os.path.join(out, "pass_at_k.png")):
         paths["pass_at_k.png"] = os.path.join(out, "pass_at_k.png")
-    return {"summary": summary, "passk": passk, "fits": fits, "entropy_fits": entropy_fits,
-            "paths": paths, "incomplete": incomplete}
+    return {
+        "summary": summary,
+        "passk": passk,
+        "fits": fits,
+        "entropy_fits": entropy_fits,
+        "paths": paths,
+        "incomplete": incomplete,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -477,26 +587,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--reduce", default="final", help="final | best | last:K")
     p.add_argument("--curves", default=None, help="comma-separated scalar tags to plot")
-    p.add_argument("--metrics", default=None,
-                   help="comma-separated tags for the Markdown table (default: train reward, accuracy, "
-                        "entropy, kl, response_length and eval/* without @k; the CSV has every tag)")
-    p.add_argument("--fit-tag", default=None, help="tag for the sigmoid fit (default eval/accuracy or train/reward)")
-    p.add_argument("--entropy-tag", default="train/entropy", help="H of the entropy-performance fit")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated tags for the Markdown table (default: train reward, accuracy, "
+        "entropy, kl, response_length and eval/* without @k; the CSV has every tag)",
+    )
+    p.add_argument(
+        "--fit-tag",
+        default=None,
+        help="tag for the sigmoid fit (default eval/accuracy or train/reward)",
+    )
+    p.add_argument(
+        "--entropy-tag", default="train/entropy", help="H of the entropy-performance fit"
+    )
     p.add_argument("--only-done", action="store_true", help="leave out cells without done.json")
     p.add_argument("--seed-key", default="train.seed")
     p.add_argument("--num-resamples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    result = collate(args.root, out=args.out, reduce=args.reduce,
-                     curves=args.curves.split(",") if args.curves else None, fit_tag=args.fit_tag,
-                     metrics=args.metrics.split(",") if args.metrics else None,
-                     entropy_tag=args.entropy_tag, seed_key=args.seed_key, only_done=args.only_done,
-                     num_resamples=args.num_resamples, seed=args.seed)
+    result = collate(
+        args.root,
+        out=args.out,
+        reduce=args.reduce,
+        curves=args.curves.split(",") if args.curves else None,
+        fit_tag=args.fit_tag,
+        metrics=args.metrics.split(",") if args.metrics else None,
+        entropy_tag=args.entropy_tag,
+        seed_key=args.seed_key,
+        only_done=args.only_done,
+        num_resamples=args.num_resamples,
+        seed=args.seed,
+    )
     for name, path in result["paths"].items():
         print(f"[collate] wrote {path}")
     if result["incomplete"]:
-        print(f"[collate] note: {len(result['incomplete'])} cell(s) without done.json: "
-              + ", ".join(result["incomplete"]))
+        print(
+            f"[collate] note: {len(result['incomplete'])} cell(s) without done.json: "
+            + ", ".join(result["incomplete"])
+        )
     return 0
 
 

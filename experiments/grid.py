@@ -37,6 +37,7 @@ Each cell directory gets `cell.json` ({"name", "index", "overrides", "fixed",
 "seed_key", "config"}), which `experiments/collate.py` reads to group seeds
 into variants, and `grid.log` with the subprocess output.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,6 +86,7 @@ DEFAULT_SEED_KEY = "train.seed"
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One run of the grid: its name, position, overrides and workdir."""
+
     name: str
     index: int
     overrides: dict
@@ -95,12 +97,14 @@ class Cell:
 class CellResult:
     """status: "skipped" (already done), "done", "failed" (non-zero exit),
     "incomplete" (exit 0 without done.json) or "eval_failed" (the evaluation did not write eval.json)."""
+
     name: str
     status: str
     returncode: int | None
 
 
 # ----------------------------------------------------------------------------- parsing
+
 
 def parse_value(text: str) -> Any:
     """A Python literal if `text` is one (1, 0.1, 1e-6, True, None, (2, 4)), else the string."""
@@ -149,6 +153,7 @@ def parse_assignment(spec: str) -> tuple[str, Any]:
 
 # ----------------------------------------------------------------------------- expansion
 
+
 def expand_grid(axes: Sequence[tuple[str, Sequence]]) -> list[dict]:
     """Cartesian product of the axes, the first axis varying slowest."""
     keys = [k for k, _ in axes]
@@ -157,7 +162,9 @@ def expand_grid(axes: Sequence[tuple[str, Sequence]]) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in axes))]
 
 
-def add_seeds(cells: Sequence[dict], seeds: int | None, seed_key: str = DEFAULT_SEED_KEY) -> list[dict]:
+def add_seeds(
+    cells: Sequence[dict], seeds: int | None, seed_key: str = DEFAULT_SEED_KEY
+) -> list[dict]:
     """Each cell times seeds 0..seeds-1 (cells that already set `seed_key` are kept as they are)."""
     if seeds is None:
         return [dict(c) for c in cells]
@@ -174,7 +181,8 @@ def add_seeds(cells: Sequence[dict], seeds: int | None, seed_key: str = DEFAULT_
 
 def _load_module(path: str):
     spec = importlib.util.spec_from_file_location(
-        "_grid_config_" + re.sub(r"\W", "_", os.path.basename(path)), path)
+        "_grid_config_" + re.sub(r"\W", "_", os.path.basename(path)), path
+    )
     if spec is None or spec.loader is None:
         raise ValueError(f"cannot import config file {path!r}")
     module = importlib.util.module_from_spec(spec)
@@ -221,23 +229,35 @@ def make_cells(overrides: Sequence[dict], root: str) -> list[Cell]:
     """Name each cell by its overrides; each gets the workdir `<root>/<name>`."""
     keys = list(dict.fromkeys(k for o in overrides for k in o))
     short = _short_keys(keys)
-    cells = [Cell(cell_name(o, short), i, dict(o), os.path.join(root, cell_name(o, short)))
-             for i, o in enumerate(overrides)]
+    cells = [
+        Cell(cell_name(o, short), i, dict(o), os.path.join(root, cell_name(o, short)))
+        for i, o in enumerate(overrides)
+    ]
     names = [c.name for c in cells]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"two grid cells share the workdir name(s) {dup}; make the sweep values distinct")
+        raise ValueError(
+            f"two grid cells share the workdir name(s) {dup}; make the sweep values distinct"
+        )
     return cells
 
 
 # ----------------------------------------------------------------------------- running
 
-def build_command(cell: Cell, *, config: str, fixed: dict | None = None,
-                  program: str = DEFAULT_PROGRAM, python: str = sys.executable) -> list[str]:
+
+def build_command(
+    cell: Cell,
+    *,
+    config: str,
+    fixed: dict | None = None,
+    program: str = DEFAULT_PROGRAM,
+    python: str = sys.executable,
+) -> list[str]:
     """`python <program> --config=... --workdir=... --config.<k>=<v> ...` (fixed overrides first)."""
     overrides = {**(fixed or {}), **cell.overrides}
-    return ([python, *shlex.split(program), f"--config={config}", f"--workdir={cell.workdir}"]
-            + [f"--config.{k}={_format_value(v)}" for k, v in overrides.items()])
+    return [python, *shlex.split(program), f"--config={config}", f"--workdir={cell.workdir}"] + [
+        f"--config.{k}={_format_value(v)}" for k, v in overrides.items()
+    ]
 
 
 def seed_groups(cells: Sequence[Cell], seed_key: str = DEFAULT_SEED_KEY) -> list[list[Cell]]:
@@ -251,18 +271,30 @@ def seed_groups(cells: Sequence[Cell], seed_key: str = DEFAULT_SEED_KEY) -> list
     return list(groups.values())
 
 
-def build_seeds_command(cells: Sequence[Cell], *, config: str, fixed: dict | None = None,
-                        program: str = DEFAULT_PROGRAM, seed_key: str = DEFAULT_SEED_KEY,
-                        python: str = sys.executable) -> list[str]:
+def build_seeds_command(
+    cells: Sequence[Cell],
+    *,
+    config: str,
+    fixed: dict | None = None,
+    program: str = DEFAULT_PROGRAM,
+    seed_key: str = DEFAULT_SEED_KEY,
+    python: str = sys.executable,
+) -> list[str]:
     """One vmapped run of cells that differ only in the seed: `python <program> --config=...
     --seeds=s0,s1 --workdirs=w0 --workdirs=w1 --config.<k>=<v> ...` (cell names hold commas)."""
     if seed_key != DEFAULT_SEED_KEY:
         raise ValueError(f"--vmap-seeds needs --seed-key {DEFAULT_SEED_KEY}, got {seed_key}")
     overrides = {**(fixed or {}), **{k: v for k, v in cells[0].overrides.items() if k != seed_key}}
-    return ([python, *shlex.split(program), f"--config={config}",
-             "--seeds=" + ",".join(str(int(c.overrides[seed_key])) for c in cells)]
-            + [f"--workdirs={c.workdir}" for c in cells]
-            + [f"--config.{k}={_format_value(v)}" for k, v in overrides.items()])
+    return (
+        [
+            python,
+            *shlex.split(program),
+            f"--config={config}",
+            "--seeds=" + ",".join(str(int(c.overrides[seed_key])) for c in cells),
+        ]
+        + [f"--workdirs={c.workdir}" for c in cells]
+        + [f"--config.{k}={_format_value(v)}" for k, v in overrides.items()]
+    )
 
 
 def is_done(workdir: str) -> bool:
@@ -271,18 +303,34 @@ def is_done(workdir: str) -> bool:
 
 def _write_cell_json(cell: Cell, *, config: str, fixed: dict, seed_key: str) -> None:
     os.makedirs(cell.workdir, exist_ok=True)
-    record = {"name": cell.name, "index": cell.index, "overrides": cell.overrides,
-              "fixed": fixed, "seed_key": seed_key, "config": config}
+    record = {
+        "name": cell.name,
+        "index": cell.index,
+        "overrides": cell.overrides,
+        "fixed": fixed,
+        "seed_key": seed_key,
+        "config": config,
+    }
     with open(os.path.join(cell.workdir, CELL_FILE), "w") as f:
         json.dump(record, f, indent=1)
 
 
-def build_eval_command(cell: Cell, *, config: str, fixed: dict | None = None, eval_args: str = "",
-                       program: str = DEFAULT_EVAL_PROGRAM, python: str = sys.executable) -> list[str]:
+def build_eval_command(
+    cell: Cell,
+    *,
+    config: str,
+    fixed: dict | None = None,
+    eval_args: str = "",
+    program: str = DEFAULT_EVAL_PROGRAM,
+    python: str = sys.executable,
+) -> list[str]:
     """`python -m jaxrl_llm.evaluation --config=... --checkpoint=<cell> --config.<k>=<v> ... <eval_args>`."""
     overrides = {**(fixed or {}), **cell.overrides}
-    return ([python, *shlex.split(program), f"--config={config}", f"--checkpoint={cell.workdir}"]
-            + [f"--config.{k}={_format_value(v)}" for k, v in overrides.items()] + shlex.split(eval_args))
+    return (
+        [python, *shlex.split(program), f"--config={config}", f"--checkpoint={cell.workdir}"]
+        + [f"--config.{k}={_format_value(v)}" for k, v in overrides.items()]
+        + shlex.split(eval_args)
+    )
 
 
 def _logged_run(cell: Cell, command: list[str], env: dict | None) -> int:
@@ -292,8 +340,12 @@ def _logged_run(cell: Cell, command: list[str], env: dict | None) -> int:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
 
-def _run_job(cells: Sequence[Cell], command: list[str] | None,
-             eval_commands: Sequence[list[str] | None], env: dict | None) -> list[CellResult]:
+def _run_job(
+    cells: Sequence[Cell],
+    command: list[str] | None,
+    eval_commands: Sequence[list[str] | None],
+    env: dict | None,
+) -> list[CellResult]:
     """Train the cells with one command (unless None: already done; several cells = one
     vmapped-seeds run, logged in the first cell's grid.log), then evaluate each cell if asked
     and not yet done."""
@@ -301,7 +353,9 @@ def _run_job(cells: Sequence[Cell], command: list[str] | None,
     if command is not None:
         for cell in cells[1:]:
             with open(os.path.join(cell.workdir, LOG_FILE), "a") as log:
-                log.write(f"# trained with the vmapped seeds of {cells[0].name}: see its {LOG_FILE}\n")
+                log.write(
+                    f"# trained with the vmapped seeds of {cells[0].name}: see its {LOG_FILE}\n"
+                )
         rc = _logged_run(cells[0], command, env)
         status = "done"
     results = []
@@ -321,11 +375,21 @@ def _run_job(cells: Sequence[Cell], command: list[str] | None,
     return results
 
 
-def run_cells(cells: Sequence[Cell], *, config: str, fixed: dict | None = None,
-              program: str = DEFAULT_PROGRAM, parallel: int = 1, seed_key: str = DEFAULT_SEED_KEY,
-              python: str = sys.executable, env: dict | None = None, eval_args: str | None = None,
-              eval_program: str = DEFAULT_EVAL_PROGRAM, vmap_seeds: bool = False,
-              echo=print) -> list[CellResult]:
+def run_cells(
+    cells: Sequence[Cell],
+    *,
+    config: str,
+    fixed: dict | None = None,
+    program: str = DEFAULT_PROGRAM,
+    parallel: int = 1,
+    seed_key: str = DEFAULT_SEED_KEY,
+    python: str = sys.executable,
+    env: dict | None = None,
+    eval_args: str | None = None,
+    eval_program: str = DEFAULT_EVAL_PROGRAM,
+    vmap_seeds: bool = False,
+    echo=print,
+) -> list[CellResult]:
     """Run the unfinished cells, `parallel` at a time; results in cell order.
 
     With `eval_args` (e.g. "--n=64 --k=1,2,4,8,16,32,64"), every finished cell
@@ -338,12 +402,24 @@ def run_cells(cells: Sequence[Cell], *, config: str, fixed: dict | None = None,
     fixed = dict(fixed or {})
     results: dict[str, CellResult] = {}
     jobs = []
-    for group in (seed_groups(cells, seed_key) if vmap_seeds else [[c] for c in cells]):
+    for group in seed_groups(cells, seed_key) if vmap_seeds else [[c] for c in cells]:
         todo, evals_only = [], []
         for cell in group:
-            needs_eval = eval_args is not None and not os.path.exists(os.path.join(cell.workdir, EVAL_FILE))
-            eval_command = build_eval_command(cell, config=config, fixed=fixed, eval_args=eval_args,
-                                              program=eval_program, python=python) if needs_eval else None
+            needs_eval = eval_args is not None and not os.path.exists(
+                os.path.join(cell.workdir, EVAL_FILE)
+            )
+            eval_command = (
+                build_eval_command(
+                    cell,
+                    config=config,
+                    fixed=fixed,
+                    eval_args=eval_args,
+                    program=eval_program,
+                    python=python,
+                )
+                if needs_eval
+                else None
+            )
             if is_done(cell.workdir):
                 echo(f"[grid] skip   {cell.name} (done.json present)")
                 if eval_command is None:
@@ -356,25 +432,49 @@ def run_cells(cells: Sequence[Cell], *, config: str, fixed: dict | None = None,
         jobs.extend(evals_only)
         if len(todo) == 1 and not vmap_seeds:
             cell, eval_command = todo[0]
-            jobs.append(([cell], build_command(cell, config=config, fixed=fixed, program=program,
-                                               python=python), [eval_command]))
+            jobs.append(
+                (
+                    [cell],
+                    build_command(cell, config=config, fixed=fixed, program=program, python=python),
+                    [eval_command],
+                )
+            )
         elif todo:
             group_cells = [cell for cell, _ in todo]
-            jobs.append((group_cells, build_seeds_command(
-                group_cells, config=config, fixed=fixed, program=program, seed_key=seed_key,
-                python=python), [e for _, e in todo]))
+            jobs.append(
+                (
+                    group_cells,
+                    build_seeds_command(
+                        group_cells,
+                        config=config,
+                        fixed=fixed,
+                        program=program,
+                        seed_key=seed_key,
+                        python=python,
+                    ),
+                    [e for _, e in todo],
+                )
+            )
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = {}
         for job_cells, command, eval_commands in jobs:
             names = ", ".join(c.name for c in job_cells)
-            echo(f"[grid] start  {names}" + (" (evaluation only)" if command is None else
-                                             " (vmapped seeds)" if len(job_cells) > 1 else ""))
+            echo(
+                f"[grid] start  {names}"
+                + (
+                    " (evaluation only)"
+                    if command is None
+                    else " (vmapped seeds)"
+                    if len(job_cells) > 1
+                    else ""
+                )
+            )
             futures[pool.submit(_run_job, job_cells, command, eval_commands, env)] = job_cells
         for fut in concurrent.futures.as_completed(futures):
             job_cells = futures[fut]
             try:
                 job_results = fut.result()
-            except OSError as e:                    # the program could not be started
+            except OSError as e:  # the program could not be started
                 job_results = [CellResult(c.name, "failed", None) for c in job_cells]
                 echo(f"[grid] {job_cells[0].name}: {e}")
             for cell, res in zip(job_cells, job_results):
@@ -388,31 +488,66 @@ def run_cells(cells: Sequence[Cell], *, config: str, fixed: dict | None = None,
 
 # ----------------------------------------------------------------------------- CLI
 
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, help="config file, 'path.py[:arg]'")
     p.add_argument("--root", required=True, help="directory holding one workdir per cell")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2]",
-                   help="a grid axis; repeat for a cartesian product")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=[V1,V2]",
+        help="a grid axis; repeat for a cartesian product",
+    )
     p.add_argument("--sweep", action="store_true", help="use the config file's sweep(add)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per cell (sets --seed-key)")
+    p.add_argument(
+        "--seeds", type=int, default=None, help="seeds 0..N-1 per cell (sets --seed-key)"
+    )
     p.add_argument("--seed-key", default=DEFAULT_SEED_KEY)
-    p.add_argument("--vmap-seeds", action="store_true",
-                   help="tiny models: train the seeds of each variant as one vmapped program")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=V",
-                   help="an override for every cell (not part of the cell names)")
+    p.add_argument(
+        "--vmap-seeds",
+        action="store_true",
+        help="tiny models: train the seeds of each variant as one vmapped program",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=V",
+        help="an override for every cell (not part of the cell names)",
+    )
     p.add_argument("--parallel", type=int, default=1, help="cells running at the same time")
-    p.add_argument("--program", default=DEFAULT_PROGRAM,
-                   help="what python runs per cell (default: '%(default)s')")
-    p.add_argument("--python", default=None,
-                   help="interpreter in the commands (default: this one; 'python' with --print-only)")
-    p.add_argument("--eval", default=None, metavar="ARGS", dest="eval_args",
-                   help="evaluate each finished cell without eval.json, e.g. --eval='--n=64 --k=1,2,4,8'")
-    p.add_argument("--eval-program", default=DEFAULT_EVAL_PROGRAM,
-                   help="what python runs to evaluate a cell (default: '%(default)s')")
-    p.add_argument("--print-only", action="store_true", help="print the launch commands, run nothing")
-    p.add_argument("--collate", action="store_true", help="run experiments/collate.py on --root afterwards")
+    p.add_argument(
+        "--program",
+        default=DEFAULT_PROGRAM,
+        help="what python runs per cell (default: '%(default)s')",
+    )
+    p.add_argument(
+        "--python",
+        default=None,
+        help="interpreter in the commands (default: this one; 'python' with --print-only)",
+    )
+    p.add_argument(
+        "--eval",
+        default=None,
+        metavar="ARGS",
+        dest="eval_args",
+        help="evaluate each finished cell without eval.json, e.g. --eval='--n=64 --k=1,2,4,8'",
+    )
+    p.add_argument(
+        "--eval-program",
+        default=DEFAULT_EVAL_PROGRAM,
+        help="what python runs to evaluate a cell (default: '%(default)s')",
+    )
+    p.add_argument(
+        "--print-only", action="store_true", help="print the launch commands, run nothing"
+    )
+    p.add_argument(
+        "--collate", action="store_true", help="run experiments/collate.py on --root afterwards"
+    )
     return p
 
 
@@ -438,33 +573,71 @@ def main(argv: Sequence[str] | None = None) -> int:
             for group in seed_groups(cells, args.seed_key):
                 todo = [c for c in group if not is_done(c.workdir)]
                 if todo:
-                    print(shlex.join(build_seeds_command(todo, config=args.config, fixed=fixed,
-                                                         program=args.program, seed_key=args.seed_key,
-                                                         python=python)))
+                    print(
+                        shlex.join(
+                            build_seeds_command(
+                                todo,
+                                config=args.config,
+                                fixed=fixed,
+                                program=args.program,
+                                seed_key=args.seed_key,
+                                python=python,
+                            )
+                        )
+                    )
                 for cell in group:
                     if args.eval_args is not None:
-                        print(shlex.join(build_eval_command(
-                            cell, config=args.config, fixed=fixed, eval_args=args.eval_args,
-                            program=args.eval_program, python=python)))
+                        print(
+                            shlex.join(
+                                build_eval_command(
+                                    cell,
+                                    config=args.config,
+                                    fixed=fixed,
+                                    eval_args=args.eval_args,
+                                    program=args.eval_program,
+                                    python=python,
+                                )
+                            )
+                        )
             return 0
         for cell in cells:
-            cmd = shlex.join(build_command(cell, config=args.config, fixed=fixed,
-                                           program=args.program, python=python))
+            cmd = shlex.join(
+                build_command(
+                    cell, config=args.config, fixed=fixed, program=args.program, python=python
+                )
+            )
             if args.eval_args is not None:
-                cmd += " && " + shlex.join(build_eval_command(
-                    cell, config=args.config, fixed=fixed, eval_args=args.eval_args,
-                    program=args.eval_program, python=python))
+                cmd += " && " + shlex.join(
+                    build_eval_command(
+                        cell,
+                        config=args.config,
+                        fixed=fixed,
+                        eval_args=args.eval_args,
+                        program=args.eval_program,
+                        python=python,
+                    )
+                )
             print(("# done: " if is_done(cell.workdir) else "") + cmd)
         return 0
 
     print(f"[grid] {len(cells)} cells under {args.root}, {args.parallel} at a time")
-    results = run_cells(cells, config=args.config, fixed=fixed, program=args.program,
-                        parallel=args.parallel, seed_key=args.seed_key,
-                        python=args.python or sys.executable, eval_args=args.eval_args,
-                        eval_program=args.eval_program, vmap_seeds=args.vmap_seeds)
+    results = run_cells(
+        cells,
+        config=args.config,
+        fixed=fixed,
+        program=args.program,
+        parallel=args.parallel,
+        seed_key=args.seed_key,
+        python=args.python or sys.executable,
+        eval_args=args.eval_args,
+        eval_program=args.eval_program,
+        vmap_seeds=args.vmap_seeds,
+    )
     bad = [r for r in results if r.status in ("failed", "incomplete", "eval_failed")]
-    counts = {s: sum(r.status == s for r in results)
-              for s in ("done", "skipped", "failed", "incomplete", "eval_failed")}
+    counts = {
+        s: sum(r.status == s for r in results)
+        for s in ("done", "skipped", "failed", "incomplete", "eval_failed")
+    }
     print("[grid] " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for r in bad:
         print(f"[grid] NOT FINISHED: {r.name} ({r.status}, exit {r.returncode})")
@@ -472,6 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if __package__ in (None, ""):
             sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from experiments import collate
+
         collate.main(["--root", args.root])
     return 1 if bad else 0
 

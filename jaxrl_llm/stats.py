@@ -10,6 +10,7 @@
 
 Host-side numpy; scipy is needed only by `fit_sigmoid`.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -48,14 +49,20 @@ def iqm(x, axis: int | None = -1, *, fractional: bool = False) -> np.ndarray:
         raise ValueError("iqm: need at least one value")
     if not fractional:
         cut = int(0.25 * n)
-        return x[..., cut:n - cut].mean(axis=-1)
-    lo = np.arange(n) / n                       # value i holds mass [i/n, (i+1)/n)
+        return x[..., cut : n - cut].mean(axis=-1)
+    lo = np.arange(n) / n  # value i holds mass [i/n, (i+1)/n)
     weights = np.clip(np.minimum(lo + 1.0 / n, 0.75) - np.maximum(lo, 0.25), 0.0, None) / 0.5
     return (x * weights).sum(axis=-1)
 
 
-def bootstrap_ci(x, statistic: Callable = None, *, confidence: float = 0.95,
-                 num_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    x,
+    statistic: Callable = None,
+    *,
+    confidence: float = 0.95,
+    num_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """Stratified percentile bootstrap confidence interval of `statistic` over runs.
 
     Args:
@@ -112,9 +119,14 @@ def sigmoid_curve(compute, asymptote, midpoint, exponent, r0):
     return r0 + (asymptote - r0) / (1.0 + (midpoint / compute) ** exponent)
 
 
-def fit_sigmoid(compute, performance, *, r0: float | None = None,
-                asymptote_bounds: tuple[float, float] | None = None,
-                exponent_bounds: tuple[float, float] = (0.05, 20.0)) -> dict[str, float]:
+def fit_sigmoid(
+    compute,
+    performance,
+    *,
+    r0: float | None = None,
+    asymptote_bounds: tuple[float, float] | None = None,
+    exponent_bounds: tuple[float, float] = (0.05, 20.0),
+) -> dict[str, float]:
     """Least-squares fit of `sigmoid_curve` to a compute-performance curve.
 
     Fits log C_mid (bounded to [min C / 100, max C * 100]), B (`exponent_bounds`),
@@ -140,8 +152,14 @@ def fit_sigmoid(compute, performance, *, r0: float | None = None,
         raise ValueError("fit_sigmoid: compute must be positive")
     keep = np.isfinite(y)
     c, y = c[keep], y[keep]
-    nan = {"asymptote": np.nan, "midpoint": np.nan, "exponent": np.nan,
-           "r0": np.nan if r0 is None else float(r0), "r2": np.nan, "num_points": int(y.size)}
+    nan = {
+        "asymptote": np.nan,
+        "midpoint": np.nan,
+        "exponent": np.nan,
+        "r0": np.nan if r0 is None else float(r0),
+        "r2": np.nan,
+        "num_points": int(y.size),
+    }
     num_free = 3 if r0 is not None else 4
     if y.size < num_free:
         return nan
@@ -178,6 +196,11 @@ def fit_sigmoid(compute, performance, *, r0: float | None = None,
         return nan
     sse, params = best
     ss_tot = float(((y - y.mean()) ** 2).sum())
-    return {"asymptote": float(params[0]), "midpoint": float(np.exp(params[1])),
-            "exponent": float(params[2]), "r0": float(params[3]) if r0 is None else float(r0),
-            "r2": 1.0 - sse / ss_tot if ss_tot > 0 else np.nan, "num_points": int(y.size)}
+    return {
+        "asymptote": float(params[0]),
+        "midpoint": float(np.exp(params[1])),
+        "exponent": float(params[2]),
+        "r0": float(params[3]) if r0 is None else float(r0),
+        "r2": 1.0 - sse / ss_tot if ss_tot > 0 else np.nan,
+        "num_points": int(y.size),
+    }

@@ -1,4 +1,5 @@
 """Test set-up: 8 virtual CPU devices, set before jax is imported anywhere."""
+
 import os
 
 os.environ["XLA_FLAGS"] = (

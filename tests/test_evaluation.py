@@ -1,5 +1,6 @@
 """Tests for jaxrl_llm/evaluation.py: hand cases, brute-force enumeration, identities, and the CLI
 end to end on a tiny random policy saved as an orbax run checkpoint."""
+
 import importlib.util
 import itertools
 import json
@@ -41,8 +42,12 @@ def test_pass_at_k_hand_values_and_vectorised():
     np.testing.assert_array_equal(ev.pass_at_k(10, np.array([9, 0]), 2), [1.0, 0.0])
     # Large n does not overflow, and agrees with the closed form via lgamma.
     n, cc, k = 256, 3, 128
-    ref = 1 - math.exp(math.lgamma(n - cc + 1) - math.lgamma(n - cc - k + 1)
-                       - math.lgamma(n + 1) + math.lgamma(n - k + 1))
+    ref = 1 - math.exp(
+        math.lgamma(n - cc + 1)
+        - math.lgamma(n - cc - k + 1)
+        - math.lgamma(n + 1)
+        + math.lgamma(n - k + 1)
+    )
     assert float(ev.pass_at_k(n, cc, k)) == pytest.approx(ref, rel=1e-10)
     # Monotone non-decreasing in k.
     vals = [float(ev.pass_at_k(64, 5, k)) for k in range(1, 65)]
@@ -66,12 +71,12 @@ def test_pass_at_ks_from_table():
 
 
 def test_maj_at_k_hand_cases():
-    answers = [["1", "2", "2", "1", "3"],      # k=3: "2" wins (2 votes); k=4: tie 1/2 -> "1" seen first
-               ["7", None, None, "8", "8"],    # k=3: only "7" votes; k=5: "8" wins 2:1
-               [None, None, None, None, None]]  # nobody votes -> wrong
-    correct = [[True, False, False, True, False],
-               [False, False, False, True, True],
-               [False] * 5]
+    answers = [
+        ["1", "2", "2", "1", "3"],  # k=3: "2" wins (2 votes); k=4: tie 1/2 -> "1" seen first
+        ["7", None, None, "8", "8"],  # k=3: only "7" votes; k=5: "8" wins 2:1
+        [None, None, None, None, None],
+    ]  # nobody votes -> wrong
+    correct = [[True, False, False, True, False], [False, False, False, True, True], [False] * 5]
     np.testing.assert_array_equal(ev.maj_at_k(answers, correct, 1), [1, 0, 0])
     np.testing.assert_array_equal(ev.maj_at_k(answers, correct, 3), [0, 0, 0])
     np.testing.assert_array_equal(ev.maj_at_k(answers, correct, 4), [1, 0, 0])
@@ -106,14 +111,19 @@ def test_mean_at_k_difficulty_and_diversity():
 
     correct = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
     acc = ev.per_difficulty_accuracy(correct, ["easy", "hard", "easy"])
-    assert acc == {"easy": {"accuracy": 0.75, "num_prompts": 2},
-                   "hard": {"accuracy": 0.0, "num_prompts": 1}}
+    assert acc == {
+        "easy": {"accuracy": 0.75, "num_prompts": 2},
+        "hard": {"accuracy": 0.0, "num_prompts": 1},
+    }
 
     answers = [["4", "4", "4", "4"], ["1", "2", None, None], ["1", "2", "3", "4"]]
-    np.testing.assert_allclose(ev.answer_entropy(answers),
-                               [0.0, -(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5)), math.log(4)])
-    np.testing.assert_allclose(ev.answer_entropy(answers, count_none=False),
-                               [0.0, math.log(2), math.log(4)])
+    np.testing.assert_allclose(
+        ev.answer_entropy(answers),
+        [0.0, -(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5)), math.log(4)],
+    )
+    np.testing.assert_allclose(
+        ev.answer_entropy(answers, count_none=False), [0.0, math.log(2), math.log(4)]
+    )
     okt = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [0, 1, 0, 1]], bool)
     np.testing.assert_array_equal(ev.distinct_correct_answers(answers, okt), [1, 2, 2])
 
@@ -138,9 +148,9 @@ def test_summarize_samples_and_eval_json(tmp_path):
     out = ev.summarize_samples(examples, completions, rewards, answers, ks=[1, 2, 4])
     assert out["accuracy"] == pytest.approx(3 / 8)
     assert out["pass@1"] == pytest.approx((0.5 + 0.25) / 2)
-    assert out["pass@2"] == pytest.approx((1 - 1 / 6 + 0.5) / 2)   # c=2: 1 - C(2,2)/C(4,2)
+    assert out["pass@2"] == pytest.approx((1 - 1 / 6 + 0.5) / 2)  # c=2: 1 - C(2,2)/C(4,2)
     assert out["pass@4"] == pytest.approx(1.0)
-    assert out["maj@4"] == pytest.approx((1 + 0) / 2)               # "4" wins; a/b/c/d tie -> "a" wrong
+    assert out["maj@4"] == pytest.approx((1 + 0) / 2)  # "4" wins; a/b/c/d tie -> "a" wrong
     assert out["mean@2"] == pytest.approx((0.5 + 0.0) / 2)
     assert out["distinct_correct_answers"] == pytest.approx((1 + 1) / 2)
     assert out["accuracy/difficulty_1"] == 0.5 and out["accuracy/difficulty_2"] == 0.25
@@ -155,12 +165,13 @@ def test_summarize_samples_and_eval_json(tmp_path):
 
 def test_evaluate_task_with_a_fake_sampler():
     from jaxrl_llm.tasks import ArithTask
+
     task = ArithTask(digits=(1,), ops="+")
     examples = task.examples("test", 5, 0)
     assert len(examples) == 5
     n, calls = 4, []
 
-    def sample_fn(chunk, index):             # prompt p gets min(p, n) correct samples first
+    def sample_fn(chunk, index):  # prompt p gets min(p, n) correct samples first
         calls.append((index, len(chunk)))
         out = []
         for e in chunk:
@@ -168,13 +179,15 @@ def test_evaluate_task_with_a_fake_sampler():
             out += [e.answer if s < p else "x\nmore" for s in range(n)]
         return out
 
-    metrics, tables = ev.evaluate_task(task, examples, sample_fn, n=n, ks=[1, 2, 4], batch_prompts=2)
-    assert calls == [(0, 2), (1, 2), (2, 2)]                  # the last chunk is padded to 2 prompts
+    metrics, tables = ev.evaluate_task(
+        task, examples, sample_fn, n=n, ks=[1, 2, 4], batch_prompts=2
+    )
+    assert calls == [(0, 2), (1, 2), (2, 2)]  # the last chunk is padded to 2 prompts
     c = np.array([0, 1, 2, 3, 4])
     np.testing.assert_array_equal(tables["correct"].sum(axis=1), c)
     for k in (1, 2, 4):
         assert metrics[f"pass@{k}"] == pytest.approx(np.mean(ev.pass_at_k(n, c, k)))
-    assert metrics["maj@4"] == pytest.approx(3 / 5)           # p=2 ties 2:2 -> first (correct) wins
+    assert metrics["maj@4"] == pytest.approx(3 / 5)  # p=2 ties 2:2 -> first (correct) wins
     assert metrics["distinct_correct_answers"] == pytest.approx(4 / 5)
     assert "| 4 | 0.8000 |" in ev.format_table(metrics)
     with pytest.raises(ValueError, match="sample_fn returned"):
@@ -185,8 +198,15 @@ def test_evaluate_task_with_a_fake_sampler():
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "grpo_arith.py")
-OVERRIDES = {"model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2, "model.num_kv_heads": 1,
-             "model.head_dim": 16, "model.intermediate_size": 64, "task.reward_workers": 0}
+OVERRIDES = {
+    "model.hidden_size": 32,
+    "model.num_layers": 1,
+    "model.num_heads": 2,
+    "model.num_kv_heads": 1,
+    "model.head_dim": 16,
+    "model.intermediate_size": 64,
+    "task.reward_workers": 0,
+}
 
 
 def _config():
@@ -211,8 +231,13 @@ def run_dir(tmp_path_factory):
     c = _config()
     tokenizer = rl.build_tokenizer(c, workdir)
     params = models.init_params(rl.build_model_config(c, tokenizer), jax.random.key(3))
-    state = TrainState(step=jnp.asarray(5, jnp.int32), params=params, opt_state={"mu": params},
-                       rng=jax.random.key_data(jax.random.key(0)), kl_coef=jnp.zeros((), jnp.float32))
+    state = TrainState(
+        step=jnp.asarray(5, jnp.int32),
+        params=params,
+        opt_state={"mu": params},
+        rng=jax.random.key_data(jax.random.key(0)),
+        kl_coef=jnp.zeros((), jnp.float32),
+    )
     ckpt = Checkpointer(workdir)
     ckpt.save(5, state, {"step": 5})
     ckpt.close()
@@ -232,16 +257,28 @@ def test_load_policy_reads_only_the_policy(run_dir):
 def test_cli_writes_eval_json(run_dir):
     workdir, _ = run_dir
     out = os.path.join(workdir, "eval_cli.json")
-    cmd = [sys.executable, "-m", "jaxrl_llm.evaluation", f"--config={CONFIG}:runlocal", f"--checkpoint={workdir}",
-           "--n=4", "--k=1,2,4", "--size=8", "--temperature=1.0", f"--out={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxrl_llm.evaluation",
+        f"--config={CONFIG}:runlocal",
+        f"--checkpoint={workdir}",
+        "--n=4",
+        "--k=1,2,4",
+        "--size=8",
+        "--temperature=1.0",
+        f"--out={out}",
+    ]
     cmd += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}        # one CPU device: quicker
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device: quicker
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| k | pass@k | maj@k | mean@k |" in proc.stdout
     record = json.load(open(out))
     m = record["metrics"]
-    assert record["step"] == 5 and record["n"] == 4 and m["num_prompts"] == 8 and m["num_samples"] == 4
+    assert (
+        record["step"] == 5 and record["n"] == 4 and m["num_prompts"] == 8 and m["num_samples"] == 4
+    )
     assert m["pass@1"] == pytest.approx(m["accuracy"])
     assert 0.0 <= m["pass@1"] <= m["pass@2"] <= m["pass@4"] <= 1.0
     assert all(f"{name}@{k}" in m for name in ("pass", "maj", "mean") for k in (1, 2, 4))

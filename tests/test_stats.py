@@ -1,4 +1,5 @@
 """Tests for jaxrl_llm/stats.py: IQM by hand and vs scipy, bootstrap coverage, sigmoid fit."""
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -20,8 +21,12 @@ def test_iqm_by_hand_and_vs_trim_mean():
     rng = np.random.default_rng(0)
     for n in range(1, 13):
         v = rng.normal(size=(3, n))
-        np.testing.assert_allclose(stats.iqm(v, axis=-1), sps.trim_mean(v, 0.25, axis=-1), rtol=1e-12)
-        np.testing.assert_allclose(stats.iqm(v.T, axis=0), sps.trim_mean(v, 0.25, axis=-1), rtol=1e-12)
+        np.testing.assert_allclose(
+            stats.iqm(v, axis=-1), sps.trim_mean(v, 0.25, axis=-1), rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            stats.iqm(v.T, axis=0), sps.trim_mean(v, 0.25, axis=-1), rtol=1e-12
+        )
         if n % 4 == 0:
             np.testing.assert_allclose(stats.iqm(v, fractional=True), stats.iqm(v), rtol=1e-12)
     assert stats.iqm(np.arange(8.0).reshape(2, 4), axis=None) == pytest.approx(3.5)
@@ -36,7 +41,7 @@ def test_bootstrap_ci_coverage_and_width():
         assert lo <= point <= hi
         hits += lo <= true_mean <= hi
     assert hits / trials >= 0.90
-    assert hits / trials <= 0.99          # a 95 % interval, not a trivially wide one
+    assert hits / trials <= 0.99  # a 95 % interval, not a trivially wide one
 
     widths = {}
     for n in (5, 50):
@@ -55,7 +60,7 @@ def test_bootstrap_ci_deterministic_stratified_and_errors():
     assert stats.mean_ci(np.full(5, 0.7)) == pytest.approx((0.7, 0.7, 0.7))
     # Stratified over tasks: each task's column is resampled on its own, so a task
     # whose runs are constant keeps exactly its value in every replicate.
-    runs = np.stack([np.array([0.0, 1.0, 0.0, 1.0]), np.full(4, 5.0)], axis=1)   # [R=4, M=2]
+    runs = np.stack([np.array([0.0, 1.0, 0.0, 1.0]), np.full(4, 5.0)], axis=1)  # [R=4, M=2]
     point, lo, hi = stats.mean_ci(runs, num_resamples=500)
     assert point == pytest.approx(2.75)
     assert 2.5 <= lo <= point <= hi <= 3.0

@@ -21,6 +21,7 @@ Field conventions that disagree (defaults are the papers' plain definitions):
   positions; ``masked="zero"`` (TRL, OpenRLHF) zeroes masked rewards and
   values and runs the plain recursion through them.
 """
+
 from __future__ import annotations
 
 import operator
@@ -79,7 +80,9 @@ def _check_groups(rewards, group_size):
     if group_size < 1:
         raise ValueError(f"group_size must be a static positive int, got {group_size!r}")
     if rewards.shape[0] % group_size:
-        raise ValueError(f"rewards has {rewards.shape[0]} rows, not a multiple of group_size={group_size}")
+        raise ValueError(
+            f"rewards has {rewards.shape[0]} rows, not a multiple of group_size={group_size}"
+        )
     return group_size
 
 
@@ -140,7 +143,9 @@ def gae(rewards, values, mask, *, gamma, lam, masked="carry"):
         scan_valid = valid
     else:
         raise ValueError(f"masked must be 'carry' or 'zero', got {masked!r}")
-    adv = jax.vmap(_reverse_scan, in_axes=(0, 0, 0, None, None))(rewards, values, scan_valid, gamma, lam)
+    adv = jax.vmap(_reverse_scan, in_axes=(0, 0, 0, None, None))(
+        rewards, values, scan_valid, gamma, lam
+    )
     adv = jnp.where(valid, adv, 0.0)
     return adv, jnp.where(valid, adv + values, 0.0)
 
@@ -337,7 +342,9 @@ def to_tokens(seq_advantages, mask):
     """Broadcast ``[N]`` sequence values onto the valid tokens: ``[N, T]``, zero outside the mask."""
     seq_advantages = _float(seq_advantages)
     if seq_advantages.ndim != 1 or jnp.ndim(mask) != 2 or mask.shape[0] != seq_advantages.shape[0]:
-        raise ValueError(f"expected seq_advantages [N] and mask [N, T], got {seq_advantages.shape}, {jnp.shape(mask)}")
+        raise ValueError(
+            f"expected seq_advantages [N] and mask [N, T], got {seq_advantages.shape}, {jnp.shape(mask)}"
+        )
     return jnp.where(jnp.asarray(mask) > 0, seq_advantages[:, None], 0.0)
 
 
@@ -360,7 +367,9 @@ def to_token_rewards(rewards, mask, *, kl=None, kl_coef=0.0):
     rewards = _float(rewards)
     valid = jnp.asarray(mask) > 0
     if rewards.ndim != 1 or valid.ndim != 2 or valid.shape[0] != rewards.shape[0]:
-        raise ValueError(f"expected rewards [N] and mask [N, T], got {rewards.shape}, {valid.shape}")
+        raise ValueError(
+            f"expected rewards [N] and mask [N, T], got {rewards.shape}, {valid.shape}"
+        )
     last = last_token_index(mask)
     is_last = (jnp.arange(valid.shape[1])[None, :] == last[:, None]) & valid
     out = jnp.where(is_last, rewards[:, None], 0.0)

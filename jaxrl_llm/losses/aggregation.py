@@ -30,6 +30,7 @@ verl, this module also averages over sequences, so the scale does not grow
 with the batch (older verl releases divided by ``C`` only). A normaliser of 0 (everything masked) gives a
 loss of 0, not NaN.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp

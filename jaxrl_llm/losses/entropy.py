@@ -10,6 +10,7 @@ paper's ``c2·S``). "The Entropy Mechanism of RL for Reasoning LMs"
 (Cui et al. 2025) and "RL for Reasoning in LLMs with One Training Example"
 (Wang et al. 2025) discuss when it helps RLVR.
 """
+
 from __future__ import annotations
 
 import jax
@@ -37,7 +38,9 @@ def token_entropy(logits):
     finite = jnp.isfinite(logits)
     # Shift by the max first so that lse and Σ p·l stay O(log V) and their
     # difference does not cancel catastrophically for large logits.
-    shift = jax.lax.stop_gradient(jnp.max(jnp.where(finite, logits, -jnp.inf), axis=-1, keepdims=True))
+    shift = jax.lax.stop_gradient(
+        jnp.max(jnp.where(finite, logits, -jnp.inf), axis=-1, keepdims=True)
+    )
     shifted = logits - jnp.where(jnp.isfinite(shift), shift, 0.0)
     lse = jax.nn.logsumexp(shifted, axis=-1, keepdims=True)
     p = jnp.exp(shifted - lse)
@@ -45,7 +48,9 @@ def token_entropy(logits):
     return jnp.squeeze(lse, -1) - jnp.sum(p_l, axis=-1)
 
 
-def entropy_bonus(entropy, mask, coef, agg="token-mean", *, num_tokens=None, num_seqs=None, norm_constant=None):
+def entropy_bonus(
+    entropy, mask, coef, agg="token-mean", *, num_tokens=None, num_seqs=None, norm_constant=None
+):
     """Entropy-bonus loss term ``−coef · aggregate(entropy, mask, agg)``.
 
     Args:
@@ -62,8 +67,15 @@ def entropy_bonus(entropy, mask, coef, agg="token-mean", *, num_tokens=None, num
       Scalar float32 loss contribution (negative when the entropy is positive).
     """
     if entropy.shape != mask.shape:
-        raise ValueError(f"entropy and mask must have equal shapes, got {entropy.shape} and {mask.shape}")
+        raise ValueError(
+            f"entropy and mask must have equal shapes, got {entropy.shape} and {mask.shape}"
+        )
     h = aggregate(
-        entropy.astype(jnp.float32), mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=norm_constant
+        entropy.astype(jnp.float32),
+        mask,
+        agg,
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        norm_constant=norm_constant,
     )
     return -jnp.asarray(coef, jnp.float32) * h

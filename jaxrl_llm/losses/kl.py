@@ -28,6 +28,7 @@ Adaptive coefficient (Ziegler et al. 2019, eq. in §2.2)::
     e    = clip(kl / target − 1, −0.2, 0.2)
     coef = coef · (1 + e · n_steps / horizon)
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -36,6 +36,7 @@ Ratio conventions: ``log_ratio_clamp=None`` (default, TRL) leaves
 (``log_ratio_clamp=20.0``). ``dual_clip=None`` (default; TRL, OpenRLHF);
 verl's default is ``dual_clip=3.0``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -84,14 +85,18 @@ def _prep(logp, old_logp, advantages, mask, pg_mask):
     arrays = dict(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask, pg_mask=pg_mask)
     shapes = {k: jnp.shape(v) for k, v in arrays.items() if v is not None}
     if len(shapes["logp"]) != 2 or any(s != shapes["logp"] for s in shapes.values()):
-        raise ValueError(f"logp, old_logp, advantages, mask (and pg_mask) must be [N, T] of one shape; got {shapes}")
+        raise ValueError(
+            f"logp, old_logp, advantages, mask (and pg_mask) must be [N, T] of one shape; got {shapes}"
+        )
     logp, advantages, mask = _float(logp), _float(advantages), _float(mask)
     old_logp = sg(logp) if old_logp is None else _float(old_logp)
     pg_mask = jnp.ones_like(logp) if pg_mask is None else _float(pg_mask)
     # Zero the masked positions before any nonlinearity, so that padding values
     # (even inf / NaN) reach neither the loss nor its gradient.
     valid = mask != 0
-    logp, old_logp, advantages, pg_mask = (jnp.where(valid, x, 0.0) for x in (logp, old_logp, advantages, pg_mask))
+    logp, old_logp, advantages, pg_mask = (
+        jnp.where(valid, x, 0.0) for x in (logp, old_logp, advantages, pg_mask)
+    )
     return logp, sg(old_logp), sg(advantages), sg(mask), sg(pg_mask)
 
 
@@ -101,7 +106,9 @@ def _log_ratio(logp, old_logp, log_ratio_clamp):
 
 
 def _agg(x, mask, agg, num_tokens, num_seqs, norm_constant):
-    return aggregate(x, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=norm_constant)
+    return aggregate(
+        x, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=norm_constant
+    )
 
 
 def _metrics(ratio, log_ratio, mask, *, low=None, high=None, dual=None, **extra):
@@ -149,8 +156,20 @@ def _clipped_surrogate(ratio, advantages, clip_low, clip_high, dual_clip):
 
 
 def ppo_clip(
-    logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.2, dual_clip=None, log_ratio_clamp=None,
-    agg="token-mean", num_tokens=None, num_seqs=None, norm_constant=None, pg_mask=None,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    clip_low=0.2,
+    clip_high=0.2,
+    dual_clip=None,
+    log_ratio_clamp=None,
+    agg="token-mean",
+    num_tokens=None,
+    num_seqs=None,
+    norm_constant=None,
+    pg_mask=None,
 ):
     """PPO clipped surrogate (Schulman et al. 2017), with clip-higher and optional dual clip.
 
@@ -172,13 +191,23 @@ def ppo_clip(
     logp, old_logp, advantages, mask, pg_mask = _prep(logp, old_logp, advantages, mask, pg_mask)
     log_ratio = _log_ratio(logp, old_logp, log_ratio_clamp)
     ratio = jnp.exp(log_ratio)
-    per_token, low, high, dual = _clipped_surrogate(ratio, advantages, clip_low, clip_high, dual_clip)
+    per_token, low, high, dual = _clipped_surrogate(
+        ratio, advantages, clip_low, clip_high, dual_clip
+    )
     loss = _agg(per_token * pg_mask, mask, agg, num_tokens, num_seqs, norm_constant)
     return loss, _metrics(ratio, log_ratio, mask, low=low, high=high, dual=dual)
 
 
 def reinforce(
-    logp, old_logp, advantages, mask, *, agg="token-mean", num_tokens=None, num_seqs=None, norm_constant=None,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    agg="token-mean",
+    num_tokens=None,
+    num_seqs=None,
+    norm_constant=None,
     pg_mask=None,
 ):
     """Plain policy gradient (Williams 1992): ``ℓ_t = −A_t log π(y_t)``, no ratio, no clipping.
@@ -194,8 +223,19 @@ def reinforce(
 
 
 def gspo(
-    logp, old_logp, advantages, mask, *, clip_low=3e-4, clip_high=4e-4, log_ratio_clamp=None,
-    agg="seq-mean-token-mean", num_tokens=None, num_seqs=None, norm_constant=None, pg_mask=None,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    clip_low=3e-4,
+    clip_high=4e-4,
+    log_ratio_clamp=None,
+    agg="seq-mean-token-mean",
+    num_tokens=None,
+    num_seqs=None,
+    norm_constant=None,
+    pg_mask=None,
 ):
     """Group Sequence Policy Optimisation (Zheng et al. 2025, "GSPO").
 
@@ -218,7 +258,9 @@ def gspo(
     valid = (mask != 0).astype(logp.dtype)
     token_log_ratio = logp - old_logp
     n = jnp.sum(valid, axis=-1, keepdims=True)
-    seq_log_ratio = jnp.sum(jnp.where(valid != 0, token_log_ratio, 0.0), -1, keepdims=True) / jnp.maximum(n, 1.0)
+    seq_log_ratio = jnp.sum(
+        jnp.where(valid != 0, token_log_ratio, 0.0), -1, keepdims=True
+    ) / jnp.maximum(n, 1.0)
     seq_log_ratio = _log_ratio(seq_log_ratio, 0.0, log_ratio_clamp)
     log_s = sg(seq_log_ratio) + logp - sg(logp)
     s = jnp.exp(log_s)
@@ -229,8 +271,19 @@ def gspo(
 
 
 def cispo(
-    logp, old_logp, advantages, mask, *, clip_low=None, clip_high=0.2, log_ratio_clamp=None,
-    agg="token-mean", num_tokens=None, num_seqs=None, norm_constant=None, pg_mask=None,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    clip_low=None,
+    clip_high=0.2,
+    log_ratio_clamp=None,
+    agg="token-mean",
+    num_tokens=None,
+    num_seqs=None,
+    norm_constant=None,
+    pg_mask=None,
 ):
     """Clipped IS-weight policy optimisation (MiniMax 2025, "MiniMax-M1").
 
@@ -247,7 +300,9 @@ def cispo(
     lo = -jnp.inf if clip_low is None else 1.0 - clip_low
     hi = jnp.inf if clip_high is None else 1.0 + clip_high
     weight = sg(jnp.clip(ratio, lo, hi))
-    loss = _agg(-weight * advantages * logp * pg_mask, mask, agg, num_tokens, num_seqs, norm_constant)
+    loss = _agg(
+        -weight * advantages * logp * pg_mask, mask, agg, num_tokens, num_seqs, norm_constant
+    )
     return loss, _metrics(ratio, log_ratio, mask, low=sg(ratio) < lo, high=sg(ratio) > hi)
 
 
@@ -264,7 +319,16 @@ def _centred_cov(logp, advantages, valid):
 
 
 def clip_cov_stats(
-    logp, advantages, mask, *, key, clip_ratio=2e-4, cov_lb=1.0, cov_ub=5.0, old_logp=None, clip_low=0.2,
+    logp,
+    advantages,
+    mask,
+    *,
+    key,
+    clip_ratio=2e-4,
+    cov_lb=1.0,
+    cov_ub=5.0,
+    old_logp=None,
+    clip_low=0.2,
     clip_high=0.2,
 ):
     """Clip-Cov's token selection on the whole minibatch.
@@ -292,7 +356,11 @@ def clip_cov_stats(
         band = band & ~low & ~high
     k = jnp.maximum(jnp.floor(clip_ratio * jnp.sum(valid)), 1.0)
     priority = jnp.where(band, jax.random.uniform(key, band.shape), 2.0).reshape(-1)
-    rank = jnp.zeros(priority.shape, jnp.int32).at[jnp.argsort(priority)].set(jnp.arange(priority.size))
+    rank = (
+        jnp.zeros(priority.shape, jnp.int32)
+        .at[jnp.argsort(priority)]
+        .set(jnp.arange(priority.size))
+    )
     select = band & (rank.reshape(band.shape) < k)
     return {"select": select.astype(jnp.float32)}
 
@@ -324,9 +392,25 @@ def _check_select(stats, shape, name):
 
 
 def clip_cov(
-    logp, old_logp, advantages, mask, *, stats=None, key=None, clip_ratio=2e-4, cov_lb=1.0, cov_ub=5.0,
-    clip_low=0.2, clip_high=0.2, dual_clip=None, log_ratio_clamp=None,
-    agg="token-mean", num_tokens=None, num_seqs=None, norm_constant=None, pg_mask=None,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    stats=None,
+    key=None,
+    clip_ratio=2e-4,
+    cov_lb=1.0,
+    cov_ub=5.0,
+    clip_low=0.2,
+    clip_high=0.2,
+    dual_clip=None,
+    log_ratio_clamp=None,
+    agg="token-mean",
+    num_tokens=None,
+    num_seqs=None,
+    norm_constant=None,
+    pg_mask=None,
 ):
     """Clip-Cov (Cui et al. 2025): PPO-clip with the gradient of a few high-covariance tokens detached.
 
@@ -340,21 +424,47 @@ def clip_cov(
     logp, old_logp, advantages, mask, pg_mask = _prep(logp, old_logp, advantages, mask, pg_mask)
     if stats is None:
         if key is None:
-            raise ValueError("clip_cov needs `key` (or `stats` from clip_cov_stats) for its random selection")
-        stats = clip_cov_stats(logp, advantages, mask, key=key, clip_ratio=clip_ratio, cov_lb=cov_lb,
-                               cov_ub=cov_ub, old_logp=old_logp, clip_low=clip_low, clip_high=clip_high)
+            raise ValueError(
+                "clip_cov needs `key` (or `stats` from clip_cov_stats) for its random selection"
+            )
+        stats = clip_cov_stats(
+            logp,
+            advantages,
+            mask,
+            key=key,
+            clip_ratio=clip_ratio,
+            cov_lb=cov_lb,
+            cov_ub=cov_ub,
+            old_logp=old_logp,
+            clip_low=clip_low,
+            clip_high=clip_high,
+        )
     select = _check_select(stats, logp.shape, "clip_cov")
     log_ratio = _log_ratio(logp, old_logp, log_ratio_clamp)
     ratio = jnp.exp(log_ratio)
-    per_token, low, high, dual = _clipped_surrogate(ratio, advantages, clip_low, clip_high, dual_clip)
+    per_token, low, high, dual = _clipped_surrogate(
+        ratio, advantages, clip_low, clip_high, dual_clip
+    )
     per_token = jnp.where(select != 0, sg(per_token), per_token)
     loss = _agg(per_token * pg_mask, mask, agg, num_tokens, num_seqs, norm_constant)
     return loss, _metrics(ratio, log_ratio, mask, low=low, high=high, dual=dual, cov_frac=select)
 
 
 def kl_cov(
-    logp, old_logp, advantages, mask, *, stats=None, k_ratio=2e-3, kl_coef=1.0, log_ratio_clamp=None,
-    agg="token-mean", num_tokens=None, num_seqs=None, norm_constant=None, pg_mask=None,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    stats=None,
+    k_ratio=2e-3,
+    kl_coef=1.0,
+    log_ratio_clamp=None,
+    agg="token-mean",
+    num_tokens=None,
+    num_seqs=None,
+    norm_constant=None,
+    pg_mask=None,
 ):
     """KL-Cov (Cui et al. 2025): unclipped surrogate plus a KL penalty on the top-covariance tokens.
 
@@ -407,7 +517,9 @@ def forking_token_mask(entropy, mask, top_fraction=0.2, threshold=None):
     """
     entropy, valid = _float(entropy), jnp.asarray(mask) != 0
     if entropy.shape != valid.shape or entropy.ndim != 2:
-        raise ValueError(f"entropy and mask must be [N, T] of one shape, got {entropy.shape}, {valid.shape}")
+        raise ValueError(
+            f"entropy and mask must be [N, T] of one shape, got {entropy.shape}, {valid.shape}"
+        )
     if threshold is None:
         threshold = forking_threshold(entropy, mask, top_fraction)
     return (valid & (sg(entropy) >= threshold)).astype(jnp.float32)

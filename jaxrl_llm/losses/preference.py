@@ -25,6 +25,7 @@ Conventions: TRL's ``ipo`` divides the log-probs by the response length
 before calling the loss; pass length-averaged log-probs to reproduce it. TRL's
 ``robust`` loss is rDPO with ``label_smoothing`` as ε.
 """
+
 from __future__ import annotations
 
 import jax
@@ -81,27 +82,51 @@ def _check_range(name, value, low, high, high_inclusive):
             raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value}")
 
 
-def dpo(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, *, beta=0.1, label_smoothing=0.0, mask=None):
+def dpo(
+    chosen_logp,
+    rejected_logp,
+    ref_chosen_logp,
+    ref_rejected_logp,
+    *,
+    beta=0.1,
+    label_smoothing=0.0,
+    mask=None,
+):
     """DPO sigmoid loss ``(1 − s)·(−log σ(βh)) + s·(−log σ(−βh))`` (Rafailov et al. 2023).
 
     ``label_smoothing = s > 0`` is conservative DPO (cDPO, Mitchell 2023), as
     TRL's ``sigmoid`` loss with ``label_smoothing``; ``s = 0`` is plain DPO.
     """
     _check_range("label_smoothing", label_smoothing, 0.0, 0.5, True)
-    chosen, rejected, w = _log_ratios(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, mask)
+    chosen, rejected, w = _log_ratios(
+        chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, mask
+    )
     z = beta * (chosen - rejected)
-    per_pair = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(z) - label_smoothing * jax.nn.log_sigmoid(-z)
+    per_pair = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(
+        z
+    ) - label_smoothing * jax.nn.log_sigmoid(-z)
     return _finish(per_pair, beta * chosen, beta * rejected, w)
 
 
 def ipo(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, *, beta=0.1, mask=None):
     """IPO loss ``(h − 1/(2β))²`` (Azar et al. 2023, "A General Theoretical Paradigm…"; β is τ)."""
-    chosen, rejected, w = _log_ratios(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, mask)
+    chosen, rejected, w = _log_ratios(
+        chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, mask
+    )
     per_pair = jnp.square(chosen - rejected - 1.0 / (2.0 * beta))
     return _finish(per_pair, beta * chosen, beta * rejected, w)
 
 
-def rdpo(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, *, flip_rate, beta=0.1, mask=None):
+def rdpo(
+    chosen_logp,
+    rejected_logp,
+    ref_chosen_logp,
+    ref_rejected_logp,
+    *,
+    flip_rate,
+    beta=0.1,
+    mask=None,
+):
     """Robust DPO for labels flipped with known probability ε = ``flip_rate`` (Chowdhury et al. 2024).
 
     ``((1 − ε)·L(βh) − ε·L(−βh)) / (1 − 2ε)`` with ``L(x) = −log σ(x)``: an
@@ -109,17 +134,21 @@ def rdpo(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, *, flip
     ``0 ≤ ε < 0.5``.
     """
     _check_range("flip_rate", flip_rate, 0.0, 0.5, False)
-    chosen, rejected, w = _log_ratios(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, mask)
-    z = beta * (chosen - rejected)
-    per_pair = ((1.0 - flip_rate) * -jax.nn.log_sigmoid(z) - flip_rate * -jax.nn.log_sigmoid(-z)) / (
-        1.0 - 2.0 * flip_rate
+    chosen, rejected, w = _log_ratios(
+        chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, mask
     )
+    z = beta * (chosen - rejected)
+    per_pair = (
+        (1.0 - flip_rate) * -jax.nn.log_sigmoid(z) - flip_rate * -jax.nn.log_sigmoid(-z)
+    ) / (1.0 - 2.0 * flip_rate)
     return _finish(per_pair, beta * chosen, beta * rejected, w)
 
 
 def hinge(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, *, beta=0.1, mask=None):
     """Hinge loss ``max(0, 1 − βh)`` (SLiC-HF, Zhao et al. 2023, with β = 1/δ as in TRL's ``hinge``)."""
-    chosen, rejected, w = _log_ratios(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, mask)
+    chosen, rejected, w = _log_ratios(
+        chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp, mask
+    )
     per_pair = jax.nn.relu(1.0 - beta * (chosen - rejected))
     return _finish(per_pair, beta * chosen, beta * rejected, w)
 

@@ -12,6 +12,7 @@ The trainer uses three entry points with one signature for every name:
   once on the whole minibatch; split along rows with :func:`split_stats`.
 * :func:`compute_policy_loss` — one micro-batch's loss and metrics.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,7 +65,9 @@ def _ones(x):
 
 def _group(scale):
     def fn(*, rewards, group_size, eps, ddof, **_):
-        return adv_lib.group_advantages(rewards, group_size, scale=scale, eps=eps, ddof=ddof), _ones(rewards)
+        return adv_lib.group_advantages(
+            rewards, group_size, scale=scale, eps=eps, ddof=ddof
+        ), _ones(rewards)
 
     return fn
 
@@ -129,7 +132,9 @@ POLICY_LOSSES = {
     "kl_cov": policy.kl_cov,
 }
 
-AGGREGATIONS = {mode: functools.partial(aggregation.aggregate, mode=mode) for mode in aggregation.MODES}
+AGGREGATIONS = {
+    mode: functools.partial(aggregation.aggregate, mode=mode) for mode in aggregation.MODES
+}
 
 _KINDS = {"advantage": ADVANTAGES, "policy_loss": POLICY_LOSSES, "aggregation": AGGREGATIONS}
 
@@ -152,8 +157,20 @@ def get_policy_loss(name):
 
 
 def compute_advantages(
-    name, *, rewards, mask, group_size, token_rewards=None, values=None, greedy_rewards=None,
-    gamma=1.0, lam=1.0, eps=1e-6, ddof=1, w_lambda=0.1, whiten_advantages=False,
+    name,
+    *,
+    rewards,
+    mask,
+    group_size,
+    token_rewards=None,
+    values=None,
+    greedy_rewards=None,
+    gamma=1.0,
+    lam=1.0,
+    eps=1e-6,
+    ddof=1,
+    w_lambda=0.1,
+    whiten_advantages=False,
 ):
     """Run the estimator ``name`` on the whole minibatch.
 
@@ -179,10 +196,21 @@ def compute_advantages(
     mask = jnp.asarray(mask)
     rewards = jnp.asarray(rewards, jnp.float32)
     if rewards.ndim != 1 or mask.ndim != 2 or mask.shape[0] != rewards.shape[0]:
-        raise ValueError(f"expected rewards [N] and mask [N, T], got {rewards.shape} and {mask.shape}")
+        raise ValueError(
+            f"expected rewards [N] and mask [N, T], got {rewards.shape} and {mask.shape}"
+        )
     adv, returns, weight = fn(
-        rewards=rewards, mask=mask, group_size=group_size, token_rewards=token_rewards, values=values,
-        greedy_rewards=greedy_rewards, gamma=gamma, lam=lam, eps=eps, ddof=ddof, w_lambda=w_lambda,
+        rewards=rewards,
+        mask=mask,
+        group_size=group_size,
+        token_rewards=token_rewards,
+        values=values,
+        greedy_rewards=greedy_rewards,
+        gamma=gamma,
+        lam=lam,
+        eps=eps,
+        ddof=ddof,
+        w_lambda=w_lambda,
     )
     if whiten_advantages:
         adv = adv_lib.whiten(adv, mask)
@@ -206,8 +234,22 @@ def _pg_mask(extra, mask, stats):
 
 
 def compute_policy_loss(
-    name, logp, old_logp, advantages, mask, *, agg, num_tokens=None, num_seqs=None, norm_constant=None,
-    clip_low=None, clip_high=None, dual_clip=None, stats=None, key=None, **extra,
+    name,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    agg,
+    num_tokens=None,
+    num_seqs=None,
+    norm_constant=None,
+    clip_low=None,
+    clip_high=None,
+    dual_clip=None,
+    stats=None,
+    key=None,
+    **extra,
 ):
     """One micro-batch's ``(loss, metrics)`` for the policy loss ``name``.
 
@@ -233,8 +275,13 @@ def compute_policy_loss(
     fn = get_policy_loss(name)
     extra = dict(extra)
     pg_mask = _pg_mask(extra, mask, stats)
-    kwargs = dict(agg=check("aggregation", agg), num_tokens=num_tokens, num_seqs=num_seqs,
-                  norm_constant=norm_constant, pg_mask=pg_mask)
+    kwargs = dict(
+        agg=check("aggregation", agg),
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        norm_constant=norm_constant,
+        pg_mask=pg_mask,
+    )
     for field, value in (("clip_low", clip_low), ("clip_high", clip_high)):
         if value is not None and _accepts(fn, field):
             kwargs[field] = value
@@ -248,8 +295,14 @@ def compute_policy_loss(
         kwargs["key"] = key
     unknown = [k for k in extra if not _accepts(fn, k)]
     if unknown:
-        valid = [p for p in inspect.signature(fn).parameters if p not in ("logp", "old_logp", "advantages", "mask")]
-        raise ValueError(f"policy loss {name!r} got unknown options {unknown}; valid: {', '.join(valid)}")
+        valid = [
+            p
+            for p in inspect.signature(fn).parameters
+            if p not in ("logp", "old_logp", "advantages", "mask")
+        ]
+        raise ValueError(
+            f"policy loss {name!r} got unknown options {unknown}; valid: {', '.join(valid)}"
+        )
     return fn(logp, old_logp, advantages, mask, **kwargs, **extra)
 
 
@@ -276,9 +329,14 @@ def policy_loss_stats(name, logp, advantages, mask, *, key=None, **extra):
         stats["forking_threshold"] = policy.forking_threshold(entropy, mask, top_fraction)
     if name == "clip_cov":
         if key is None:
-            raise ValueError("policy_loss_stats('clip_cov') needs `key` for its random token selection")
-        opts = {k: extra[k] for k in ("clip_ratio", "cov_lb", "cov_ub", "old_logp", "clip_low", "clip_high")
-                if extra.get(k) is not None}
+            raise ValueError(
+                "policy_loss_stats('clip_cov') needs `key` for its random token selection"
+            )
+        opts = {
+            k: extra[k]
+            for k in ("clip_ratio", "cov_lb", "cov_ub", "old_logp", "clip_low", "clip_high")
+            if extra.get(k) is not None
+        }
         stats.update(policy.clip_cov_stats(logp, advantages, mask, key=key, **opts))
     elif name == "kl_cov":
         opts = {k: extra[k] for k in ("k_ratio",) if extra.get(k) is not None}
@@ -298,7 +356,9 @@ def split_stats(stats, num_microbatches):
         if x.ndim == 0:
             return jnp.broadcast_to(x, (num_microbatches,))
         if x.shape[0] % num_microbatches:
-            raise ValueError(f"cannot split {x.shape[0]} rows into {num_microbatches} micro-batches")
+            raise ValueError(
+                f"cannot split {x.shape[0]} rows into {num_microbatches} micro-batches"
+            )
         return x.reshape(num_microbatches, x.shape[0] // num_microbatches, *x.shape[1:])
 
     return jax.tree.map(split, stats)

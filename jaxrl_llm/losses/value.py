@@ -15,6 +15,7 @@ with bin edges ``e_0 < … < e_K``; the loss is the cross-entropy to that
 histogram and the value read out is ``Σ_i softmax(logits)_i · c_i`` over bin
 centres ``c_i``. The paper recommends ``σ = 0.75 · bin width``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -86,7 +87,9 @@ def clipped_value_loss(
         clipped = jnp.square(v_clipped - ret)
         per_token = 0.5 * jnp.maximum(unclipped, clipped)
         clip_frac = _masked_mean((clipped > unclipped).astype(jnp.float32), mask)
-    loss = aggregate(per_token, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=norm_constant)
+    loss = aggregate(
+        per_token, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=norm_constant
+    )
     metrics = {
         "vf_clip_frac": clip_frac,
         "value_mean": _masked_mean(v, mask),
@@ -110,7 +113,9 @@ def _check_support(v_min, v_max, num_bins):
 
 def _check_num_bins(logits, num_bins):
     if num_bins is not None and logits.shape[-1] != num_bins:
-        raise ValueError(f"logits.shape[-1] must equal num_bins={num_bins}, got logits shape {logits.shape}")
+        raise ValueError(
+            f"logits.shape[-1] must equal num_bins={num_bins}, got logits shape {logits.shape}"
+        )
 
 
 def hl_gauss_targets(target, *, v_min, v_max, num_bins, sigma=None):
@@ -156,9 +161,15 @@ def hl_gauss_loss(logits, target, *, v_min, v_max, num_bins=None, sigma=None):
     """
     _check_num_bins(logits, num_bins)
     if logits.shape[:-1] != jnp.shape(target):
-        raise ValueError(f"logits must be target.shape + (num_bins,), got {logits.shape} and {jnp.shape(target)}")
+        raise ValueError(
+            f"logits must be target.shape + (num_bins,), got {logits.shape} and {jnp.shape(target)}"
+        )
     probs = hl_gauss_targets(
-        jax.lax.stop_gradient(target), v_min=v_min, v_max=v_max, num_bins=logits.shape[-1], sigma=sigma
+        jax.lax.stop_gradient(target),
+        v_min=v_min,
+        v_max=v_max,
+        num_bins=logits.shape[-1],
+        sigma=sigma,
     )
     log_q = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return -jnp.sum(probs * log_q, axis=-1)

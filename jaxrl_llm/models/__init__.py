@@ -1,4 +1,5 @@
 """Decoder-only transformer (Llama / Qwen2 / Qwen3), value model, HF IO and tokenizers."""
+
 from jaxrl_llm.models.config import ModelConfig, SUPPORTED_ARCHITECTURES
 from jaxrl_llm.models.transformer import (
     apply,

@@ -13,6 +13,7 @@ The config is a frozen, hashable dataclass, so it can be a static argument of
 `ModelConfig.from_hf` reads a Hugging Face `config.json` written by
 transformers v4 (`rope_theta` + `rope_scaling`) or v5 (`rope_parameters`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -117,8 +118,15 @@ class ModelConfig:
             value = getattr(self, name)
             if value not in SUPPORTED_DTYPES:
                 raise ValueError(f"ModelConfig.{name}={value!r}; allowed: {SUPPORTED_DTYPES}")
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                     "head_dim", "intermediate_size"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "intermediate_size",
+        ):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.num_heads % self.num_kv_heads:
@@ -145,15 +153,24 @@ class ModelConfig:
     def tiny(cls, **overrides) -> "ModelConfig":
         """A tiny model that compiles in seconds on CPU (tests, laptop runs)."""
         fields = dict(
-            vocab_size=64, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-            head_dim=16, intermediate_size=128, rope_theta=10000.0, max_position_embeddings=512,
+            vocab_size=64,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            intermediate_size=128,
+            rope_theta=10000.0,
+            max_position_embeddings=512,
         )
         fields.update(overrides)
         return cls(**fields)
 
     # ----------------------------------------------------------------- HF json
     @classmethod
-    def from_hf(cls, path_or_dict: str | os.PathLike | Mapping[str, Any], **overrides) -> "ModelConfig":
+    def from_hf(
+        cls, path_or_dict: str | os.PathLike | Mapping[str, Any], **overrides
+    ) -> "ModelConfig":
         """Build a config from an HF `config.json` (a folder, a file, or a dict).
 
         Reads transformers v4 (`rope_theta`, `rope_scaling`) and v5

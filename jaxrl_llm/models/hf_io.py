@@ -28,6 +28,7 @@ replicated copy of the model is ever placed on a device. Safetensors files are
 read and written by a small built-in codec (format: u64 header size, JSON
 header, raw little-endian data), so bfloat16 needs no torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,9 +48,16 @@ from jaxrl_llm.parallel.axes import logical_to_sharding
 __all__ = ["load_hf", "save_hf", "hf_tensor_specs", "read_safetensors_header"]
 
 _ST_DTYPES = {
-    "F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F64": np.dtype(np.float64), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F64": np.dtype(np.float64),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
 }
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 # Tensors some checkpoints carry that the model does not use.
@@ -79,7 +87,8 @@ class _SafetensorsFolder:
             files = ["model.safetensors"]
         else:
             raise FileNotFoundError(
-                f"no model.safetensors or model.safetensors.index.json in {path}")
+                f"no model.safetensors or model.safetensors.index.json in {path}"
+            )
         self.entries: dict[str, tuple[str, dict, int]] = {}
         for name in files:
             file = os.path.join(path, name)
@@ -98,7 +107,7 @@ class _SafetensorsFolder:
             self._maps[file] = np.memmap(file, dtype=np.uint8, mode="r")
         begin, end = info["data_offsets"]
         dtype = _ST_DTYPES[info["dtype"]]
-        raw = self._maps[file][offset + begin: offset + end]
+        raw = self._maps[file][offset + begin : offset + end]
         return raw.view(dtype).reshape(info["shape"])
 
 
@@ -107,8 +116,11 @@ def _write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
     for name, array in tensors.items():
         array = np.ascontiguousarray(array)
         data = array.tobytes()
-        header[name] = {"dtype": _ST_NAMES[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": _ST_NAMES[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         offset += len(data)
         blobs.append(data)
     header["__metadata__"] = {"format": "pt"}
@@ -122,7 +134,9 @@ def _write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
 
 
 # ---------------------------------------------------------------- name mapping
-def hf_tensor_specs(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, Callable, Callable, tuple]]:
+def hf_tensor_specs(
+    config: ModelConfig,
+) -> dict[tuple[str, ...], tuple[str, Callable, Callable, tuple]]:
     """params path → (HF name, with `{i}` for the layer, to_params(W), to_hf(w), HF shape of one tensor).
 
     `to_params` maps one HF tensor to our layout (one layer), `to_hf` back.
@@ -130,13 +144,17 @@ def hf_tensor_specs(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, Cal
     h, nh, nkv, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
     m, v = config.intermediate_size, config.vocab_size
 
-    def linear_in(out_shape):   # torch [prod(out), in] -> [in, *out]
-        return (lambda w: w.T.reshape((w.shape[1],) + out_shape),
-                lambda k: k.reshape(k.shape[0], -1).T)
+    def linear_in(out_shape):  # torch [prod(out), in] -> [in, *out]
+        return (
+            lambda w: w.T.reshape((w.shape[1],) + out_shape),
+            lambda k: k.reshape(k.shape[0], -1).T,
+        )
 
-    def linear_out(in_shape):   # torch [out, prod(in)] -> [*in, out]
-        return (lambda w: w.T.reshape(in_shape + (w.shape[0],)),
-                lambda k: k.reshape(-1, k.shape[-1]).T)
+    def linear_out(in_shape):  # torch [out, prod(in)] -> [*in, out]
+        return (
+            lambda w: w.T.reshape(in_shape + (w.shape[0],)),
+            lambda k: k.reshape(-1, k.shape[-1]).T,
+        )
 
     same = (lambda w: w, lambda w: w)
     attn = "model.layers.{i}.self_attn."
@@ -144,21 +162,56 @@ def hf_tensor_specs(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, Cal
         ("embed", "embedding"): ("model.embed_tokens.weight", *same, (v, h)),
         ("final_norm", "scale"): ("model.norm.weight", *same, (h,)),
         ("layers", "attn_norm", "scale"): ("model.layers.{i}.input_layernorm.weight", *same, (h,)),
-        ("layers", "mlp_norm", "scale"): ("model.layers.{i}.post_attention_layernorm.weight", *same, (h,)),
-        ("layers", "attn", "q_proj", "kernel"): (attn + "q_proj.weight", *linear_in((nh, d)), (nh * d, h)),
-        ("layers", "attn", "k_proj", "kernel"): (attn + "k_proj.weight", *linear_in((nkv, d)), (nkv * d, h)),
-        ("layers", "attn", "v_proj", "kernel"): (attn + "v_proj.weight", *linear_in((nkv, d)), (nkv * d, h)),
-        ("layers", "attn", "o_proj", "kernel"): (attn + "o_proj.weight", *linear_out((nh, d)), (h, nh * d)),
-        ("layers", "mlp", "gate_proj", "kernel"): ("model.layers.{i}.mlp.gate_proj.weight", *linear_in((m,)), (m, h)),
-        ("layers", "mlp", "up_proj", "kernel"): ("model.layers.{i}.mlp.up_proj.weight", *linear_in((m,)), (m, h)),
-        ("layers", "mlp", "down_proj", "kernel"): ("model.layers.{i}.mlp.down_proj.weight",
-                                                   lambda w: w.T, lambda k: k.T, (h, m)),
+        ("layers", "mlp_norm", "scale"): (
+            "model.layers.{i}.post_attention_layernorm.weight",
+            *same,
+            (h,),
+        ),
+        ("layers", "attn", "q_proj", "kernel"): (
+            attn + "q_proj.weight",
+            *linear_in((nh, d)),
+            (nh * d, h),
+        ),
+        ("layers", "attn", "k_proj", "kernel"): (
+            attn + "k_proj.weight",
+            *linear_in((nkv, d)),
+            (nkv * d, h),
+        ),
+        ("layers", "attn", "v_proj", "kernel"): (
+            attn + "v_proj.weight",
+            *linear_in((nkv, d)),
+            (nkv * d, h),
+        ),
+        ("layers", "attn", "o_proj", "kernel"): (
+            attn + "o_proj.weight",
+            *linear_out((nh, d)),
+            (h, nh * d),
+        ),
+        ("layers", "mlp", "gate_proj", "kernel"): (
+            "model.layers.{i}.mlp.gate_proj.weight",
+            *linear_in((m,)),
+            (m, h),
+        ),
+        ("layers", "mlp", "up_proj", "kernel"): (
+            "model.layers.{i}.mlp.up_proj.weight",
+            *linear_in((m,)),
+            (m, h),
+        ),
+        ("layers", "mlp", "down_proj", "kernel"): (
+            "model.layers.{i}.mlp.down_proj.weight",
+            lambda w: w.T,
+            lambda k: k.T,
+            (h, m),
+        ),
     }
     if config.qkv_bias:
         for name, heads in (("q_proj", nh), ("k_proj", nkv), ("v_proj", nkv)):
             specs[("layers", "attn", name, "bias")] = (
-                attn + name + ".bias", (lambda w, heads=heads: w.reshape(heads, d)),
-                lambda b: b.reshape(-1), (heads * d,))
+                attn + name + ".bias",
+                (lambda w, heads=heads: w.reshape(heads, d)),
+                lambda b: b.reshape(-1),
+                (heads * d,),
+            )
     if config.qk_norm:
         specs[("layers", "attn", "q_norm", "scale")] = (attn + "q_norm.weight", *same, (d,))
         specs[("layers", "attn", "k_norm", "scale")] = (attn + "k_norm.weight", *same, (d,))
@@ -194,8 +247,11 @@ def _check_tensors(config: ModelConfig, folder: _SafetensorsFolder, specs) -> No
     present = set(folder.entries)
     missing = sorted(set(expected) - present)
     ignorable = {"lm_head.weight"} if config.tie_embeddings else set()
-    unexpected = sorted(n for n in present - set(expected)
-                        if n not in ignorable and not n.endswith(_IGNORED_SUFFIXES))
+    unexpected = sorted(
+        n
+        for n in present - set(expected)
+        if n not in ignorable and not n.endswith(_IGNORED_SUFFIXES)
+    )
     if missing:
         raise ValueError(f"checkpoint lacks tensors {missing}")
     if unexpected:
@@ -203,12 +259,19 @@ def _check_tensors(config: ModelConfig, folder: _SafetensorsFolder, specs) -> No
     for name, shape in expected.items():
         got = folder.shape(name)
         if tuple(got) != tuple(shape):
-            raise ValueError(f"tensor {name} has shape {tuple(got)} in the checkpoint; the config "
-                             f"expects {tuple(shape)}")
+            raise ValueError(
+                f"tensor {name} has shape {tuple(got)} in the checkpoint; the config "
+                f"expects {tuple(shape)}"
+            )
 
 
-def load_hf(path: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None, rules=None,
-            dtype: str | None = None) -> tuple[ModelConfig, dict]:
+def load_hf(
+    path: str | os.PathLike,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    rules=None,
+    dtype: str | None = None,
+) -> tuple[ModelConfig, dict]:
     """Read an HF folder (config.json + safetensors, single or index-sharded) into `(config, params)`.
 
     `dtype`: parameter (and compute) dtype; default the checkpoint's
@@ -280,7 +343,9 @@ def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict) -> None:
     config.json). Arrays are gathered to the host (single-host use).
     """
     if config.architecture not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"architecture {config.architecture!r}; supported: {SUPPORTED_ARCHITECTURES}")
+        raise ValueError(
+            f"architecture {config.architecture!r}; supported: {SUPPORTED_ARCHITECTURES}"
+        )
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     tensors = {}
@@ -294,8 +359,10 @@ def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict) -> None:
         for i, name in enumerate(_names_for(config, hf_name)):
             tensor = to_hf(value[i] if "{i}" in hf_name else value)
             if tuple(tensor.shape) != tuple(hf_shape):
-                raise ValueError(f"params {'/'.join(ppath)} give {name} shape {tensor.shape}, "
-                                 f"expected {hf_shape}")
+                raise ValueError(
+                    f"params {'/'.join(ppath)} give {name} shape {tensor.shape}, "
+                    f"expected {hf_shape}"
+                )
             tensors[name] = np.ascontiguousarray(tensor)
     hf = config.to_hf_dict()
     if len(dtypes) == 1:

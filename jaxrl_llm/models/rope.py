@@ -5,6 +5,7 @@ or Llama 3.1's `llama3` band-wise scaling); a head vector x at position p become
 `x * cos(p f) + rotate_half(x) * sin(p f)` with `f` duplicated to length d and
 `rotate_half([x1, x2]) = [-x2, x1]` (the two halves, not interleaved pairs).
 """
+
 from __future__ import annotations
 
 import math

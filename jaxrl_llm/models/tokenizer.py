@@ -6,6 +6,7 @@
 
 Tokenizers are host-side objects; they never enter jitted code.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,13 @@ def load_tokenizer(path: str | os.PathLike, **kwargs: Any):
     return tokenizer
 
 
-def chat_prompt(tokenizer, messages: str | Sequence[dict], *, system: str | None = None,
-                add_generation_prompt: bool = True) -> str:
+def chat_prompt(
+    tokenizer,
+    messages: str | Sequence[dict],
+    *,
+    system: str | None = None,
+    add_generation_prompt: bool = True,
+) -> str:
     """Prompt text for `messages` (a user string or a list of `{"role", "content"}` dicts).
 
     Uses `tokenizer.apply_chat_template` when the tokenizer has a chat
@@ -67,7 +73,8 @@ def chat_prompt(tokenizer, messages: str | Sequence[dict], *, system: str | None
         messages = [{"role": "system", "content": system}] + messages
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
     return "\n".join(m["content"] for m in messages)
 
 
@@ -91,8 +98,14 @@ def build_builtin_tokenizer(path: str | os.PathLike) -> str:
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-        unk_token="<unk>", padding_side="left", clean_up_tokenization_spaces=False)
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     fast.save_pretrained(path)

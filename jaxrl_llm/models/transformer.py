@@ -35,6 +35,7 @@ Activations carry logical axis names (`batch`, `length`, `kv_length`, `embed`,
 and logical rules, e.g.
 `with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(rules): jax.jit(...)`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -136,10 +137,15 @@ class Proj(nn.Module):
     def __call__(self, x):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
-        kernel = _param(self, "kernel", self.shape, self.names, nn.initializers.normal(_INIT_STD), cfg)
+        kernel = _param(
+            self, "kernel", self.shape, self.names, nn.initializers.normal(_INIT_STD), cfg
+        )
         n_in = x.ndim - 2  # inputs are [N, S, *in]
-        y = lax.dot_general(x.astype(dtype), kernel.astype(dtype),
-                            ((tuple(range(2, x.ndim)), tuple(range(n_in))), ((), ())))
+        y = lax.dot_general(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            ((tuple(range(2, x.ndim)), tuple(range(n_in))), ((), ())),
+        )
         if self.use_bias:
             out_shape, out_names = self.shape[n_in:], self.names[n_in:]
             bias = _param(self, "bias", out_shape, out_names, nn.initializers.zeros, cfg)
@@ -158,8 +164,12 @@ class Attention(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         h, nh, nkv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q = Proj(cfg, (h, nh, d), (A.EMBED, A.HEADS, A.HEAD_DIM), cfg.qkv_bias, name="q_proj")(x)
-        k = Proj(cfg, (h, nkv, d), (A.EMBED, A.KV_HEADS, A.HEAD_DIM), cfg.qkv_bias, name="k_proj")(x)
-        v = Proj(cfg, (h, nkv, d), (A.EMBED, A.KV_HEADS, A.HEAD_DIM), cfg.qkv_bias, name="v_proj")(x)
+        k = Proj(cfg, (h, nkv, d), (A.EMBED, A.KV_HEADS, A.HEAD_DIM), cfg.qkv_bias, name="k_proj")(
+            x
+        )
+        v = Proj(cfg, (h, nkv, d), (A.EMBED, A.KV_HEADS, A.HEAD_DIM), cfg.qkv_bias, name="v_proj")(
+            x
+        )
         if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim, per head, before RoPE
             q = RMSNorm(cfg, d, A.HEAD_DIM, name="q_norm")(q)
             k = RMSNorm(cfg, d, A.HEAD_DIM, name="k_norm")(k)
@@ -187,7 +197,7 @@ class Attention(nn.Module):
         groups = nh // nkv
         qg = q.reshape(n, s, nkv, groups, d)
         scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
-        scores = scores * (d ** -0.5)
+        scores = scores * (d**-0.5)
         scores = jnp.where(allowed[:, None, None, :, :], scores, _NEG)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
         out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(n, s, nh, d)
@@ -239,8 +249,14 @@ class Embed(nn.Module):
     @nn.compact
     def __call__(self, tokens):
         cfg = self.config
-        emb = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), (A.VOCAB, A.EMBED),
-                     nn.initializers.normal(_INIT_STD), cfg)
+        emb = _param(
+            self,
+            "embedding",
+            (cfg.vocab_size, cfg.hidden_size),
+            (A.VOCAB, A.EMBED),
+            nn.initializers.normal(_INIT_STD),
+            cfg,
+        )
         return jnp.take(emb, tokens, axis=0)
 
 
@@ -269,8 +285,9 @@ class Backbone(nn.Module):
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: A.LAYERS},
         )(cfg, name="layers")
-        (x, new_kv), _ = layers((x, kv), jnp.arange(cfg.num_layers, dtype=jnp.int32), cos, sin,
-                                allowed, index)
+        (x, new_kv), _ = layers(
+            (x, kv), jnp.arange(cfg.num_layers, dtype=jnp.int32), cos, sin, allowed, index
+        )
         x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x)
         return x, new_kv
 
@@ -286,7 +303,8 @@ def _init_boxed(config: ModelConfig, key: jax.Array) -> Params:
     params = dict(Backbone(config).init(k_body, dummy, dummy, jnp.ones_like(dummy))["params"])
     if not config.tie_embeddings:
         kernel = nn.initializers.normal(_INIT_STD)(
-            k_head, (config.hidden_size, config.vocab_size), jnp.dtype(config.param_dtype))
+            k_head, (config.hidden_size, config.vocab_size), jnp.dtype(config.param_dtype)
+        )
         params["lm_head"] = {"kernel": nn.LogicallyPartitioned(kernel, (A.EMBED, A.VOCAB))}
     return params
 
@@ -324,7 +342,7 @@ def _draw_params(shapes: Params, key: jax.Array) -> Params:
         noise = jax.random.normal(key, (sum(sizes),), jnp.float32)
         offset = 0
         for i, n in zip(kernels, sizes):
-            draws[i] = noise[offset:offset + n].reshape(flat[i][1].shape)
+            draws[i] = noise[offset : offset + n].reshape(flat[i][1].shape)
             offset += n
     else:
         for i in kernels:
@@ -376,13 +394,18 @@ def _check_inputs(config, tokens, positions, mask, cache):
         )
     if cache is not None:
         want = (config.num_layers, tokens.shape[0])
-        if tuple(cache["k"].shape[:2]) != want or cache["k"].shape[3:] != (config.num_kv_heads, config.head_dim):
+        if tuple(cache["k"].shape[:2]) != want or cache["k"].shape[3:] != (
+            config.num_kv_heads,
+            config.head_dim,
+        ):
             raise ValueError(
                 f"cache k has shape {cache['k'].shape}; expected "
                 f"[{config.num_layers}, {tokens.shape[0]}, max_len, {config.num_kv_heads}, {config.head_dim}]"
             )
         if tokens.shape[1] > cache["k"].shape[2]:
-            raise ValueError(f"{tokens.shape[1]} new tokens exceed cache max_len {cache['k'].shape[2]}")
+            raise ValueError(
+                f"{tokens.shape[1]} new tokens exceed cache max_len {cache['k'].shape[2]}"
+            )
 
 
 def unstack_layers(params: Params) -> Params:
@@ -406,16 +429,19 @@ def unstack_layers(params: Params) -> Params:
 def _backbone_unstacked(config, params, tokens, positions, mask, kv, cache_mask, index):
     """`Backbone` with per-layer parameter trees: the same modules, unrolled over layers."""
     if len(params["layers"]) != config.num_layers:
-        raise ValueError(f"params hold {len(params['layers'])} unstacked layers; the config has "
-                         f"num_layers = {config.num_layers}")
+        raise ValueError(
+            f"params hold {len(params['layers'])} unstacked layers; the config has "
+            f"num_layers = {config.num_layers}"
+        )
     x = Embed(config).apply({"params": params["embed"]}, tokens).astype(jnp.dtype(config.dtype))
     x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
     cos, sin = rope_cos_sin(config, positions)
     allowed = attention_mask(mask, cache_mask, index)
     block = nn.remat(Block, prevent_cse=False) if config.remat else Block
     for i, layer in enumerate(params["layers"]):
-        (x, kv), _ = block(config).apply({"params": layer}, (x, kv), jnp.asarray(i, jnp.int32),
-                                         cos, sin, allowed, index)
+        (x, kv), _ = block(config).apply(
+            {"params": layer}, (x, kv), jnp.asarray(i, jnp.int32), cos, sin, allowed, index
+        )
     x = RMSNorm(config, config.hidden_size).apply({"params": params["final_norm"]}, x)
     return x, kv
 
@@ -429,17 +455,23 @@ def _forward(config, params, tokens, positions, mask, cache):
     unstacked = isinstance(body["layers"], (tuple, list))
     if cache is None:
         if unstacked:
-            return _backbone_unstacked(config, body, tokens, positions, mask, None, None, None)[0], None
+            return _backbone_unstacked(config, body, tokens, positions, mask, None, None, None)[
+                0
+            ], None
         hidden, _ = Backbone(config).apply({"params": body}, tokens, positions, mask)
         return hidden, None
     index = jnp.asarray(cache["index"], jnp.int32)
-    cache_mask = lax.dynamic_update_slice(cache["mask"], mask.astype(cache["mask"].dtype), (0, index))
+    cache_mask = lax.dynamic_update_slice(
+        cache["mask"], mask.astype(cache["mask"].dtype), (0, index)
+    )
     if unstacked:
-        hidden, (k, v) = _backbone_unstacked(config, body, tokens, positions, mask,
-                                             (cache["k"], cache["v"]), cache_mask, index)
+        hidden, (k, v) = _backbone_unstacked(
+            config, body, tokens, positions, mask, (cache["k"], cache["v"]), cache_mask, index
+        )
     else:
         hidden, (k, v) = Backbone(config).apply(
-            {"params": body}, tokens, positions, mask, (cache["k"], cache["v"]), cache_mask, index)
+            {"params": body}, tokens, positions, mask, (cache["k"], cache["v"]), cache_mask, index
+        )
     new_cache = {"k": k, "v": v, "mask": cache_mask, "index": index + tokens.shape[1]}
     return hidden, new_cache
 
@@ -449,17 +481,23 @@ def lm_head(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array
     dtype = jnp.dtype(config.dtype)
     if config.tie_embeddings:
         w = params["embed"]["embedding"].astype(dtype)
-        logits = jnp.einsum("...e,ve->...v", hidden.astype(dtype), w, preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "...e,ve->...v", hidden.astype(dtype), w, preferred_element_type=jnp.float32
+        )
     else:
         w = params["lm_head"]["kernel"].astype(dtype)
-        logits = jnp.einsum("...e,ev->...v", hidden.astype(dtype), w, preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "...e,ev->...v", hidden.astype(dtype), w, preferred_element_type=jnp.float32
+        )
     if logits.ndim == 3:
         logits = _constrain(logits, (A.BATCH, A.LENGTH, A.VOCAB))
     return logits.astype(jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("last_only",))
-def apply(config: ModelConfig, params: Params, tokens, positions, mask, cache=None, *, last_only=False):
+def apply(
+    config: ModelConfig, params: Params, tokens, positions, mask, cache=None, *, last_only=False
+):
     """Forward pass: `(logits float32 [N, S, V] (or [N, 1, V] if last_only), new cache or None)`.
 
     tokens/positions/mask int32 `[N, S]` (left-padded; `positions = clip(cumsum(mask) - 1, 0)`).

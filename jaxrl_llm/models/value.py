@@ -7,6 +7,7 @@ the LM head dropped and a new scalar head added.
 Params: the backbone keys of `init_params` (`embed`, `layers`, `final_norm`)
 plus `value_head: {"kernel": [H], "bias": []}`.
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Device mesh, logical axis names and rules, shardings."""
+
 from jaxrl_llm.parallel.axes import (
     DEFAULT_RULES,
     LOGICAL_AXES,

@@ -18,6 +18,7 @@ Divisibility rule: `logical_to_sharding(..., shapes=...)` drops a mesh axis
 from a dimension that its size does not divide (that dimension is then
 replicated along that mesh axis) and logs a warning naming the array.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,9 +28,21 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
-    "BATCH", "LENGTH", "KV_LENGTH", "EMBED", "MLP", "HEADS", "KV_HEADS", "HEAD_DIM", "VOCAB",
-    "LAYERS", "LOGICAL_AXES",
-    "DATA", "FSDP", "TENSOR", "MESH_AXES",
+    "BATCH",
+    "LENGTH",
+    "KV_LENGTH",
+    "EMBED",
+    "MLP",
+    "HEADS",
+    "KV_HEADS",
+    "HEAD_DIM",
+    "VOCAB",
+    "LAYERS",
+    "LOGICAL_AXES",
+    "DATA",
+    "FSDP",
+    "TENSOR",
+    "MESH_AXES",
     "DEFAULT_RULES",
     "logical_to_spec",
     "logical_to_sharding",
@@ -78,8 +91,13 @@ def _as_tuple(entry) -> tuple[str, ...]:
     return tuple(entry)
 
 
-def logical_to_spec(names: Sequence[str | None], rules=None, mesh: Mesh | None = None,
-                    shape: Sequence[int] | None = None, what: str = "array") -> PartitionSpec:
+def logical_to_spec(
+    names: Sequence[str | None],
+    rules=None,
+    mesh: Mesh | None = None,
+    shape: Sequence[int] | None = None,
+    what: str = "array",
+) -> PartitionSpec:
     """PartitionSpec of one array from its logical axis names.
 
     Rules are `(logical, mesh_axes)` pairs, first match wins and each mesh
@@ -112,7 +130,14 @@ def logical_to_spec(names: Sequence[str | None], rules=None, mesh: Mesh | None =
                 elif mesh.shape[a] > 1:
                     log.warning(
                         "%s: dim %d (%s, size %d) not divisible by mesh axis %r (size %d); "
-                        "replicated along it", what, dim, name, shape[dim], a, mesh.shape[a])
+                        "replicated along it",
+                        what,
+                        dim,
+                        name,
+                        shape[dim],
+                        a,
+                        mesh.shape[a],
+                    )
             assigned = tuple(kept)
         used.update(assigned)
         out.append(None if not assigned else (assigned[0] if len(assigned) == 1 else assigned))
@@ -133,7 +158,9 @@ def logical_to_sharding(specs, mesh: Mesh, rules=None, shapes=None):
     if shapes is None:
         return jax.tree.map(
             lambda names: NamedSharding(mesh, logical_to_spec(names, rules, mesh)),
-            specs, is_leaf=_is_names)
+            specs,
+            is_leaf=_is_names,
+        )
 
     flat_specs, treedef = jax.tree_util.tree_flatten_with_path(specs, is_leaf=_is_names)
     flat_shapes = treedef.flatten_up_to(shapes)

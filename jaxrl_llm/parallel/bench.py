@@ -15,6 +15,7 @@ bytes read per decode step / seconds / (devices × HBM bandwidth), bytes = the w
 sampler reads them (fp32 params, cast to bf16 on the fly) + the live KV cache (half full on
 average). Timings are the median of `--repeats` runs after a compile run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,146 +42,195 @@ PEAKS = {
 }
 
 _SIZES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
-                 tie_word_embeddings=True),
-    "0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                 num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                 tie_word_embeddings=True),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        tie_word_embeddings=True,
+    ),
+    "0.5B": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
 }
 
 
 def peak_of(device) -> tuple[float, float] | None:
-  kind = getattr(device, "device_kind", "")
-  for prefix, peak in PEAKS.items():
-    if kind.startswith(prefix):
-      return peak
-  return None
+    kind = getattr(device, "device_kind", "")
+    for prefix, peak in PEAKS.items():
+        if kind.startswith(prefix):
+            return peak
+    return None
 
 
 def _config(size: str, remat: bool = True):
-  from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
-  from jaxrl_llm.parallel import plan  # pylint: disable=g-import-not-at-top
-  if size in plan.QWEN25:
-    return dataclasses.replace(plan.qwen25_config(size), remat=remat)
-  hf = dict(_SIZES[size], model_type="qwen2", rope_theta=1e6, max_position_embeddings=32768)
-  return models.ModelConfig.from_hf(hf, dtype="bfloat16", remat=remat)
+    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
+    from jaxrl_llm.parallel import plan  # pylint: disable=g-import-not-at-top
+
+    if size in plan.QWEN25:
+        return dataclasses.replace(plan.qwen25_config(size), remat=remat)
+    hf = dict(_SIZES[size], model_type="qwen2", rope_theta=1e6, max_position_embeddings=32768)
+    return models.ModelConfig.from_hf(hf, dtype="bfloat16", remat=remat)
 
 
 def _median_time(fn, repeats):
-  jax.block_until_ready(fn())          # compile + warm up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+    jax.block_until_ready(fn())  # compile + warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def bench_train(config, mesh, rows: int, seq: int, repeats: int = 3) -> dict:
-  """Seconds per `train_step` on `rows` sequences of `seq` tokens (half prompt, half completion)."""
-  from jaxrl_llm.parallel import plan  # pylint: disable=g-import-not-at-top
-  from jaxrl_llm.parallel import sharding as S  # pylint: disable=g-import-not-at-top
-  from jaxrl_llm.trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-  from jaxrl_llm.trainers import rl_step  # pylint: disable=g-import-not-at-top
-  from jaxrl_llm.trainers.state import TrainState  # pylint: disable=g-import-not-at-top
+    """Seconds per `train_step` on `rows` sequences of `seq` tokens (half prompt, half completion)."""
+    from jaxrl_llm.parallel import plan  # pylint: disable=g-import-not-at-top
+    from jaxrl_llm.parallel import sharding as S  # pylint: disable=g-import-not-at-top
+    from jaxrl_llm.trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+    from jaxrl_llm.trainers import rl_step  # pylint: disable=g-import-not-at-top
+    from jaxrl_llm.trainers.state import TrainState  # pylint: disable=g-import-not-at-top
 
-  p_len, t_len = seq // 2, seq - seq // 2
-  p_shard = S.param_shardings(config, mesh)
-  params = S.init_sharded_params(config, jax.random.key(0), mesh)
-  opt = optax.adamw(1e-6)
-  o_shard = S.opt_state_shardings(opt, params, p_shard, mesh)
-  rep = S.replicated(mesh)
-  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params,
-                     opt_state=jax.jit(opt.init, out_shardings=o_shard)(params),
-                     rng=jax.device_put(jax.random.key_data(jax.random.key(1)), rep),
-                     kl_coef=jax.device_put(jnp.zeros((), jnp.float32), rep))
-  state_shard = jax.tree.map(lambda x: x.sharding, state)
-  rows_sh = S.batch_sharding(mesh)
-  rng = np.random.default_rng(0)
-  batch = rl_step.TrainBatch(
-      prompt_tokens=rng.integers(0, config.vocab_size, (rows, p_len)).astype(np.int32),
-      prompt_mask=np.ones((rows, p_len), np.int32),
-      tokens=rng.integers(0, config.vocab_size, (rows, t_len)).astype(np.int32),
-      mask=np.ones((rows, t_len), np.float32), old_logp=np.full((rows, t_len), -5.0, np.float32),
-      advantages=rng.normal(size=(rows, t_len)).astype(np.float32))
-  batch = jax.device_put(batch, rows_sh)
-  c = config_lib.base_config()
-  c.unlock()
-  c.rollout.max_new_tokens = t_len
-  c.train.logprob_chunk = min(256, t_len)
-  step = jax.jit(functools.partial(
-      rl_step.train_step, model_config=config, s=rl_step.LossSettings.from_config(c),
-      num_micro=1, optimizer=opt, critic_optimizer=None, policy_warmup=0),
-      in_shardings=(state_shard, jax.tree.map(lambda _: rows_sh, batch)),
-      out_shardings=(state_shard, rep))
-  seconds = _median_time(lambda: step(state, batch)[1]["loss/total"], repeats)
-  _, n = plan.param_counts(config)
-  flops = rows * seq * (6 * n + 12 * config.num_layers * config.num_heads * config.head_dim * seq)
-  return {"seconds": seconds, "model_flops": flops, "tokens": rows * seq}
+    p_len, t_len = seq // 2, seq - seq // 2
+    p_shard = S.param_shardings(config, mesh)
+    params = S.init_sharded_params(config, jax.random.key(0), mesh)
+    opt = optax.adamw(1e-6)
+    o_shard = S.opt_state_shardings(opt, params, p_shard, mesh)
+    rep = S.replicated(mesh)
+    state = TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), rep),
+        params=params,
+        opt_state=jax.jit(opt.init, out_shardings=o_shard)(params),
+        rng=jax.device_put(jax.random.key_data(jax.random.key(1)), rep),
+        kl_coef=jax.device_put(jnp.zeros((), jnp.float32), rep),
+    )
+    state_shard = jax.tree.map(lambda x: x.sharding, state)
+    rows_sh = S.batch_sharding(mesh)
+    rng = np.random.default_rng(0)
+    batch = rl_step.TrainBatch(
+        prompt_tokens=rng.integers(0, config.vocab_size, (rows, p_len)).astype(np.int32),
+        prompt_mask=np.ones((rows, p_len), np.int32),
+        tokens=rng.integers(0, config.vocab_size, (rows, t_len)).astype(np.int32),
+        mask=np.ones((rows, t_len), np.float32),
+        old_logp=np.full((rows, t_len), -5.0, np.float32),
+        advantages=rng.normal(size=(rows, t_len)).astype(np.float32),
+    )
+    batch = jax.device_put(batch, rows_sh)
+    c = config_lib.base_config()
+    c.unlock()
+    c.rollout.max_new_tokens = t_len
+    c.train.logprob_chunk = min(256, t_len)
+    step = jax.jit(
+        functools.partial(
+            rl_step.train_step,
+            model_config=config,
+            s=rl_step.LossSettings.from_config(c),
+            num_micro=1,
+            optimizer=opt,
+            critic_optimizer=None,
+            policy_warmup=0,
+        ),
+        in_shardings=(state_shard, jax.tree.map(lambda _: rows_sh, batch)),
+        out_shardings=(state_shard, rep),
+    )
+    seconds = _median_time(lambda: step(state, batch)[1]["loss/total"], repeats)
+    _, n = plan.param_counts(config)
+    flops = rows * seq * (6 * n + 12 * config.num_layers * config.num_heads * config.head_dim * seq)
+    return {"seconds": seconds, "model_flops": flops, "tokens": rows * seq}
 
 
-def bench_decode(config, mesh, rows: int, prompt_len: int, new_tokens: int,
-                 repeats: int = 3) -> dict:
-  """Seconds per decode step of `generate` (greedy, no stop: all rows run T steps)."""
-  from jaxrl_llm import rollout as rollout_lib  # pylint: disable=g-import-not-at-top
-  from jaxrl_llm.parallel import sharding as S  # pylint: disable=g-import-not-at-top
+def bench_decode(
+    config, mesh, rows: int, prompt_len: int, new_tokens: int, repeats: int = 3
+) -> dict:
+    """Seconds per decode step of `generate` (greedy, no stop: all rows run T steps)."""
+    from jaxrl_llm import rollout as rollout_lib  # pylint: disable=g-import-not-at-top
+    from jaxrl_llm.parallel import sharding as S  # pylint: disable=g-import-not-at-top
 
-  params = S.init_sharded_params(config, jax.random.key(0), mesh)
-  rng = np.random.default_rng(0)
-  prompts = rollout_lib.PromptBatch(
-      tokens=rng.integers(0, config.vocab_size, (rows, prompt_len)).astype(np.int32),
-      mask=np.ones((rows, prompt_len), np.int32))
-  key = jax.random.key(0)
+    params = S.init_sharded_params(config, jax.random.key(0), mesh)
+    rng = np.random.default_rng(0)
+    prompts = rollout_lib.PromptBatch(
+        tokens=rng.integers(0, config.vocab_size, (rows, prompt_len)).astype(np.int32),
+        mask=np.ones((rows, prompt_len), np.int32),
+    )
+    key = jax.random.key(0)
 
-  def run(t):
-    sampling = rollout_lib.SamplingParams(max_new_tokens=t, greedy=True)
-    return rollout_lib.generate(params, config, prompts, key, sampling, mesh=mesh).tokens
+    def run(t):
+        sampling = rollout_lib.SamplingParams(max_new_tokens=t, greedy=True)
+        return rollout_lib.generate(params, config, prompts, key, sampling, mesh=mesh).tokens
 
-  full = _median_time(lambda: run(new_tokens), repeats)
-  prefill = _median_time(lambda: run(1), repeats)
-  per_step = (full - prefill) / max(new_tokens - 1, 1)
-  weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-  kv = (2 * config.num_layers * rows * (prompt_len + new_tokens) * config.num_kv_heads
-        * config.head_dim * jnp.dtype(config.dtype).itemsize)
-  return {"seconds_per_step": per_step, "bytes_per_step": weights + kv / 2,
-          "tokens_per_s": rows / per_step}
+    full = _median_time(lambda: run(new_tokens), repeats)
+    prefill = _median_time(lambda: run(1), repeats)
+    per_step = (full - prefill) / max(new_tokens - 1, 1)
+    weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    kv = (
+        2
+        * config.num_layers
+        * rows
+        * (prompt_len + new_tokens)
+        * config.num_kv_heads
+        * config.head_dim
+        * jnp.dtype(config.dtype).itemsize
+    )
+    return {
+        "seconds_per_step": per_step,
+        "bytes_per_step": weights + kv / 2,
+        "tokens_per_s": rows / per_step,
+    }
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--size", default="0.5B", choices=sorted(_SIZES) + ["1.5B", "7B"])
-  parser.add_argument("--rows", type=int, default=64)
-  parser.add_argument("--seq", type=int, default=1024)
-  parser.add_argument("--decode_rows", type=int, default=256)
-  parser.add_argument("--prompt_len", type=int, default=256)
-  parser.add_argument("--new_tokens", type=int, default=256)
-  parser.add_argument("--tensor", type=int, default=1)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--no_remat", action="store_true", help="train step without rematerialisation")
-  parser.add_argument("--only", choices=("train", "decode"), default=None, help="run one of the two")
-  args = parser.parse_args(argv)
-  from jaxrl_llm.parallel import make_mesh  # pylint: disable=g-import-not-at-top
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="0.5B", choices=sorted(_SIZES) + ["1.5B", "7B"])
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--decode_rows", type=int, default=256)
+    parser.add_argument("--prompt_len", type=int, default=256)
+    parser.add_argument("--new_tokens", type=int, default=256)
+    parser.add_argument("--tensor", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--no_remat", action="store_true", help="train step without rematerialisation"
+    )
+    parser.add_argument(
+        "--only", choices=("train", "decode"), default=None, help="run one of the two"
+    )
+    args = parser.parse_args(argv)
+    from jaxrl_llm.parallel import make_mesh  # pylint: disable=g-import-not-at-top
 
-  config = _config(args.size, remat=not args.no_remat)
-  mesh = make_mesh({"fsdp": -1, "tensor": args.tensor})
-  devices = jax.devices()
-  peak = peak_of(devices[0])
-  out = {"device": devices[0].device_kind, "devices": len(devices), "size": args.size,
-         "mesh": dict(mesh.shape), "remat": config.remat}
-  if args.only in (None, "train"):
-    train = out["train"] = bench_train(config, mesh, args.rows, args.seq, args.repeats)
-    if peak is not None:
-      out["train_mfu"] = train["model_flops"] / (train["seconds"] * len(devices) * peak[0])
-  if args.only in (None, "decode"):
-    decode = out["decode"] = bench_decode(config, mesh, args.decode_rows, args.prompt_len,
-                                          args.new_tokens, args.repeats)
-    if peak is not None:
-      out["decode_bw_util"] = decode["bytes_per_step"] / (
-          decode["seconds_per_step"] * len(devices) * peak[1])
-  print(json.dumps(out, indent=2))
-  return out
+    config = _config(args.size, remat=not args.no_remat)
+    mesh = make_mesh({"fsdp": -1, "tensor": args.tensor})
+    devices = jax.devices()
+    peak = peak_of(devices[0])
+    out = {
+        "device": devices[0].device_kind,
+        "devices": len(devices),
+        "size": args.size,
+        "mesh": dict(mesh.shape),
+        "remat": config.remat,
+    }
+    if args.only in (None, "train"):
+        train = out["train"] = bench_train(config, mesh, args.rows, args.seq, args.repeats)
+        if peak is not None:
+            out["train_mfu"] = train["model_flops"] / (train["seconds"] * len(devices) * peak[0])
+    if args.only in (None, "decode"):
+        decode = out["decode"] = bench_decode(
+            config, mesh, args.decode_rows, args.prompt_len, args.new_tokens, args.repeats
+        )
+        if peak is not None:
+            out["decode_bw_util"] = decode["bytes_per_step"] / (
+                decode["seconds_per_step"] * len(devices) * peak[1]
+            )
+    print(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -8,6 +8,7 @@ Sizes: `make_mesh({"data": 1, "fsdp": -1, "tensor": 1})`; one axis may be
 Parameters whose dimension a mesh axis does not divide are replicated along
 that axis (see `jaxrl_llm.parallel.axes.logical_to_sharding`).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,17 +32,21 @@ def resolve_mesh_shape(shape: Mapping[str, Any], num_devices: int) -> tuple[int,
     if len(free) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
     if any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ValueError(
+            f"mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}"
+        )
     fixed = math.prod(s for s in sizes if s != -1)
     if free:
         if num_devices % fixed:
             raise ValueError(
                 f"mesh {dict(zip(MESH_AXES, sizes))}: the fixed axes (product {fixed}) do not "
-                f"divide the {num_devices} devices")
+                f"divide the {num_devices} devices"
+            )
         sizes[free[0]] = num_devices // fixed
     elif fixed != num_devices:
         raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} has {fixed} devices but {num_devices} are available")
+            f"mesh {dict(zip(MESH_AXES, sizes))} has {fixed} devices but {num_devices} are available"
+        )
     return tuple(sizes)
 
 

@@ -19,6 +19,7 @@ its addressable devices), so it stays right for any mesh layout; a layout
 whose rows are not one contiguous block per process is refused with the
 offending row ranges.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,9 +56,12 @@ ENV_NUM_PROCESSES = "JAXRL_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAXRL_PROCESS_ID"
 
 
-def distributed_kwargs(coordinator_address: str | None = None, num_processes: int | None = None,
-                       process_id: int | None = None,
-                       env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def distributed_kwargs(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Keyword arguments for `jax.distributed.initialize`, from flags, else the environment.
 
     Flags win over `JAXRL_COORDINATOR_ADDRESS` / `JAXRL_NUM_PROCESSES` /
@@ -74,19 +78,26 @@ def distributed_kwargs(coordinator_address: str | None = None, num_processes: in
         return {}
     missing = [k for k, v in given.items() if v is None]
     if missing:
-        raise ValueError(f"multi-host start-up needs coordinator_address, num_processes and "
-                         f"process_id together (or none of them, for auto-detection); missing "
-                         f"{missing} (flags --{' --'.join(missing)} or ${ENV_COORDINATOR}, "
-                         f"${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID})")
+        raise ValueError(
+            f"multi-host start-up needs coordinator_address, num_processes and "
+            f"process_id together (or none of them, for auto-detection); missing "
+            f"{missing} (flags --{' --'.join(missing)} or ${ENV_COORDINATOR}, "
+            f"${ENV_NUM_PROCESSES}, ${ENV_PROCESS_ID})"
+        )
     num, pid = int(num), int(pid)
     if num < 1 or not 0 <= pid < num:
         raise ValueError(f"process_id = {pid} must be in [0, num_processes = {num})")
     return {"coordinator_address": str(addr), "num_processes": num, "process_id": pid}
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, cpu_collectives: str = "gloo",
-               initialization_timeout: int = 300) -> None:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    cpu_collectives: str = "gloo",
+    initialization_timeout: int = 300,
+) -> None:
     """`jax.distributed.initialize` from flags / environment; call before any other jax use.
 
     On CPU (tests, laptops) cross-process collectives need an implementation:
@@ -99,9 +110,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             raise ValueError(f"cpu_collectives = {cpu_collectives!r} is not one of ['gloo', 'mpi']")
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(initialization_timeout=initialization_timeout, **kwargs)
-    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
-             jax.process_index(), jax.process_count(), jax.local_device_count(),
-             jax.device_count())
+    log.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def is_main_process() -> bool:
@@ -125,8 +140,9 @@ def _row_blocks(sharding: Sharding, global_shape: tuple[int, ...]) -> list[tuple
     return sorted(blocks)
 
 
-def process_rows(sharding: Sharding, global_rows: int, *, trailing: tuple[int, ...] = ()
-                 ) -> tuple[int, int]:
+def process_rows(
+    sharding: Sharding, global_rows: int, *, trailing: tuple[int, ...] = ()
+) -> tuple[int, int]:
     """`(start, stop)`: the rows of a `[global_rows, *trailing]` array this process holds.
 
     Read from the sharding (the union of the row blocks of this process's
@@ -140,7 +156,8 @@ def process_rows(sharding: Sharding, global_rows: int, *, trailing: tuple[int, .
             raise ValueError(
                 f"process {jax.process_index()} holds rows {blocks} of a batch of {global_rows}: "
                 "not one contiguous block; order the mesh devices by process (the default) "
-                "or put a process-local axis last")
+                "or put a process-local axis last"
+            )
         stop = max(stop, hi)
     return start, stop
 
@@ -157,14 +174,17 @@ def make_global(local_tree, shardings, global_rows: int):
     order); `shardings`: one sharding or a matching pytree. Leaves that are
     None stay None. Checks that each process passes exactly its row count.
     """
+
     def one(x, sharding):
         if x is None:
             return None
         x = np.asarray(x)
         lo, hi = process_rows(sharding, global_rows, trailing=x.shape[1:])
         if x.shape[0] != hi - lo:
-            raise ValueError(f"process {jax.process_index()} passed {x.shape[0]} rows; its share "
-                             f"of the {global_rows}-row batch is rows [{lo}, {hi})")
+            raise ValueError(
+                f"process {jax.process_index()} passed {x.shape[0]} rows; its share "
+                f"of the {global_rows}-row batch is rows [{lo}, {hi})"
+            )
         return jax.make_array_from_process_local_data(sharding, x, (global_rows,) + x.shape[1:])
 
     if isinstance(shardings, Sharding):
@@ -195,10 +215,12 @@ def gather_to_host(tree):
     through `multihost_utils.process_allgather` (a collective: call it on
     every process).
     """
+
     def one(x):
         if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
             return np.asarray(x)
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
     return jax.tree.map(one, tree)
 
 

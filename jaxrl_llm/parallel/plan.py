@@ -26,6 +26,7 @@ Time per step (Kaplan et al. 2020; Chowdhery et al. 2022 for the attention term)
                            bf16 sampler copy split over `tensor` only (HBM term, W = 2 N / tensor)
 N counts matmul parameters (embedding counted once, as the tied / untied LM head).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,19 +37,29 @@ import jax
 
 from jaxrl_llm.parallel import axes as A
 
-__all__ = ["Hardware", "HARDWARE", "Workload", "QWEN25", "qwen25_config", "device_bytes",
-           "step_time", "plan_rows", "main"]
+__all__ = [
+    "Hardware",
+    "HARDWARE",
+    "Workload",
+    "QWEN25",
+    "qwen25_config",
+    "device_bytes",
+    "step_time",
+    "plan_rows",
+    "main",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class Hardware:
-  """Per-chip figures (public spec sheets): bf16 dense peak, HBM, HBM and link bandwidth."""
-  name: str
-  chips: int
-  peak_flops: float        # bf16 dense FLOP/s per chip
-  hbm_bytes: float
-  hbm_bw: float            # bytes/s
-  link_bw: float           # bytes/s per chip for all-gathers (ICI / NVLink, one direction)
+    """Per-chip figures (public spec sheets): bf16 dense peak, HBM, HBM and link bandwidth."""
+
+    name: str
+    chips: int
+    peak_flops: float  # bf16 dense FLOP/s per chip
+    hbm_bytes: float
+    hbm_bw: float  # bytes/s
+    link_bw: float  # bytes/s per chip for all-gathers (ICI / NVLink, one direction)
 
 
 HARDWARE = {
@@ -60,149 +71,202 @@ HARDWARE = {
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-  """One GRPO step: B prompts × G samples, prompt bucket P, T new tokens."""
-  prompts: int = 64
-  group: int = 8
-  prompt_len: int = 512
-  new_tokens: int = 1536
-  micro_rows: int = 64       # rows per micro-batch of the update (whole mesh)
-  logprob_chunk: int = 256
-  param_bytes: int = 4       # fp32 master params (and grads, Adam moments)
-  ref_bytes: int = 4         # the reference is a copy of the policy at its dtype
-  kv_bytes: int = 2
+    """One GRPO step: B prompts × G samples, prompt bucket P, T new tokens."""
 
-  @property
-  def rows(self):
-    return self.prompts * self.group
+    prompts: int = 64
+    group: int = 8
+    prompt_len: int = 512
+    new_tokens: int = 1536
+    micro_rows: int = 64  # rows per micro-batch of the update (whole mesh)
+    logprob_chunk: int = 256
+    param_bytes: int = 4  # fp32 master params (and grads, Adam moments)
+    ref_bytes: int = 4  # the reference is a copy of the policy at its dtype
+    kv_bytes: int = 2
 
-  @property
-  def seq(self):
-    return self.prompt_len + self.new_tokens
+    @property
+    def rows(self):
+        return self.prompts * self.group
+
+    @property
+    def seq(self):
+        return self.prompt_len + self.new_tokens
 
 
 # Qwen2.5 dense models, from their HF config.json files.
 QWEN25 = {
-    "1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                 num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-                 tie_word_embeddings=True),
-    "7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-               num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-               tie_word_embeddings=False),
-    "32B": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
-                num_attention_heads=40, num_key_value_heads=8, vocab_size=152064,
-                tie_word_embeddings=False),
+    "1.5B": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "7B": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
+    "32B": dict(
+        hidden_size=5120,
+        intermediate_size=27648,
+        num_hidden_layers=64,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
 }
 
 
 def qwen25_config(size: str):
-  """`ModelConfig` of a Qwen2.5 size (architecture qwen2: q/k/v biases, bf16 compute)."""
-  from jaxrl_llm import models  # pylint: disable=g-import-not-at-top  (models imports parallel)
-  hf = dict(QWEN25[size], model_type="qwen2", rope_theta=1e6, rms_norm_eps=1e-6,
-            max_position_embeddings=32768)
-  return models.ModelConfig.from_hf(hf, dtype="bfloat16")
+    """`ModelConfig` of a Qwen2.5 size (architecture qwen2: q/k/v biases, bf16 compute)."""
+    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top  (models imports parallel)
+
+    hf = dict(
+        QWEN25[size],
+        model_type="qwen2",
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+    )
+    return models.ModelConfig.from_hf(hf, dtype="bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
 class _Mesh:
-  """Stands in for a `Mesh` in `logical_to_spec`, which reads only `.shape`."""
-  shape: Mapping[str, int]
+    """Stands in for a `Mesh` in `logical_to_spec`, which reads only `.shape`."""
+
+    shape: Mapping[str, int]
 
 
 def _mesh(sizes) -> _Mesh:
-  return _Mesh(dict(zip(A.MESH_AXES, sizes)))
+    return _Mesh(dict(zip(A.MESH_AXES, sizes)))
 
 
 def _shard_elems(shape, spec, mesh: _Mesh) -> int:
-  n = 1
-  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    axes = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
-    n *= dim // math.prod(mesh.shape[a] for a in axes)
-  return n
+    n = 1
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+        n *= dim // math.prod(mesh.shape[a] for a in axes)
+    return n
 
 
 def param_counts(config) -> tuple[int, int]:
-  """(all parameters, matmul parameters): N for 6 N D counts the embedding once."""
-  from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
-  shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))
-  total = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
-  vectors = sum(math.prod(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(shapes)[0]
-                if "scale" in jax.tree_util.keystr(path) or "bias" in jax.tree_util.keystr(path))
-  embed = config.vocab_size * config.hidden_size
-  matmul = total - vectors - (0 if config.tie_embeddings else embed)
-  return total, matmul
+    """(all parameters, matmul parameters): N for 6 N D counts the embedding once."""
+    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
+
+    shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))
+    total = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+    vectors = sum(
+        math.prod(x.shape)
+        for path, x in jax.tree_util.tree_flatten_with_path(shapes)[0]
+        if "scale" in jax.tree_util.keystr(path) or "bias" in jax.tree_util.keystr(path)
+    )
+    embed = config.vocab_size * config.hidden_size
+    matmul = total - vectors - (0 if config.tie_embeddings else embed)
+    return total, matmul
 
 
 def device_bytes(config, sizes, work: Workload, rules=None) -> dict[str, float]:
-  """Bytes per device of each resident item under `rules` on a mesh of `sizes` (d, f, t)."""
-  from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
-  import logging  # pylint: disable=g-import-not-at-top
-  mesh = _mesh(sizes)
-  shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))
-  names = models.logical_axes(config)
-  flat_names = jax.tree_util.tree_flatten(names, is_leaf=lambda x: isinstance(x, tuple))[0]
-  root = logging.getLogger(A.__name__)
-  level = root.level
-  root.setLevel(logging.ERROR)     # the divisibility warnings are expected here
-  try:
-    elems = sum(_shard_elems(x.shape, A.logical_to_spec(n, rules, mesh, x.shape), mesh)
-                for x, n in zip(jax.tree.leaves(shapes), flat_names))
-    kv_shape = (config.num_layers, work.rows, work.seq, config.num_kv_heads, config.head_dim)
-    kv_spec = A.logical_to_spec((A.LAYERS, A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM),
-                                rules, mesh, kv_shape)
-  finally:
-    root.setLevel(level)
-  batch = math.prod(mesh.shape[a] for a in (A.DATA, A.FSDP))
-  micro = max(work.micro_rows // batch, 1)
-  act = (config.num_layers * micro * work.seq * config.hidden_size * 2
-         + micro * work.logprob_chunk * config.vocab_size * 4)
-  return {
-      "params": elems * work.param_bytes,
-      "grads": elems * work.param_bytes,
-      "adam": 2 * elems * work.param_bytes,
-      "reference": elems * work.ref_bytes,
-      "kv_cache": 2 * _shard_elems(kv_shape, kv_spec, mesh) * work.kv_bytes,
-      "activations": act,
-  }
+    """Bytes per device of each resident item under `rules` on a mesh of `sizes` (d, f, t)."""
+    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
+    import logging  # pylint: disable=g-import-not-at-top
+
+    mesh = _mesh(sizes)
+    shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))
+    names = models.logical_axes(config)
+    flat_names = jax.tree_util.tree_flatten(names, is_leaf=lambda x: isinstance(x, tuple))[0]
+    root = logging.getLogger(A.__name__)
+    level = root.level
+    root.setLevel(logging.ERROR)  # the divisibility warnings are expected here
+    try:
+        elems = sum(
+            _shard_elems(x.shape, A.logical_to_spec(n, rules, mesh, x.shape), mesh)
+            for x, n in zip(jax.tree.leaves(shapes), flat_names)
+        )
+        kv_shape = (config.num_layers, work.rows, work.seq, config.num_kv_heads, config.head_dim)
+        kv_spec = A.logical_to_spec(
+            (A.LAYERS, A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM), rules, mesh, kv_shape
+        )
+    finally:
+        root.setLevel(level)
+    batch = math.prod(mesh.shape[a] for a in (A.DATA, A.FSDP))
+    micro = max(work.micro_rows // batch, 1)
+    act = (
+        config.num_layers * micro * work.seq * config.hidden_size * 2
+        + micro * work.logprob_chunk * config.vocab_size * 4
+    )
+    return {
+        "params": elems * work.param_bytes,
+        "grads": elems * work.param_bytes,
+        "adam": 2 * elems * work.param_bytes,
+        "reference": elems * work.ref_bytes,
+        "kv_cache": 2 * _shard_elems(kv_shape, kv_spec, mesh) * work.kv_bytes,
+        "activations": act,
+    }
 
 
-def step_time(config, sizes, hw: Hardware, work: Workload, *, mfu: float = 0.4,
-              bw_eff: float = 0.6) -> dict[str, float]:
-  """Seconds per GRPO step: update + reference forward (compute) + decode (bandwidth)."""
-  _, n = param_counts(config)
-  attn = config.num_layers * config.num_heads * config.head_dim * work.seq
-  tokens = work.rows * work.seq
-  flops = tokens * ((6 * n + 12 * attn) + (2 * n + 4 * attn))
-  compute = flops / (hw.chips * hw.peak_flops * mfu)
-  d, f, t = sizes
-  w = (n + config.vocab_size * config.hidden_size * (0 if config.tie_embeddings else 1)
-       ) * work.param_bytes / t
-  kv_full = device_bytes(config, sizes, work)["kv_cache"]
-  hbm = (w + kv_full / 2) / hw.hbm_bw                  # the cache is half full on average
-  link = w * (f - 1) / f / hw.link_bw
-  decode_step = max(hbm, link) / bw_eff
-  prefill = 2 * n * work.prompts * work.prompt_len / (hw.chips * hw.peak_flops * mfu)
-  sample = decode_step * work.new_tokens + prefill
-  # Alternative: a bf16 sampler copy split over `tensor` only (no per-step all-gather).
-  w_tp = param_counts(config)[0] * 2 / t
-  sample_tp = (w_tp + kv_full / 2) / hw.hbm_bw / bw_eff * work.new_tokens + prefill
-  return {"update+ref": compute, "sample": sample, "total": compute + sample,
-          "sample_tp_copy": sample_tp, "tp_copy_bytes": w_tp, "model_flops": flops}
+def step_time(
+    config, sizes, hw: Hardware, work: Workload, *, mfu: float = 0.4, bw_eff: float = 0.6
+) -> dict[str, float]:
+    """Seconds per GRPO step: update + reference forward (compute) + decode (bandwidth)."""
+    _, n = param_counts(config)
+    attn = config.num_layers * config.num_heads * config.head_dim * work.seq
+    tokens = work.rows * work.seq
+    flops = tokens * ((6 * n + 12 * attn) + (2 * n + 4 * attn))
+    compute = flops / (hw.chips * hw.peak_flops * mfu)
+    d, f, t = sizes
+    w = (
+        (n + config.vocab_size * config.hidden_size * (0 if config.tie_embeddings else 1))
+        * work.param_bytes
+        / t
+    )
+    kv_full = device_bytes(config, sizes, work)["kv_cache"]
+    hbm = (w + kv_full / 2) / hw.hbm_bw  # the cache is half full on average
+    link = w * (f - 1) / f / hw.link_bw
+    decode_step = max(hbm, link) / bw_eff
+    prefill = 2 * n * work.prompts * work.prompt_len / (hw.chips * hw.peak_flops * mfu)
+    sample = decode_step * work.new_tokens + prefill
+    # Alternative: a bf16 sampler copy split over `tensor` only (no per-step all-gather).
+    w_tp = param_counts(config)[0] * 2 / t
+    sample_tp = (w_tp + kv_full / 2) / hw.hbm_bw / bw_eff * work.new_tokens + prefill
+    return {
+        "update+ref": compute,
+        "sample": sample,
+        "total": compute + sample,
+        "sample_tp_copy": sample_tp,
+        "tp_copy_bytes": w_tp,
+        "model_flops": flops,
+    }
 
 
 def plan_rows(size: str, hw_key: str, candidates, work: Workload = Workload()):
-  """One row per candidate mesh: GiB per device by item, fit, seconds per step."""
-  config = qwen25_config(size)
-  hw = HARDWARE[hw_key]
-  rows = []
-  for sizes in candidates:
-    if math.prod(sizes) != hw.chips or work.prompts % (sizes[0] * sizes[1]):
-      continue
-    b = device_bytes(config, sizes, work)
-    total = sum(b.values())
-    t = step_time(config, sizes, hw, work)
-    rows.append(dict(mesh=sizes, **{k: v / 2**30 for k, v in b.items()}, total=total / 2**30,
-                     fits=total <= 0.9 * hw.hbm_bytes, **{f"t_{k}": v for k, v in t.items()}))
-  return rows
+    """One row per candidate mesh: GiB per device by item, fit, seconds per step."""
+    config = qwen25_config(size)
+    hw = HARDWARE[hw_key]
+    rows = []
+    for sizes in candidates:
+        if math.prod(sizes) != hw.chips or work.prompts % (sizes[0] * sizes[1]):
+            continue
+        b = device_bytes(config, sizes, work)
+        total = sum(b.values())
+        t = step_time(config, sizes, hw, work)
+        rows.append(
+            dict(
+                mesh=sizes,
+                **{k: v / 2**30 for k, v in b.items()},
+                total=total / 2**30,
+                fits=total <= 0.9 * hw.hbm_bytes,
+                **{f"t_{k}": v for k, v in t.items()},
+            )
+        )
+    return rows
 
 
 CANDIDATES = {
@@ -212,25 +276,33 @@ CANDIDATES = {
 
 
 def main():
-  work = Workload()
-  print(f"GRPO step: B={work.prompts} prompts × G={work.group} = {work.rows} rows, "
+    work = Workload()
+    print(
+        f"GRPO step: B={work.prompts} prompts × G={work.group} = {work.rows} rows, "
         f"P={work.prompt_len}, T={work.new_tokens}; fp32 params/grads/Adam, fp32 reference, "
-        f"bf16 KV cache; MFU 40 %, bandwidth efficiency 60 %\n")
-  for size in QWEN25:
-    total, matmul = param_counts(qwen25_config(size))
-    print(f"### Qwen2.5-{size}: {total / 1e9:.2f} B parameters ({matmul / 1e9:.2f} B in matmuls)\n")
-    print("| hardware | mesh (d,f,t) | params | grads | Adam | ref | KV | act | total GiB/dev | "
-          "fits | update+ref s | sample s | step s | sample s, bf16 TP copy (+GiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for hw_key, hw in HARDWARE.items():
-      for r in plan_rows(size, hw_key, CANDIDATES[hw.chips], work):
-        print(f"| {hw_key} | {r['mesh']} | {r['params']:.2f} | {r['grads']:.2f} | "
-              f"{r['adam']:.2f} | {r['reference']:.2f} | {r['kv_cache']:.2f} | "
-              f"{r['activations']:.2f} | {r['total']:.2f} | {'yes' if r['fits'] else 'no'} | "
-              f"{r['t_update+ref']:.1f} | {r['t_sample']:.1f} | {r['t_total']:.1f} | "
-              f"{r['t_sample_tp_copy']:.1f} (+{r['t_tp_copy_bytes'] / 2**30:.2f}) |")
-    print()
+        f"bf16 KV cache; MFU 40 %, bandwidth efficiency 60 %\n"
+    )
+    for size in QWEN25:
+        total, matmul = param_counts(qwen25_config(size))
+        print(
+            f"### Qwen2.5-{size}: {total / 1e9:.2f} B parameters ({matmul / 1e9:.2f} B in matmuls)\n"
+        )
+        print(
+            "| hardware | mesh (d,f,t) | params | grads | Adam | ref | KV | act | total GiB/dev | "
+            "fits | update+ref s | sample s | step s | sample s, bf16 TP copy (+GiB) |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for hw_key, hw in HARDWARE.items():
+            for r in plan_rows(size, hw_key, CANDIDATES[hw.chips], work):
+                print(
+                    f"| {hw_key} | {r['mesh']} | {r['params']:.2f} | {r['grads']:.2f} | "
+                    f"{r['adam']:.2f} | {r['reference']:.2f} | {r['kv_cache']:.2f} | "
+                    f"{r['activations']:.2f} | {r['total']:.2f} | {'yes' if r['fits'] else 'no'} | "
+                    f"{r['t_update+ref']:.1f} | {r['t_sample']:.1f} | {r['t_total']:.1f} | "
+                    f"{r['t_sample_tp_copy']:.1f} (+{r['t_tp_copy_bytes'] / 2**30:.2f}) |"
+                )
+        print()
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -17,6 +17,7 @@ keep their `fsdp` split and are replicated over `tensor`. A *batch* that does
 not divide its mesh axes is refused at start-up (`check_batch_divides`), since
 replicating a batch would silently repeat work.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,6 +48,7 @@ def param_shardings(model_config, mesh: Mesh, rules=None):
     logged warning.
     """
     from jaxrl_llm import models  # pylint: disable=g-import-not-at-top  (models imports parallel)
+
     shapes = jax.eval_shape(lambda: models.init_params(model_config, jax.random.key(0)))
     return A.logical_to_sharding(models.logical_axes(model_config), mesh, rules, shapes=shapes)
 
@@ -57,8 +59,12 @@ def init_sharded_params(model_config, key: jax.Array, mesh: Mesh, rules=None):
     Same values as `models.init_params(model_config, key)` on one device.
     """
     from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
-    init = jax.jit(models.init_params, static_argnums=0,
-                   out_shardings=param_shardings(model_config, mesh, rules))
+
+    init = jax.jit(
+        models.init_params,
+        static_argnums=0,
+        out_shardings=param_shardings(model_config, mesh, rules),
+    )
     return init(model_config, key)
 
 
@@ -76,9 +82,13 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, params, param_s
     abstract = jax.eval_shape(optimizer.init, params)
     rep = replicated(mesh)
     return optax.tree_map_params(
-        optimizer, lambda _, s: s, abstract, param_shards,
+        optimizer,
+        lambda _, s: s,
+        abstract,
+        param_shards,
         transform_non_params=lambda _: rep,
-        is_leaf=lambda x: isinstance(x, NamedSharding))
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
 
 
 def batch_axes(mesh: Mesh, rules=None) -> tuple[str, ...]:
@@ -108,7 +118,8 @@ def check_batch_divides(rows: int, mesh: Mesh, rules=None, *, what: str = "batch
         sizes = " * ".join(f"{a}={mesh.shape[a]}" for a in batch_axes(mesh, rules))
         raise ValueError(
             f"{what} = {rows} rows do not divide over the {shards} batch shards of the mesh "
-            f"({sizes}); use a multiple of {shards}")
+            f"({sizes}); use a multiple of {shards}"
+        )
 
 
 def describe_shardings(tree) -> list[tuple[str, tuple, PartitionSpec, tuple]]:
@@ -116,6 +127,7 @@ def describe_shardings(tree) -> list[tuple[str, tuple, PartitionSpec, tuple]]:
     out = []
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
         sh = x.sharding
-        out.append((jax.tree_util.keystr(path), tuple(x.shape), sh.spec,
-                    tuple(sh.shard_shape(x.shape))))
+        out.append(
+            (jax.tree_util.keystr(path), tuple(x.shape), sh.spec, tuple(sh.shard_shape(x.shape)))
+        )
     return out

@@ -1,15 +1,32 @@
 """Rollout sampler: prefill + decode with a static KV cache, sampling controls, exact log-probs.
 
-    prompts = pad_prompts(token_id_lists, bucket_lengths=(16, 32, 64), pad_id=0)
-    rollout = generate(params, config, prompts, key, SamplingParams(max_new_tokens=64, n=8))
-    logp = token_logprobs(logits, targets, temperature)   # shared with the trainer
+prompts = pad_prompts(token_id_lists, bucket_lengths=(16, 32, 64), pad_id=0)
+rollout = generate(params, config, prompts, key, SamplingParams(max_new_tokens=64, n=8))
+logp = token_logprobs(logits, targets, temperature)   # shared with the trainer
 """
-from jaxrl_llm.rollout.host import DEFAULT_BUCKETS, apply_stop_strings, decode_completions, pad_prompts
+
+from jaxrl_llm.rollout.host import (
+    DEFAULT_BUCKETS,
+    apply_stop_strings,
+    decode_completions,
+    pad_prompts,
+)
 from jaxrl_llm.rollout.logprobs import token_logprobs
-from jaxrl_llm.rollout.sampler import (cache_logical_axes, generate, generate_seeds, generate_with_cache,
-                                       init_sampler_cache)
-from jaxrl_llm.rollout.sampling import (TOP_P_CANDIDATES, argmax_first, sample_from_weights, sample_tokens,
-                                       top_k_values, truncation_threshold)
+from jaxrl_llm.rollout.sampler import (
+    cache_logical_axes,
+    generate,
+    generate_seeds,
+    generate_with_cache,
+    init_sampler_cache,
+)
+from jaxrl_llm.rollout.sampling import (
+    TOP_P_CANDIDATES,
+    argmax_first,
+    sample_from_weights,
+    sample_tokens,
+    top_k_values,
+    truncation_threshold,
+)
 from jaxrl_llm.rollout.types import PromptBatch, Rollout, SamplingParams
 
 __all__ = [

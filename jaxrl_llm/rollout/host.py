@@ -4,6 +4,7 @@ Nothing here runs on the accelerator; these functions take and return numpy
 arrays (a `Rollout` coming back from `generate` is fetched once with
 `jax.device_get`).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -21,13 +22,19 @@ DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 def _smallest_fitting(size: int, buckets: Sequence[int], what: str) -> int:
     fitting = [b for b in sorted(int(b) for b in buckets) if b >= size]
     if not fitting:
-        raise ValueError(f"pad_prompts: {what} {size} exceeds the largest bucket {max(buckets)} "
-                         f"(buckets {tuple(buckets)})")
+        raise ValueError(
+            f"pad_prompts: {what} {size} exceeds the largest bucket {max(buckets)} "
+            f"(buckets {tuple(buckets)})"
+        )
     return fitting[0]
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], bucket_lengths: Sequence[int] = DEFAULT_BUCKETS,
-                pad_id: int = 0, batch_bucket: int | Sequence[int] | None = None) -> PromptBatch:
+def pad_prompts(
+    prompts: Sequence[Sequence[int]],
+    bucket_lengths: Sequence[int] = DEFAULT_BUCKETS,
+    pad_id: int = 0,
+    batch_bucket: int | Sequence[int] | None = None,
+) -> PromptBatch:
     """Left-pad token-id lists into a `PromptBatch` of numpy int32 arrays.
 
     The length is the smallest of `bucket_lengths` that holds the longest
@@ -54,8 +61,8 @@ def pad_prompts(prompts: Sequence[Sequence[int]], bucket_lengths: Sequence[int] 
     tokens = np.full((rows, length), int(pad_id), np.int32)
     mask = np.zeros((rows, length), np.int32)
     for i, p in enumerate(prompts):
-        tokens[i, length - len(p):] = p
-        mask[i, length - len(p):] = 1
+        tokens[i, length - len(p) :] = p
+        mask[i, length - len(p) :] = 1
     return PromptBatch(tokens=tokens, mask=mask)
 
 
@@ -66,14 +73,20 @@ def _decode(tokenizer, ids: list[int], skip_special_tokens: bool) -> str:
         return tokenizer.decode(ids)
 
 
-def decode_completions(tokenizer, rollout: Rollout, *, skip_special_tokens: bool = True) -> list[str]:
+def decode_completions(
+    tokenizer, rollout: Rollout, *, skip_special_tokens: bool = True
+) -> list[str]:
     """Text of each row's valid completion tokens (`mask == 1`), a list of N strings."""
     tokens, mask = jax.device_get((rollout.tokens, rollout.mask))
-    return [_decode(tokenizer, [int(t) for t in row[m > 0]], skip_special_tokens)
-            for row, m in zip(np.asarray(tokens), np.asarray(mask))]
+    return [
+        _decode(tokenizer, [int(t) for t in row[m > 0]], skip_special_tokens)
+        for row, m in zip(np.asarray(tokens), np.asarray(mask))
+    ]
 
 
-def _stop_length(tokenizer, ids: list[int], stops: Sequence[str], skip_special_tokens: bool) -> int | None:
+def _stop_length(
+    tokenizer, ids: list[int], stops: Sequence[str], skip_special_tokens: bool
+) -> int | None:
     """Fewest leading tokens whose text contains a stop string (None if no stop string occurs)."""
     if not any(s in _decode(tokenizer, ids, skip_special_tokens) for s in stops):
         return None
@@ -87,8 +100,9 @@ def _stop_length(tokenizer, ids: list[int], stops: Sequence[str], skip_special_t
     return hi
 
 
-def apply_stop_strings(tokenizer, rollout: Rollout, stop_strings: Sequence[str], *,
-                       skip_special_tokens: bool = True) -> Rollout:
+def apply_stop_strings(
+    tokenizer, rollout: Rollout, stop_strings: Sequence[str], *, skip_special_tokens: bool = True
+) -> Rollout:
     """End each row at the first token whose text completes one of `stop_strings`.
 
     The token that completes the stop string stays valid (mask 1), as a stop
@@ -99,8 +113,12 @@ def apply_stop_strings(tokenizer, rollout: Rollout, stop_strings: Sequence[str],
     stops = [s for s in stop_strings if s]
     if not stops:
         return rollout
-    tokens, mask, logp, truncated = (np.array(x) for x in jax.device_get(
-        (rollout.tokens, rollout.mask, rollout.sampler_logp, rollout.truncated)))
+    tokens, mask, logp, truncated = (
+        np.array(x)
+        for x in jax.device_get(
+            (rollout.tokens, rollout.mask, rollout.sampler_logp, rollout.truncated)
+        )
+    )
     for r in range(tokens.shape[0]):
         ids = [int(t) for t in tokens[r][mask[r] > 0]]
         cut = _stop_length(tokenizer, ids, stops, skip_special_tokens) if ids else None

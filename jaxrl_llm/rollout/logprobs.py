@@ -10,6 +10,7 @@ exp(logp_train - logp_sampler) is 1 up to the float error of the two forward
 passes (Schulman et al. 2017, PPO; the "sampling temperature" correction is
 the same one verl and OpenRLHF apply to logits before their log-probs).
 """
+
 from __future__ import annotations
 
 import jax

@@ -30,6 +30,7 @@ logical `batch` axis to, KV heads over those of `kv_heads`, and the model's
 own logical constraints apply inside (run under `jax.sharding.set_mesh` and
 `flax.linen.logical_axis_rules`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,8 +49,13 @@ from jaxrl_llm.rollout.logprobs import token_logprobs
 from jaxrl_llm.rollout.sampling import sample_tokens
 from jaxrl_llm.rollout.types import PromptBatch, Rollout, SamplingParams
 
-__all__ = ["generate", "generate_with_cache", "generate_seeds", "init_sampler_cache",
-           "cache_logical_axes"]
+__all__ = [
+    "generate",
+    "generate_with_cache",
+    "generate_seeds",
+    "init_sampler_cache",
+    "cache_logical_axes",
+]
 
 Params = Any
 
@@ -63,9 +69,13 @@ def cache_logical_axes() -> dict:
 def _rules_tuple(rules) -> tuple:
     if rules is None:
         rules = A.DEFAULT_RULES
-    return tuple((str(name), None if axis is None else
-                  (tuple(axis) if isinstance(axis, (list, tuple)) else axis))
-                 for name, axis in rules)
+    return tuple(
+        (
+            str(name),
+            None if axis is None else (tuple(axis) if isinstance(axis, (list, tuple)) else axis),
+        )
+        for name, axis in rules
+    )
 
 
 def _named(mesh, rules, names, shape) -> NamedSharding:
@@ -78,8 +88,10 @@ def _cache_shardings(config, rows, max_len, mesh, rules):
         return None
     kv = (config.num_layers, rows, max_len, config.num_kv_heads, config.head_dim)
     shapes = {"k": kv, "v": kv, "mask": (rows, max_len), "index": ()}
-    return {name: _named(mesh, rules, names, shapes[name])
-            for name, names in cache_logical_axes().items()}
+    return {
+        name: _named(mesh, rules, names, shapes[name])
+        for name, names in cache_logical_axes().items()
+    }
 
 
 def _rollout_shardings(rows, prompt_len, max_new, mesh, rules):
@@ -88,8 +100,15 @@ def _rollout_shardings(rows, prompt_len, max_new, mesh, rules):
     prompt = _named(mesh, rules, (A.BATCH, A.LENGTH), (rows, prompt_len))
     comp = _named(mesh, rules, (A.BATCH, A.LENGTH), (rows, max_new))
     vec = _named(mesh, rules, (A.BATCH,), (rows,))
-    return Rollout(prompt_tokens=prompt, prompt_mask=prompt, tokens=comp, mask=comp,
-                   sampler_logp=comp, group_id=vec, truncated=vec)
+    return Rollout(
+        prompt_tokens=prompt,
+        prompt_mask=prompt,
+        tokens=comp,
+        mask=comp,
+        sampler_logp=comp,
+        group_id=vec,
+        truncated=vec,
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,8 +137,11 @@ def _prefill(config, params, tokens, mask, n, cache):
     zero = jnp.zeros((), jnp.int32)
     k = jax.lax.dynamic_update_slice(cache["k"], rep(small["k"]), (zero,) * 5)
     v = jax.lax.dynamic_update_slice(cache["v"], rep(small["v"]), (zero,) * 5)
-    cache_mask = jnp.zeros_like(cache["mask"]).at[:, :p].set(
-        jnp.repeat(mask, n, axis=0).astype(cache["mask"].dtype))
+    cache_mask = (
+        jnp.zeros_like(cache["mask"])
+        .at[:, :p]
+        .set(jnp.repeat(mask, n, axis=0).astype(cache["mask"].dtype))
+    )
     cache = {"k": k, "v": v, "mask": cache_mask, "index": jnp.asarray(p, jnp.int32)}
     logits = jnp.repeat(logits[:, 0, :], n, axis=0)
     plen = jnp.repeat(mask.sum(axis=-1), n, axis=0)
@@ -139,8 +161,16 @@ def _decode(config, static, truncate, params, key, floats, logits, cache, plen, 
     rows = logits.shape[0]
 
     def draw(t, logits):
-        tok = sample_tokens(jax.random.fold_in(key, t), logits, temperature, top_p, min_p,
-                            top_k=top_k, greedy=greedy, truncate=truncate)
+        tok = sample_tokens(
+            jax.random.fold_in(key, t),
+            logits,
+            temperature,
+            top_p,
+            min_p,
+            top_k=top_k,
+            greedy=greedy,
+            truncate=truncate,
+        )
         return tok, token_logprobs(logits, tok, temperature)
 
     tok, lp = draw(0, logits)
@@ -162,8 +192,12 @@ def _decode(config, static, truncate, params, key, floats, logits, cache, plen, 
         logits, cache = models.apply(config, params, prev[:, None], pos, ones, cache)
         tok, lp = draw(t, logits[:, 0, :])
         alive = ~done
-        out_tokens = jax.lax.dynamic_update_slice(out_tokens, jnp.where(alive, tok, 0)[:, None], (zero, t))
-        out_logp = jax.lax.dynamic_update_slice(out_logp, jnp.where(alive, lp, 0.0)[:, None], (zero, t))
+        out_tokens = jax.lax.dynamic_update_slice(
+            out_tokens, jnp.where(alive, tok, 0)[:, None], (zero, t)
+        )
+        out_logp = jax.lax.dynamic_update_slice(
+            out_logp, jnp.where(alive, lp, 0.0)[:, None], (zero, t)
+        )
         length = length + alive
         done = done | _is_stop(tok, stop_ids)
         return t + 1, cache, tok, done, out_tokens, out_logp, length
@@ -173,11 +207,12 @@ def _decode(config, static, truncate, params, key, floats, logits, cache, plen, 
     return cache, done, out_tokens, out_logp, length
 
 
-def _program(config, static, unstack, constrain, params, prompt_tokens, prompt_mask, key, floats,
-             cache):
+def _program(
+    config, static, unstack, constrain, params, prompt_tokens, prompt_mask, key, floats, cache
+):
     max_new, n, stop_ids, top_k, greedy = static
     b, p = prompt_tokens.shape
-    if unstack:   # one copy of the layer weights per call, none per decode step
+    if unstack:  # one copy of the layer weights per call, none per decode step
         params = models.unstack_layers(params)
 
     logits, cache, plen, empty = _prefill(config, params, prompt_tokens, prompt_mask, n, cache)
@@ -187,8 +222,12 @@ def _program(config, static, unstack, constrain, params, prompt_tokens, prompt_m
         outs = _decode(config, static, True, *operands)
     else:  # one branch per call: the untruncated fast path unless top_p < 1 or min_p > 0
         truncate = (floats[1] < 1.0) | (floats[2] > 0.0)
-        outs = jax.lax.cond(truncate, functools.partial(_decode, config, static, True),
-                            functools.partial(_decode, config, static, False), *operands)
+        outs = jax.lax.cond(
+            truncate,
+            functools.partial(_decode, config, static, True),
+            functools.partial(_decode, config, static, False),
+            *operands,
+        )
     cache, done, out_tokens, out_logp, length = outs
     cache = constrain["cache"](cache)
 
@@ -216,26 +255,34 @@ def _compiled(config, static: tuple, batch: int, prompt_len: int, mesh, rules, u
         rows = batch * n
         cache_sh = _cache_shardings(config, rows, prompt_len + max_new, mesh, rules)
         constrain = {"cache": lambda c: jax.lax.with_sharding_constraint(c, cache_sh)}
-        shardings = {"out_shardings": (
-            _rollout_shardings(rows, prompt_len, max_new, mesh, rules), cache_sh)}
+        shardings = {
+            "out_shardings": (_rollout_shardings(rows, prompt_len, max_new, mesh, rules), cache_sh)
+        }
     fn = functools.partial(_program, config, static, unstack, constrain)
     return jax.jit(fn, donate_argnums=(5,), **shardings)
 
 
 def _check(config, prompts: PromptBatch, sampling: SamplingParams):
     if not isinstance(sampling, SamplingParams):
-        raise TypeError(f"generate: sampling must be a SamplingParams, got {type(sampling).__name__}")
+        raise TypeError(
+            f"generate: sampling must be a SamplingParams, got {type(sampling).__name__}"
+        )
     if not isinstance(prompts, PromptBatch):
         raise TypeError(f"generate: prompts must be a PromptBatch, got {type(prompts).__name__}")
     if prompts.tokens.ndim != 2 or prompts.tokens.shape != prompts.mask.shape:
         raise ValueError(
             f"generate: prompts.tokens {prompts.tokens.shape} and prompts.mask {prompts.mask.shape} "
-            "must both be [B, P]")
+            "must both be [B, P]"
+        )
     bad = [t for t in sampling.stop_token_ids if t >= config.vocab_size]
     if bad:
-        raise ValueError(f"SamplingParams.stop_token_ids {bad} are >= vocab_size {config.vocab_size}")
+        raise ValueError(
+            f"SamplingParams.stop_token_ids {bad} are >= vocab_size {config.vocab_size}"
+        )
     if sampling.top_k > config.vocab_size:
-        raise ValueError(f"SamplingParams.top_k={sampling.top_k} exceeds vocab_size {config.vocab_size}")
+        raise ValueError(
+            f"SamplingParams.top_k={sampling.top_k} exceeds vocab_size {config.vocab_size}"
+        )
 
 
 # Up to this many rows per device a decode step is bound by reading the weights, and the
@@ -244,10 +291,18 @@ def _check(config, prompts: PromptBatch, sampling: SamplingParams):
 UNSTACK_MAX_ROWS = 8
 
 
-def generate_with_cache(params: Params, config, prompts: PromptBatch, key: jax.Array,
-                        sampling: SamplingParams, cache: dict | None = None, *,
-                        mesh=None, rules=None,
-                        unstack_layers: bool | None = None) -> tuple[Rollout, dict]:
+def generate_with_cache(
+    params: Params,
+    config,
+    prompts: PromptBatch,
+    key: jax.Array,
+    sampling: SamplingParams,
+    cache: dict | None = None,
+    *,
+    mesh=None,
+    rules=None,
+    unstack_layers: bool | None = None,
+) -> tuple[Rollout, dict]:
     """`generate`, also returning the final KV cache.
 
     `cache` (from `init_sampler_cache(config, B·n, P + T, mesh=..., rules=...)`)
@@ -262,16 +317,34 @@ def generate_with_cache(params: Params, config, prompts: PromptBatch, key: jax.A
     if cache is None:
         cache = _cache_initializer(config, rows, max_len, mesh, rules)()
     elif tuple(cache["k"].shape[1:3]) != (rows, max_len):
-        raise ValueError(f"generate: cache k has shape {cache['k'].shape}; rows and slots must be "
-                         f"({rows}, {max_len}) = (B·n, P + max_new_tokens)")
-    tokens = np.asarray(prompts.tokens, np.int32) if isinstance(prompts.tokens, np.ndarray) \
+        raise ValueError(
+            f"generate: cache k has shape {cache['k'].shape}; rows and slots must be "
+            f"({rows}, {max_len}) = (B·n, P + max_new_tokens)"
+        )
+    tokens = (
+        np.asarray(prompts.tokens, np.int32)
+        if isinstance(prompts.tokens, np.ndarray)
         else prompts.tokens.astype(jnp.int32)
-    mask = np.asarray(prompts.mask, np.int32) if isinstance(prompts.mask, np.ndarray) \
+    )
+    mask = (
+        np.asarray(prompts.mask, np.int32)
+        if isinstance(prompts.mask, np.ndarray)
         else prompts.mask.astype(jnp.int32)
-    floats = np.asarray([sampling.temperature, sampling.top_p, sampling.min_p], np.float32) \
-        if all(isinstance(x, (int, float)) for x in (sampling.temperature, sampling.top_p, sampling.min_p)) \
-        else jnp.stack([jnp.asarray(x, jnp.float32) for x in (sampling.temperature, sampling.top_p, sampling.min_p)])
-    if unstack_layers is None:   # rows per device decide whether a step is weight-bound
+    )
+    floats = (
+        np.asarray([sampling.temperature, sampling.top_p, sampling.min_p], np.float32)
+        if all(
+            isinstance(x, (int, float))
+            for x in (sampling.temperature, sampling.top_p, sampling.min_p)
+        )
+        else jnp.stack(
+            [
+                jnp.asarray(x, jnp.float32)
+                for x in (sampling.temperature, sampling.top_p, sampling.min_p)
+            ]
+        )
+    )
+    if unstack_layers is None:  # rows per device decide whether a step is weight-bound
         shards = sharding_lib.batch_shards(mesh, rules) if mesh is not None else 1
         unstack_layers = (rows // shards if rows % shards == 0 else rows) <= UNSTACK_MAX_ROWS
     program = _compiled(config, sampling.static_key(), b, p, mesh, rules, bool(unstack_layers))
@@ -287,17 +360,27 @@ def generate_with_cache(params: Params, config, prompts: PromptBatch, key: jax.A
 def _compiled_seeds(config, static: tuple, seeds: int, batch: int, prompt_len: int, unstack: bool):
     """`_program` vmapped over a leading seed axis of params, prompts, keys and cache."""
     rows, max_len = batch * static[1], prompt_len + static[0]
-    fn = jax.vmap(functools.partial(_program, config, static, unstack, {"cache": lambda c: c}),
-                  in_axes=(0, 0, 0, 0, None, 0))
+    fn = jax.vmap(
+        functools.partial(_program, config, static, unstack, {"cache": lambda c: c}),
+        in_axes=(0, 0, 0, 0, None, 0),
+    )
 
     def run(params, tokens, mask, key_data, floats):
         cache = jax.vmap(lambda _: models.init_cache(config, rows, max_len))(jnp.arange(seeds))
         return fn(params, tokens, mask, jax.random.wrap_key_data(key_data), floats, cache)[0]
+
     return jax.jit(run)
 
 
-def generate_seeds(params: Params, config, prompts: PromptBatch, keys: jax.Array,
-                   sampling: SamplingParams, *, unstack_layers: bool | None = None) -> Rollout:
+def generate_seeds(
+    params: Params,
+    config,
+    prompts: PromptBatch,
+    keys: jax.Array,
+    sampling: SamplingParams,
+    *,
+    unstack_layers: bool | None = None,
+) -> Rollout:
     """`generate` for S models at once, as one program vmapped over a leading seed axis.
 
     `params` (every leaf [S, ...]), `prompts` ([S, B, P]) and `keys` (S typed PRNG keys) carry
@@ -308,8 +391,10 @@ def generate_seeds(params: Params, config, prompts: PromptBatch, keys: jax.Array
     """
     tokens, mask = np.asarray(prompts.tokens, np.int32), np.asarray(prompts.mask, np.int32)
     if tokens.ndim != 3 or tokens.shape != mask.shape:
-        raise ValueError(f"generate_seeds: prompts.tokens {tokens.shape} and prompts.mask "
-                         f"{mask.shape} must both be [S, B, P]")
+        raise ValueError(
+            f"generate_seeds: prompts.tokens {tokens.shape} and prompts.mask "
+            f"{mask.shape} must both be [S, B, P]"
+        )
     _check(config, PromptBatch(tokens=tokens[0], mask=mask[0]), sampling)
     s, b, p = tokens.shape
     key_data = jax.random.key_data(keys)
@@ -317,15 +402,27 @@ def generate_seeds(params: Params, config, prompts: PromptBatch, keys: jax.Array
         raise ValueError(f"generate_seeds: {key_data.shape[0]} keys for {s} seeds of prompts")
     if unstack_layers is None:
         unstack_layers = b * sampling.n <= UNSTACK_MAX_ROWS
-    floats = jnp.stack([jnp.asarray(x, jnp.float32)
-                        for x in (sampling.temperature, sampling.top_p, sampling.min_p)])
+    floats = jnp.stack(
+        [
+            jnp.asarray(x, jnp.float32)
+            for x in (sampling.temperature, sampling.top_p, sampling.min_p)
+        ]
+    )
     program = _compiled_seeds(config, sampling.static_key(), s, b, p, bool(unstack_layers))
     return program(params, tokens, mask, key_data, floats)
 
 
-def generate(params: Params, config, prompts: PromptBatch, key: jax.Array, sampling: SamplingParams,
-             *, mesh=None, rules: Sequence | None = None,
-             unstack_layers: bool | None = None) -> Rollout:
+def generate(
+    params: Params,
+    config,
+    prompts: PromptBatch,
+    key: jax.Array,
+    sampling: SamplingParams,
+    *,
+    mesh=None,
+    rules: Sequence | None = None,
+    unstack_layers: bool | None = None,
+) -> Rollout:
     """Sample `sampling.n` completions for each prompt: a `Rollout` of N = B·n rows.
 
     Args:
@@ -344,6 +441,14 @@ def generate(params: Params, config, prompts: PromptBatch, key: jax.Array, sampl
       `Rollout` with prompt_tokens/prompt_mask [N, P], tokens/mask/sampler_logp
       [N, T], group_id [N] (row r ↔ prompt r // n), truncated [N].
     """
-    rollout, _ = generate_with_cache(params, config, prompts, key, sampling, mesh=mesh, rules=rules,
-                                     unstack_layers=unstack_layers)
+    rollout, _ = generate_with_cache(
+        params,
+        config,
+        prompts,
+        key,
+        sampling,
+        mesh=mesh,
+        rules=rules,
+        unstack_layers=unstack_layers,
+    )
     return rollout

@@ -34,6 +34,7 @@ cumulative sum is taken in two levels (block sums over `_BLOCK` tokens, then
 inside the chosen block), so it touches V + V/_BLOCK + _BLOCK numbers per row.
 P(i) = w_i / sum(w) exactly, up to float32 rounding of the sums.
 """
+
 from __future__ import annotations
 
 
@@ -197,8 +198,9 @@ def truncation_threshold(z: jax.Array, top_p, min_p, *, top_k: int = 0) -> jax.A
         tau_c, complete = _nucleus_cut(_descending(z, cap), log_norm, top_p)
         if cap == v:
             return tau_c
-        return jax.lax.cond(jnp.all(complete), lambda z: tau_c,
-                            lambda z: _nucleus_bisect(z, log_norm, top_p), z)
+        return jax.lax.cond(
+            jnp.all(complete), lambda z: tau_c, lambda z: _nucleus_bisect(z, log_norm, top_p), z
+        )
 
     tau_p = jax.lax.cond(top_p < 1.0, nucleus, lambda z: neg_inf, z)
     return jnp.maximum(tau, tau_p)
@@ -215,8 +217,17 @@ def argmax_first(x: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(x == top, iota, x.shape[-1]), axis=-1).astype(jnp.int32)
 
 
-def sample_tokens(key: jax.Array, logits: jax.Array, temperature=1.0, top_p=1.0, min_p=0.0, *,
-                  top_k: int = 0, greedy: bool = False, truncate: bool = True) -> jax.Array:
+def sample_tokens(
+    key: jax.Array,
+    logits: jax.Array,
+    temperature=1.0,
+    top_p=1.0,
+    min_p=0.0,
+    *,
+    top_k: int = 0,
+    greedy: bool = False,
+    truncate: bool = True,
+) -> jax.Array:
     """Next tokens int32 [N] from logits [N, V].
 
     `greedy`, `top_k` and `truncate` are static; `temperature`, `top_p`,

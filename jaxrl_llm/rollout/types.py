@@ -9,6 +9,7 @@ Python dataclass: its static fields pick the compiled program, its float
 fields (temperature, top_p, min_p) are fed to that program as traced scalars,
 so changing them never recompiles.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,13 +67,17 @@ class SamplingParams:
     def __post_init__(self):
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         if int(self.max_new_tokens) < 1:
-            raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ValueError(
+                f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}"
+            )
         if int(self.n) < 1:
             raise ValueError(f"SamplingParams.n must be >= 1, got {self.n}")
         if int(self.top_k) < 0:
             raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {self.top_k}")
         if any(t < 0 for t in self.stop_token_ids):
-            raise ValueError(f"SamplingParams.stop_token_ids must be >= 0, got {self.stop_token_ids}")
+            raise ValueError(
+                f"SamplingParams.stop_token_ids must be >= 0, got {self.stop_token_ids}"
+            )
         if not isinstance(self.greedy, bool):
             raise ValueError(f"SamplingParams.greedy must be True or False, got {self.greedy!r}")
         # Float knobs may be jax scalars (traced by the caller); check only Python numbers.
@@ -85,8 +90,13 @@ class SamplingParams:
 
     def static_key(self) -> tuple:
         """The fields that select a compiled program (hashable)."""
-        return (int(self.max_new_tokens), int(self.n), self.stop_token_ids, int(self.top_k),
-                bool(self.greedy))
+        return (
+            int(self.max_new_tokens),
+            int(self.n),
+            self.stop_token_ids,
+            int(self.top_k),
+            bool(self.greedy),
+        )
 
     def replace(self, **overrides) -> "SamplingParams":
         return dataclasses.replace(self, **overrides)

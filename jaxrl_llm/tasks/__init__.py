@@ -7,6 +7,7 @@ filter, replay, bandit curriculum); `sampling`: DAPO dynamic sampling;
 `math_answer`: answer extraction and equivalence. Nothing here imports jax at
 module level (reward workers stay light).
 """
+
 from jaxrl_llm.tasks import length, math_answer
 from jaxrl_llm.tasks.arith import ArithTask
 from jaxrl_llm.tasks.base import (
@@ -22,7 +23,12 @@ from jaxrl_llm.tasks.countdown import CountdownTask
 from jaxrl_llm.tasks.math_task import MathTask, make_gsm8k, make_math
 from jaxrl_llm.tasks.reward_pool import RewardPool, score_in_process
 from jaxrl_llm.tasks.rewards import ComposedTask, RewardTerm, compose
-from jaxrl_llm.tasks.sampling import DynamicSample, dynamic_sampling, informative_groups, select_rows
+from jaxrl_llm.tasks.sampling import (
+    DynamicSample,
+    dynamic_sampling,
+    informative_groups,
+    select_rows,
+)
 from jaxrl_llm.tasks.selection import (
     CURRICULUM_METHODS,
     CurriculumSource,

@@ -11,6 +11,7 @@ whitespace: 1.0 or 0.0 (component 'correct'); plus `format_weight` × 1[the
 first line is a bare integer] (component 'format').
 Train and test are disjoint by a stable hash of the prompt (`test_fraction`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,9 +29,15 @@ _OPS = "+-*"
 
 
 def _as_tuple(x, field: str) -> tuple[int, ...]:
-    t = tuple(int(v) for v in x) if isinstance(x, Sequence) and not isinstance(x, str) else (int(x),)
+    t = (
+        tuple(int(v) for v in x)
+        if isinstance(x, Sequence) and not isinstance(x, str)
+        else (int(x),)
+    )
     if not t or min(t) < 1:
-        raise ValueError(f"{field} must be a positive int or a non-empty sequence of them, got {x!r}")
+        raise ValueError(
+            f"{field} must be a positive int or a non-empty sequence of them, got {x!r}"
+        )
     return tuple(sorted(set(t)))
 
 

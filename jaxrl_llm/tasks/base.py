@@ -15,6 +15,7 @@ which `RewardPool` uses to report each reward component separately.
 `make_task(name_or_import_path, **kwargs)` builds a registered task ('arith',
 'countdown', 'sort', 'gsm8k') or calls a user factory 'my_pkg.my_mod:make'.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,14 +74,11 @@ class Task(Protocol):
     name: str
     difficulties: tuple
 
-    def examples(self, split: str, n: int, seed: int) -> list[Example]:
-        ...
+    def examples(self, split: str, n: int, seed: int) -> list[Example]: ...
 
-    def reward(self, completion: str, example: Example) -> float:
-        ...
+    def reward(self, completion: str, example: Example) -> float: ...
 
-    def sft_target(self, example: Example) -> str:
-        ...
+    def sft_target(self, example: Example) -> str: ...
 
 
 def reward_details(task: Any, completion: str, example: Example) -> tuple[float, dict[str, float]]:
@@ -171,10 +169,14 @@ def _resolve(import_path: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"task import path {import_path!r}: cannot import {module_name!r}: {e}") from e
+        raise ValueError(
+            f"task import path {import_path!r}: cannot import {module_name!r}: {e}"
+        ) from e
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
-        raise ValueError(f"task import path {import_path!r}: {module_name} has no callable {attr!r}")
+        raise ValueError(
+            f"task import path {import_path!r}: {module_name} has no callable {attr!r}"
+        )
     return factory
 
 
@@ -194,9 +196,15 @@ def make_task(name_or_import_path: str, **kwargs: Any) -> Any:
         return _resolve(_BUILTIN[name_or_import_path])(**kwargs)
     if ":" in name_or_import_path:
         task = _resolve(name_or_import_path)(**kwargs)
-        missing = [m for m in ("name", "examples", "reward", "sft_target", "difficulties") if not hasattr(task, m)]
+        missing = [
+            m
+            for m in ("name", "examples", "reward", "sft_target", "difficulties")
+            if not hasattr(task, m)
+        ]
         if missing:
-            raise ValueError(f"task from {name_or_import_path!r} lacks {missing} (see jaxrl_llm.tasks.Task)")
+            raise ValueError(
+                f"task from {name_or_import_path!r} lacks {missing} (see jaxrl_llm.tasks.Task)"
+            )
         return task
     raise ValueError(
         f"unknown task {name_or_import_path!r}; registered: {', '.join(registered_tasks())}; "

@@ -13,6 +13,7 @@ Difficulty = how many numbers are given (`num_numbers`). Train and test are
 split by a stable hash of (sorted numbers, target), so re-orderings of a test
 problem never appear in training.
 """
+
 from __future__ import annotations
 
 import collections
@@ -40,7 +41,9 @@ def _combine(left, op, right):
     return f"{lt}{op}{rt}", value, p
 
 
-def check_solution(completion: str, numbers: Sequence[int], target: int, *, use_all: bool = True) -> tuple[bool, bool]:
+def check_solution(
+    completion: str, numbers: Sequence[int], target: int, *, use_all: bool = True
+) -> tuple[bool, bool]:
     """(valid, correct) of a Countdown answer; never raises on any input text."""
     text = first_line(completion)
     if "=" in text:
@@ -103,7 +106,10 @@ class CountdownTask:
         target = int(value)
         prompt = f"{','.join(map(str, numbers))} to {target}="
         return Example(
-            id=f"countdown:{prompt}", prompt=prompt, answer=str(target), difficulty=k,
+            id=f"countdown:{prompt}",
+            prompt=prompt,
+            answer=str(target),
+            difficulty=k,
             meta=(("numbers", tuple(numbers)), ("solution", text)),
         )
 
@@ -133,8 +139,9 @@ class CountdownTask:
         return example.meta_dict()["solution"]
 
     def reward_details(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
-        valid, correct = check_solution(completion, example.meta_dict()["numbers"], int(example.answer),
-                                        use_all=self.use_all)
+        valid, correct = check_solution(
+            completion, example.meta_dict()["numbers"], int(example.answer), use_all=self.use_all
+        )
         comps = {"correct": float(correct)}
         if self.format_weight:
             comps["valid"] = float(valid)

@@ -11,6 +11,7 @@ else (names, dots, `**`, underscores, quotes) is rejected before parsing.
 Values are exact `fractions.Fraction`s; division by zero, over-long input,
 too-deep nesting and too-large integers raise `ExprError`.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,7 +45,11 @@ def tokenize(text: str, *, max_len: int = 200) -> list[str]:
 class _Parser:
     def __init__(self, tokens, *, allow_unary_minus, max_depth, max_digits):
         self.toks, self.i = tokens, 0
-        self.allow_unary_minus, self.max_depth, self.max_digits = allow_unary_minus, max_depth, max_digits
+        self.allow_unary_minus, self.max_depth, self.max_digits = (
+            allow_unary_minus,
+            max_depth,
+            max_digits,
+        )
         self.numbers: list[int] = []
 
     def peek(self):

@@ -19,11 +19,18 @@
 
 All return float32 numpy arrays; inputs are [N] arrays.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["token_lengths", "overlong_penalty", "laser_reward", "truncation_weight", "shape_rewards"]
+__all__ = [
+    "token_lengths",
+    "overlong_penalty",
+    "laser_reward",
+    "truncation_weight",
+    "shape_rewards",
+]
 
 
 def _vec(x, name: str, dtype=np.float64) -> np.ndarray:
@@ -52,7 +59,9 @@ def overlong_penalty(lengths, max_len: int, buffer: int, *, penalty: float = 1.0
     return (penalty * r).astype(np.float32)
 
 
-def laser_reward(lengths, correct, target_len: int, *, alpha: float = 0.5, only_correct: bool = True) -> np.ndarray:
+def laser_reward(
+    lengths, correct, target_len: int, *, alpha: float = 0.5, only_correct: bool = True
+) -> np.ndarray:
     """LASER step reward α · 1[|y| ≤ L_T] (· correct when `only_correct`), float32 [N]."""
     L, c = _vec(lengths, "lengths"), _vec(correct, "correct")
     if L.shape != c.shape:
@@ -96,12 +105,16 @@ def shape_rewards(
     if overlong_buffer:
         if max_len is None:
             raise ValueError("overlong_buffer needs max_len (max_new_tokens)")
-        comps["overlong"] = overlong_penalty(L, max_len, overlong_buffer, penalty=overlong_penalty_scale)
+        comps["overlong"] = overlong_penalty(
+            L, max_len, overlong_buffer, penalty=overlong_penalty_scale
+        )
         r = r + comps["overlong"]
     if laser_target:
         if correct is None:
             raise ValueError("laser_target needs `correct` [N]")
-        comps["laser"] = laser_reward(L, correct, laser_target, alpha=laser_alpha, only_correct=laser_only_correct)
+        comps["laser"] = laser_reward(
+            L, correct, laser_target, alpha=laser_alpha, only_correct=laser_only_correct
+        )
         r = r + comps["laser"]
     if mask_truncated:
         if truncated is None:

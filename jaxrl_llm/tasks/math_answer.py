@@ -10,6 +10,7 @@ unicode minus (`−`), a trailing period, `%`, and unit words after a number
 (`5 cm`, `18 dollars`). Numbers compare exactly as fractions (`0.5` = `1/2` =
 `\\frac{1}{2}`), decimals up to a relative tolerance `rel_tol`.
 """
+
 from __future__ import annotations
 
 import re
@@ -107,7 +108,13 @@ def normalize_answer(s: str) -> str:
     for cmd in ("text", "textbf", "mathrm", "mathbf", "boxed"):
         s = _unwrap(s, cmd)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = s.replace("\\left", "").replace("\\right", "").replace("\\!", "").replace("\\,", "").replace("\\;", "")
+    s = (
+        s.replace("\\left", "")
+        .replace("\\right", "")
+        .replace("\\!", "")
+        .replace("\\,", "")
+        .replace("\\;", "")
+    )
     s = s.replace("\\%", "").replace("%", "").replace("\\$", "").replace("$", "")
     s = re.sub(r"^[a-zA-Z]\s*=\s*", "", s)  # 'x = 5' → '5'
     s = s.strip().rstrip(".").strip()
@@ -147,7 +154,9 @@ def _math_verify_equal(pred: str, gold: str) -> bool:
     return bool(verify(gold_p, pred_p, timeout_seconds=timeout))
 
 
-def answers_equal(pred: str | None, gold: str, *, rel_tol: float = 1e-6, use_math_verify: bool = True) -> bool:
+def answers_equal(
+    pred: str | None, gold: str, *, rel_tol: float = 1e-6, use_math_verify: bool = True
+) -> bool:
     """Whether `pred` and `gold` denote the same answer.
 
     Both are normalised; plain numbers compare exactly as fractions when both

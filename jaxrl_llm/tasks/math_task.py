@@ -16,6 +16,7 @@ gold answer under `math_answer.answers_equal`. Optional `format_weight` ×
 component 'format' (the completion has an explicit `\\boxed{}` or '####').
 SFT target: the dataset's solution text (GSM8K's `<<…>>` calculator notes removed).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,7 +53,9 @@ def _find_split_file(folder: str, split: str) -> str | None:
     return None
 
 
-def load_rows(path: str, split: str, *, hub_config: str | None, test_fraction: float, key_field: str) -> list[dict]:
+def load_rows(
+    path: str, split: str, *, hub_config: str | None, test_fraction: float, key_field: str
+) -> list[dict]:
     """Rows of `split` from a file, a folder of split files or a hub dataset (cached per process)."""
     check_split(split)
     cache_key = (path, split, hub_config, test_fraction, key_field)
@@ -85,7 +88,9 @@ def load_rows(path: str, split: str, *, hub_config: str | None, test_fraction: f
 def _gold(text: str, gold_format: str) -> str:
     if gold_format == "raw":
         return text.strip()
-    ans = math_answer.extract_hash(text) if gold_format == "hash" else math_answer.extract_boxed(text)
+    ans = (
+        math_answer.extract_hash(text) if gold_format == "hash" else math_answer.extract_boxed(text)
+    )
     if ans is None:
         raise ValueError(f"no gold answer ({gold_format}) in {text[:200]!r}")
     return ans
@@ -117,14 +122,21 @@ class MathTask:
         if self.gold_format not in GOLD_FORMATS:
             raise ValueError(f"gold_format must be one of {GOLD_FORMATS}, got {self.gold_format!r}")
         if self.extract_mode not in math_answer.EXTRACT_MODES:
-            raise ValueError(f"extract_mode must be one of {math_answer.EXTRACT_MODES}, got {self.extract_mode!r}")
+            raise ValueError(
+                f"extract_mode must be one of {math_answer.EXTRACT_MODES}, got {self.extract_mode!r}"
+            )
         if "{question}" not in self.prompt_template:
             raise ValueError("prompt_template must contain '{question}'")
 
     def examples(self, split: str, n: int | None, seed: int) -> list[Example]:
         """`n` examples of `split` (all when n is None), in a seed-shuffled order."""
-        rows = load_rows(self.path, split, hub_config=self.hub_config,
-                         test_fraction=self.test_fraction, key_field=self.question_field)
+        rows = load_rows(
+            self.path,
+            split,
+            hub_config=self.hub_config,
+            test_fraction=self.test_fraction,
+            key_field=self.question_field,
+        )
         for field in (self.question_field, self.answer_field):
             if rows and field not in rows[0]:
                 raise ValueError(f"data has no field {field!r}; fields: {sorted(rows[0])}")
@@ -136,13 +148,15 @@ class MathTask:
             r = rows[int(i)]
             q, sol = str(r[self.question_field]), str(r[self.answer_field])
             diff = _level(r[self.difficulty_field]) if self.difficulty_field else 0
-            out.append(Example(
-                id=f"{self.name}:{stable_hash(q):016x}",
-                prompt=self.prompt_template.format(question=q.strip()),
-                answer=_gold(sol, self.gold_format),
-                difficulty=diff,
-                meta=(("solution", sol),),
-            ))
+            out.append(
+                Example(
+                    id=f"{self.name}:{stable_hash(q):016x}",
+                    prompt=self.prompt_template.format(question=q.strip()),
+                    answer=_gold(sol, self.gold_format),
+                    difficulty=diff,
+                    meta=(("solution", sol),),
+                )
+            )
         return out
 
     def sft_target(self, example: Example) -> str:
@@ -158,7 +172,10 @@ class MathTask:
         correct = 1.0 if math_answer.answers_equal(pred, example.answer) else 0.0
         comps = {"correct": correct}
         if self.format_weight:
-            has = math_answer.extract_boxed(completion) is not None or math_answer.extract_hash(completion) is not None
+            has = (
+                math_answer.extract_boxed(completion) is not None
+                or math_answer.extract_hash(completion) is not None
+            )
             comps["format"] = 1.0 if has else 0.0
             return correct + self.format_weight * comps["format"], comps
         return correct, comps
@@ -176,7 +193,12 @@ def make_gsm8k(path: str = "openai/gsm8k", **kwargs: Any) -> MathTask:
 def make_math(path: str, **kwargs: Any) -> MathTask:
     """MATH format: 'problem', 'solution' with \\boxed{}, difficulty from 'level'."""
     defaults = dict(
-        name="math", question_field="problem", answer_field="solution", gold_format="boxed",
-        difficulty_field="level", difficulties=(1, 2, 3, 4, 5), prompt_template=MATH_TEMPLATE,
+        name="math",
+        question_field="problem",
+        answer_field="solution",
+        gold_format="boxed",
+        difficulty_field="level",
+        difficulties=(1, 2, 3, 4, 5),
+        prompt_template=MATH_TEMPLATE,
     )
     return MathTask(path=path, **{**defaults, **kwargs})

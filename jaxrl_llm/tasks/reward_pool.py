@@ -18,6 +18,7 @@ generous limit `load_timeout_s` and is not counted in the per-call limit.
 `num_workers=0` scores in the calling process, without a time limit (tests,
 debugging); exceptions and NaNs are still zeros and counted.
 """
+
 from __future__ import annotations
 
 import collections
@@ -119,12 +120,18 @@ class _Tally:
         if self.errors or self.timeouts or self.nans:
             logger.warning(
                 "reward %s on %d completions: %d errors, %d time-outs, %d NaN/inf (all scored 0.0)%s",
-                task_name, self.n, self.errors, self.timeouts, self.nans,
+                task_name,
+                self.n,
+                self.errors,
+                self.timeouts,
+                self.nans,
                 f"; first error:\n{self.first_error}" if self.first_error else "",
             )
 
 
-def score_in_process(task: Any, completions: Sequence[str], examples: Sequence[Example]) -> tuple[np.ndarray, dict]:
+def score_in_process(
+    task: Any, completions: Sequence[str], examples: Sequence[Example]
+) -> tuple[np.ndarray, dict]:
     """`RewardPool(num_workers=0).score`: no processes, no time limit."""
     _check(completions, examples)
     tally = _Tally(len(completions))
@@ -154,12 +161,18 @@ class RewardPool:
     >>> pool.close()
     """
 
-    def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, *, load_timeout_s: float = 120.0):
+    def __init__(
+        self, num_workers: int = 2, timeout_s: float = 5.0, *, load_timeout_s: float = 120.0
+    ):
         if num_workers < 0:
             raise ValueError(f"num_workers must be ≥ 0, got {num_workers}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.num_workers, self.timeout_s, self.load_timeout_s = num_workers, timeout_s, load_timeout_s
+        self.num_workers, self.timeout_s, self.load_timeout_s = (
+            num_workers,
+            timeout_s,
+            load_timeout_s,
+        )
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = [self._spawn() for _ in range(num_workers)]
         self.total_restarts = 0
@@ -167,7 +180,9 @@ class RewardPool:
     # -------------------------------------------------------------- processes
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main, args=(child,), daemon=True, name="reward-worker")
+        proc = self._ctx.Process(
+            target=_worker_main, args=(child,), daemon=True, name="reward-worker"
+        )
         proc.start()
         child.close()
         return _Worker(proc=proc, conn=parent, state="idle", key=None, t0=time.monotonic())
@@ -198,7 +213,9 @@ class RewardPool:
             return False
 
     # -------------------------------------------------------------- scoring
-    def score(self, task: Any, completions: Sequence[str], examples: Sequence[Example]) -> tuple[np.ndarray, dict]:
+    def score(
+        self, task: Any, completions: Sequence[str], examples: Sequence[Example]
+    ) -> tuple[np.ndarray, dict]:
         """Rewards float32 [N] and info {'errors','timeouts','nans','components': {name: float32 [N]}}."""
         if self.num_workers == 0:
             return score_in_process(task, completions, examples)
@@ -246,7 +263,10 @@ class RewardPool:
             active = [w for w in self._workers if w.state in ("load", "busy")]
             if not active:
                 continue
-            deadline = min(w.t0 + (self.timeout_s if w.state == "busy" else self.load_timeout_s) for w in active)
+            deadline = min(
+                w.t0 + (self.timeout_s if w.state == "busy" else self.load_timeout_s)
+                for w in active
+            )
             by_conn = {w.conn: w for w in active}
             ready = mp_connection.wait(list(by_conn), timeout=max(0.0, deadline - time.monotonic()))
             for conn in ready:
@@ -257,7 +277,9 @@ class RewardPool:
                     msg = ("died",)
                 if msg[0] == "died":
                     if w.state == "busy":
-                        tally.error(f"reward worker {w.proc.pid} died (exit code {w.proc.exitcode})")
+                        tally.error(
+                            f"reward worker {w.proc.pid} died (exit code {w.proc.exitcode})"
+                        )
                         done += 1
                     else:
                         load_failures += 1
@@ -281,7 +303,12 @@ class RewardPool:
             now = time.monotonic()
             for w in list(self._workers):
                 if w.state == "busy" and now - w.t0 > self.timeout_s:
-                    logger.warning("reward call on item %d exceeded %.1fs: killing worker %d", w.idx, self.timeout_s, w.proc.pid)
+                    logger.warning(
+                        "reward call on item %d exceeded %.1fs: killing worker %d",
+                        w.idx,
+                        self.timeout_s,
+                        w.proc.pid,
+                    )
                     tally.timeouts += 1
                     done += 1
                     self._replace(w)
@@ -292,7 +319,8 @@ class RewardPool:
                 raise RuntimeError(
                     f"reward workers failed to start or load task {getattr(task, 'name', task)!r} "
                     f"{load_failures} times (a script that creates a RewardPool needs an "
-                    "`if __name__ == '__main__':` guard, as for any spawn-context pool)")
+                    "`if __name__ == '__main__':` guard, as for any spawn-context pool)"
+                )
         return tally
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ fractional rewards reach the advantages unchanged).
 Reward functions must be module-level (or `functools.partial` of module-level
 functions) so that the spawn-context reward pool can pickle them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +43,9 @@ class RewardTerm:
     weight: float = 1.0
 
 
-def compose(terms: Sequence[RewardTerm], completion: str, example: Example) -> tuple[float, dict[str, float]]:
+def compose(
+    terms: Sequence[RewardTerm], completion: str, example: Example
+) -> tuple[float, dict[str, float]]:
     """(Σ_i w_i f_i(completion, example), {name_i: f_i(...)}) — unweighted components."""
     names = [t.name for t in terms]
     if len(set(names)) != len(names):

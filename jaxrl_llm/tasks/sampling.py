@@ -17,6 +17,7 @@ groups (`fill=True`, counted in stats['filled']; they contribute zero GRPO
 advantage) — or, with `fill=False`, fewer groups are returned. Groups are taken
 in sampling order (attempt, then group), so the result is deterministic.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,7 +35,9 @@ def informative_groups(rewards, group_size: int, *, atol: float = 0.0) -> np.nda
     """
     r = np.asarray(rewards, dtype=np.float64).reshape(-1)
     if group_size < 1 or r.size % group_size:
-        raise ValueError(f"rewards of size {r.size} do not split into groups of group_size={group_size}")
+        raise ValueError(
+            f"rewards of size {r.size} do not split into groups of group_size={group_size}"
+        )
     g = r.reshape(-1, group_size)
     return (g.max(axis=1) - g.min(axis=1)) > atol
 
@@ -43,10 +46,10 @@ def informative_groups(rewards, group_size: int, *, atol: float = 0.0) -> np.nda
 class DynamicSample:
     """The batches drawn, the kept groups and the sampling statistics."""
 
-    batches: list                     # what sample_fn returned, per attempt
-    rewards: list                     # rewards per attempt, float32 [M·G]
-    groups: list                      # kept (attempt, group) pairs, in order
-    rows_by_attempt: dict             # {attempt: int row indices into that batch}
+    batches: list  # what sample_fn returned, per attempt
+    rewards: list  # rewards per attempt, float32 [M·G]
+    groups: list  # kept (attempt, group) pairs, in order
+    rows_by_attempt: dict  # {attempt: int row indices into that batch}
     stats: dict
 
     def __iter__(self):
@@ -55,7 +58,11 @@ class DynamicSample:
 
     def kept_rewards(self) -> np.ndarray:
         """float32 [B·G]: the rewards of the kept rows, in `groups` order."""
-        return np.concatenate([self.rewards[a][rows] for a, rows in self.rows_by_attempt.items()]) if self.groups else np.zeros((0,), np.float32)
+        return (
+            np.concatenate([self.rewards[a][rows] for a, rows in self.rows_by_attempt.items()])
+            if self.groups
+            else np.zeros((0,), np.float32)
+        )
 
 
 def dynamic_sampling(
@@ -72,7 +79,9 @@ def dynamic_sampling(
     The result unpacks as `(kept, stats)` (kept is the result itself).
     """
     if B < 1 or group_size < 1 or max_attempts < 1:
-        raise ValueError(f"B, group_size and max_attempts must be ≥ 1, got {B}, {group_size}, {max_attempts}")
+        raise ValueError(
+            f"B, group_size and max_attempts must be ≥ 1, got {B}, {group_size}, {max_attempts}"
+        )
     batches, rewards_all, informative, uninformative = [], [], [], []
     sampled = 0
     for attempt in range(max_attempts):
@@ -107,7 +116,11 @@ def dynamic_sampling(
     return DynamicSample(batches, rewards_all, groups, rows_by_attempt, stats)
 
 
-def select_rows(result: DynamicSample, take: Callable[[Any, np.ndarray], Any] | None = None, concat: Callable[[list], Any] | None = None):
+def select_rows(
+    result: DynamicSample,
+    take: Callable[[Any, np.ndarray], Any] | None = None,
+    concat: Callable[[list], Any] | None = None,
+):
     """The kept rows of every attempt's batch, concatenated in `result.groups` order.
 
     By default batches are pytrees of arrays (None leaves stay None):
@@ -116,6 +129,8 @@ def select_rows(result: DynamicSample, take: Callable[[Any, np.ndarray], Any] | 
     import jax  # lazy: keeps this module light for reward workers
 
     take = take or (lambda b, rows: jax.tree.map(lambda x: x[rows], b))
-    concat = concat or (lambda parts: jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts))
+    concat = concat or (
+        lambda parts: jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)
+    )
     parts = [take(result.batches[a], rows) for a, rows in result.rows_by_attempt.items()]
     return parts[0] if len(parts) == 1 else concat(parts)

@@ -16,6 +16,7 @@ Each wraps (or, for the curriculum, owns) prompt streams and forwards
   mean |advantage| of their prompts: UCB (DUMP, Wang et al. 2025) or TD(0) value
   with softmax (Boltzmann) selection (SEC, Chen et al. 2025, "Self-Evolving Curriculum").
 """
+
 from __future__ import annotations
 
 import base64
@@ -64,10 +65,20 @@ class DifficultyFilter:
     in `last_stats['filled']` (logged).
     """
 
-    def __init__(self, source: Any, low: float = 0.0, high: float = 1.0, *, success: float = 1.0,
-                 ema: float | None = None, max_draws_factor: int = 20):
+    def __init__(
+        self,
+        source: Any,
+        low: float = 0.0,
+        high: float = 1.0,
+        *,
+        success: float = 1.0,
+        ema: float | None = None,
+        max_draws_factor: int = 20,
+    ):
         if not 0.0 <= low <= high <= 1.0:
-            raise ValueError(f"difficulty band must satisfy 0 ≤ low ≤ high ≤ 1, got [{low}, {high}]")
+            raise ValueError(
+                f"difficulty band must satisfy 0 ≤ low ≤ high ≤ 1, got [{low}, {high}]"
+            )
         if ema is not None and not 0.0 < ema <= 1.0:
             raise ValueError(f"ema must be in (0, 1] or None, got {ema}")
         self.source, self.low, self.high, self.success, self.ema = source, low, high, success, ema
@@ -98,8 +109,15 @@ class DifficultyFilter:
             filled = n - len(out)
             skipped.sort(key=lambda e: self._distance(e.id))
             out += skipped[:filled]
-            logger.warning("difficulty filter: only %d of %d prompts in band [%g, %g] after %d draws; filled %d",
-                           n - filled, n, self.low, self.high, draws, filled)
+            logger.warning(
+                "difficulty filter: only %d of %d prompts in band [%g, %g] after %d draws; filled %d",
+                n - filled,
+                n,
+                self.low,
+                self.high,
+                draws,
+                filled,
+            )
         self.last_stats = {"draws": draws, "skipped": len(skipped), "filled": filled}
         return out
 
@@ -116,7 +134,10 @@ class DifficultyFilter:
         self.source.update(stats)
 
     def state_dict(self) -> dict:
-        return {"source": self.source.state_dict(), "table": {k: list(v) for k, v in self.table.items()}}
+        return {
+            "source": self.source.state_dict(),
+            "table": {k: list(v) for k, v in self.table.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.source.load_state_dict(state["source"])
@@ -132,7 +153,9 @@ def _xp(x):
     return np
 
 
-def importance_weights(current_logp, behaviour_logp, mask, *, level: str = "token", clip: float | None = None):
+def importance_weights(
+    current_logp, behaviour_logp, mask, *, level: str = "token", clip: float | None = None
+):
     """w = π_current(y) / π_behaviour(y) from log-probs, per token or per sequence.
 
     current_logp, behaviour_logp, mask: [N, T] (log-probs of the sampled tokens).
@@ -146,7 +169,9 @@ def importance_weights(current_logp, behaviour_logp, mask, *, level: str = "toke
         raise ValueError(f"level must be 'token' or 'sequence', got {level!r}")
     shapes = {a.shape for a in (current_logp, behaviour_logp, mask)}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f"current_logp, behaviour_logp, mask must share one [N, T] shape, got {shapes}")
+        raise ValueError(
+            f"current_logp, behaviour_logp, mask must share one [N, T] shape, got {shapes}"
+        )
     xp = _xp(current_logp)
     m = mask.astype(xp.float32) if hasattr(mask, "astype") else xp.asarray(mask, xp.float32)
     d = (current_logp - behaviour_logp) * m
@@ -177,12 +202,25 @@ class ReplaySource:
     replays exactly what the uninterrupted run would have.
     """
 
-    def __init__(self, source: Any, fraction: float, *, capacity: int = 256, max_reuse: int = 1, seed: int = 0):
+    def __init__(
+        self,
+        source: Any,
+        fraction: float,
+        *,
+        capacity: int = 256,
+        max_reuse: int = 1,
+        seed: int = 0,
+    ):
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"replay fraction must be in [0, 1), got {fraction}")
         if capacity < 1 or max_reuse < 1:
             raise ValueError("capacity and max_reuse must be ≥ 1")
-        self.source, self.fraction, self.capacity, self.max_reuse = source, fraction, capacity, max_reuse
+        self.source, self.fraction, self.capacity, self.max_reuse = (
+            source,
+            fraction,
+            capacity,
+            max_reuse,
+        )
         self.rng = np.random.default_rng(seed)
         self.buffer: collections.OrderedDict[str, ReplayItem] = collections.OrderedDict()
         self._replayed: list[ReplayItem] = []
@@ -199,7 +237,14 @@ class ReplaySource:
     def next(self, n: int) -> list[Example]:
         available = [k for k, it in self.buffer.items() if it.uses < self.max_reuse]
         k = min(int(math.floor(self.fraction * n)), len(available))
-        chosen = [available[int(i)] for i in np.sort(self.rng.choice(len(available), size=k, replace=False))] if k else []
+        chosen = (
+            [
+                available[int(i)]
+                for i in np.sort(self.rng.choice(len(available), size=k, replace=False))
+            ]
+            if k
+            else []
+        )
         self._replayed = []
         for key in chosen:
             item = self.buffer[key]
@@ -215,20 +260,30 @@ class ReplaySource:
         self.source.update(stats)
 
     def state_dict(self) -> dict:
-        buffer = [{"example": _example_to_json(it.example), "uses": it.uses,
-                   "payload": _to_json(it.payload)} for it in self.buffer.values()]
-        return {"source": self.source.state_dict(), "rng": self.rng.bit_generator.state,
-                "buffer": buffer}
+        buffer = [
+            {
+                "example": _example_to_json(it.example),
+                "uses": it.uses,
+                "payload": _to_json(it.payload),
+            }
+            for it in self.buffer.values()
+        ]
+        return {
+            "source": self.source.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "buffer": buffer,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.source.load_state_dict(state["source"])
         self.rng.bit_generator.state = state["rng"]
         self.buffer.clear()
         self._replayed = []
-        for item in state.get("buffer", ()):   # checkpoints written before the buffer was saved
+        for item in state.get("buffer", ()):  # checkpoints written before the buffer was saved
             example = _example_from_json(item["example"])
-            self.buffer[example.id] = ReplayItem(example, _from_json(item["payload"]),
-                                                 int(item["uses"]))
+            self.buffer[example.id] = ReplayItem(
+                example, _from_json(item["payload"]), int(item["uses"])
+            )
 
 
 _NDARRAY = "__ndarray__"
@@ -250,8 +305,10 @@ def _to_json(x):
         return x.item()
     if x is None or isinstance(x, (str, int, float, bool)):
         return x
-    raise TypeError(f"replay payload: cannot store a {type(x).__name__} in a checkpoint; use "
-                    "dicts / lists of numpy arrays, strings and numbers")
+    raise TypeError(
+        f"replay payload: cannot store a {type(x).__name__} in a checkpoint; use "
+        "dicts / lists of numpy arrays, strings and numbers"
+    )
 
 
 def _from_json(x):
@@ -269,13 +326,23 @@ def _deep_tuple(x):
 
 
 def _example_to_json(e: Example) -> dict:
-    return {"id": e.id, "prompt": e.prompt, "answer": e.answer, "difficulty": int(e.difficulty),
-            "meta": _to_json(e.meta)}
+    return {
+        "id": e.id,
+        "prompt": e.prompt,
+        "answer": e.answer,
+        "difficulty": int(e.difficulty),
+        "meta": _to_json(e.meta),
+    }
 
 
 def _example_from_json(d: dict) -> Example:
-    return Example(id=d["id"], prompt=d["prompt"], answer=d["answer"],
-                   difficulty=int(d["difficulty"]), meta=_deep_tuple(d["meta"]))
+    return Example(
+        id=d["id"],
+        prompt=d["prompt"],
+        answer=d["answer"],
+        difficulty=int(d["difficulty"]),
+        meta=_deep_tuple(d["meta"]),
+    )
 
 
 # ----------------------------------------------------------------------------- bandit curriculum
@@ -291,10 +358,21 @@ class CurriculumSource:
     Each arm cycles its own epoch-shuffled stream of the examples at that difficulty.
     """
 
-    def __init__(self, examples: Sequence[Example], *, method: str = "ucb", c: float = 1.0,
-                 window: int = 10, alpha: float = 0.5, temperature: float = 0.1, seed: int = 0):
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        *,
+        method: str = "ucb",
+        c: float = 1.0,
+        window: int = 10,
+        alpha: float = 0.5,
+        temperature: float = 0.1,
+        seed: int = 0,
+    ):
         if method not in CURRICULUM_METHODS:
-            raise ValueError(f"curriculum method must be one of {CURRICULUM_METHODS}, got {method!r}")
+            raise ValueError(
+                f"curriculum method must be one of {CURRICULUM_METHODS}, got {method!r}"
+            )
         if temperature <= 0 or not 0 < alpha <= 1 or window < 1:
             raise ValueError("need temperature > 0, 0 < alpha ≤ 1, window ≥ 1")
         by_arm: dict[int, list[Example]] = {}
@@ -304,7 +382,13 @@ class CurriculumSource:
             raise ValueError("CurriculumSource needs examples")
         self.arms = tuple(sorted(by_arm))
         self.streams = {a: ExampleStream(by_arm[a], seed=seed * 1000 + a) for a in self.arms}
-        self.method, self.c, self.window, self.alpha, self.temperature = method, c, window, alpha, temperature
+        self.method, self.c, self.window, self.alpha, self.temperature = (
+            method,
+            c,
+            window,
+            alpha,
+            temperature,
+        )
         self.rng = np.random.default_rng(seed)
         self.counts = {a: 0 for a in self.arms}
         self.q = {a: 0.0 for a in self.arms}
@@ -325,7 +409,7 @@ class CurriculumSource:
             if n[a] == 0:
                 scores.append(math.inf)
                 continue
-            mean = float(np.mean(self.history[a][-self.window:])) if self.history[a] else 0.0
+            mean = float(np.mean(self.history[a][-self.window :])) if self.history[a] else 0.0
             scores.append(mean + self.c * math.sqrt(2.0 * math.log(max(total, 1)) / n[a]))
         return np.array(scores)
 
@@ -357,7 +441,7 @@ class CurriculumSource:
                 raise ValueError(f"stat for difficulty {a}, not one of the arms {self.arms}")
             r = float(np.mean(values))
             self.q[a] = self.alpha * r + (1 - self.alpha) * self.q[a]
-            self.history[a] = (self.history[a] + [r])[-self.window:]
+            self.history[a] = (self.history[a] + [r])[-self.window :]
 
     def state_dict(self) -> dict:
         return {
@@ -378,7 +462,9 @@ class CurriculumSource:
 
 
 # ----------------------------------------------------------------------------- helpers for the trainer
-def prompt_stats(examples: Sequence[Example], rewards, abs_advantages, group_size: int) -> list[dict]:
+def prompt_stats(
+    examples: Sequence[Example], rewards, abs_advantages, group_size: int
+) -> list[dict]:
     """Per-prompt stats for `source.update` from one step's rows.
 
     examples: [B]; rewards: [B·G] (contiguous groups); abs_advantages: [B·G] per-row |A|
@@ -389,14 +475,23 @@ def prompt_stats(examples: Sequence[Example], rewards, abs_advantages, group_siz
     a = np.abs(np.asarray(abs_advantages, dtype=np.float64).reshape(-1))
     B = len(examples)
     if r.size != B * group_size:
-        raise ValueError(f"rewards has {r.size} rows, expected len(examples)·group_size = {B}·{group_size}")
+        raise ValueError(
+            f"rewards has {r.size} rows, expected len(examples)·group_size = {B}·{group_size}"
+        )
     if a.size == B * group_size:
         a = a.reshape(B, group_size).mean(axis=1)
     elif a.size != B:
         raise ValueError(f"abs_advantages has {a.size} values, expected {B} or {B * group_size}")
     r = r.reshape(B, group_size)
-    return [{"id": e.id, "rewards": r[i].tolist(), "advantages": float(a[i]), "difficulty": int(e.difficulty)}
-            for i, e in enumerate(examples)]
+    return [
+        {
+            "id": e.id,
+            "rewards": r[i].tolist(),
+            "advantages": float(a[i]),
+            "difficulty": int(e.difficulty),
+        }
+        for i, e in enumerate(examples)
+    ]
 
 
 def make_prompt_source(
@@ -424,14 +519,22 @@ def make_prompt_source(
 
     if curriculum:
         if curriculum not in CURRICULUM_METHODS:
-            raise ValueError(f"curriculum must be '' (off) or one of {CURRICULUM_METHODS}, got {curriculum!r}")
-        source: Any = CurriculumSource(task.examples(split, num_examples, seed), method=curriculum, seed=seed,
-                                       **(curriculum_kwargs or {}))
+            raise ValueError(
+                f"curriculum must be '' (off) or one of {CURRICULUM_METHODS}, got {curriculum!r}"
+            )
+        source: Any = CurriculumSource(
+            task.examples(split, num_examples, seed),
+            method=curriculum,
+            seed=seed,
+            **(curriculum_kwargs or {}),
+        )
     else:
         source = TaskSource(task, split, seed, num_examples=num_examples)
     if filter_band is not None:
         low, high = filter_band
         source = DifficultyFilter(source, low, high, success=filter_success, ema=filter_ema)
     if replay_fraction > 0:
-        source = ReplaySource(source, replay_fraction, capacity=replay_capacity, max_reuse=replay_max_reuse, seed=seed)
+        source = ReplaySource(
+            source, replay_fraction, capacity=replay_capacity, max_reuse=replay_max_reuse, seed=seed
+        )
     return source

@@ -6,6 +6,7 @@ ignored); plus `partial_weight` × 'partial' = fraction of positions right
 (when the completion is a comma-separated list of the right length, else 0).
 Train / test are split by a stable hash of the prompt.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,7 +73,11 @@ class SortTask:
         comps = {"correct": correct}
         if self.partial_weight:
             want, have = example.answer.split(","), got.split(",")
-            comps["partial"] = sum(a == b for a, b in zip(want, have)) / len(want) if len(have) == len(want) else 0.0
+            comps["partial"] = (
+                sum(a == b for a, b in zip(want, have)) / len(want)
+                if len(have) == len(want)
+                else 0.0
+            )
             return correct + self.partial_weight * comps["partial"], comps
         return correct, comps
 

@@ -10,6 +10,7 @@
 Filters, replay and curricula (`jaxrl_llm.tasks.selection`) wrap a source and
 forward `update` to it, so they compose.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, Sequence, runtime_checkable
@@ -25,17 +26,13 @@ _STAT_KEYS = ("id", "rewards", "advantages", "difficulty")
 
 @runtime_checkable
 class PromptSource(Protocol):
-    def next(self, n: int) -> list[Example]:
-        ...
+    def next(self, n: int) -> list[Example]: ...
 
-    def update(self, stats: Sequence[dict]) -> None:
-        ...
+    def update(self, stats: Sequence[dict]) -> None: ...
 
-    def state_dict(self) -> dict:
-        ...
+    def state_dict(self) -> dict: ...
 
-    def load_state_dict(self, state: dict) -> None:
-        ...
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def check_stats(stats: Sequence[dict]) -> None:
@@ -82,7 +79,12 @@ class ExampleStream:
         check_stats(stats)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "size": len(self.examples)}
+        return {
+            "epoch": self.epoch,
+            "index": self.index,
+            "seed": self.seed,
+            "size": len(self.examples),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["size"]) != len(self.examples) or int(state["seed"]) != self.seed:
@@ -101,6 +103,8 @@ class TaskSource(ExampleStream):
     once; `num_examples=None` asks the task for all it has (dataset tasks).
     """
 
-    def __init__(self, task: Any, split: str = "train", seed: int = 0, *, num_examples: int | None = 10_000):
+    def __init__(
+        self, task: Any, split: str = "train", seed: int = 0, *, num_examples: int | None = 10_000
+    ):
         self.task, self.split = task, split
         super().__init__(task.examples(split, num_examples, seed), seed)

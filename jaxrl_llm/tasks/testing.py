@@ -7,6 +7,7 @@
     'exit'    → kills its own process (a crashing worker)
     anything else → float(completion) (so '0.25' → 0.25), components {'half': value / 2}
 """
+
 from __future__ import annotations
 
 import dataclasses

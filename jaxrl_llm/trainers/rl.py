@@ -7,6 +7,7 @@
 The device work is in `rl_step`; this file wires the pieces, owns the resume logic
 (orbax state + data position), the NaN guard and the logging.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,587 +40,825 @@ __all__ = ["Trainer", "train", "TrainingStopped"]
 
 
 class TrainingStopped(RuntimeError):
-  """Raised when the NaN guard stops a run (the last good checkpoint is kept)."""
+    """Raised when the NaN guard stops a run (the last good checkpoint is kept)."""
 
 
 @dataclasses.dataclass
 class Components:
-  """The host objects a run is built from (returned by `Trainer.setup` for reuse)."""
-  tokenizer: object
-  task: object
-  model_config: models.ModelConfig
-  mesh: object
-  rules: tuple
+    """The host objects a run is built from (returned by `Trainer.setup` for reuse)."""
+
+    tokenizer: object
+    task: object
+    model_config: models.ModelConfig
+    mesh: object
+    rules: tuple
 
 
 def build_tokenizer(config, workdir):
-  path = config.tokenizer.path
-  if path == "builtin":
-    path = os.path.join(workdir, "tokenizer")
-    if not os.path.exists(os.path.join(path, "tokenizer.json")):
-      models.build_builtin_tokenizer(path)
-  return models.load_tokenizer(path)
+    path = config.tokenizer.path
+    if path == "builtin":
+        path = os.path.join(workdir, "tokenizer")
+        if not os.path.exists(os.path.join(path, "tokenizer.json")):
+            models.build_builtin_tokenizer(path)
+    return models.load_tokenizer(path)
 
 
 def build_model_config(config, tokenizer):
-  m = config.model
-  if m.hf_path:
-    return models.ModelConfig.from_hf(m.hf_path, dtype=m.dtype, param_dtype=m.param_dtype,
-                                      remat=m.remat)
-  return models.ModelConfig(
-      vocab_size=len(tokenizer), hidden_size=m.hidden_size, num_layers=m.num_layers,
-      num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
-      intermediate_size=m.intermediate_size, rope_theta=m.rope_theta,
-      tie_embeddings=m.tie_embeddings, qkv_bias=m.architecture == "qwen2",
-      qk_norm=m.architecture == "qwen3", dtype=m.dtype, param_dtype=m.param_dtype,
-      remat=m.remat, architecture=m.architecture, max_position_embeddings=1024,
-      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-      pad_token_id=tokenizer.pad_token_id)
+    m = config.model
+    if m.hf_path:
+        return models.ModelConfig.from_hf(
+            m.hf_path, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat
+        )
+    return models.ModelConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        head_dim=m.head_dim,
+        intermediate_size=m.intermediate_size,
+        rope_theta=m.rope_theta,
+        tie_embeddings=m.tie_embeddings,
+        qkv_bias=m.architecture == "qwen2",
+        qk_norm=m.architecture == "qwen3",
+        dtype=m.dtype,
+        param_dtype=m.param_dtype,
+        remat=m.remat,
+        architecture=m.architecture,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 class Trainer:
-  """One RL run in one workdir; `run()` resumes from the workdir's last checkpoint."""
+    """One RL run in one workdir; `run()` resumes from the workdir's last checkpoint."""
 
-  def __init__(self, config, workdir: str):
-    self.config = config
-    self.workdir = os.path.abspath(workdir)
-    config_lib.validate(config, num_devices=jax.device_count())
-    os.makedirs(self.workdir, exist_ok=True)
-    self.compiles = metrics_lib.CompileCounter()
+    def __init__(self, config, workdir: str):
+        self.config = config
+        self.workdir = os.path.abspath(workdir)
+        config_lib.validate(config, num_devices=jax.device_count())
+        os.makedirs(self.workdir, exist_ok=True)
+        self.compiles = metrics_lib.CompileCounter()
 
-    c = config
-    self.tokenizer = build_tokenizer(c, self.workdir)
-    self.task = tasks_lib.make_task(c.task.name, **c.task.kwargs.to_dict())
-    self.model_config = build_model_config(c, self.tokenizer)
-    devices = jax.devices()[:c.mesh.num_devices] if c.mesh.num_devices else None
-    self.mesh = parallel.make_mesh({k: c.mesh[k] for k in ("data", "fsdp", "tensor")},
-                                   devices=devices)
-    self.rules = tuple(tuple(r) for r in c.mesh.rules) or parallel.DEFAULT_RULES
-    self.batch_axes = ("data", "fsdp")
-    self.replicated = NamedSharding(self.mesh, P())
-    self.row_sharding = NamedSharding(self.mesh, P(self.batch_axes))
-    sizes = config_lib.derived_sizes(c)
-    self.rows, self.minibatch, self.microbatch = sizes["rows"], sizes["minibatch"], sizes["microbatch"]
-    self.sampling = rollout_lib.SamplingParams(
-        max_new_tokens=c.rollout.max_new_tokens, temperature=c.rollout.temperature,
-        top_k=c.rollout.top_k, top_p=c.rollout.top_p, min_p=c.rollout.min_p,
-        stop_token_ids=text.stop_ids(self.tokenizer), n=c.train.samples_per_prompt)
-    self.eval_sampling = rollout_lib.SamplingParams(
-        max_new_tokens=c.rollout.max_new_tokens,
-        temperature=c.eval.temperature if c.eval.temperature > 0 else 1.0,
-        greedy=c.eval.temperature <= 0, stop_token_ids=text.stop_ids(self.tokenizer),
-        n=c.eval.n)
-    self.optimizer = make_optimizer(c.optim, c.train.steps * c.train.num_epochs * (
-        self.rows // self.minibatch))
-    self.critic_optimizer = make_optimizer(
-        dict_to_optim(c.optim, lr=c.critic.lr), c.train.steps * c.train.num_epochs * (
-            self.rows // self.minibatch)) if c.critic.enabled else None
-    self.needs_ref = c.algo.kl.coef > 0 or c.algo.kl.log
-    self.checkpointer = ckpt_lib.Checkpointer(self.workdir, keep=c.checkpoint.keep)
-    self.writer = metrics_lib.MetricWriter(self.workdir)
-    self.pool = None
-    self.programs = None
+        c = config
+        self.tokenizer = build_tokenizer(c, self.workdir)
+        self.task = tasks_lib.make_task(c.task.name, **c.task.kwargs.to_dict())
+        self.model_config = build_model_config(c, self.tokenizer)
+        devices = jax.devices()[: c.mesh.num_devices] if c.mesh.num_devices else None
+        self.mesh = parallel.make_mesh(
+            {k: c.mesh[k] for k in ("data", "fsdp", "tensor")}, devices=devices
+        )
+        self.rules = tuple(tuple(r) for r in c.mesh.rules) or parallel.DEFAULT_RULES
+        self.batch_axes = ("data", "fsdp")
+        self.replicated = NamedSharding(self.mesh, P())
+        self.row_sharding = NamedSharding(self.mesh, P(self.batch_axes))
+        sizes = config_lib.derived_sizes(c)
+        self.rows, self.minibatch, self.microbatch = (
+            sizes["rows"],
+            sizes["minibatch"],
+            sizes["microbatch"],
+        )
+        self.sampling = rollout_lib.SamplingParams(
+            max_new_tokens=c.rollout.max_new_tokens,
+            temperature=c.rollout.temperature,
+            top_k=c.rollout.top_k,
+            top_p=c.rollout.top_p,
+            min_p=c.rollout.min_p,
+            stop_token_ids=text.stop_ids(self.tokenizer),
+            n=c.train.samples_per_prompt,
+        )
+        self.eval_sampling = rollout_lib.SamplingParams(
+            max_new_tokens=c.rollout.max_new_tokens,
+            temperature=c.eval.temperature if c.eval.temperature > 0 else 1.0,
+            greedy=c.eval.temperature <= 0,
+            stop_token_ids=text.stop_ids(self.tokenizer),
+            n=c.eval.n,
+        )
+        self.optimizer = make_optimizer(
+            c.optim, c.train.steps * c.train.num_epochs * (self.rows // self.minibatch)
+        )
+        self.critic_optimizer = (
+            make_optimizer(
+                dict_to_optim(c.optim, lr=c.critic.lr),
+                c.train.steps * c.train.num_epochs * (self.rows // self.minibatch),
+            )
+            if c.critic.enabled
+            else None
+        )
+        self.needs_ref = c.algo.kl.coef > 0 or c.algo.kl.log
+        self.checkpointer = ckpt_lib.Checkpointer(self.workdir, keep=c.checkpoint.keep)
+        self.writer = metrics_lib.MetricWriter(self.workdir)
+        self.pool = None
+        self.programs = None
 
-  # ----------------------------------------------------------------------------- set-up
-  def _param_shardings(self, specs, shapes):
-    """Shardings by the rules; a mesh axis that does not divide a dimension is replicated
-    along it, with a warning (the divisibility rule, docs/scaling.md)."""
-    return parallel.logical_to_sharding(specs, self.mesh, self.rules, shapes=shapes)
+    # ----------------------------------------------------------------------------- set-up
+    def _param_shardings(self, specs, shapes):
+        """Shardings by the rules; a mesh axis that does not divide a dimension is replicated
+        along it, with a warning (the divisibility rule, docs/scaling.md)."""
+        return parallel.logical_to_sharding(specs, self.mesh, self.rules, shapes=shapes)
 
-  def _place(self, params, specs):
-    shardings = self._param_shardings(specs, params)
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
+    def _place(self, params, specs):
+        shardings = self._param_shardings(specs, params)
+        return jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
 
-  def initial_params(self, log=print):
-    """Policy params: a given checkpoint (HF folder), or random init + SFT warm start."""
-    c = self.config
-    specs = models.logical_axes(self.model_config)
-    if c.model.init_checkpoint or c.model.hf_path:
-      path = c.model.init_checkpoint or c.model.hf_path
-      _, params = models.load_hf(path, mesh=self.mesh, rules=self.rules,
-                                 dtype=c.model.param_dtype)
-      return self._place(params, specs)
-    sft_dir = os.path.join(self.workdir, "sft")
-    if os.path.exists(os.path.join(sft_dir, "config.json")):
-      log(f"SFT warm start: reusing {sft_dir}")
-      _, params = models.load_hf(sft_dir, mesh=self.mesh, rules=self.rules)
-      return self._place(params, specs)
-    init = jax.jit(models.init_params, static_argnums=0,
-                   out_shardings=self._param_shardings(specs, jax.eval_shape(
-                       lambda: models.init_params(self.model_config, jax.random.key(0)))))
-    params = init(self.model_config, jax.random.key(c.sft.seed))
-    if c.sft.steps > 0:
-      log(f"SFT warm start: {c.sft.steps} steps of batch {c.sft.batch_size}")
-      pairs = (sft.load_jsonl_pairs(c.sft.data_file) if c.sft.data_file else
-               sft.sft_pairs(self.task, max(4000, c.sft.batch_size), c.sft.seed,
-                             flawed_fraction=c.sft.flawed_fraction))
-      params, loss = sft.sft_train(
-          self.model_config, params, self.tokenizer, pairs, steps=c.sft.steps,
-          batch_size=c.sft.batch_size, lr=c.sft.lr, warmup_steps=c.sft.warmup_steps,
-          seed=c.sft.seed, prompt_buckets=c.rollout.prompt_buckets,
-          completion_len=c.rollout.max_new_tokens)
-      log(f"SFT done, loss {loss:.4f}")
-      host_params = multihost.gather_to_host(params)  # a collective: every process calls it
-      if jax.process_index() == 0:
-        models.save_hf(sft_dir, self.model_config, host_params)
-    return params
+    def initial_params(self, log=print):
+        """Policy params: a given checkpoint (HF folder), or random init + SFT warm start."""
+        c = self.config
+        specs = models.logical_axes(self.model_config)
+        if c.model.init_checkpoint or c.model.hf_path:
+            path = c.model.init_checkpoint or c.model.hf_path
+            _, params = models.load_hf(
+                path, mesh=self.mesh, rules=self.rules, dtype=c.model.param_dtype
+            )
+            return self._place(params, specs)
+        sft_dir = os.path.join(self.workdir, "sft")
+        if os.path.exists(os.path.join(sft_dir, "config.json")):
+            log(f"SFT warm start: reusing {sft_dir}")
+            _, params = models.load_hf(sft_dir, mesh=self.mesh, rules=self.rules)
+            return self._place(params, specs)
+        init = jax.jit(
+            models.init_params,
+            static_argnums=0,
+            out_shardings=self._param_shardings(
+                specs,
+                jax.eval_shape(lambda: models.init_params(self.model_config, jax.random.key(0))),
+            ),
+        )
+        params = init(self.model_config, jax.random.key(c.sft.seed))
+        if c.sft.steps > 0:
+            log(f"SFT warm start: {c.sft.steps} steps of batch {c.sft.batch_size}")
+            pairs = (
+                sft.load_jsonl_pairs(c.sft.data_file)
+                if c.sft.data_file
+                else sft.sft_pairs(
+                    self.task,
+                    max(4000, c.sft.batch_size),
+                    c.sft.seed,
+                    flawed_fraction=c.sft.flawed_fraction,
+                )
+            )
+            params, loss = sft.sft_train(
+                self.model_config,
+                params,
+                self.tokenizer,
+                pairs,
+                steps=c.sft.steps,
+                batch_size=c.sft.batch_size,
+                lr=c.sft.lr,
+                warmup_steps=c.sft.warmup_steps,
+                seed=c.sft.seed,
+                prompt_buckets=c.rollout.prompt_buckets,
+                completion_len=c.rollout.max_new_tokens,
+            )
+            log(f"SFT done, loss {loss:.4f}")
+            host_params = multihost.gather_to_host(params)  # a collective: every process calls it
+            if jax.process_index() == 0:
+                models.save_hf(sft_dir, self.model_config, host_params)
+        return params
 
-  def init_state(self, params) -> TrainState:
-    c = self.config
-    opt_state = self._sharded_opt_init(self.optimizer, params)
-    ref = jax.tree.map(jnp.copy, params) if self.needs_ref else None
-    critic_params = critic_opt = None
-    if c.critic.enabled:
-      vspecs = models.value_logical_axes(self.model_config)
-      init_v = jax.jit(lambda k, p: models.init_value_params(self.model_config, k, p),
-                       out_shardings=self._param_shardings(vspecs, jax.eval_shape(
-                           lambda: models.init_value_params(self.model_config,
-                                                            jax.random.key(0), params))))
-      critic_params = init_v(jax.random.key(c.train.seed + 1), params)
-      critic_opt = self._sharded_opt_init(self.critic_optimizer, critic_params)
-    rep = lambda x: jax.device_put(x, self.replicated)
-    return TrainState(step=rep(jnp.zeros((), jnp.int32)), params=params, opt_state=opt_state,
-                      rng=rep(jax.random.key_data(jax.random.key(c.train.seed))),
-                      kl_coef=rep(jnp.asarray(c.algo.kl.coef, jnp.float32)), ref_params=ref,
-                      critic_params=critic_params, critic_opt_state=critic_opt)
+    def init_state(self, params) -> TrainState:
+        c = self.config
+        opt_state = self._sharded_opt_init(self.optimizer, params)
+        ref = jax.tree.map(jnp.copy, params) if self.needs_ref else None
+        critic_params = critic_opt = None
+        if c.critic.enabled:
+            vspecs = models.value_logical_axes(self.model_config)
+            init_v = jax.jit(
+                lambda k, p: models.init_value_params(self.model_config, k, p),
+                out_shardings=self._param_shardings(
+                    vspecs,
+                    jax.eval_shape(
+                        lambda: models.init_value_params(
+                            self.model_config, jax.random.key(0), params
+                        )
+                    ),
+                ),
+            )
+            critic_params = init_v(jax.random.key(c.train.seed + 1), params)
+            critic_opt = self._sharded_opt_init(self.critic_optimizer, critic_params)
+        rep = lambda x: jax.device_put(x, self.replicated)
+        return TrainState(
+            step=rep(jnp.zeros((), jnp.int32)),
+            params=params,
+            opt_state=opt_state,
+            rng=rep(jax.random.key_data(jax.random.key(c.train.seed))),
+            kl_coef=rep(jnp.asarray(c.algo.kl.coef, jnp.float32)),
+            ref_params=ref,
+            critic_params=critic_params,
+            critic_opt_state=critic_opt,
+        )
 
-  def _sharded_opt_init(self, optimizer, params):
-    """Optimiser state created directly in the shardings of the params it mirrors."""
-    abstract = jax.eval_shape(optimizer.init, params)
-    param_shardings = jax.tree.map(lambda x: x.sharding, params)
-    shardings = optax.tree_map_params(
-        optimizer, lambda _, s: s, abstract, param_shardings,
-        transform_non_params=lambda _: self.replicated)
-    return jax.jit(optimizer.init, out_shardings=shardings)(params)
+    def _sharded_opt_init(self, optimizer, params):
+        """Optimiser state created directly in the shardings of the params it mirrors."""
+        abstract = jax.eval_shape(optimizer.init, params)
+        param_shardings = jax.tree.map(lambda x: x.sharding, params)
+        shardings = optax.tree_map_params(
+            optimizer,
+            lambda _, s: s,
+            abstract,
+            param_shardings,
+            transform_non_params=lambda _: self.replicated,
+        )
+        return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
-  # ----------------------------------------------------------------------------- rollouts
-  def _prompt_batch(self, examples):
-    ids = text.encode_prompts(self.tokenizer, [e.prompt for e in examples])
-    buckets = tuple(self.config.rollout.prompt_buckets)
-    if jax.process_count() > 1:  # one bucket on every process: fits the longest prompt anywhere
-      longest = multihost.global_max(max(len(i) for i in ids))
-      buckets = tuple(b for b in buckets if b >= longest) or buckets
-    return rollout_lib.pad_prompts(ids, bucket_lengths=buckets,
-                                   pad_id=int(self.tokenizer.pad_token_id or 0))
+    # ----------------------------------------------------------------------------- rollouts
+    def _prompt_batch(self, examples):
+        ids = text.encode_prompts(self.tokenizer, [e.prompt for e in examples])
+        buckets = tuple(self.config.rollout.prompt_buckets)
+        if jax.process_count() > 1:  # one bucket on every process: fits the longest prompt anywhere
+            longest = multihost.global_max(max(len(i) for i in ids))
+            buckets = tuple(b for b in buckets if b >= longest) or buckets
+        return rollout_lib.pad_prompts(
+            ids, bucket_lengths=buckets, pad_id=int(self.tokenizer.pad_token_id or 0)
+        )
 
-  def rollout(self, params, examples, key, sampling):
-    """Samples on the whole mesh; with several processes each tokenises and feeds only the
-    prompts its devices hold, and every process gets all completions back as text.
+    def rollout(self, params, examples, key, sampling):
+        """Samples on the whole mesh; with several processes each tokenises and feeds only the
+        prompts its devices hold, and every process gets all completions back as text.
 
-    A prompt count the mesh's batch shards do not divide (e.g. the fresh part of a replay
-    batch) is padded with copies of the last prompt, whose rows are dropped afterwards.
-    """
-    b, single = len(examples), jax.process_count() == 1
-    pad = -b % sharding_lib.batch_shards(self.mesh, self.rules)
-    examples = list(examples) + [examples[-1]] * pad
-    if single:
-      prompts = self._prompt_batch(examples)
-    else:
-      local = self._prompt_batch(examples[multihost.local_rows(self.row_sharding, b + pad)])
-      prompts = rollout_lib.PromptBatch(
-          tokens=multihost.make_global(local.tokens, self.row_sharding, b + pad),
-          mask=multihost.make_global(local.mask, self.row_sharding, b + pad))
-    ro = rollout_lib.generate(params, self.model_config, prompts, key, sampling,
-                              mesh=self.mesh, rules=self.rules)
-    keep = b * sampling.n
-    if single:   # padded rows dropped on the device: no round trip through the host
-      ro = jax.tree.map(lambda x: x[:keep], ro) if pad else ro
-      host = ro
-    else:        # every process holds all rows on the host; the kept ones go back as global arrays
-      host = multihost.gather_to_host(ro)
-      if pad:
-        host = jax.tree.map(lambda x: np.asarray(x)[:keep], host)
-        ro = jax.device_put(host, self.row_sharding)
-    completions = rollout_lib.decode_completions(self.tokenizer, host)
-    return ro, completions
+        A prompt count the mesh's batch shards do not divide (e.g. the fresh part of a replay
+        batch) is padded with copies of the last prompt, whose rows are dropped afterwards.
+        """
+        b, single = len(examples), jax.process_count() == 1
+        pad = -b % sharding_lib.batch_shards(self.mesh, self.rules)
+        examples = list(examples) + [examples[-1]] * pad
+        if single:
+            prompts = self._prompt_batch(examples)
+        else:
+            local = self._prompt_batch(examples[multihost.local_rows(self.row_sharding, b + pad)])
+            prompts = rollout_lib.PromptBatch(
+                tokens=multihost.make_global(local.tokens, self.row_sharding, b + pad),
+                mask=multihost.make_global(local.mask, self.row_sharding, b + pad),
+            )
+        ro = rollout_lib.generate(
+            params, self.model_config, prompts, key, sampling, mesh=self.mesh, rules=self.rules
+        )
+        keep = b * sampling.n
+        if single:  # padded rows dropped on the device: no round trip through the host
+            ro = jax.tree.map(lambda x: x[:keep], ro) if pad else ro
+            host = ro
+        else:  # every process holds all rows on the host; the kept ones go back as global arrays
+            host = multihost.gather_to_host(ro)
+            if pad:
+                host = jax.tree.map(lambda x: np.asarray(x)[:keep], host)
+                ro = jax.device_put(host, self.row_sharding)
+        completions = rollout_lib.decode_completions(self.tokenizer, host)
+        return ro, completions
 
-  def _score_rows(self, completions, examples):
-    """Rewards of this process's rows (all rows on one process), concatenated over processes."""
-    if jax.process_count() == 1:
-      return self.pool.score(self.task, completions, examples)
-    mine = multihost.local_rows(self.row_sharding, len(completions))
-    rewards, info = self.pool.score(self.task, completions[mine], examples[mine])
-    info = dict(info, components={k: multihost.gather_rows(np.asarray(v))
-                                  for k, v in info.get("components", {}).items()})
-    for k in ("errors", "timeouts", "nans"):
-      info[k] = int(multihost.sum_over_processes(info.get(k, 0)))
-    return multihost.gather_rows(np.asarray(rewards, np.float32)), info
+    def _score_rows(self, completions, examples):
+        """Rewards of this process's rows (all rows on one process), concatenated over processes."""
+        if jax.process_count() == 1:
+            return self.pool.score(self.task, completions, examples)
+        mine = multihost.local_rows(self.row_sharding, len(completions))
+        rewards, info = self.pool.score(self.task, completions[mine], examples[mine])
+        info = dict(
+            info,
+            components={
+                k: multihost.gather_rows(np.asarray(v))
+                for k, v in info.get("components", {}).items()
+            },
+        )
+        for k in ("errors", "timeouts", "nans"):
+            info[k] = int(multihost.sum_over_processes(info.get(k, 0)))
+        return multihost.gather_rows(np.asarray(rewards, np.float32)), info
 
-  def score(self, completions, examples):
-    rewards, info = self._score_rows(completions, examples)
-    comps = info.get("components", {})
-    correct = comps.get("correct", (rewards >= 1.0 - 1e-6).astype(np.float32))
-    return np.asarray(rewards, np.float32), np.asarray(correct, np.float32), info
+    def score(self, completions, examples):
+        rewards, info = self._score_rows(completions, examples)
+        comps = info.get("components", {})
+        correct = comps.get("correct", (rewards >= 1.0 - 1e-6).astype(np.float32))
+        return np.asarray(rewards, np.float32), np.asarray(correct, np.float32), info
 
-  def evaluate(self, params, key_seed: int | None = None):
-    """Held-out accuracy (greedy by default) on `eval.size` test prompts."""
-    c = self.config
-    examples = self.task.examples("test", c.eval.size, c.eval.seed)
-    key = jax.random.key(c.eval.seed if key_seed is None else key_seed)
-    ro, completions = self.rollout(params, examples, key, self.eval_sampling)
-    del ro
-    return self.eval_summary(examples, completions)
+    def evaluate(self, params, key_seed: int | None = None):
+        """Held-out accuracy (greedy by default) on `eval.size` test prompts."""
+        c = self.config
+        examples = self.task.examples("test", c.eval.size, c.eval.seed)
+        key = jax.random.key(c.eval.seed if key_seed is None else key_seed)
+        ro, completions = self.rollout(params, examples, key, self.eval_sampling)
+        del ro
+        return self.eval_summary(examples, completions)
 
-  def eval_summary(self, examples, completions):
-    """Scores `eval.n` completions per held-out prompt: the `eval/*` metrics."""
-    c = self.config
-    rep = [e for e in examples for _ in range(c.eval.n)]
-    rewards, correct, _ = self.score(completions, rep)
-    n = c.eval.n
-    per_prompt = correct.reshape(len(examples), n)
-    acc = float(per_prompt.mean())
-    stderr = float(per_prompt.mean(axis=1).std(ddof=1) / np.sqrt(len(examples)))
-    ks = [k for k in c.eval.ks if k <= n] or [1]
-    table = lambda x: [list(x[i * n:(i + 1) * n]) for i in range(len(examples))]
-    summary = evaluation.summarize_samples(
-        examples, table(completions), table(rewards), ks=ks, correct=per_prompt > 0)
-    out = {f"eval/{k}": float(v) for k, v in summary.items()
-           if k not in ("num_prompts", "num_samples")}
-    out.update({"eval/accuracy": acc, "eval/stderr": stderr})
-    return out
+    def eval_summary(self, examples, completions):
+        """Scores `eval.n` completions per held-out prompt: the `eval/*` metrics."""
+        c = self.config
+        rep = [e for e in examples for _ in range(c.eval.n)]
+        rewards, correct, _ = self.score(completions, rep)
+        n = c.eval.n
+        per_prompt = correct.reshape(len(examples), n)
+        acc = float(per_prompt.mean())
+        stderr = float(per_prompt.mean(axis=1).std(ddof=1) / np.sqrt(len(examples)))
+        ks = [k for k in c.eval.ks if k <= n] or [1]
+        table = lambda x: [list(x[i * n : (i + 1) * n]) for i in range(len(examples))]
+        summary = evaluation.summarize_samples(
+            examples, table(completions), table(rewards), ks=ks, correct=per_prompt > 0
+        )
+        out = {
+            f"eval/{k}": float(v)
+            for k, v in summary.items()
+            if k not in ("num_prompts", "num_samples")
+        }
+        out.update({"eval/accuracy": acc, "eval/stderr": stderr})
+        return out
 
-  def _with_replay(self, source, examples, ro, completions, rewards, correct, info, metrics):
-    """Stores the fresh groups and appends the replayed ones (rollout replay).
+    def _with_replay(self, source, examples, ro, completions, rewards, correct, info, metrics):
+        """Stores the fresh groups and appends the replayed ones (rollout replay).
 
-    Replayed rows keep their behaviour log-probs as `sampler_logp`, which becomes `old_logp`:
-    the PPO-style ratio π_θ / π_behaviour is then exactly the importance correction.
-    """
-    group = self.config.train.samples_per_prompt
-    host = multihost.gather_to_host(ro)
-    for i, e in enumerate(examples):
-      rows = slice(i * group, (i + 1) * group)
-      # the rollout rows as a plain dict of numpy arrays: the buffer goes into checkpoints
-      group_ro = {f.name: None if getattr(host, f.name) is None else
-                  np.asarray(getattr(host, f.name))[rows] for f in dataclasses.fields(host)}
-      source.add(e, dict(ro=group_ro, completions=list(completions[rows]),
-                         rewards=rewards[rows], correct=correct[rows]))
-    replayed = source.replayed()
-    metrics["data/replayed_groups"] = float(len(replayed))
-    if not replayed:
-      return examples, ro, completions, rewards, correct, info
-    parts = [host] + [rollout_lib.Rollout(**it.payload["ro"]) for it in replayed]
-    p_len = max(x.prompt_tokens.shape[1] for x in parts)
-    parts = [_left_pad_prompts(x, p_len) for x in parts]
-    ro = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
-    ro = ro.replace(group_id=np.arange(ro.tokens.shape[0], dtype=np.int32) // group)
-    ro = jax.device_put(ro, self.row_sharding)   # a global array on every process
-    examples = list(examples) + [it.example for it in replayed]
-    completions = list(completions) + [c for it in replayed for c in it.payload["completions"]]
-    rewards = np.concatenate([rewards] + [it.payload["rewards"] for it in replayed])
-    correct = np.concatenate([correct] + [it.payload["correct"] for it in replayed])
-    comps = info.get("components", {})
-    info = dict(info, components={k: np.concatenate([v, np.full(len(rewards) - len(v), np.nan,
-                                                                np.float32)])
-                                  for k, v in comps.items()})
-    return examples, ro, completions, rewards, correct, info
+        Replayed rows keep their behaviour log-probs as `sampler_logp`, which becomes `old_logp`:
+        the PPO-style ratio π_θ / π_behaviour is then exactly the importance correction.
+        """
+        group = self.config.train.samples_per_prompt
+        host = multihost.gather_to_host(ro)
+        for i, e in enumerate(examples):
+            rows = slice(i * group, (i + 1) * group)
+            # the rollout rows as a plain dict of numpy arrays: the buffer goes into checkpoints
+            group_ro = {
+                f.name: None
+                if getattr(host, f.name) is None
+                else np.asarray(getattr(host, f.name))[rows]
+                for f in dataclasses.fields(host)
+            }
+            source.add(
+                e,
+                dict(
+                    ro=group_ro,
+                    completions=list(completions[rows]),
+                    rewards=rewards[rows],
+                    correct=correct[rows],
+                ),
+            )
+        replayed = source.replayed()
+        metrics["data/replayed_groups"] = float(len(replayed))
+        if not replayed:
+            return examples, ro, completions, rewards, correct, info
+        parts = [host] + [rollout_lib.Rollout(**it.payload["ro"]) for it in replayed]
+        p_len = max(x.prompt_tokens.shape[1] for x in parts)
+        parts = [_left_pad_prompts(x, p_len) for x in parts]
+        ro = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+        ro = ro.replace(group_id=np.arange(ro.tokens.shape[0], dtype=np.int32) // group)
+        ro = jax.device_put(ro, self.row_sharding)  # a global array on every process
+        examples = list(examples) + [it.example for it in replayed]
+        completions = list(completions) + [c for it in replayed for c in it.payload["completions"]]
+        rewards = np.concatenate([rewards] + [it.payload["rewards"] for it in replayed])
+        correct = np.concatenate([correct] + [it.payload["correct"] for it in replayed])
+        comps = info.get("components", {})
+        info = dict(
+            info,
+            components={
+                k: np.concatenate([v, np.full(len(rewards) - len(v), np.nan, np.float32)])
+                for k, v in comps.items()
+            },
+        )
+        return examples, ro, completions, rewards, correct, info
 
-  # ----------------------------------------------------------------------------- the loop
-  def run(self, log=print):
-    c = self.config
-    metrics_lib.write_provenance(self.workdir, c)
-    self.pool = tasks_lib.RewardPool(num_workers=c.task.reward_workers,
-                                     timeout_s=c.task.reward_timeout_s)
-    try:
-      return self._run(log)
-    finally:
-      self.pool.close()
-      self.writer.close()
+    # ----------------------------------------------------------------------------- the loop
+    def run(self, log=print):
+        c = self.config
+        metrics_lib.write_provenance(self.workdir, c)
+        self.pool = tasks_lib.RewardPool(
+            num_workers=c.task.reward_workers, timeout_s=c.task.reward_timeout_s
+        )
+        try:
+            return self._run(log)
+        finally:
+            self.pool.close()
+            self.writer.close()
 
-  def make_source(self):
-    """The training prompt stream (seeded by `train.seed`)."""
-    c = self.config
-    d = c.data
-    band = (d.filter_low, d.filter_high) if (d.filter_low > 0 or d.filter_high < 1) else None
-    return tasks_lib.make_prompt_source(
-        self.task, split="train", seed=c.train.seed, num_examples=d.num_examples,
-        curriculum=d.curriculum, filter_band=band, replay_fraction=d.replay_fraction,
-        replay_capacity=d.replay_capacity)
+    def make_source(self):
+        """The training prompt stream (seeded by `train.seed`)."""
+        c = self.config
+        d = c.data
+        band = (d.filter_low, d.filter_high) if (d.filter_low > 0 or d.filter_high < 1) else None
+        return tasks_lib.make_prompt_source(
+            self.task,
+            split="train",
+            seed=c.train.seed,
+            num_examples=d.num_examples,
+            curriculum=d.curriculum,
+            filter_band=band,
+            replay_fraction=d.replay_fraction,
+            replay_capacity=d.replay_capacity,
+        )
 
-  def _run(self, log):
-    c = self.config
-    source = self.make_source()
-    params = self.initial_params(log)
-    state = self.init_state(params)
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    batch_sharding = rl_step.TrainBatch(
-        prompt_tokens=self.row_sharding, prompt_mask=self.row_sharding,
-        tokens=self.row_sharding, mask=self.row_sharding, old_logp=self.row_sharding,
-        advantages=self.row_sharding,
-        ref_logp=self.row_sharding if self.needs_ref else None,
-        old_values=self.row_sharding if c.critic.enabled else None,
-        returns=self.row_sharding if c.critic.enabled else None, token_mask=self.row_sharding)
-    self.programs = rl_step.RLPrograms(
-        c, self.model_config, self.optimizer, self.critic_optimizer,
-        state_shardings=state_shardings, batch_sharding=batch_sharding,
-        replicated=self.replicated)
-    counters = {"bad_steps": 0, "skipped_total": 0, "reward_errors": 0, "reward_timeouts": 0,
-                "reward_nans": 0}
-    history = []
-    start_step = 0
-    if self.checkpointer.latest_step() is not None:
-      state, meta = self.checkpointer.restore(state)
-      source.load_state_dict(meta["source"])
-      counters.update(meta["counters"])
-      history = meta.get("history", [])
-      start_step = int(meta["step"])
-      log(f"resumed from step {start_step} ({self.checkpointer.directory})")
-    initial_eval = None
-    if start_step == 0:
-      initial_eval = self.evaluate(state.params)
-      self.writer.scalars(0, initial_eval)
-      log(f"held-out accuracy before RL: {initial_eval['eval/accuracy']:.3f} "
-          f"(± {initial_eval['eval/stderr']:.3f}, {c.eval.size} prompts)")
-      history.append({"step": 0, **initial_eval})
+    def _run(self, log):
+        c = self.config
+        source = self.make_source()
+        params = self.initial_params(log)
+        state = self.init_state(params)
+        state_shardings = jax.tree.map(lambda x: x.sharding, state)
+        batch_sharding = rl_step.TrainBatch(
+            prompt_tokens=self.row_sharding,
+            prompt_mask=self.row_sharding,
+            tokens=self.row_sharding,
+            mask=self.row_sharding,
+            old_logp=self.row_sharding,
+            advantages=self.row_sharding,
+            ref_logp=self.row_sharding if self.needs_ref else None,
+            old_values=self.row_sharding if c.critic.enabled else None,
+            returns=self.row_sharding if c.critic.enabled else None,
+            token_mask=self.row_sharding,
+        )
+        self.programs = rl_step.RLPrograms(
+            c,
+            self.model_config,
+            self.optimizer,
+            self.critic_optimizer,
+            state_shardings=state_shardings,
+            batch_sharding=batch_sharding,
+            replicated=self.replicated,
+        )
+        counters = {
+            "bad_steps": 0,
+            "skipped_total": 0,
+            "reward_errors": 0,
+            "reward_timeouts": 0,
+            "reward_nans": 0,
+        }
+        history = []
+        start_step = 0
+        if self.checkpointer.latest_step() is not None:
+            state, meta = self.checkpointer.restore(state)
+            source.load_state_dict(meta["source"])
+            counters.update(meta["counters"])
+            history = meta.get("history", [])
+            start_step = int(meta["step"])
+            log(f"resumed from step {start_step} ({self.checkpointer.directory})")
+        initial_eval = None
+        if start_step == 0:
+            initial_eval = self.evaluate(state.params)
+            self.writer.scalars(0, initial_eval)
+            log(
+                f"held-out accuracy before RL: {initial_eval['eval/accuracy']:.3f} "
+                f"(± {initial_eval['eval/stderr']:.3f}, {c.eval.size} prompts)"
+            )
+            history.append({"step": 0, **initial_eval})
 
-    progress = _progress(c, start_step)
-    step = start_step
-    t_start = time.time()
-    for step in range(start_step, c.train.steps):
-      state, m = self.train_one_step(state, source, step, counters)
-      m["compiles"] = float(self.compiles.count)
-      if log_every(step + 1, c.log.every):
-        self.writer.scalars(step + 1, m)
-      history.append({"step": step + 1, **{k: float(v) for k, v in m.items()
-                                            if k in HISTORY_KEYS}})
-      if progress is not None:
-        progress.set_postfix(reward=f"{m['train/reward']:.3f}", acc=f"{m['train/accuracy']:.3f}")
-        progress.update(1)
-      if counters["bad_steps"] >= c.train.max_bad_steps:
-        msg = rl_step.nan_guard_message(counters["bad_steps"], c.train.max_bad_steps, step + 1)
-        logging.error(msg)
-        raise TrainingStopped(msg)
-      if c.eval.every and (step + 1) % c.eval.every == 0 and step + 1 < c.train.steps:
-        ev = self.evaluate(state.params)
-        self.writer.scalars(step + 1, ev)
-        history.append({"step": step + 1, **ev})
-      last = step + 1 == c.train.steps
-      if (c.checkpoint.every and (step + 1) % c.checkpoint.every == 0) or last:
-        if counters["bad_steps"] == 0:
-          self.checkpointer.save(step + 1, state, {"source": source.state_dict(),
-                                                    "counters": counters, "history": history})
-    if progress is not None:
-      progress.close()
-    final_eval = self.evaluate(state.params)
-    summary = self.finish(final_eval, initial_eval, counters, history, time.time() - t_start, log)
-    self.state = state
-    return summary
+        progress = _progress(c, start_step)
+        step = start_step
+        t_start = time.time()
+        for step in range(start_step, c.train.steps):
+            state, m = self.train_one_step(state, source, step, counters)
+            m["compiles"] = float(self.compiles.count)
+            if log_every(step + 1, c.log.every):
+                self.writer.scalars(step + 1, m)
+            history.append(
+                {"step": step + 1, **{k: float(v) for k, v in m.items() if k in HISTORY_KEYS}}
+            )
+            if progress is not None:
+                progress.set_postfix(
+                    reward=f"{m['train/reward']:.3f}", acc=f"{m['train/accuracy']:.3f}"
+                )
+                progress.update(1)
+            if counters["bad_steps"] >= c.train.max_bad_steps:
+                msg = rl_step.nan_guard_message(
+                    counters["bad_steps"], c.train.max_bad_steps, step + 1
+                )
+                logging.error(msg)
+                raise TrainingStopped(msg)
+            if c.eval.every and (step + 1) % c.eval.every == 0 and step + 1 < c.train.steps:
+                ev = self.evaluate(state.params)
+                self.writer.scalars(step + 1, ev)
+                history.append({"step": step + 1, **ev})
+            last = step + 1 == c.train.steps
+            if (c.checkpoint.every and (step + 1) % c.checkpoint.every == 0) or last:
+                if counters["bad_steps"] == 0:
+                    self.checkpointer.save(
+                        step + 1,
+                        state,
+                        {"source": source.state_dict(), "counters": counters, "history": history},
+                    )
+        if progress is not None:
+            progress.close()
+        final_eval = self.evaluate(state.params)
+        summary = self.finish(
+            final_eval, initial_eval, counters, history, time.time() - t_start, log
+        )
+        self.state = state
+        return summary
 
-  def finish(self, final_eval, initial_eval, counters, history, seconds, log=print):
-    """Logs the final evaluation and writes `done.json` (what the grid runner looks for)."""
-    c = self.config
-    self.writer.scalars(c.train.steps, final_eval)
-    self.writer.flush()
-    summary = {"steps": c.train.steps, "final_eval": final_eval, "initial_eval": initial_eval,
-               "counters": counters, "seconds": seconds,
-               "compiles_after_step_2": _compiles_after_step_2(history), "history": history}
-    log(f"held-out accuracy after RL: {final_eval['eval/accuracy']:.3f} "
-        f"(± {final_eval['eval/stderr']:.3f})")
-    log(f"TensorBoard logs: tensorboard --logdir {self.workdir}")
-    if jax.process_index() == 0:
-      with open(os.path.join(self.workdir, "done.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+    def finish(self, final_eval, initial_eval, counters, history, seconds, log=print):
+        """Logs the final evaluation and writes `done.json` (what the grid runner looks for)."""
+        c = self.config
+        self.writer.scalars(c.train.steps, final_eval)
+        self.writer.flush()
+        summary = {
+            "steps": c.train.steps,
+            "final_eval": final_eval,
+            "initial_eval": initial_eval,
+            "counters": counters,
+            "seconds": seconds,
+            "compiles_after_step_2": _compiles_after_step_2(history),
+            "history": history,
+        }
+        log(
+            f"held-out accuracy after RL: {final_eval['eval/accuracy']:.3f} "
+            f"(± {final_eval['eval/stderr']:.3f})"
+        )
+        log(f"TensorBoard logs: tensorboard --logdir {self.workdir}")
+        if jax.process_index() == 0:
+            with open(os.path.join(self.workdir, "done.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+        return summary
 
-  def shape_rewards(self, rewards, correct, info, mask, truncated):
-    """Length shaping (overlong buffer, LASER, truncation masking) of one step's rewards on the
-    host; adds the shaping components to `info`. Returns (rewards, sample weights, lengths)."""
-    c = self.config
-    lengths = np.asarray(mask).sum(axis=1)
-    shaped, shape_weight, shape_comps = tasks_lib.length.shape_rewards(
-        rewards, lengths, truncated=np.asarray(truncated), correct=correct,
-        max_len=c.rollout.max_new_tokens, overlong_buffer=c.data.overlong_buffer,
-        overlong_penalty_scale=c.data.overlong_penalty, laser_target=c.data.laser_target,
-        laser_alpha=c.data.laser_alpha, mask_truncated=c.data.mask_truncated)
-    info.setdefault("components", {}).update(shape_comps)
-    return shaped, shape_weight, lengths
+    def shape_rewards(self, rewards, correct, info, mask, truncated):
+        """Length shaping (overlong buffer, LASER, truncation masking) of one step's rewards on the
+        host; adds the shaping components to `info`. Returns (rewards, sample weights, lengths)."""
+        c = self.config
+        lengths = np.asarray(mask).sum(axis=1)
+        shaped, shape_weight, shape_comps = tasks_lib.length.shape_rewards(
+            rewards,
+            lengths,
+            truncated=np.asarray(truncated),
+            correct=correct,
+            max_len=c.rollout.max_new_tokens,
+            overlong_buffer=c.data.overlong_buffer,
+            overlong_penalty_scale=c.data.overlong_penalty,
+            laser_target=c.data.laser_target,
+            laser_alpha=c.data.laser_alpha,
+            mask_truncated=c.data.mask_truncated,
+        )
+        info.setdefault("components", {}).update(shape_comps)
+        return shaped, shape_weight, lengths
 
-  def train_one_step(self, state, source, step, counters):
-    """One RL step (rollout → rewards → advantages → update); returns (state, metrics)."""
-    c = self.config
-    timings = {}
-    t0 = time.time()
-    group = c.train.samples_per_prompt
-    data_metrics = {}
+    def train_one_step(self, state, source, step, counters):
+        """One RL step (rollout → rewards → advantages → update); returns (state, metrics)."""
+        c = self.config
+        timings = {}
+        t0 = time.time()
+        group = c.train.samples_per_prompt
+        data_metrics = {}
 
-    def sample(attempt):
-      examples = source.next(c.train.prompts_per_step)
-      key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), step),
-                               attempt)
-      ro, completions = self.rollout(state.params, examples, key, self.sampling)
-      rep = [e for e in examples for _ in range(group)]
-      rewards, correct, info = self.score(completions, rep)
-      for k_src, k_dst in (("errors", "reward_errors"), ("timeouts", "reward_timeouts"),
-                           ("nans", "reward_nans")):
-        counters[k_dst] += int(info.get(k_src, 0))
-      return dict(examples=examples, ro=ro, completions=completions, rewards=rewards,
-                  correct=correct, info=info), rewards
+        def sample(attempt):
+            examples = source.next(c.train.prompts_per_step)
+            key = jax.random.fold_in(
+                jax.random.fold_in(jax.random.wrap_key_data(state.rng), step), attempt
+            )
+            ro, completions = self.rollout(state.params, examples, key, self.sampling)
+            rep = [e for e in examples for _ in range(group)]
+            rewards, correct, info = self.score(completions, rep)
+            for k_src, k_dst in (
+                ("errors", "reward_errors"),
+                ("timeouts", "reward_timeouts"),
+                ("nans", "reward_nans"),
+            ):
+                counters[k_dst] += int(info.get(k_src, 0))
+            return dict(
+                examples=examples,
+                ro=ro,
+                completions=completions,
+                rewards=rewards,
+                correct=correct,
+                info=info,
+            ), rewards
 
-    if c.data.dynamic_sampling:
-      res = tasks_lib.dynamic_sampling(sample, c.train.prompts_per_step, group,
-                                       c.data.max_attempts)
-      parts = [(res.batches[a], rows) for a, rows in res.rows_by_attempt.items()]
-      examples = [b["examples"][g] for b, rows in parts for g in rows[::group] // group]
-      host_parts = [jax.tree.map(lambda x, r=rows: np.asarray(x)[r],
-                                 multihost.gather_to_host(b["ro"])) for b, rows in parts]
-      ro = jax.device_put(jax.tree.map(lambda *xs: np.concatenate(xs), *host_parts),
-                          self.row_sharding)
-      completions = [b["completions"][i] for b, rows in parts for i in rows]
-      rewards = np.concatenate([b["rewards"][rows] for b, rows in parts])
-      correct = np.concatenate([b["correct"][rows] for b, rows in parts])
-      info = {"components": {k: np.concatenate([b["info"]["components"][k][rows]
-                                                for b, rows in parts])
-                             for k in parts[0][0]["info"].get("components", {})}}
-      data_metrics.update({f"data/{k}": float(v) for k, v in res.stats.items()})
-    else:
-      b, _ = sample(0)
-      examples, ro, completions = b["examples"], b["ro"], b["completions"]
-      rewards, correct, info = b["rewards"], b["correct"], b["info"]
-    if c.data.replay_fraction > 0:
-      examples, ro, completions, rewards, correct, info = self._with_replay(
-          source, examples, ro, completions, rewards, correct, info, data_metrics)
-    ro = jax.block_until_ready(ro)
-    timings["time/rollout"] = time.time() - t0
+        if c.data.dynamic_sampling:
+            res = tasks_lib.dynamic_sampling(
+                sample, c.train.prompts_per_step, group, c.data.max_attempts
+            )
+            parts = [(res.batches[a], rows) for a, rows in res.rows_by_attempt.items()]
+            examples = [b["examples"][g] for b, rows in parts for g in rows[::group] // group]
+            host_parts = [
+                jax.tree.map(lambda x, r=rows: np.asarray(x)[r], multihost.gather_to_host(b["ro"]))
+                for b, rows in parts
+            ]
+            ro = jax.device_put(
+                jax.tree.map(lambda *xs: np.concatenate(xs), *host_parts), self.row_sharding
+            )
+            completions = [b["completions"][i] for b, rows in parts for i in rows]
+            rewards = np.concatenate([b["rewards"][rows] for b, rows in parts])
+            correct = np.concatenate([b["correct"][rows] for b, rows in parts])
+            info = {
+                "components": {
+                    k: np.concatenate([b["info"]["components"][k][rows] for b, rows in parts])
+                    for k in parts[0][0]["info"].get("components", {})
+                }
+            }
+            data_metrics.update({f"data/{k}": float(v) for k, v in res.stats.items()})
+        else:
+            b, _ = sample(0)
+            examples, ro, completions = b["examples"], b["ro"], b["completions"]
+            rewards, correct, info = b["rewards"], b["correct"], b["info"]
+        if c.data.replay_fraction > 0:
+            examples, ro, completions, rewards, correct, info = self._with_replay(
+                source, examples, ro, completions, rewards, correct, info, data_metrics
+            )
+        ro = jax.block_until_ready(ro)
+        timings["time/rollout"] = time.time() - t0
 
-    ro_mask, ro_truncated = multihost.gather_to_host((ro.mask, ro.truncated))
-    rewards, shape_weight, lengths = self.shape_rewards(rewards, correct, info, ro_mask,
-                                                        ro_truncated)
+        ro_mask, ro_truncated = multihost.gather_to_host((ro.mask, ro.truncated))
+        rewards, shape_weight, lengths = self.shape_rewards(
+            rewards, correct, info, ro_mask, ro_truncated
+        )
 
-    t0 = time.time()
-    mask = ro.mask.astype(jnp.float32)
-    old_logp = ro.sampler_logp
-    if c.algo.recompute_old_logp:
-      old_logp = self.programs.logprobs(state.params, ro, self.microbatch)
-    ref_logp = self.programs.logprobs(state.ref_params, ro, self.microbatch) if (
-        self.needs_ref) else None
-    values = self.programs.values(state.critic_params, ro, self.microbatch) if (
-        c.critic.enabled) else None
-    ro = ro.replace(rewards=jnp.asarray(rewards), old_logp=old_logp, ref_logp=ref_logp,
-                    values=values)
-    timings["time/logprob"] = time.time() - t0
+        t0 = time.time()
+        mask = ro.mask.astype(jnp.float32)
+        old_logp = ro.sampler_logp
+        if c.algo.recompute_old_logp:
+            old_logp = self.programs.logprobs(state.params, ro, self.microbatch)
+        ref_logp = (
+            self.programs.logprobs(state.ref_params, ro, self.microbatch)
+            if (self.needs_ref)
+            else None
+        )
+        values = (
+            self.programs.values(state.critic_params, ro, self.microbatch)
+            if (c.critic.enabled)
+            else None
+        )
+        ro = ro.replace(
+            rewards=jnp.asarray(rewards), old_logp=old_logp, ref_logp=ref_logp, values=values
+        )
+        timings["time/logprob"] = time.time() - t0
 
-    token_rewards, adv, ret, weight = rl_step.compute_advantages(c, ro, rewards, state.kl_coef)
-    ro = ro.replace(token_rewards=token_rewards, advantages=adv, returns=ret,
-                    sample_weight=weight)
-    loss_mask = mask * (weight * jnp.asarray(shape_weight))[:, None]
-    batch = rl_step.TrainBatch(
-        prompt_tokens=ro.prompt_tokens, prompt_mask=ro.prompt_mask, tokens=ro.tokens,
-        mask=loss_mask, old_logp=old_logp, advantages=adv, ref_logp=ref_logp,
-        old_values=values, returns=ret if c.critic.enabled else None, token_mask=mask)
+        token_rewards, adv, ret, weight = rl_step.compute_advantages(c, ro, rewards, state.kl_coef)
+        ro = ro.replace(
+            token_rewards=token_rewards, advantages=adv, returns=ret, sample_weight=weight
+        )
+        loss_mask = mask * (weight * jnp.asarray(shape_weight))[:, None]
+        batch = rl_step.TrainBatch(
+            prompt_tokens=ro.prompt_tokens,
+            prompt_mask=ro.prompt_mask,
+            tokens=ro.tokens,
+            mask=loss_mask,
+            old_logp=old_logp,
+            advantages=adv,
+            ref_logp=ref_logp,
+            old_values=values,
+            returns=ret if c.critic.enabled else None,
+            token_mask=mask,
+        )
 
-    t0 = time.time()
-    perm_rng = np.random.default_rng([c.train.seed, step])
-    step_metrics = []
-    for _ in range(c.train.num_epochs):
-      for idx in rl_step.sample_indices(perm_rng, self.rows, self.minibatch):
-        idx = np.sort(idx) if self.minibatch == self.rows else idx
-        mb = self.programs.select_rows(batch, idx)
-        state, m = self.programs.train_step(state, mb)
-        step_metrics.append(m)
-    step_metrics = jax.device_get(step_metrics)
-    timings["time/update"] = time.time() - t0
-    new_kl = self.after_update(step_metrics, counters, state.kl_coef)
-    ref_params = state.ref_params
-    if self.resets_ref(step):
-      ref_params = jax.tree.map(jnp.copy, state.params)
-    state = state.replace(step=jax.device_put(state.step + 1, self.replicated),
-                          kl_coef=jax.device_put(jnp.asarray(new_kl, jnp.float32), self.replicated),
-                          ref_params=ref_params)
+        t0 = time.time()
+        perm_rng = np.random.default_rng([c.train.seed, step])
+        step_metrics = []
+        for _ in range(c.train.num_epochs):
+            for idx in rl_step.sample_indices(perm_rng, self.rows, self.minibatch):
+                idx = np.sort(idx) if self.minibatch == self.rows else idx
+                mb = self.programs.select_rows(batch, idx)
+                state, m = self.programs.train_step(state, mb)
+                step_metrics.append(m)
+        step_metrics = jax.device_get(step_metrics)
+        timings["time/update"] = time.time() - t0
+        new_kl = self.after_update(step_metrics, counters, state.kl_coef)
+        ref_params = state.ref_params
+        if self.resets_ref(step):
+            ref_params = jax.tree.map(jnp.copy, state.params)
+        state = state.replace(
+            step=jax.device_put(state.step + 1, self.replicated),
+            kl_coef=jax.device_put(jnp.asarray(new_kl, jnp.float32), self.replicated),
+            ref_params=ref_params,
+        )
 
-    adv, loss_mask = multihost.gather_to_host((adv, loss_mask))
-    return state, self.step_summary(
-        step, source, step_metrics, examples, completions, rewards, correct, info, adv, loss_mask,
-        ro_mask, ro_truncated, lengths, float(new_kl), counters, data_metrics, timings)
+        adv, loss_mask = multihost.gather_to_host((adv, loss_mask))
+        return state, self.step_summary(
+            step,
+            source,
+            step_metrics,
+            examples,
+            completions,
+            rewards,
+            correct,
+            info,
+            adv,
+            loss_mask,
+            ro_mask,
+            ro_truncated,
+            lengths,
+            float(new_kl),
+            counters,
+            data_metrics,
+            timings,
+        )
 
-  def after_update(self, step_metrics, counters, kl_coef):
-    """NaN-guard counters from the updates' `skipped` flags; the next KL coefficient (adaptive
-    controller when `algo.kl.target > 0`, else `kl_coef` unchanged)."""
-    c = self.config
-    skipped = sum(float(m["skipped"]) for m in step_metrics)
-    counters["skipped_total"] += int(skipped)
-    counters["bad_steps"] = counters["bad_steps"] + 1 if skipped == len(step_metrics) else 0
-    if self.needs_ref and c.algo.kl.target > 0:
-      kl_now = float(np.mean([m.get("kl", 0.0) for m in step_metrics]))
-      ctl = kl_lib.AdaptiveKLController(float(c.algo.kl.coef), float(c.algo.kl.target),
-                                        float(c.algo.kl.horizon))
-      return ctl.update(kl_lib.KLControllerState(coef=kl_coef), kl_now, self.rows).coef
-    return kl_coef
+    def after_update(self, step_metrics, counters, kl_coef):
+        """NaN-guard counters from the updates' `skipped` flags; the next KL coefficient (adaptive
+        controller when `algo.kl.target > 0`, else `kl_coef` unchanged)."""
+        c = self.config
+        skipped = sum(float(m["skipped"]) for m in step_metrics)
+        counters["skipped_total"] += int(skipped)
+        counters["bad_steps"] = counters["bad_steps"] + 1 if skipped == len(step_metrics) else 0
+        if self.needs_ref and c.algo.kl.target > 0:
+            kl_now = float(np.mean([m.get("kl", 0.0) for m in step_metrics]))
+            ctl = kl_lib.AdaptiveKLController(
+                float(c.algo.kl.coef), float(c.algo.kl.target), float(c.algo.kl.horizon)
+            )
+            return ctl.update(kl_lib.KLControllerState(coef=kl_coef), kl_now, self.rows).coef
+        return kl_coef
 
-  def resets_ref(self, step) -> bool:
-    """Whether the reference policy is reset to the current one after `step`."""
-    every = self.config.algo.kl.ref_reset_every
-    return bool(self.needs_ref and every and (step + 1) % every == 0)
+    def resets_ref(self, step) -> bool:
+        """Whether the reference policy is reset to the current one after `step`."""
+        every = self.config.algo.kl.ref_reset_every
+        return bool(self.needs_ref and every and (step + 1) % every == 0)
 
-  def step_summary(self, step, source, step_metrics, examples, completions, rewards, correct,
-                   info, adv, loss_mask, ro_mask, ro_truncated, lengths, kl_coef, counters,
-                   data_metrics, timings):
-    """Host side of a step's end: the prompt source's statistics, the `train/*` metrics and
-    the sample text (host arrays of one run's rows)."""
-    group = self.config.train.samples_per_prompt
-    rep = [e for e in examples for _ in range(group)]
-    abs_adv = (np.abs(adv) * np.asarray(ro_mask)).sum(1) / np.maximum(lengths, 1)
-    source.update(tasks_lib.prompt_stats(examples, correct, abs_adv, group))
-    m = {k: float(np.mean([float(x[k]) for x in step_metrics])) for k in step_metrics[0]}
-    out = {f"train/{k}": v for k, v in m.items()}
-    out.update({
-        "train/reward": float(rewards.mean()), "train/accuracy": float(correct.mean()),
-        "train/response_length": float(lengths.mean()),
-        "train/response_length_max": float(lengths.max()),
-        "train/truncated_frac": float(np.asarray(ro_truncated).mean()),
-        "train/kl_coef": kl_coef,
-        "reward/errors": counters["reward_errors"], "reward/timeouts": counters["reward_timeouts"],
-        "reward/nans": counters["reward_nans"], "train/skipped_total": counters["skipped_total"],
-    })
-    out.update(rl_step.advantage_stats(adv, loss_mask))
-    out.update(data_metrics)
-    out.update({f"reward/{k}": float(np.mean(v)) for k, v in info.get("components", {}).items()})
-    total_time = sum(timings.values())
-    out.update(timings)
-    out["throughput/tokens_per_s"] = float(lengths.sum() / max(total_time, 1e-9))
-    if self.config.log.samples and (step % 10 == 0):
-      sample_text = "\n\n".join(f"{e.prompt} → {comp!r} (reward {r:.2f})" for e, comp, r in zip(
-          rep[:self.config.log.samples], completions, rewards))
-      self.writer.text(step + 1, "samples", sample_text)
-    return out
+    def step_summary(
+        self,
+        step,
+        source,
+        step_metrics,
+        examples,
+        completions,
+        rewards,
+        correct,
+        info,
+        adv,
+        loss_mask,
+        ro_mask,
+        ro_truncated,
+        lengths,
+        kl_coef,
+        counters,
+        data_metrics,
+        timings,
+    ):
+        """Host side of a step's end: the prompt source's statistics, the `train/*` metrics and
+        the sample text (host arrays of one run's rows)."""
+        group = self.config.train.samples_per_prompt
+        rep = [e for e in examples for _ in range(group)]
+        abs_adv = (np.abs(adv) * np.asarray(ro_mask)).sum(1) / np.maximum(lengths, 1)
+        source.update(tasks_lib.prompt_stats(examples, correct, abs_adv, group))
+        m = {k: float(np.mean([float(x[k]) for x in step_metrics])) for k in step_metrics[0]}
+        out = {f"train/{k}": v for k, v in m.items()}
+        out.update(
+            {
+                "train/reward": float(rewards.mean()),
+                "train/accuracy": float(correct.mean()),
+                "train/response_length": float(lengths.mean()),
+                "train/response_length_max": float(lengths.max()),
+                "train/truncated_frac": float(np.asarray(ro_truncated).mean()),
+                "train/kl_coef": kl_coef,
+                "reward/errors": counters["reward_errors"],
+                "reward/timeouts": counters["reward_timeouts"],
+                "reward/nans": counters["reward_nans"],
+                "train/skipped_total": counters["skipped_total"],
+            }
+        )
+        out.update(rl_step.advantage_stats(adv, loss_mask))
+        out.update(data_metrics)
+        out.update(
+            {f"reward/{k}": float(np.mean(v)) for k, v in info.get("components", {}).items()}
+        )
+        total_time = sum(timings.values())
+        out.update(timings)
+        out["throughput/tokens_per_s"] = float(lengths.sum() / max(total_time, 1e-9))
+        if self.config.log.samples and (step % 10 == 0):
+            sample_text = "\n\n".join(
+                f"{e.prompt} → {comp!r} (reward {r:.2f})"
+                for e, comp, r in zip(rep[: self.config.log.samples], completions, rewards)
+            )
+            self.writer.text(step + 1, "samples", sample_text)
+        return out
 
 
-HISTORY_KEYS = ("train/reward", "train/accuracy", "train/entropy", "train/kl",
-                 "train/loss/total", "train/grad_norm", "train/response_length", "compiles",
-                 "data/replayed_groups", "data/frac_dropped", "data/attempts")
+HISTORY_KEYS = (
+    "train/reward",
+    "train/accuracy",
+    "train/entropy",
+    "train/kl",
+    "train/loss/total",
+    "train/grad_norm",
+    "train/response_length",
+    "compiles",
+    "data/replayed_groups",
+    "data/frac_dropped",
+    "data/attempts",
+)
 
 
 def _compiles_after_step_2(history):
-  counts = [h["compiles"] for h in history if "compiles" in h]
-  return counts[-1] - counts[1] if len(counts) >= 2 else None
+    counts = [h["compiles"] for h in history if "compiles" in h]
+    return counts[-1] - counts[1] if len(counts) >= 2 else None
 
 
 def _left_pad_prompts(ro, length):
-  pad = length - ro.prompt_tokens.shape[1]
-  if pad == 0:
-    return ro
-  widen = lambda x: np.concatenate([np.zeros((x.shape[0], pad), x.dtype), x], axis=1)
-  return ro.replace(prompt_tokens=widen(ro.prompt_tokens), prompt_mask=widen(ro.prompt_mask))
+    pad = length - ro.prompt_tokens.shape[1]
+    if pad == 0:
+        return ro
+    widen = lambda x: np.concatenate([np.zeros((x.shape[0], pad), x.dtype), x], axis=1)
+    return ro.replace(prompt_tokens=widen(ro.prompt_tokens), prompt_mask=widen(ro.prompt_mask))
 
 
 def log_every(step, every):
-  return every > 0 and step % every == 0
+    return every > 0 and step % every == 0
 
 
 def _progress(c, start):
-  if not c.log.progress or jax.process_index() != 0:
-    return None
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(total=c.train.steps, initial=start, desc="RL", dynamic_ncols=True)
+    if not c.log.progress or jax.process_index() != 0:
+        return None
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+    return tqdm(total=c.train.steps, initial=start, desc="RL", dynamic_ncols=True)
 
 
 def dict_to_optim(optim, **overrides):
-  d = optim.to_dict()
-  d.update(overrides)
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  return ml_collections.ConfigDict(d)
+    d = optim.to_dict()
+    d.update(overrides)
+    import ml_collections  # pylint: disable=g-import-not-at-top
+
+    return ml_collections.ConfigDict(d)
 
 
 def train(config, workdir, log=print):
-  """Runs (or resumes) one RL run; returns the summary dict. Logs from process 0 only."""
-  if jax.process_index() != 0:
-    log = lambda *args, **kwargs: None  # noqa: E731
-  return Trainer(config, workdir).run(log=log)
+    """Runs (or resumes) one RL run; returns the summary dict. Logs from process 0 only."""
+    if jax.process_index() != 0:
+        log = lambda *args, **kwargs: None  # noqa: E731
+    return Trainer(config, workdir).run(log=log)

@@ -10,6 +10,7 @@ One step, as data flows:
 The jitted functions live in `RLPrograms` and are built once per shape, with explicit
 in/out shardings and donated state.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,355 +37,563 @@ _NEEDS_POLICY_STATS = ("clip_cov", "kl_cov")
 
 @flax.struct.dataclass
 class TrainBatch:
-  """The arrays one update reads; rows [N] are sequences, [N, T] tokens."""
-  prompt_tokens: jax.Array
-  prompt_mask: jax.Array
-  tokens: jax.Array
-  mask: jax.Array                 # loss mask: completion mask × sample_weight (float32)
-  old_logp: jax.Array
-  advantages: jax.Array
-  ref_logp: Any = None
-  old_values: Any = None
-  returns: Any = None
-  token_mask: Any = None          # completion mask of every sampled token (diagnostics); None: mask
+    """The arrays one update reads; rows [N] are sequences, [N, T] tokens."""
+
+    prompt_tokens: jax.Array
+    prompt_mask: jax.Array
+    tokens: jax.Array
+    mask: jax.Array  # loss mask: completion mask × sample_weight (float32)
+    old_logp: jax.Array
+    advantages: jax.Array
+    ref_logp: Any = None
+    old_values: Any = None
+    returns: Any = None
+    token_mask: Any = None  # completion mask of every sampled token (diagnostics); None: mask
 
 
 def batch_counts(mask):
-  """Global token and sequence counts of a minibatch (from the weighted mask)."""
-  return agg_lib.global_counts(mask)
+    """Global token and sequence counts of a minibatch (from the weighted mask)."""
+    return agg_lib.global_counts(mask)
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
-  """Static loss options, read once from `config.algo` (hashable: part of the jit key)."""
-  policy_loss: str
-  aggregation: str
-  clip_low: float
-  clip_high: float
-  dual_clip: float | None
-  norm_constant: float | None
-  entropy_coef: float
-  kl_in_loss: bool
-  kl_kind: str
-  forking_tokens: float
-  temperature: float
-  logprob_chunk: int
-  vf_coef: float
-  value_clip: float
-  loss_kwargs: tuple
+    """Static loss options, read once from `config.algo` (hashable: part of the jit key)."""
 
-  @classmethod
-  def from_config(cls, c):
-    norm = c.algo.norm_constant or float(c.rollout.max_new_tokens)
-    return cls(
-        policy_loss=c.algo.policy_loss, aggregation=c.algo.aggregation,
-        clip_low=float(c.algo.clip_low), clip_high=float(c.algo.clip_high),
-        dual_clip=float(c.algo.dual_clip) if c.algo.dual_clip else None,
-        norm_constant=float(norm), entropy_coef=float(c.algo.entropy_coef),
-        kl_in_loss=c.algo.kl.placement == "loss" and c.algo.kl.coef > 0,
-        kl_kind=c.algo.kl.kind, forking_tokens=float(c.algo.forking_tokens),
-        temperature=float(c.rollout.temperature), logprob_chunk=int(c.train.logprob_chunk),
-        vf_coef=float(c.algo.vf_coef), value_clip=float(c.algo.value_clip),
-        loss_kwargs=tuple(sorted(c.algo.loss_kwargs.to_dict().items())))
+    policy_loss: str
+    aggregation: str
+    clip_low: float
+    clip_high: float
+    dual_clip: float | None
+    norm_constant: float | None
+    entropy_coef: float
+    kl_in_loss: bool
+    kl_kind: str
+    forking_tokens: float
+    temperature: float
+    logprob_chunk: int
+    vf_coef: float
+    value_clip: float
+    loss_kwargs: tuple
+
+    @classmethod
+    def from_config(cls, c):
+        norm = c.algo.norm_constant or float(c.rollout.max_new_tokens)
+        return cls(
+            policy_loss=c.algo.policy_loss,
+            aggregation=c.algo.aggregation,
+            clip_low=float(c.algo.clip_low),
+            clip_high=float(c.algo.clip_high),
+            dual_clip=float(c.algo.dual_clip) if c.algo.dual_clip else None,
+            norm_constant=float(norm),
+            entropy_coef=float(c.algo.entropy_coef),
+            kl_in_loss=c.algo.kl.placement == "loss" and c.algo.kl.coef > 0,
+            kl_kind=c.algo.kl.kind,
+            forking_tokens=float(c.algo.forking_tokens),
+            temperature=float(c.rollout.temperature),
+            logprob_chunk=int(c.train.logprob_chunk),
+            vf_coef=float(c.algo.vf_coef),
+            value_clip=float(c.algo.value_clip),
+            loss_kwargs=tuple(sorted(c.algo.loss_kwargs.to_dict().items())),
+        )
 
 
 def _agg(x, mask, s: LossSettings, num_tokens, num_seqs):
-  return agg_lib.aggregate(x, mask, s.aggregation, num_tokens=num_tokens, num_seqs=num_seqs,
-                           norm_constant=s.norm_constant)
+    return agg_lib.aggregate(
+        x,
+        mask,
+        s.aggregation,
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        norm_constant=s.norm_constant,
+    )
 
 
-def policy_micro_loss(params, mb: TrainBatch, stats, kl_coef, key, *, model_config,
-                      s: LossSettings, num_tokens, num_seqs, num_sampled):
-  """Loss of one micro-batch, normalised by the minibatch's global counts.
+def policy_micro_loss(
+    params,
+    mb: TrainBatch,
+    stats,
+    kl_coef,
+    key,
+    *,
+    model_config,
+    s: LossSettings,
+    num_tokens,
+    num_seqs,
+    num_sampled,
+):
+    """Loss of one micro-batch, normalised by the minibatch's global counts.
 
-  Returns (loss, (pg_metrics, sums)): `pg_metrics` are this micro-batch's token means (merged
-  with `registry.merge_metrics`), `sums` are already divided by global counts (added).
-  Entropy and KL diagnostics are means over every sampled token (`token_mask`), so PSR / NSR
-  runs log comparable entropies.
-  """
-  logp, ent = completion_logprobs(model_config, params, mb.prompt_tokens, mb.prompt_mask,
-                                  mb.tokens, temperature=s.temperature, chunk=s.logprob_chunk,
-                                  with_entropy=True)
-  mask = mb.mask
-  token_mask = mask if mb.token_mask is None else mb.token_mask
-  extra = dict(s.loss_kwargs)
-  if s.forking_tokens > 0:
-    extra.update(entropy=jax.lax.stop_gradient(ent), forking_top_fraction=s.forking_tokens)
-  pg_loss, pg_metrics = registry.compute_policy_loss(
-      s.policy_loss, logp, mb.old_logp, mb.advantages, mask, agg=s.aggregation,
-      num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=s.norm_constant,
-      clip_low=s.clip_low, clip_high=s.clip_high, dual_clip=s.dual_clip, stats=stats or None,
-      key=key, **extra)
-  loss = pg_loss
-  sampled_mean = lambda x: jnp.sum(x * token_mask) / jnp.maximum(num_sampled, 1.0)
-  sums = {"loss/policy": pg_loss, "entropy": sampled_mean(ent)}
-  if mb.ref_logp is not None:
-    kl_tok = kl_lib.kl_estimate(logp, mb.ref_logp, kind=s.kl_kind)
-    sums["kl"] = sampled_mean(kl_tok)
-    if s.kl_in_loss:
-      kl_loss = _agg(kl_tok, mask, s, num_tokens, num_seqs)
-      loss = loss + kl_coef * kl_loss
-      sums["loss/kl"] = kl_loss
-  if s.entropy_coef:
-    loss = loss - s.entropy_coef * _agg(ent, mask, s, num_tokens, num_seqs)
-  sums["loss/total"] = loss
-  return loss, ({f"pg/{k}": v for k, v in pg_metrics.items()}, sums)
+    Returns (loss, (pg_metrics, sums)): `pg_metrics` are this micro-batch's token means (merged
+    with `registry.merge_metrics`), `sums` are already divided by global counts (added).
+    Entropy and KL diagnostics are means over every sampled token (`token_mask`), so PSR / NSR
+    runs log comparable entropies.
+    """
+    logp, ent = completion_logprobs(
+        model_config,
+        params,
+        mb.prompt_tokens,
+        mb.prompt_mask,
+        mb.tokens,
+        temperature=s.temperature,
+        chunk=s.logprob_chunk,
+        with_entropy=True,
+    )
+    mask = mb.mask
+    token_mask = mask if mb.token_mask is None else mb.token_mask
+    extra = dict(s.loss_kwargs)
+    if s.forking_tokens > 0:
+        extra.update(entropy=jax.lax.stop_gradient(ent), forking_top_fraction=s.forking_tokens)
+    pg_loss, pg_metrics = registry.compute_policy_loss(
+        s.policy_loss,
+        logp,
+        mb.old_logp,
+        mb.advantages,
+        mask,
+        agg=s.aggregation,
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        norm_constant=s.norm_constant,
+        clip_low=s.clip_low,
+        clip_high=s.clip_high,
+        dual_clip=s.dual_clip,
+        stats=stats or None,
+        key=key,
+        **extra,
+    )
+    loss = pg_loss
+    sampled_mean = lambda x: jnp.sum(x * token_mask) / jnp.maximum(num_sampled, 1.0)
+    sums = {"loss/policy": pg_loss, "entropy": sampled_mean(ent)}
+    if mb.ref_logp is not None:
+        kl_tok = kl_lib.kl_estimate(logp, mb.ref_logp, kind=s.kl_kind)
+        sums["kl"] = sampled_mean(kl_tok)
+        if s.kl_in_loss:
+            kl_loss = _agg(kl_tok, mask, s, num_tokens, num_seqs)
+            loss = loss + kl_coef * kl_loss
+            sums["loss/kl"] = kl_loss
+    if s.entropy_coef:
+        loss = loss - s.entropy_coef * _agg(ent, mask, s, num_tokens, num_seqs)
+    sums["loss/total"] = loss
+    return loss, ({f"pg/{k}": v for k, v in pg_metrics.items()}, sums)
 
 
-def critic_micro_loss(critic_params, mb: TrainBatch, *, model_config, s: LossSettings,
-                      num_tokens, num_seqs):
-  values = completion_values(model_config, critic_params, mb.prompt_tokens, mb.prompt_mask,
-                             mb.tokens)
-  loss, m = value_lib.clipped_value_loss(values, mb.old_values, mb.returns, mb.mask,
-                                         clip=s.value_clip, agg="token-mean",
-                                         num_tokens=num_tokens, num_seqs=num_seqs)
-  tok_frac = jnp.sum(mb.mask) / jnp.maximum(num_tokens, 1.0)
-  return s.vf_coef * loss, {f"critic/{k}": v * tok_frac for k, v in m.items()} | {
-      "critic/loss": loss}
+def critic_micro_loss(
+    critic_params, mb: TrainBatch, *, model_config, s: LossSettings, num_tokens, num_seqs
+):
+    values = completion_values(
+        model_config, critic_params, mb.prompt_tokens, mb.prompt_mask, mb.tokens
+    )
+    loss, m = value_lib.clipped_value_loss(
+        values,
+        mb.old_values,
+        mb.returns,
+        mb.mask,
+        clip=s.value_clip,
+        agg="token-mean",
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+    )
+    tok_frac = jnp.sum(mb.mask) / jnp.maximum(num_tokens, 1.0)
+    return s.vf_coef * loss, {f"critic/{k}": v * tok_frac for k, v in m.items()} | {
+        "critic/loss": loss
+    }
 
 
 def _split_micro(tree, num_micro):
-  return jax.tree.map(lambda x: x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:]),
-                      tree)
+    return jax.tree.map(
+        lambda x: x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:]), tree
+    )
 
 
 def _tree_where(pred, a, b):
-  return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
-def train_step(state: TrainState, batch: TrainBatch, *, model_config, s: LossSettings,
-               num_micro: int, optimizer, critic_optimizer, policy_warmup: int):
-  """One optimiser update on a minibatch: scan over micro-batches, exact accumulation."""
-  num_tokens, num_seqs = batch_counts(batch.mask)
-  token_mask = batch.mask if batch.token_mask is None else batch.token_mask
-  num_sampled = jnp.sum(token_mask)
-  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 7)
-  micro = _split_micro(batch, num_micro)
+def train_step(
+    state: TrainState,
+    batch: TrainBatch,
+    *,
+    model_config,
+    s: LossSettings,
+    num_micro: int,
+    optimizer,
+    critic_optimizer,
+    policy_warmup: int,
+):
+    """One optimiser update on a minibatch: scan over micro-batches, exact accumulation."""
+    num_tokens, num_seqs = batch_counts(batch.mask)
+    token_mask = batch.mask if batch.token_mask is None else batch.token_mask
+    num_sampled = jnp.sum(token_mask)
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 7)
+    micro = _split_micro(batch, num_micro)
 
-  # Batch statistics on the whole minibatch (never per micro-batch).
-  extra = dict(s.loss_kwargs)
-  if s.forking_tokens > 0:
-    def fwd(_, mb):
-      _, ent = completion_logprobs(model_config, state.params, mb.prompt_tokens,
-                                   mb.prompt_mask, mb.tokens, temperature=s.temperature,
-                                   chunk=s.logprob_chunk, with_entropy=True)
-      return None, ent
-    _, ent = jax.lax.scan(fwd, None, micro)
-    extra.update(entropy=ent.reshape(batch.mask.shape), forking_top_fraction=s.forking_tokens)
-  if s.policy_loss == "clip_cov":
-    extra.setdefault("old_logp", batch.old_logp)
-  stats = registry.policy_loss_stats(s.policy_loss, batch.old_logp, batch.advantages,
-                                     batch.mask, key=key, **extra) if (
-      s.policy_loss in _NEEDS_POLICY_STATS or s.forking_tokens > 0) else {}
-  micro_stats = registry.split_stats(stats, num_micro)
+    # Batch statistics on the whole minibatch (never per micro-batch).
+    extra = dict(s.loss_kwargs)
+    if s.forking_tokens > 0:
 
-  grad_fn = jax.value_and_grad(policy_micro_loss, has_aux=True)
-  loss_kw = dict(model_config=model_config, s=s, num_tokens=num_tokens, num_seqs=num_seqs,
-                 num_sampled=num_sampled)
+        def fwd(_, mb):
+            _, ent = completion_logprobs(
+                model_config,
+                state.params,
+                mb.prompt_tokens,
+                mb.prompt_mask,
+                mb.tokens,
+                temperature=s.temperature,
+                chunk=s.logprob_chunk,
+                with_entropy=True,
+            )
+            return None, ent
 
-  def body(carry, xs):
-    grads, pg_acc, sums_acc = carry
-    mb, st = xs
-    (_, (pg_m, sums)), g = grad_fn(state.params, mb, st, state.kl_coef, key, **loss_kw)
-    weight = jnp.sum(mb.mask) / jnp.maximum(num_tokens, 1.0)
-    pg_acc = registry.merge_metrics(pg_acc, pg_m, weight=weight)
-    return (jax.tree.map(jnp.add, grads, g), pg_acc, jax.tree.map(jnp.add, sums_acc, sums)), None
+        _, ent = jax.lax.scan(fwd, None, micro)
+        extra.update(entropy=ent.reshape(batch.mask.shape), forking_top_fraction=s.forking_tokens)
+    if s.policy_loss == "clip_cov":
+        extra.setdefault("old_logp", batch.old_logp)
+    stats = (
+        registry.policy_loss_stats(
+            s.policy_loss, batch.old_logp, batch.advantages, batch.mask, key=key, **extra
+        )
+        if (s.policy_loss in _NEEDS_POLICY_STATS or s.forking_tokens > 0)
+        else {}
+    )
+    micro_stats = registry.split_stats(stats, num_micro)
 
-  first = (jax.tree.map(lambda x: x[0], micro), jax.tree.map(lambda x: x[0], micro_stats))
-  _, (pg_shape, sums_shape) = jax.eval_shape(
-      lambda: grad_fn(state.params, first[0], first[1], state.kl_coef, key, **loss_kw))[0]
-  init = (jax.tree.map(jnp.zeros_like, state.params), registry.init_metrics(pg_shape),
-          jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), sums_shape))
-  (grads, pg_metrics, metrics), _ = jax.lax.scan(body, init, (micro, micro_stats))
-  metrics = dict(metrics, **pg_metrics)
+    grad_fn = jax.value_and_grad(policy_micro_loss, has_aux=True)
+    loss_kw = dict(
+        model_config=model_config,
+        s=s,
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        num_sampled=num_sampled,
+    )
 
-  grad_norm = _global_norm(grads)
-  finite = jnp.isfinite(metrics["loss/total"]) & jnp.isfinite(grad_norm)
-  policy_on = finite & (state.step >= policy_warmup)
-  updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-  new_params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state.params, updates)
-  params = _tree_where(policy_on, new_params, state.params)
-  opt_state = _tree_where(policy_on, new_opt, state.opt_state)
-  metrics["grad_norm"] = grad_norm
-  metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
-  metrics["num_tokens"] = num_tokens
+    def body(carry, xs):
+        grads, pg_acc, sums_acc = carry
+        mb, st = xs
+        (_, (pg_m, sums)), g = grad_fn(state.params, mb, st, state.kl_coef, key, **loss_kw)
+        weight = jnp.sum(mb.mask) / jnp.maximum(num_tokens, 1.0)
+        pg_acc = registry.merge_metrics(pg_acc, pg_m, weight=weight)
+        return (
+            jax.tree.map(jnp.add, grads, g),
+            pg_acc,
+            jax.tree.map(jnp.add, sums_acc, sums),
+        ), None
 
-  critic_params, critic_opt = state.critic_params, state.critic_opt_state
-  if critic_params is not None:
-    cgrad_fn = jax.value_and_grad(critic_micro_loss, has_aux=True)
+    first = (jax.tree.map(lambda x: x[0], micro), jax.tree.map(lambda x: x[0], micro_stats))
+    _, (pg_shape, sums_shape) = jax.eval_shape(
+        lambda: grad_fn(state.params, first[0], first[1], state.kl_coef, key, **loss_kw)
+    )[0]
+    init = (
+        jax.tree.map(jnp.zeros_like, state.params),
+        registry.init_metrics(pg_shape),
+        jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), sums_shape),
+    )
+    (grads, pg_metrics, metrics), _ = jax.lax.scan(body, init, (micro, micro_stats))
+    metrics = dict(metrics, **pg_metrics)
 
-    def cbody(carry, mb):
-      g_acc, m_acc = carry
-      (_, m), g = cgrad_fn(critic_params, mb, model_config=model_config, s=s,
-                           num_tokens=num_tokens, num_seqs=num_seqs)
-      return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, m_acc, m)), None
+    grad_norm = _global_norm(grads)
+    finite = jnp.isfinite(metrics["loss/total"]) & jnp.isfinite(grad_norm)
+    policy_on = finite & (state.step >= policy_warmup)
+    updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+    new_params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state.params, updates)
+    params = _tree_where(policy_on, new_params, state.params)
+    opt_state = _tree_where(policy_on, new_opt, state.opt_state)
+    metrics["grad_norm"] = grad_norm
+    metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
+    metrics["num_tokens"] = num_tokens
 
-    _, cm_shape = jax.eval_shape(lambda: cgrad_fn(
-        critic_params, jax.tree.map(lambda x: x[0], micro), model_config=model_config, s=s,
-        num_tokens=num_tokens, num_seqs=num_seqs))[0]
-    zero_cm = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cm_shape)
-    (cgrads, cmetrics), _ = jax.lax.scan(
-        cbody, (jax.tree.map(jnp.zeros_like, critic_params), zero_cm), micro)
-    cfinite = jnp.isfinite(cmetrics["critic/loss"]) & jnp.isfinite(_global_norm(cgrads))
-    cupd, new_copt = critic_optimizer.update(cgrads, critic_opt, critic_params)
-    new_cp = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), critic_params, cupd)
-    critic_params = _tree_where(cfinite, new_cp, critic_params)
-    critic_opt = _tree_where(cfinite, new_copt, critic_opt)
-    metrics.update(cmetrics)
+    critic_params, critic_opt = state.critic_params, state.critic_opt_state
+    if critic_params is not None:
+        cgrad_fn = jax.value_and_grad(critic_micro_loss, has_aux=True)
 
-  new_state = state.replace(params=params, opt_state=opt_state, critic_params=critic_params,
-                            critic_opt_state=critic_opt)
-  return new_state, metrics
+        def cbody(carry, mb):
+            g_acc, m_acc = carry
+            (_, m), g = cgrad_fn(
+                critic_params,
+                mb,
+                model_config=model_config,
+                s=s,
+                num_tokens=num_tokens,
+                num_seqs=num_seqs,
+            )
+            return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, m_acc, m)), None
+
+        _, cm_shape = jax.eval_shape(
+            lambda: cgrad_fn(
+                critic_params,
+                jax.tree.map(lambda x: x[0], micro),
+                model_config=model_config,
+                s=s,
+                num_tokens=num_tokens,
+                num_seqs=num_seqs,
+            )
+        )[0]
+        zero_cm = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cm_shape)
+        (cgrads, cmetrics), _ = jax.lax.scan(
+            cbody, (jax.tree.map(jnp.zeros_like, critic_params), zero_cm), micro
+        )
+        cfinite = jnp.isfinite(cmetrics["critic/loss"]) & jnp.isfinite(_global_norm(cgrads))
+        cupd, new_copt = critic_optimizer.update(cgrads, critic_opt, critic_params)
+        new_cp = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), critic_params, cupd)
+        critic_params = _tree_where(cfinite, new_cp, critic_params)
+        critic_opt = _tree_where(cfinite, new_copt, critic_opt)
+        metrics.update(cmetrics)
+
+    new_state = state.replace(
+        params=params, opt_state=opt_state, critic_params=critic_params, critic_opt_state=critic_opt
+    )
+    return new_state, metrics
 
 
 def _global_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-                      for x in jax.tree.leaves(tree)))
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 class RLPrograms:
-  """The jitted programs of a run (update, log-prob and value passes), built once.
+    """The jitted programs of a run (update, log-prob and value passes), built once.
 
-  With `seeds=True` every program is vmapped over a leading seed axis of its state, params
-  and batch (S runs of one config, one device, no shardings): `train_step(state[S], batch[S])`,
-  `logprobs(params[S], rollout[S])`, `select_rows(batch[S], idx[S, M])`.
-  """
+    With `seeds=True` every program is vmapped over a leading seed axis of its state, params
+    and batch (S runs of one config, one device, no shardings): `train_step(state[S], batch[S])`,
+    `logprobs(params[S], rollout[S])`, `select_rows(batch[S], idx[S, M])`.
+    """
 
-  def __init__(self, config, model_config, optimizer, critic_optimizer, *, state_shardings=None,
-               batch_sharding=None, replicated=None, seeds: bool = False):
-    self.settings = LossSettings.from_config(config)
-    self.model_config = model_config
-    self.num_micro = config.train.minibatch_size // config.train.microbatch_size if (
-        config.train.minibatch_size and config.train.microbatch_size) else (
-            _rows(config) // config.train.microbatch_size if config.train.microbatch_size else 1)
-    self.batch_sharding = batch_sharding
-    step_fn = functools.partial(
-        train_step, model_config=model_config, s=self.settings, num_micro=self.num_micro,
-        optimizer=optimizer, critic_optimizer=critic_optimizer,
-        policy_warmup=int(config.critic.warmup_steps) if config.critic.enabled else 0)
-    if seeds:
-      self.train_step = jax.jit(jax.vmap(step_fn), donate_argnums=(0,))
-    else:
-      self.train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                                out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    chunk = self.settings.logprob_chunk
-    temp = self.settings.temperature
+    def __init__(
+        self,
+        config,
+        model_config,
+        optimizer,
+        critic_optimizer,
+        *,
+        state_shardings=None,
+        batch_sharding=None,
+        replicated=None,
+        seeds: bool = False,
+    ):
+        self.settings = LossSettings.from_config(config)
+        self.model_config = model_config
+        self.num_micro = (
+            config.train.minibatch_size // config.train.microbatch_size
+            if (config.train.minibatch_size and config.train.microbatch_size)
+            else (
+                _rows(config) // config.train.microbatch_size if config.train.microbatch_size else 1
+            )
+        )
+        self.batch_sharding = batch_sharding
+        step_fn = functools.partial(
+            train_step,
+            model_config=model_config,
+            s=self.settings,
+            num_micro=self.num_micro,
+            optimizer=optimizer,
+            critic_optimizer=critic_optimizer,
+            policy_warmup=int(config.critic.warmup_steps) if config.critic.enabled else 0,
+        )
+        if seeds:
+            self.train_step = jax.jit(jax.vmap(step_fn), donate_argnums=(0,))
+        else:
+            self.train_step = jax.jit(
+                step_fn,
+                in_shardings=(state_shardings, batch_sharding),
+                out_shardings=(state_shardings, replicated),
+                donate_argnums=(0,),
+            )
+        chunk = self.settings.logprob_chunk
+        temp = self.settings.temperature
 
-    def logp_fn(params, prompt_tokens, prompt_mask, tokens):
-      return completion_logprobs(model_config, params, prompt_tokens, prompt_mask, tokens,
-                                 temperature=temp, chunk=chunk, with_entropy=False)[0]
+        def logp_fn(params, prompt_tokens, prompt_mask, tokens):
+            return completion_logprobs(
+                model_config,
+                params,
+                prompt_tokens,
+                prompt_mask,
+                tokens,
+                temperature=temp,
+                chunk=chunk,
+                with_entropy=False,
+            )[0]
 
-    def value_fn(critic_params, prompt_tokens, prompt_mask, tokens):
-      return completion_values(model_config, critic_params, prompt_tokens, prompt_mask, tokens)
+        def value_fn(critic_params, prompt_tokens, prompt_mask, tokens):
+            return completion_values(
+                model_config, critic_params, prompt_tokens, prompt_mask, tokens
+            )
 
-    select = lambda batch, idx: jax.tree.map(lambda x: x[idx], batch)  # noqa: E731
-    if seeds:
-      def per_seed(fn):
-        return lambda rows, *args: jax.vmap(functools.partial(fn, rows))(*args)
-      self._logp = jax.jit(per_seed(_in_chunks(logp_fn)), static_argnums=0)
-      self._values = jax.jit(per_seed(_in_chunks(value_fn)), static_argnums=0)
-      self._select = jax.jit(jax.vmap(select))
-      return
-    rows = batch_sharding.mask  # [N, T] outputs split by rows, like the batch
-    self._logp = jax.jit(_in_chunks(logp_fn), static_argnums=0, out_shardings=rows)
-    self._values = jax.jit(_in_chunks(value_fn), static_argnums=0, out_shardings=rows)
-    # One SPMD program picks a minibatch's rows (a cross-process gather when rows live on
-    # several hosts), rather than eager per-field indexing plus a device_put: eager
-    # multi-process ops are separate computations whose collectives can interleave
-    # differently between processes and deadlock.
-    self._select = jax.jit(select, in_shardings=(None, replicated), out_shardings=batch_sharding)
+        select = lambda batch, idx: jax.tree.map(lambda x: x[idx], batch)  # noqa: E731
+        if seeds:
 
-  def select_rows(self, batch, idx):
-    """`batch` restricted to rows `idx` (host int array, the same on every process), laid out
-    with `batch_sharding`."""
-    return self._select(batch, np.asarray(idx, np.int32))
+            def per_seed(fn):
+                return lambda rows, *args: jax.vmap(functools.partial(fn, rows))(*args)
 
-  def logprobs(self, params, rollout, micro_rows: int):
-    """Sampled-token log-probs [N, T] of `rollout` under `params`, `micro_rows` rows at a time."""
-    return self._logp(micro_rows, params, rollout.prompt_tokens, rollout.prompt_mask,
-                      rollout.tokens)
+            self._logp = jax.jit(per_seed(_in_chunks(logp_fn)), static_argnums=0)
+            self._values = jax.jit(per_seed(_in_chunks(value_fn)), static_argnums=0)
+            self._select = jax.jit(jax.vmap(select))
+            return
+        rows = batch_sharding.mask  # [N, T] outputs split by rows, like the batch
+        self._logp = jax.jit(_in_chunks(logp_fn), static_argnums=0, out_shardings=rows)
+        self._values = jax.jit(_in_chunks(value_fn), static_argnums=0, out_shardings=rows)
+        # One SPMD program picks a minibatch's rows (a cross-process gather when rows live on
+        # several hosts), rather than eager per-field indexing plus a device_put: eager
+        # multi-process ops are separate computations whose collectives can interleave
+        # differently between processes and deadlock.
+        self._select = jax.jit(
+            select, in_shardings=(None, replicated), out_shardings=batch_sharding
+        )
 
-  def values(self, critic_params, rollout, micro_rows: int):
-    """Critic values [N, T] of `rollout`, `micro_rows` rows at a time."""
-    return self._values(micro_rows, critic_params, rollout.prompt_tokens, rollout.prompt_mask,
-                        rollout.tokens)
+    def select_rows(self, batch, idx):
+        """`batch` restricted to rows `idx` (host int array, the same on every process), laid out
+        with `batch_sharding`."""
+        return self._select(batch, np.asarray(idx, np.int32))
+
+    def logprobs(self, params, rollout, micro_rows: int):
+        """Sampled-token log-probs [N, T] of `rollout` under `params`, `micro_rows` rows at a time."""
+        return self._logp(
+            micro_rows, params, rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens
+        )
+
+    def values(self, critic_params, rollout, micro_rows: int):
+        """Critic values [N, T] of `rollout`, `micro_rows` rows at a time."""
+        return self._values(
+            micro_rows, critic_params, rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens
+        )
 
 
 def _rows(config):
-  return config.train.prompts_per_step * config.train.samples_per_prompt
+    return config.train.prompts_per_step * config.train.samples_per_prompt
 
 
 def _in_chunks(fn):
-  """`fn(params, prompt_tokens, prompt_mask, tokens)` over the batch `rows` rows at a time, in
-  one program (memory-lean: `lax.map` runs the chunks one after another).
+    """`fn(params, prompt_tokens, prompt_mask, tokens)` over the batch `rows` rows at a time, in
+    one program (memory-lean: `lax.map` runs the chunks one after another).
 
-  Chunk c holds rows c, c + C, c + 2C, ... (C = N / rows chunks), so each device's block of
-  a row-sharded batch is split evenly between the chunks and no chunk needs rows from
-  another device. Rows are independent, so the chunking changes the order of the work, not
-  what is computed. When `rows` does not divide N the chunks are consecutive slices instead.
-  """
-  def run(rows, params, prompt_tokens, prompt_mask, tokens):
-    n = tokens.shape[0]
-    rows = rows or n
-    if rows >= n:
-      return fn(params, prompt_tokens, prompt_mask, tokens)
-    if n % rows:
-      outs = [fn(params, prompt_tokens[i:i + rows], prompt_mask[i:i + rows], tokens[i:i + rows])
-              for i in range(0, n, rows)]
-      return jnp.concatenate(outs, axis=0)
-    c = n // rows
-    split = lambda x: jnp.moveaxis(x.reshape(rows, c, *x.shape[1:]), 1, 0)  # noqa: E731
-    out = jax.lax.map(lambda xs: fn(params, *xs), (split(prompt_tokens), split(prompt_mask),
-                                                   split(tokens)))
-    return jnp.moveaxis(out, 0, 1).reshape(n, *out.shape[2:])
-  return run
+    Chunk c holds rows c, c + C, c + 2C, ... (C = N / rows chunks), so each device's block of
+    a row-sharded batch is split evenly between the chunks and no chunk needs rows from
+    another device. Rows are independent, so the chunking changes the order of the work, not
+    what is computed. When `rows` does not divide N the chunks are consecutive slices instead.
+    """
+
+    def run(rows, params, prompt_tokens, prompt_mask, tokens):
+        n = tokens.shape[0]
+        rows = rows or n
+        if rows >= n:
+            return fn(params, prompt_tokens, prompt_mask, tokens)
+        if n % rows:
+            outs = [
+                fn(
+                    params,
+                    prompt_tokens[i : i + rows],
+                    prompt_mask[i : i + rows],
+                    tokens[i : i + rows],
+                )
+                for i in range(0, n, rows)
+            ]
+            return jnp.concatenate(outs, axis=0)
+        c = n // rows
+        split = lambda x: jnp.moveaxis(x.reshape(rows, c, *x.shape[1:]), 1, 0)  # noqa: E731
+        out = jax.lax.map(
+            lambda xs: fn(params, *xs), (split(prompt_tokens), split(prompt_mask), split(tokens))
+        )
+        return jnp.moveaxis(out, 0, 1).reshape(n, *out.shape[2:])
+
+    return run
 
 
-@functools.partial(jax.jit, static_argnames=("name", "group_size", "kl_in_reward", "kl_kind",
-                                             "gamma", "lam", "eps", "ddof", "w_lambda"))
-def _advantages(rewards, mask, old_logp, ref_logp, values, greedy_rewards, kl_coef, *, name,
-                group_size, kl_in_reward, kl_kind, gamma, lam, eps, ddof, w_lambda):
-  kl = kl_lib.kl_estimate(old_logp, ref_logp, kind=kl_kind) if kl_in_reward else None
-  token_rewards = to_token_rewards(rewards, mask, kl=kl, kl_coef=kl_coef if kl_in_reward else 0.0)
-  adv, ret, weight = registry.compute_advantages(
-      name, rewards=rewards, mask=mask, group_size=group_size, token_rewards=token_rewards,
-      values=values, greedy_rewards=greedy_rewards, gamma=gamma, lam=lam, eps=eps, ddof=ddof,
-      w_lambda=w_lambda)
-  return token_rewards, adv, ret, weight
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "name",
+        "group_size",
+        "kl_in_reward",
+        "kl_kind",
+        "gamma",
+        "lam",
+        "eps",
+        "ddof",
+        "w_lambda",
+    ),
+)
+def _advantages(
+    rewards,
+    mask,
+    old_logp,
+    ref_logp,
+    values,
+    greedy_rewards,
+    kl_coef,
+    *,
+    name,
+    group_size,
+    kl_in_reward,
+    kl_kind,
+    gamma,
+    lam,
+    eps,
+    ddof,
+    w_lambda,
+):
+    kl = kl_lib.kl_estimate(old_logp, ref_logp, kind=kl_kind) if kl_in_reward else None
+    token_rewards = to_token_rewards(rewards, mask, kl=kl, kl_coef=kl_coef if kl_in_reward else 0.0)
+    adv, ret, weight = registry.compute_advantages(
+        name,
+        rewards=rewards,
+        mask=mask,
+        group_size=group_size,
+        token_rewards=token_rewards,
+        values=values,
+        greedy_rewards=greedy_rewards,
+        gamma=gamma,
+        lam=lam,
+        eps=eps,
+        ddof=ddof,
+        w_lambda=w_lambda,
+    )
+    return token_rewards, adv, ret, weight
 
 
 def compute_advantages(config, rollout, rewards, kl_coef=0.0, greedy_rewards=None):
-  """Token rewards (minus a per-token KL penalty when KL lives in the reward) and advantages.
+    """Token rewards (minus a per-token KL penalty when KL lives in the reward) and advantages.
 
-  One jitted program per estimator and shape; `kl_coef` is traced (adaptive controller).
-  """
-  a = config.algo
-  kl_in_reward = a.kl.placement == "reward" and rollout.ref_logp is not None
-  return _advantages(
-      jnp.asarray(rewards, jnp.float32), rollout.mask.astype(jnp.float32), rollout.old_logp,
-      rollout.ref_logp, rollout.values, greedy_rewards, jnp.asarray(kl_coef, jnp.float32),
-      name=a.advantage, group_size=int(config.train.samples_per_prompt),
-      kl_in_reward=kl_in_reward, kl_kind=a.kl.kind, gamma=float(a.gamma), lam=float(a.lam),
-      eps=float(a.eps), ddof=int(a.ddof), w_lambda=float(a.w_lambda))
+    One jitted program per estimator and shape; `kl_coef` is traced (adaptive controller).
+    """
+    a = config.algo
+    kl_in_reward = a.kl.placement == "reward" and rollout.ref_logp is not None
+    return _advantages(
+        jnp.asarray(rewards, jnp.float32),
+        rollout.mask.astype(jnp.float32),
+        rollout.old_logp,
+        rollout.ref_logp,
+        rollout.values,
+        greedy_rewards,
+        jnp.asarray(kl_coef, jnp.float32),
+        name=a.advantage,
+        group_size=int(config.train.samples_per_prompt),
+        kl_in_reward=kl_in_reward,
+        kl_kind=a.kl.kind,
+        gamma=float(a.gamma),
+        lam=float(a.lam),
+        eps=float(a.eps),
+        ddof=int(a.ddof),
+        w_lambda=float(a.w_lambda),
+    )
 
 
 def advantage_stats(adv, mask):
-  m = np.asarray(mask) > 0
-  a = np.asarray(adv)[m]
-  if a.size == 0:
-    return {"adv/mean": 0.0, "adv/std": 0.0, "adv/abs_mean": 0.0}
-  return {"adv/mean": float(a.mean()), "adv/std": float(a.std()),
-          "adv/abs_mean": float(np.abs(a).mean())}
+    m = np.asarray(mask) > 0
+    a = np.asarray(adv)[m]
+    if a.size == 0:
+        return {"adv/mean": 0.0, "adv/std": 0.0, "adv/abs_mean": 0.0}
+    return {
+        "adv/mean": float(a.mean()),
+        "adv/std": float(a.std()),
+        "adv/abs_mean": float(np.abs(a).mean()),
+    }
 
 
 def sample_indices(rng: np.random.Generator, n: int, minibatch: int):
-  perm = rng.permutation(n)
-  return [perm[i:i + minibatch] for i in range(0, n, minibatch)]
+    perm = rng.permutation(n)
+    return [perm[i : i + minibatch] for i in range(0, n, minibatch)]
 
 
 def nan_guard_message(bad: int, limit: int, step: int) -> str:
-  return (f"stopping: {bad} consecutive steps had a non-finite loss or gradient "
-          f"(limit train.max_bad_steps = {limit}) at step {step}; the last good checkpoint "
-          "is kept in the workdir")
-
-
+    return (
+        f"stopping: {bad} consecutive steps had a non-finite loss or gradient "
+        f"(limit train.max_bad_steps = {limit}) at step {step}; the last good checkpoint "
+        "is kept in the workdir"
+    )

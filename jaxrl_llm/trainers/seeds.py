@@ -26,6 +26,7 @@ initial policy: the SFT warm start runs once (every seed would compute the same 
 depends on `sft.seed`, not `train.seed`) and is copied into each seed's workdir. When the NaN
 guard stops one seed, the whole group stops at its last good checkpoints.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,280 +49,376 @@ __all__ = ["SeedsTrainer", "train_seeds", "seed_config"]
 
 
 def seed_config(config, seed: int):
-  """`config` with `train.seed = seed` on one device (unlocked copy)."""
-  c = copy.deepcopy(config)
-  c.unlock()
-  c.train.seed = int(seed)
-  c.mesh.num_devices = 1
-  return c
+    """`config` with `train.seed = seed` on one device (unlocked copy)."""
+    c = copy.deepcopy(config)
+    c.unlock()
+    c.train.seed = int(seed)
+    c.mesh.num_devices = 1
+    return c
 
 
 def _check(config, workdirs, seeds):
-  if len(workdirs) != len(seeds) or not seeds:
-    raise config_lib.ConfigError(
-        f"vmapped seeds: {len(seeds)} seeds {list(seeds)} but {len(workdirs)} workdirs; give one "
-        "workdir per seed")
-  if len(set(seeds)) != len(seeds) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
-    raise config_lib.ConfigError(f"vmapped seeds: seeds {list(seeds)} and workdirs must be distinct")
-  if config.data.dynamic_sampling:
-    raise config_lib.ConfigError("config.data.dynamic_sampling = True cannot run as vmapped seeds "
-                                 "(each seed re-samples a different number of times); run the "
-                                 "seeds as separate runs")
-  if config.data.replay_fraction:
-    raise config_lib.ConfigError(f"config.data.replay_fraction = {config.data.replay_fraction} "
-                                 "cannot run as vmapped seeds (batch sizes differ per seed); run "
-                                 "the seeds as separate runs")
-  if jax.process_count() > 1:
-    raise config_lib.ConfigError("vmapped seeds run in one process; got "
-                                 f"{jax.process_count()} processes")
+    if len(workdirs) != len(seeds) or not seeds:
+        raise config_lib.ConfigError(
+            f"vmapped seeds: {len(seeds)} seeds {list(seeds)} but {len(workdirs)} workdirs; give one "
+            "workdir per seed"
+        )
+    if len(set(seeds)) != len(seeds) or len(set(map(os.path.abspath, workdirs))) != len(workdirs):
+        raise config_lib.ConfigError(
+            f"vmapped seeds: seeds {list(seeds)} and workdirs must be distinct"
+        )
+    if config.data.dynamic_sampling:
+        raise config_lib.ConfigError(
+            "config.data.dynamic_sampling = True cannot run as vmapped seeds "
+            "(each seed re-samples a different number of times); run the "
+            "seeds as separate runs"
+        )
+    if config.data.replay_fraction:
+        raise config_lib.ConfigError(
+            f"config.data.replay_fraction = {config.data.replay_fraction} "
+            "cannot run as vmapped seeds (batch sizes differ per seed); run "
+            "the seeds as separate runs"
+        )
+    if jax.process_count() > 1:
+        raise config_lib.ConfigError(
+            f"vmapped seeds run in one process; got {jax.process_count()} processes"
+        )
 
 
 def _stack(trees):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def _seed(tree, s):
-  return jax.tree.map(lambda x: x[s], tree)
+    return jax.tree.map(lambda x: x[s], tree)
 
 
 class SeedsTrainer:
-  """S runs of one config (seeds `seeds`, workdirs `workdirs`) stepped as one vmapped program."""
+    """S runs of one config (seeds `seeds`, workdirs `workdirs`) stepped as one vmapped program."""
 
-  def __init__(self, config, workdirs, seeds):
-    seeds = [int(s) for s in seeds]
-    _check(config, workdirs, seeds)
-    self.seeds = seeds
-    # One plain trainer per seed: its config, workdir, writer, checkpointer and host methods.
-    self.runs = [rl.Trainer(seed_config(config, s), w) for s, w in zip(seeds, workdirs)]
-    self.lead = self.runs[0]
-    self.config = self.lead.config
-    self.compiles = metrics_lib.CompileCounter()
-    self.programs = None
+    def __init__(self, config, workdirs, seeds):
+        seeds = [int(s) for s in seeds]
+        _check(config, workdirs, seeds)
+        self.seeds = seeds
+        # One plain trainer per seed: its config, workdir, writer, checkpointer and host methods.
+        self.runs = [rl.Trainer(seed_config(config, s), w) for s, w in zip(seeds, workdirs)]
+        self.lead = self.runs[0]
+        self.config = self.lead.config
+        self.compiles = metrics_lib.CompileCounter()
+        self.programs = None
 
-  # ----------------------------------------------------------------------------- device work
-  def rollout(self, params, examples, keys, sampling):
-    """`rollout.generate_seeds` on each seed's prompts (one shared bucket); completions as text."""
-    lead = self.lead
-    batches = [lead._prompt_batch(ex) for ex in examples]  # pylint: disable=protected-access
-    p_len = max(b.tokens.shape[1] for b in batches)      # each seed left-padded to the longest
-    widen = lambda x, fill: np.pad(np.asarray(x), ((0, 0), (p_len - x.shape[1], 0)),  # noqa: E731
-                                   constant_values=fill)
-    pad_id = int(lead.tokenizer.pad_token_id or 0)
-    prompts = rollout_lib.PromptBatch(tokens=np.stack([widen(b.tokens, pad_id) for b in batches]),
-                                      mask=np.stack([widen(b.mask, 0) for b in batches]))
-    ro = rollout_lib.generate_seeds(params, lead.model_config, prompts, keys, sampling)
-    host = jax.device_get(ro)
-    completions = [rollout_lib.decode_completions(lead.tokenizer, _seed(host, s))
-                   for s in range(len(self.runs))]
-    return ro, completions
+    # ----------------------------------------------------------------------------- device work
+    def rollout(self, params, examples, keys, sampling):
+        """`rollout.generate_seeds` on each seed's prompts (one shared bucket); completions as text."""
+        lead = self.lead
+        batches = [lead._prompt_batch(ex) for ex in examples]  # pylint: disable=protected-access
+        p_len = max(b.tokens.shape[1] for b in batches)  # each seed left-padded to the longest
+        widen = lambda x, fill: np.pad(
+            np.asarray(x),
+            ((0, 0), (p_len - x.shape[1], 0)),  # noqa: E731
+            constant_values=fill,
+        )
+        pad_id = int(lead.tokenizer.pad_token_id or 0)
+        prompts = rollout_lib.PromptBatch(
+            tokens=np.stack([widen(b.tokens, pad_id) for b in batches]),
+            mask=np.stack([widen(b.mask, 0) for b in batches]),
+        )
+        ro = rollout_lib.generate_seeds(params, lead.model_config, prompts, keys, sampling)
+        host = jax.device_get(ro)
+        completions = [
+            rollout_lib.decode_completions(lead.tokenizer, _seed(host, s))
+            for s in range(len(self.runs))
+        ]
+        return ro, completions
 
-  def evaluate(self, params):
-    """Each seed's held-out metrics (the prompts and key a separate run uses)."""
-    c = self.config
-    examples = self.lead.task.examples("test", c.eval.size, c.eval.seed)
-    keys = jax.random.wrap_key_data(jnp.stack(
-        [jax.random.key_data(jax.random.key(c.eval.seed))] * len(self.runs)))
-    _, completions = self.rollout(params, [examples] * len(self.runs), keys,
-                                  self.lead.eval_sampling)
-    return [run.eval_summary(examples, comp) for run, comp in zip(self.runs, completions)]
+    def evaluate(self, params):
+        """Each seed's held-out metrics (the prompts and key a separate run uses)."""
+        c = self.config
+        examples = self.lead.task.examples("test", c.eval.size, c.eval.seed)
+        keys = jax.random.wrap_key_data(
+            jnp.stack([jax.random.key_data(jax.random.key(c.eval.seed))] * len(self.runs))
+        )
+        _, completions = self.rollout(
+            params, [examples] * len(self.runs), keys, self.lead.eval_sampling
+        )
+        return [run.eval_summary(examples, comp) for run, comp in zip(self.runs, completions)]
 
-  # ----------------------------------------------------------------------------- set-up
-  def initial_state(self, log):
-    """Stacked initial train states: one shared initial policy, per-seed RNG / critic init."""
-    lead = self.lead
-    params = lead.initial_params(log)
-    sft_dir = os.path.join(lead.workdir, "sft")
-    for run in self.runs[1:]:   # the SFT warm start is the same for every seed: copy it
-      dst = os.path.join(run.workdir, "sft")
-      if os.path.exists(os.path.join(sft_dir, "config.json")) and not os.path.exists(dst):
-        shutil.copytree(sft_dir, dst)
-    return [run.init_state(params) for run in self.runs]
+    # ----------------------------------------------------------------------------- set-up
+    def initial_state(self, log):
+        """Stacked initial train states: one shared initial policy, per-seed RNG / critic init."""
+        lead = self.lead
+        params = lead.initial_params(log)
+        sft_dir = os.path.join(lead.workdir, "sft")
+        for run in self.runs[1:]:  # the SFT warm start is the same for every seed: copy it
+            dst = os.path.join(run.workdir, "sft")
+            if os.path.exists(os.path.join(sft_dir, "config.json")) and not os.path.exists(dst):
+                shutil.copytree(sft_dir, dst)
+        return [run.init_state(params) for run in self.runs]
 
-  def _restore(self, states, log):
-    """(stacked state, metas, step) from the newest step every seed has a checkpoint of;
-    later checkpoints of some seeds (a group killed between the seeds' saves) are dropped."""
-    steps = [set(run.checkpointer.all_steps()) for run in self.runs]
-    common = set.intersection(*steps)
-    if not common:
-      if any(steps):
-        found = {run.workdir: sorted(st) for run, st in zip(self.runs, steps)}
-        raise RuntimeError(
-            f"vmapped seeds: no checkpoint step is common to all seeds ({found}); resume "
-            "these seeds as separate runs, or start the group in fresh workdirs (a group "
-            "killed between its seeds' saves needs checkpoint.keep >= 2 to resume)")
-      return _stack(states), None, 0
-    step = max(common)
-    restored, metas = [], []
-    for run, state in zip(self.runs, states):
-      run.checkpointer.discard_after(step)
-      st, meta = run.checkpointer.restore(state, step=step)
-      restored.append(st)
-      metas.append(meta)
-    log(f"resumed {len(self.runs)} seeds from step {step}")
-    return _stack(restored), metas, step
+    def _restore(self, states, log):
+        """(stacked state, metas, step) from the newest step every seed has a checkpoint of;
+        later checkpoints of some seeds (a group killed between the seeds' saves) are dropped."""
+        steps = [set(run.checkpointer.all_steps()) for run in self.runs]
+        common = set.intersection(*steps)
+        if not common:
+            if any(steps):
+                found = {run.workdir: sorted(st) for run, st in zip(self.runs, steps)}
+                raise RuntimeError(
+                    f"vmapped seeds: no checkpoint step is common to all seeds ({found}); resume "
+                    "these seeds as separate runs, or start the group in fresh workdirs (a group "
+                    "killed between its seeds' saves needs checkpoint.keep >= 2 to resume)"
+                )
+            return _stack(states), None, 0
+        step = max(common)
+        restored, metas = [], []
+        for run, state in zip(self.runs, states):
+            run.checkpointer.discard_after(step)
+            st, meta = run.checkpointer.restore(state, step=step)
+            restored.append(st)
+            metas.append(meta)
+        log(f"resumed {len(self.runs)} seeds from step {step}")
+        return _stack(restored), metas, step
 
-  # ----------------------------------------------------------------------------- the loop
-  def run(self, log=print):
-    c = self.config
-    for run in self.runs:
-      metrics_lib.write_provenance(run.workdir, run.config)
-    self.lead.pool = tasks_lib.RewardPool(num_workers=c.task.reward_workers,
-                                              timeout_s=c.task.reward_timeout_s)
-    for run in self.runs[1:]:
-      run.pool = self.lead.pool
-    try:
-      return self._run(log)
-    finally:
-      self.lead.pool.close()
-      for run in self.runs:
-        run.writer.close()
+    # ----------------------------------------------------------------------------- the loop
+    def run(self, log=print):
+        c = self.config
+        for run in self.runs:
+            metrics_lib.write_provenance(run.workdir, run.config)
+        self.lead.pool = tasks_lib.RewardPool(
+            num_workers=c.task.reward_workers, timeout_s=c.task.reward_timeout_s
+        )
+        for run in self.runs[1:]:
+            run.pool = self.lead.pool
+        try:
+            return self._run(log)
+        finally:
+            self.lead.pool.close()
+            for run in self.runs:
+                run.writer.close()
 
-  def _run(self, log):
-    c = self.config
-    sources = [run.make_source() for run in self.runs]
-    state, metas, start_step = self._restore(self.initial_state(log), log)
-    self.programs = rl_step.RLPrograms(c, self.lead.model_config, self.lead.optimizer,
-                                       self.lead.critic_optimizer, seeds=True)
-    fresh = {"bad_steps": 0, "skipped_total": 0, "reward_errors": 0, "reward_timeouts": 0,
-             "reward_nans": 0}
-    counters = [dict(fresh) for _ in self.runs]
-    histories = [[] for _ in self.runs]
-    if metas is not None:
-      for s, meta in enumerate(metas):
-        sources[s].load_state_dict(meta["source"])
-        counters[s].update(meta["counters"])
-        histories[s] = meta.get("history", [])
-    initial = [None] * len(self.runs)
-    if start_step == 0:
-      initial = self.evaluate(state.params)
-      for run, ev, hist in zip(self.runs, initial, histories):
-        run.writer.scalars(0, ev)
-        hist.append({"step": 0, **ev})
-      log("held-out accuracy before RL: " + ", ".join(
-          f"seed {s} {ev['eval/accuracy']:.3f}" for s, ev in zip(self.seeds, initial)))
+    def _run(self, log):
+        c = self.config
+        sources = [run.make_source() for run in self.runs]
+        state, metas, start_step = self._restore(self.initial_state(log), log)
+        self.programs = rl_step.RLPrograms(
+            c, self.lead.model_config, self.lead.optimizer, self.lead.critic_optimizer, seeds=True
+        )
+        fresh = {
+            "bad_steps": 0,
+            "skipped_total": 0,
+            "reward_errors": 0,
+            "reward_timeouts": 0,
+            "reward_nans": 0,
+        }
+        counters = [dict(fresh) for _ in self.runs]
+        histories = [[] for _ in self.runs]
+        if metas is not None:
+            for s, meta in enumerate(metas):
+                sources[s].load_state_dict(meta["source"])
+                counters[s].update(meta["counters"])
+                histories[s] = meta.get("history", [])
+        initial = [None] * len(self.runs)
+        if start_step == 0:
+            initial = self.evaluate(state.params)
+            for run, ev, hist in zip(self.runs, initial, histories):
+                run.writer.scalars(0, ev)
+                hist.append({"step": 0, **ev})
+            log(
+                "held-out accuracy before RL: "
+                + ", ".join(
+                    f"seed {s} {ev['eval/accuracy']:.3f}" for s, ev in zip(self.seeds, initial)
+                )
+            )
 
-    t_start = time.time()
-    for step in range(start_step, c.train.steps):
-      state, outs = self.train_one_step(state, sources, step, counters)
-      for run, m, hist in zip(self.runs, outs, histories):
-        m["compiles"] = float(self.compiles.count)
-        if rl.log_every(step + 1, c.log.every):
-          run.writer.scalars(step + 1, m)
-        hist.append({"step": step + 1, **{k: float(v) for k, v in m.items()
-                                          if k in rl.HISTORY_KEYS}})
-      if c.log.progress and (step + 1) % max(c.log.every, 1) == 0:
-        log(f"step {step + 1}: reward " + " ".join(f"{m['train/reward']:.3f}" for m in outs))
-      bad = [s for s, cnt in zip(self.seeds, counters) if cnt["bad_steps"] >= c.train.max_bad_steps]
-      if bad:
-        msg = (rl_step.nan_guard_message(c.train.max_bad_steps, c.train.max_bad_steps, step + 1)
-               + f" (seeds {bad} of the vmapped group {self.seeds})")
-        logging.error(msg)
-        raise rl.TrainingStopped(msg)
-      if c.eval.every and (step + 1) % c.eval.every == 0 and step + 1 < c.train.steps:
-        for run, ev, hist in zip(self.runs, self.evaluate(state.params), histories):
-          run.writer.scalars(step + 1, ev)
-          hist.append({"step": step + 1, **ev})
-      last = step + 1 == c.train.steps
-      if (c.checkpoint.every and (step + 1) % c.checkpoint.every == 0) or last:
-        if all(cnt["bad_steps"] == 0 for cnt in counters):
-          for s, run in enumerate(self.runs):
-            run.checkpointer.save(step + 1, _seed(state, s), {
-                "source": sources[s].state_dict(), "counters": counters[s],
-                "history": histories[s]})
-    finals = self.evaluate(state.params)
-    seconds = time.time() - t_start
-    summaries = [run.finish(ev, ini, cnt, hist, seconds, log=lambda *a: None)
-                 for run, ev, ini, cnt, hist in zip(self.runs, finals, initial, counters,
-                                                     histories)]
-    log("held-out accuracy after RL: " + ", ".join(
-        f"seed {s} {ev['eval/accuracy']:.3f}" for s, ev in zip(self.seeds, finals)))
-    self.state = state
-    return summaries
+        t_start = time.time()
+        for step in range(start_step, c.train.steps):
+            state, outs = self.train_one_step(state, sources, step, counters)
+            for run, m, hist in zip(self.runs, outs, histories):
+                m["compiles"] = float(self.compiles.count)
+                if rl.log_every(step + 1, c.log.every):
+                    run.writer.scalars(step + 1, m)
+                hist.append(
+                    {
+                        "step": step + 1,
+                        **{k: float(v) for k, v in m.items() if k in rl.HISTORY_KEYS},
+                    }
+                )
+            if c.log.progress and (step + 1) % max(c.log.every, 1) == 0:
+                log(
+                    f"step {step + 1}: reward " + " ".join(f"{m['train/reward']:.3f}" for m in outs)
+                )
+            bad = [
+                s
+                for s, cnt in zip(self.seeds, counters)
+                if cnt["bad_steps"] >= c.train.max_bad_steps
+            ]
+            if bad:
+                msg = (
+                    rl_step.nan_guard_message(
+                        c.train.max_bad_steps, c.train.max_bad_steps, step + 1
+                    )
+                    + f" (seeds {bad} of the vmapped group {self.seeds})"
+                )
+                logging.error(msg)
+                raise rl.TrainingStopped(msg)
+            if c.eval.every and (step + 1) % c.eval.every == 0 and step + 1 < c.train.steps:
+                for run, ev, hist in zip(self.runs, self.evaluate(state.params), histories):
+                    run.writer.scalars(step + 1, ev)
+                    hist.append({"step": step + 1, **ev})
+            last = step + 1 == c.train.steps
+            if (c.checkpoint.every and (step + 1) % c.checkpoint.every == 0) or last:
+                if all(cnt["bad_steps"] == 0 for cnt in counters):
+                    for s, run in enumerate(self.runs):
+                        run.checkpointer.save(
+                            step + 1,
+                            _seed(state, s),
+                            {
+                                "source": sources[s].state_dict(),
+                                "counters": counters[s],
+                                "history": histories[s],
+                            },
+                        )
+        finals = self.evaluate(state.params)
+        seconds = time.time() - t_start
+        summaries = [
+            run.finish(ev, ini, cnt, hist, seconds, log=lambda *a: None)
+            for run, ev, ini, cnt, hist in zip(self.runs, finals, initial, counters, histories)
+        ]
+        log(
+            "held-out accuracy after RL: "
+            + ", ".join(f"seed {s} {ev['eval/accuracy']:.3f}" for s, ev in zip(self.seeds, finals))
+        )
+        self.state = state
+        return summaries
 
-  def train_one_step(self, state, sources, step, counters):
-    """One RL step of every seed: a list of per-seed metric dicts, as `Trainer.train_one_step`."""
-    c = self.config
-    lead, runs = self.lead, self.runs
-    group = c.train.samples_per_prompt
-    timings = {}
-    t0 = time.time()
-    examples = [src.next(c.train.prompts_per_step) for src in sources]
-    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(
-        jax.random.wrap_key_data(r), step), 0))(state.rng)        # a separate run's attempt 0
-    ro, completions = self.rollout(state.params, examples, keys, lead.sampling)
-    rewards, correct, infos = [], [], []
-    for run, cnt, ex, comp in zip(runs, counters, examples, completions):
-      r, ok, info = run.score(comp, [e for e in ex for _ in range(group)])
-      for k_src, k_dst in (("errors", "reward_errors"), ("timeouts", "reward_timeouts"),
-                           ("nans", "reward_nans")):
-        cnt[k_dst] += int(info.get(k_src, 0))
-      rewards.append(r)
-      correct.append(ok)
-      infos.append(info)
-    ro = jax.block_until_ready(ro)
-    timings["time/rollout"] = time.time() - t0
+    def train_one_step(self, state, sources, step, counters):
+        """One RL step of every seed: a list of per-seed metric dicts, as `Trainer.train_one_step`."""
+        c = self.config
+        lead, runs = self.lead, self.runs
+        group = c.train.samples_per_prompt
+        timings = {}
+        t0 = time.time()
+        examples = [src.next(c.train.prompts_per_step) for src in sources]
+        keys = jax.vmap(
+            lambda r: jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(r), step), 0)
+        )(state.rng)  # a separate run's attempt 0
+        ro, completions = self.rollout(state.params, examples, keys, lead.sampling)
+        rewards, correct, infos = [], [], []
+        for run, cnt, ex, comp in zip(runs, counters, examples, completions):
+            r, ok, info = run.score(comp, [e for e in ex for _ in range(group)])
+            for k_src, k_dst in (
+                ("errors", "reward_errors"),
+                ("timeouts", "reward_timeouts"),
+                ("nans", "reward_nans"),
+            ):
+                cnt[k_dst] += int(info.get(k_src, 0))
+            rewards.append(r)
+            correct.append(ok)
+            infos.append(info)
+        ro = jax.block_until_ready(ro)
+        timings["time/rollout"] = time.time() - t0
 
-    ro_mask, ro_truncated = jax.device_get((ro.mask, ro.truncated))
-    shaped = [run.shape_rewards(rewards[s], correct[s], infos[s], ro_mask[s], ro_truncated[s])
-              for s, run in enumerate(runs)]
-    rewards = [x[0] for x in shaped]
-    shape_weight = np.stack([x[1] for x in shaped])
-    lengths = [x[2] for x in shaped]
+        ro_mask, ro_truncated = jax.device_get((ro.mask, ro.truncated))
+        shaped = [
+            run.shape_rewards(rewards[s], correct[s], infos[s], ro_mask[s], ro_truncated[s])
+            for s, run in enumerate(runs)
+        ]
+        rewards = [x[0] for x in shaped]
+        shape_weight = np.stack([x[1] for x in shaped])
+        lengths = [x[2] for x in shaped]
 
-    t0 = time.time()
-    micro = lead.microbatch
-    mask = ro.mask.astype(jnp.float32)
-    old_logp = ro.sampler_logp
-    if c.algo.recompute_old_logp:
-      old_logp = self.programs.logprobs(state.params, ro, micro)
-    ref_logp = self.programs.logprobs(state.ref_params, ro, micro) if lead.needs_ref else None
-    values = self.programs.values(state.critic_params, ro, micro) if c.critic.enabled else None
-    ro = ro.replace(rewards=jnp.asarray(np.stack(rewards)), old_logp=old_logp,
-                    ref_logp=ref_logp, values=values)
-    timings["time/logprob"] = time.time() - t0
+        t0 = time.time()
+        micro = lead.microbatch
+        mask = ro.mask.astype(jnp.float32)
+        old_logp = ro.sampler_logp
+        if c.algo.recompute_old_logp:
+            old_logp = self.programs.logprobs(state.params, ro, micro)
+        ref_logp = self.programs.logprobs(state.ref_params, ro, micro) if lead.needs_ref else None
+        values = self.programs.values(state.critic_params, ro, micro) if c.critic.enabled else None
+        ro = ro.replace(
+            rewards=jnp.asarray(np.stack(rewards)),
+            old_logp=old_logp,
+            ref_logp=ref_logp,
+            values=values,
+        )
+        timings["time/logprob"] = time.time() - t0
 
-    token_rewards, adv, ret, weight = jax.vmap(
-        lambda r, rew, k: rl_step.compute_advantages(c, r, rew, k))(ro, ro.rewards, state.kl_coef)
-    del token_rewards
-    loss_mask = mask * (weight * jnp.asarray(shape_weight))[..., None]
-    batch = rl_step.TrainBatch(
-        prompt_tokens=ro.prompt_tokens, prompt_mask=ro.prompt_mask, tokens=ro.tokens,
-        mask=loss_mask, old_logp=old_logp, advantages=adv, ref_logp=ref_logp,
-        old_values=values, returns=ret if c.critic.enabled else None, token_mask=mask)
+        token_rewards, adv, ret, weight = jax.vmap(
+            lambda r, rew, k: rl_step.compute_advantages(c, r, rew, k)
+        )(ro, ro.rewards, state.kl_coef)
+        del token_rewards
+        loss_mask = mask * (weight * jnp.asarray(shape_weight))[..., None]
+        batch = rl_step.TrainBatch(
+            prompt_tokens=ro.prompt_tokens,
+            prompt_mask=ro.prompt_mask,
+            tokens=ro.tokens,
+            mask=loss_mask,
+            old_logp=old_logp,
+            advantages=adv,
+            ref_logp=ref_logp,
+            old_values=values,
+            returns=ret if c.critic.enabled else None,
+            token_mask=mask,
+        )
 
-    t0 = time.time()
-    perm_rngs = [np.random.default_rng([run.config.train.seed, step]) for run in runs]
-    step_metrics = []
-    for _ in range(c.train.num_epochs):
-      plans = [rl_step.sample_indices(g, lead.rows, lead.minibatch) for g in perm_rngs]
-      for j in range(len(plans[0])):
-        idx = np.stack([np.sort(p[j]) if lead.minibatch == lead.rows else p[j] for p in plans])
-        state, m = self.programs.train_step(state, self.programs.select_rows(batch, idx))
-        step_metrics.append(m)
-    step_metrics = jax.device_get(step_metrics)
-    timings["time/update"] = time.time() - t0
-    per_seed = [[{k: v[s] for k, v in m.items()} for m in step_metrics] for s in range(len(runs))]
+        t0 = time.time()
+        perm_rngs = [np.random.default_rng([run.config.train.seed, step]) for run in runs]
+        step_metrics = []
+        for _ in range(c.train.num_epochs):
+            plans = [rl_step.sample_indices(g, lead.rows, lead.minibatch) for g in perm_rngs]
+            for j in range(len(plans[0])):
+                idx = np.stack(
+                    [np.sort(p[j]) if lead.minibatch == lead.rows else p[j] for p in plans]
+                )
+                state, m = self.programs.train_step(state, self.programs.select_rows(batch, idx))
+                step_metrics.append(m)
+        step_metrics = jax.device_get(step_metrics)
+        timings["time/update"] = time.time() - t0
+        per_seed = [
+            [{k: v[s] for k, v in m.items()} for m in step_metrics] for s in range(len(runs))
+        ]
 
-    kl_coef = np.asarray(state.kl_coef)
-    new_kl = [float(run.after_update(per_seed[s], counters[s], kl_coef[s]))
-              for s, run in enumerate(runs)]
-    ref_params = state.ref_params
-    if lead.resets_ref(step):
-      ref_params = jax.tree.map(jnp.copy, state.params)
-    rep = lead.replicated   # the initial state's sharding (one device): no recompiles
-    state = state.replace(step=jax.device_put(state.step + 1, rep),
-                          kl_coef=jax.device_put(jnp.asarray(new_kl, jnp.float32), rep),
-                          ref_params=ref_params)
+        kl_coef = np.asarray(state.kl_coef)
+        new_kl = [
+            float(run.after_update(per_seed[s], counters[s], kl_coef[s]))
+            for s, run in enumerate(runs)
+        ]
+        ref_params = state.ref_params
+        if lead.resets_ref(step):
+            ref_params = jax.tree.map(jnp.copy, state.params)
+        rep = lead.replicated  # the initial state's sharding (one device): no recompiles
+        state = state.replace(
+            step=jax.device_put(state.step + 1, rep),
+            kl_coef=jax.device_put(jnp.asarray(new_kl, jnp.float32), rep),
+            ref_params=ref_params,
+        )
 
-    adv, loss_mask = jax.device_get((adv, loss_mask))
-    return state, [
-        run.step_summary(step, sources[s], per_seed[s], examples[s], completions[s], rewards[s],
-                         correct[s], infos[s], adv[s], loss_mask[s], ro_mask[s],
-                         ro_truncated[s], lengths[s], new_kl[s], counters[s], {}, dict(timings))
-        for s, run in enumerate(runs)]
+        adv, loss_mask = jax.device_get((adv, loss_mask))
+        return state, [
+            run.step_summary(
+                step,
+                sources[s],
+                per_seed[s],
+                examples[s],
+                completions[s],
+                rewards[s],
+                correct[s],
+                infos[s],
+                adv[s],
+                loss_mask[s],
+                ro_mask[s],
+                ro_truncated[s],
+                lengths[s],
+                new_kl[s],
+                counters[s],
+                {},
+                dict(timings),
+            )
+            for s, run in enumerate(runs)
+        ]
 
 
 def train_seeds(config, workdirs, seeds, log=print):
-  """Runs (or resumes) the seeds `seeds` of `config` as one vmapped program; one summary per
-  seed (each also written to its workdir's `done.json`)."""
-  return SeedsTrainer(config, workdirs, seeds).run(log=log)
+    """Runs (or resumes) the seeds `seeds` of `config` as one vmapped program; one summary per
+    seed (each also written to its workdir's `done.json`)."""
+    return SeedsTrainer(config, workdirs, seeds).run(log=log)

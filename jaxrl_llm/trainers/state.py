@@ -1,4 +1,5 @@
 """Train state, optimisers and the memory-lean completion log-probs shared by the trainers."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,100 +13,133 @@ from jaxrl_llm import models
 from jaxrl_llm.losses import entropy as entropy_lib
 from jaxrl_llm.rollout import token_logprobs
 
-__all__ = ["TrainState", "make_optimizer", "completion_logprobs", "completion_values",
-           "weight_decay_mask"]
+__all__ = [
+    "TrainState",
+    "make_optimizer",
+    "completion_logprobs",
+    "completion_values",
+    "weight_decay_mask",
+]
 
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything on device that a step reads and writes; donated to `train_step`."""
-  step: jax.Array                 # int32 scalar: completed RL steps
-  params: Any                     # policy
-  opt_state: Any
-  rng: jax.Array                  # base key; per-step keys are fold_in(rng, step)
-  kl_coef: jax.Array              # float32 scalar (fixed or adaptive controller state)
-  ref_params: Any = None          # frozen reference (None when no KL is needed)
-  critic_params: Any = None       # value model (None without a critic)
-  critic_opt_state: Any = None
+    """Everything on device that a step reads and writes; donated to `train_step`."""
+
+    step: jax.Array  # int32 scalar: completed RL steps
+    params: Any  # policy
+    opt_state: Any
+    rng: jax.Array  # base key; per-step keys are fold_in(rng, step)
+    kl_coef: jax.Array  # float32 scalar (fixed or adaptive controller state)
+    ref_params: Any = None  # frozen reference (None when no KL is needed)
+    critic_params: Any = None  # value model (None without a critic)
+    critic_opt_state: Any = None
 
 
 def weight_decay_mask(params):
-  """Decay weight matrices and embeddings only: no decay on norm scales or biases.
+    """Decay weight matrices and embeddings only: no decay on norm scales or biases.
 
-  Decided by parameter name, since layer-stacked norm scales are 2-D too.
-  """
-  def keep(path, _):
-    names = [str(getattr(k, "key", getattr(k, "name", k))).lower() for k in path]
-    return not any(("norm" in n) or n in ("scale", "bias") or n.endswith("_bias") for n in names)
-  return jax.tree_util.tree_map_with_path(keep, params)
+    Decided by parameter name, since layer-stacked norm scales are 2-D too.
+    """
+
+    def keep(path, _):
+        names = [str(getattr(k, "key", getattr(k, "name", k))).lower() for k in path]
+        return not any(
+            ("norm" in n) or n in ("scale", "bias") or n.endswith("_bias") for n in names
+        )
+
+    return jax.tree_util.tree_map_with_path(keep, params)
 
 
 def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
-  """AdamW with warm-up + constant / cosine / linear decay and global-norm clipping."""
-  total_steps = max(int(total_steps), 1)
-  warmup = min(int(optim.warmup_steps), total_steps)
-  if optim.schedule == "constant":
-    decay = optax.constant_schedule(optim.lr)
-  elif optim.schedule == "cosine":
-    decay = optax.cosine_decay_schedule(optim.lr, max(total_steps - warmup, 1))
-  elif optim.schedule == "linear":
-    decay = optax.linear_schedule(optim.lr, 0.0, max(total_steps - warmup, 1))
-  else:
-    raise ValueError(f"optim.schedule = {optim.schedule!r} is not one of "
-                     "['constant', 'cosine', 'linear']")
-  schedule = optax.join_schedules(
-      [optax.linear_schedule(0.0, optim.lr, warmup), decay], [warmup]) if warmup else decay
-  chain = []
-  if optim.clip_norm and optim.clip_norm > 0:
-    chain.append(optax.clip_by_global_norm(optim.clip_norm))
-  chain.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                           weight_decay=optim.weight_decay, mask=weight_decay_mask))
-  return optax.chain(*chain)
+    """AdamW with warm-up + constant / cosine / linear decay and global-norm clipping."""
+    total_steps = max(int(total_steps), 1)
+    warmup = min(int(optim.warmup_steps), total_steps)
+    if optim.schedule == "constant":
+        decay = optax.constant_schedule(optim.lr)
+    elif optim.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(optim.lr, max(total_steps - warmup, 1))
+    elif optim.schedule == "linear":
+        decay = optax.linear_schedule(optim.lr, 0.0, max(total_steps - warmup, 1))
+    else:
+        raise ValueError(
+            f"optim.schedule = {optim.schedule!r} is not one of ['constant', 'cosine', 'linear']"
+        )
+    schedule = (
+        optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), decay], [warmup])
+        if warmup
+        else decay
+    )
+    chain = []
+    if optim.clip_norm and optim.clip_norm > 0:
+        chain.append(optax.clip_by_global_norm(optim.clip_norm))
+    chain.append(
+        optax.adamw(
+            schedule,
+            b1=optim.b1,
+            b2=optim.b2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            mask=weight_decay_mask,
+        )
+    )
+    return optax.chain(*chain)
 
 
 def _full_sequence(prompt_tokens, prompt_mask, tokens):
-  """Concatenates prompt and completion; completion slots are attended (causal) positions."""
-  full = jnp.concatenate([prompt_tokens, tokens], axis=1)
-  full_mask = jnp.concatenate([prompt_mask, jnp.ones_like(tokens)], axis=1).astype(jnp.int32)
-  positions = jnp.maximum(jnp.cumsum(full_mask, axis=1) - 1, 0).astype(jnp.int32)
-  return full, positions, full_mask
+    """Concatenates prompt and completion; completion slots are attended (causal) positions."""
+    full = jnp.concatenate([prompt_tokens, tokens], axis=1)
+    full_mask = jnp.concatenate([prompt_mask, jnp.ones_like(tokens)], axis=1).astype(jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(full_mask, axis=1) - 1, 0).astype(jnp.int32)
+    return full, positions, full_mask
 
 
-def completion_logprobs(config, params, prompt_tokens, prompt_mask, tokens, *,
-                        temperature=1.0, chunk: int = 0, with_entropy: bool = False):
-  """log π(token_t | prefix) for each completion token, [N, T] float32 (and entropies).
+def completion_logprobs(
+    config,
+    params,
+    prompt_tokens,
+    prompt_mask,
+    tokens,
+    *,
+    temperature=1.0,
+    chunk: int = 0,
+    with_entropy: bool = False,
+):
+    """log π(token_t | prefix) for each completion token, [N, T] float32 (and entropies).
 
-  The backbone runs once; the LM head, log-softmax and entropy run over `chunk`
-  completion positions at a time under `jax.checkpoint`, so at most one
-  `[N, chunk, V]` float32 block of logits is alive (forward and backward).
-  """
-  n, p = prompt_tokens.shape
-  t = tokens.shape[1]
-  full, positions, full_mask = _full_sequence(prompt_tokens, prompt_mask, tokens)
-  hidden = models.apply_hidden(config, params, full, positions, full_mask)
-  hidden = hidden[:, p - 1:p + t - 1]
-  chunk = t if not chunk or chunk >= t else int(chunk)
+    The backbone runs once; the LM head, log-softmax and entropy run over `chunk`
+    completion positions at a time under `jax.checkpoint`, so at most one
+    `[N, chunk, V]` float32 block of logits is alive (forward and backward).
+    """
+    n, p = prompt_tokens.shape
+    t = tokens.shape[1]
+    full, positions, full_mask = _full_sequence(prompt_tokens, prompt_mask, tokens)
+    hidden = models.apply_hidden(config, params, full, positions, full_mask)
+    hidden = hidden[:, p - 1 : p + t - 1]
+    chunk = t if not chunk or chunk >= t else int(chunk)
 
-  @jax.checkpoint
-  def head(h, targets):
-    logits = models.lm_head(config, params, h).astype(jnp.float32)
-    lp = token_logprobs(logits, targets, temperature)
-    ent = entropy_lib.token_entropy(logits / temperature) if with_entropy else jnp.zeros_like(lp)
-    return lp, ent
+    @jax.checkpoint
+    def head(h, targets):
+        logits = models.lm_head(config, params, h).astype(jnp.float32)
+        lp = token_logprobs(logits, targets, temperature)
+        ent = (
+            entropy_lib.token_entropy(logits / temperature) if with_entropy else jnp.zeros_like(lp)
+        )
+        return lp, ent
 
-  lps, ents = [], []
-  for s in range(0, t, chunk):
-    lp, ent = head(hidden[:, s:s + chunk], tokens[:, s:s + chunk])
-    lps.append(lp)
-    ents.append(ent)
-  del n
-  return jnp.concatenate(lps, axis=1), jnp.concatenate(ents, axis=1)
+    lps, ents = [], []
+    for s in range(0, t, chunk):
+        lp, ent = head(hidden[:, s : s + chunk], tokens[:, s : s + chunk])
+        lps.append(lp)
+        ents.append(ent)
+    del n
+    return jnp.concatenate(lps, axis=1), jnp.concatenate(ents, axis=1)
 
 
 def completion_values(config, critic_params, prompt_tokens, prompt_mask, tokens):
-  """V(prefix before token_t) for each completion token, [N, T] float32."""
-  p = prompt_tokens.shape[1]
-  t = tokens.shape[1]
-  full, positions, full_mask = _full_sequence(prompt_tokens, prompt_mask, tokens)
-  values = models.apply_value(config, critic_params, full, positions, full_mask)
-  return values[:, p - 1:p + t - 1].astype(jnp.float32)
+    """V(prefix before token_t) for each completion token, [N, T] float32."""
+    p = prompt_tokens.shape[1]
+    t = tokens.shape[1]
+    full, positions, full_mask = _full_sequence(prompt_tokens, prompt_mask, tokens)
+    values = models.apply_value(config, critic_params, full, positions, full_mask)
+    return values[:, p - 1 : p + t - 1].astype(jnp.float32)

@@ -1,4 +1,5 @@
 """Make the repository root importable so `from experiments import grid` works under any pytest launcher."""
+
 import os
 import sys
 

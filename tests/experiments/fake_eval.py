@@ -4,6 +4,7 @@
 
 Appends one line to W/evals.txt and writes W/eval.json (unless --fail).
 """
+
 import json
 import os
 import sys

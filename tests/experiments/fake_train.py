@@ -13,13 +13,14 @@ W/progress.json, and writes W/done.json at the end. Overrides it reads:
 Values: train/reward = BASE[advantage] + 0.1 * seed + 0.01 * step,
         train/entropy = 1 - 0.05 * step, eval/pass@k = 1 - (1 - final_reward)^k.
 """
+
 import glob
 import json
 import os
 import sys
 import time
 
-sys.modules["torch"] = None          # tensorboardX imports torch when present; not needed here
+sys.modules["torch"] = None  # tensorboardX imports torch when present; not needed here
 from tensorboardX import SummaryWriter  # noqa: E402
 
 BASE = {"psr": 0.2, "nsr": 0.3, "w_reinforce": 0.4, "grpo": 0.1}
@@ -27,8 +28,8 @@ BASE = {"psr": 0.2, "nsr": 0.3, "w_reinforce": 0.4, "grpo": 0.1}
 
 def main(argv):
     args = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
-    over = {k[len("config."):]: v for k, v in args.items() if k.startswith("config.")}
-    if "seeds" in args:   # one process for several seeds, each in its own workdir
+    over = {k[len("config.") :]: v for k, v in args.items() if k.startswith("config.")}
+    if "seeds" in args:  # one process for several seeds, each in its own workdir
         group = args["seeds"].split(",")
         workdirs = [a.split("=", 1)[1] for a in argv if a.startswith("--workdirs=")]
         for seed, workdir in zip(group, workdirs):

@@ -1,4 +1,5 @@
 """Tests for experiments/collate.py on fake event files with known values."""
+
 import csv
 import json
 import os
@@ -12,11 +13,13 @@ from jaxrl_llm import stats
 
 STEPS = np.arange(0, 41, 2)
 A = {"psr": 0.5, "nsr": 0.8}
-OFFSET = {0: 0.0, 1: 0.01, 2: 0.02, 3: 0.5}          # seed 3 (nsr only) is an outlier
+OFFSET = {0: 0.0, 1: 0.01, 2: 0.02, 3: 0.5}  # seed 3 (nsr only) is an outlier
 
 
 def _curve(variant, seed):
-    y = np.where(STEPS == 0, 0.1, stats.sigmoid_curve(np.maximum(STEPS, 1), A[variant], 10.0, 2.0, 0.1))
+    y = np.where(
+        STEPS == 0, 0.1, stats.sigmoid_curve(np.maximum(STEPS, 1), A[variant], 10.0, 2.0, 0.1)
+    )
     return y + OFFSET[seed]
 
 
@@ -25,14 +28,23 @@ def _write_cell(root, variant, seed, *, resumed=False):
     workdir = os.path.join(root, name)
     os.makedirs(workdir)
     with open(os.path.join(workdir, "cell.json"), "w") as f:
-        json.dump({"name": name, "index": 10 * (variant == "nsr") + seed, "seed_key": "train.seed",
-                   "overrides": {"algo.advantage": variant, "train.seed": seed}}, f)
+        json.dump(
+            {
+                "name": name,
+                "index": 10 * (variant == "nsr") + seed,
+                "seed_key": "train.seed",
+                "overrides": {"algo.advantage": variant, "train.seed": seed},
+            },
+            f,
+        )
     y = _curve(variant, seed)
-    if resumed:          # a first attempt ran to step 20 and died; it resumes from a step-16 checkpoint
+    if resumed:  # a first attempt ran to step 20 and died; it resumes from a step-16 checkpoint
         w = SummaryWriter(workdir, filename_suffix=".1")
         for s, v in zip(STEPS, y):
             if s <= 20:  # steps 16..20 are logged again after the resume, with other values
-                w.add_scalar("train/reward", float(v) if s < 16 else 9.0, int(s), walltime=1000.0 + s)
+                w.add_scalar(
+                    "train/reward", float(v) if s < 16 else 9.0, int(s), walltime=1000.0 + s
+                )
         w.close()
     w = SummaryWriter(workdir, filename_suffix=".2")
     for s, v in zip(STEPS, y):
@@ -40,12 +52,15 @@ def _write_cell(root, variant, seed, *, resumed=False):
             w.add_scalar("train/reward", float(v), int(s), walltime=2000.0 + s)
         w.add_scalar("train/entropy", 1.0 - 0.01 * s, int(s), walltime=2000.0 + s)
     final = float(y[-1])
-    if variant == "nsr":   # pass@k as scalars (tensorboardX stores 'eval/pass@4' as 'eval/pass_4')
+    if variant == "nsr":  # pass@k as scalars (tensorboardX stores 'eval/pass@4' as 'eval/pass_4')
         for k in (1, 4):
             w.add_scalar(f"eval/pass@{k}", 1 - (1 - final) ** k, int(STEPS[-1]))
-    else:                  # pass@k from eval.json
+    else:  # pass@k from eval.json
         with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump({"step": 40, "n": 4, "metrics": {"pass@1": final, "pass@4": 1 - (1 - final) ** 4}}, f)
+            json.dump(
+                {"step": 40, "n": 4, "metrics": {"pass@1": final, "pass@4": 1 - (1 - final) ** 4}},
+                f,
+            )
     w.close()
     with open(os.path.join(workdir, "done.json"), "w") as f:
         json.dump({}, f)
@@ -71,19 +86,27 @@ def test_event_reader_merges_resumed_runs(grid_root):
     scalars = collate.read_event_scalars(os.path.join(grid_root, "advantage=psr,seed=1"))
     steps, values = scalars["train/reward"]
     np.testing.assert_array_equal(steps, STEPS)
-    np.testing.assert_allclose(values, _curve("psr", 1), rtol=1e-6)   # the later file wins
+    np.testing.assert_allclose(values, _curve("psr", 1), rtol=1e-6)  # the later file wins
     scalars = collate.read_event_scalars(os.path.join(grid_root, "advantage=nsr,seed=0"))
     assert set(scalars) == {"train/reward", "train/entropy", "eval/pass@1", "eval/pass@4"}
 
 
 def test_summary_csv_numbers(grid_root):
-    rows = {(r["variant"], r["metric"]): r for r in _rows(os.path.join(grid_root, "results", "summary.csv"))}
+    rows = {
+        (r["variant"], r["metric"]): r
+        for r in _rows(os.path.join(grid_root, "results", "summary.csv"))
+    }
     psr = rows[("advantage=psr", "train/reward")]
     finals = [_curve("psr", s)[-1] for s in range(3)]
     assert int(psr["num_seeds"]) == 3 and psr["algo.advantage"] == "psr"
-    assert float(psr["iqm"]) == pytest.approx(np.mean(finals), rel=1e-6)    # n=3: IQM = mean
-    assert min(finals) - 1e-6 <= float(psr["ci_low"]) < float(psr["iqm"]) < float(psr["ci_high"]) \
+    assert float(psr["iqm"]) == pytest.approx(np.mean(finals), rel=1e-6)  # n=3: IQM = mean
+    assert (
+        min(finals) - 1e-6
+        <= float(psr["ci_low"])
+        < float(psr["iqm"])
+        < float(psr["ci_high"])
         <= max(finals) + 1e-6
+    )
     nsr = rows[("advantage=nsr", "train/reward")]
     finals = sorted(_curve("nsr", s)[-1] for s in range(4))
     assert float(nsr["iqm"]) == pytest.approx(np.mean(finals[1:3]), rel=1e-6)  # outlier trimmed
@@ -104,7 +127,7 @@ def test_pass_at_k_fits_markdown_and_plots(grid_root):
     assert sorted({k for _, k in passk}) == [1, 4]
 
     fits = {r["variant"]: r for r in _rows(os.path.join(out, "fits.csv"))}
-    psr = fits["advantage=psr"]                      # seed mean = curve + 0.01
+    psr = fits["advantage=psr"]  # seed mean = curve + 0.01
     assert psr["metric"] == "train/reward"
     assert float(psr["asymptote"]) == pytest.approx(0.51, rel=1e-3)
     assert float(psr["midpoint"]) == pytest.approx(10.0, rel=1e-2)
@@ -112,7 +135,10 @@ def test_pass_at_k_fits_markdown_and_plots(grid_root):
     assert float(psr["r0"]) == pytest.approx(0.11, rel=1e-5)
 
     ent = {r["variant"]: r for r in _rows(os.path.join(out, "entropy_fit.csv"))}
-    assert ent["advantage=psr"]["performance"] == "train/reward" and int(ent["advantage=psr"]["num_points"]) == 21
+    assert (
+        ent["advantage=psr"]["performance"] == "train/reward"
+        and int(ent["advantage=psr"]["num_points"]) == 21
+    )
 
     md = open(os.path.join(out, "summary.md")).read()
     assert "| advantage=psr | 3 |" in md and "| advantage=nsr | 4 |" in md and "k=4" in md
@@ -134,41 +160,62 @@ def test_reduce_options():
 
 
 def _cell(variant, seed, scalars, done=True):
-    return collate.CellRun(name=f"{variant},{seed}", workdir="", index=seed,
-                           overrides={"algo.advantage": variant, "train.seed": seed},
-                           seed_key="train.seed", scalars=scalars, eval=None, done=done)
+    return collate.CellRun(
+        name=f"{variant},{seed}",
+        workdir="",
+        index=seed,
+        overrides={"algo.advantage": variant, "train.seed": seed},
+        seed_key="train.seed",
+        scalars=scalars,
+        eval=None,
+        done=done,
+    )
 
 
 def test_entropy_fit_table_recovers_law():
     steps = np.arange(10)
     h = np.linspace(1.2, 0.1, 10)
     cells = []
-    for seed, shift in enumerate((-0.05, 0.05)):      # seed mean of H is h; R is linear in exp(H) per seed
+    for seed, shift in enumerate(
+        (-0.05, 0.05)
+    ):  # seed mean of H is h; R is linear in exp(H) per seed
         hs = np.log(np.exp(h) + shift)
-        cells.append(_cell("nsr", seed, {"train/entropy": (steps, hs),
-                                         "eval/accuracy": (steps, -0.3 * np.exp(hs) + 1.2)}))
+        cells.append(
+            _cell(
+                "nsr",
+                seed,
+                {"train/entropy": (steps, hs), "eval/accuracy": (steps, -0.3 * np.exp(hs) + 1.2)},
+            )
+        )
     rows = collate.entropy_fit_table(cells, "eval/accuracy")
     # Seed means: mean exp(H_s) = exp(h) exactly, but mean H_s != h; compare with the fit on the means.
     from jaxrl_llm.evaluation import fit_entropy_performance
+
     hm = np.mean([c.scalars["train/entropy"][1] for c in cells], axis=0)
     rm = np.mean([c.scalars["eval/accuracy"][1] for c in cells], axis=0)
     a, b, r2 = fit_entropy_performance(hm, rm)
     assert rows[0]["a"] == pytest.approx(a) and rows[0]["b"] == pytest.approx(b)
-    assert rows[0]["a"] == pytest.approx(0.3, rel=0.02) and rows[0]["b"] == pytest.approx(1.2, rel=0.02)
+    assert rows[0]["a"] == pytest.approx(0.3, rel=0.02) and rows[0]["b"] == pytest.approx(
+        1.2, rel=0.02
+    )
     assert rows[0]["num_points"] == 10 and r2 > 0.999
     # Variants are separated; a variant missing the entropy tag has no row.
     cells.append(_cell("psr", 0, {"eval/accuracy": (steps, np.ones(10))}))
-    assert [r["variant"] for r in collate.entropy_fit_table(cells, "eval/accuracy")] == ["advantage=nsr"]
+    assert [r["variant"] for r in collate.entropy_fit_table(cells, "eval/accuracy")] == [
+        "advantage=nsr"
+    ]
 
 
 def test_summarize_groups_seeds_and_uses_only_finished_when_asked():
     steps = np.arange(3)
-    cells = [_cell("psr", s, {"train/reward": (steps, np.array([0.0, 0.1, v]))})
-             for s, v in enumerate((0.2, 0.4, 0.6))]
+    cells = [
+        _cell("psr", s, {"train/reward": (steps, np.array([0.0, 0.1, v]))})
+        for s, v in enumerate((0.2, 0.4, 0.6))
+    ]
     cells.append(_cell("psr", 3, {"train/reward": (steps, np.array([0.0, 0.1, 5.0]))}, done=False))
     rows = collate.summarize(cells, num_resamples=200)
     assert len(rows) == 1 and rows[0]["num_seeds"] == 4 and rows[0]["variant"] == "advantage=psr"
-    assert rows[0]["iqm"] == pytest.approx(0.5)                 # middle two of (0.2, 0.4, 0.6, 5.0)
+    assert rows[0]["iqm"] == pytest.approx(0.5)  # middle two of (0.2, 0.4, 0.6, 5.0)
     rows = collate.summarize([c for c in cells if c.done], reduce="last:2", num_resamples=200)
     assert rows[0]["iqm"] == pytest.approx(np.mean([0.15, 0.25, 0.35]))
     assert rows[0]["values"] == "0.15;0.25;0.35"

@@ -3,6 +3,7 @@
 The launched program is `tests/experiments/fake_train.py`, a stand-in trainer that
 writes tensorboardX scalars, resumes from its workdir and can fail on request.
 """
+
 import json
 import os
 import sys
@@ -24,8 +25,12 @@ def test_parsing_and_expansion(tmp_path):
     assert grid.parse_assignment("optim.lr=3e-6") == ("optim.lr", 3e-6)
 
     cells = grid.expand_grid([("algo.advantage", ["psr", "nsr"]), ("optim.lr", [1e-6, 2e-6])])
-    assert cells == [{"algo.advantage": "psr", "optim.lr": 1e-6}, {"algo.advantage": "psr", "optim.lr": 2e-6},
-                     {"algo.advantage": "nsr", "optim.lr": 1e-6}, {"algo.advantage": "nsr", "optim.lr": 2e-6}]
+    assert cells == [
+        {"algo.advantage": "psr", "optim.lr": 1e-6},
+        {"algo.advantage": "psr", "optim.lr": 2e-6},
+        {"algo.advantage": "nsr", "optim.lr": 1e-6},
+        {"algo.advantage": "nsr", "optim.lr": 2e-6},
+    ]
     seeded = grid.add_seeds(cells, 3)
     assert len(seeded) == 12 and [c["train.seed"] for c in seeded[:3]] == [0, 1, 2]
     assert grid.add_seeds([{"train.seed": 7}], 3) == [{"train.seed": 7}]
@@ -39,11 +44,24 @@ def test_parsing_and_expansion(tmp_path):
     with pytest.raises(ValueError, match="share the workdir"):
         grid.make_cells([{"k": "a b"}, {"k": "a_b"}], str(tmp_path))
 
-    cmd = grid.build_command(made[0], config="configs/x.py:runlocal", fixed={"train.steps": 3},
-                             program="-m jaxrl_llm.main", python="python")
-    assert cmd == ["python", "-m", "jaxrl_llm.main", "--config=configs/x.py:runlocal",
-                   f"--workdir={made[0].workdir}", "--config.train.steps=3",
-                   "--config.algo.advantage=psr", "--config.optim.lr=1e-06", "--config.train.seed=0"]
+    cmd = grid.build_command(
+        made[0],
+        config="configs/x.py:runlocal",
+        fixed={"train.steps": 3},
+        program="-m jaxrl_llm.main",
+        python="python",
+    )
+    assert cmd == [
+        "python",
+        "-m",
+        "jaxrl_llm.main",
+        "--config=configs/x.py:runlocal",
+        f"--workdir={made[0].workdir}",
+        "--config.train.steps=3",
+        "--config.algo.advantage=psr",
+        "--config.optim.lr=1e-06",
+        "--config.train.seed=0",
+    ]
 
 
 def test_sweep_beside_config_and_print_only(tmp_path, capsys):
@@ -52,22 +70,40 @@ def test_sweep_beside_config_and_print_only(tmp_path, capsys):
         "def get_config(arg=None):\n    return None\n\n"
         "def sweep(add, arg=None):\n"
         "    for adv in ('psr', 'nsr'):\n"
-        "        add(**{'algo.advantage': adv, 'tag': arg})\n")
+        "        add(**{'algo.advantage': adv, 'tag': arg})\n"
+    )
     cells = grid.load_sweep(f"{config}:small")
-    assert cells == [{"algo.advantage": "psr", "tag": "small"}, {"algo.advantage": "nsr", "tag": "small"}]
+    assert cells == [
+        {"algo.advantage": "psr", "tag": "small"},
+        {"algo.advantage": "nsr", "tag": "small"},
+    ]
 
     root = tmp_path / "runs"
     done_dir = root / "advantage=psr,tag=small,seed=0"
     done_dir.mkdir(parents=True)
     (done_dir / "done.json").write_text("{}")
-    assert grid.main([f"--config={config}:small", "--sweep", "--seeds", "2", "--root", str(root),
-                      "--print-only", "--set", "train.steps=9"]) == 0
+    assert (
+        grid.main(
+            [
+                f"--config={config}:small",
+                "--sweep",
+                "--seeds",
+                "2",
+                "--root",
+                str(root),
+                "--print-only",
+                "--set",
+                "train.steps=9",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4
     assert lines[0].startswith("# done: python -m jaxrl_llm.main")
     assert not lines[1].startswith("#") and "--config.train.seed=1" in lines[1]
     assert "--config.train.steps=9" in lines[3] and "--config.algo.advantage=nsr" in lines[3]
-    assert not any(p.name != done_dir.name for p in root.iterdir())     # print-only runs nothing
+    assert not any(p.name != done_dir.name for p in root.iterdir())  # print-only runs nothing
 
 
 def _invocations(workdir):
@@ -77,8 +113,21 @@ def _invocations(workdir):
 
 def test_failure_resume_and_skip(tmp_path, capsys):
     root = str(tmp_path / "g")
-    argv = ["--config=unused.py", "--grid", "algo.advantage=[psr,nsr]", "--seeds", "1", "--root", root,
-            "--program", FAKE, "--set", "train.steps=4", "--set", "fail_once_at=2"]
+    argv = [
+        "--config=unused.py",
+        "--grid",
+        "algo.advantage=[psr,nsr]",
+        "--seeds",
+        "1",
+        "--root",
+        root,
+        "--program",
+        FAKE,
+        "--set",
+        "train.steps=4",
+        "--set",
+        "fail_once_at=2",
+    ]
     # First run: every cell dies at step 2 -> reported, no done.json.
     assert grid.main(argv) == 1
     out = capsys.readouterr().out
@@ -88,7 +137,10 @@ def test_failure_resume_and_skip(tmp_path, capsys):
     for w in cells:
         assert not os.path.exists(os.path.join(w, "done.json"))
         assert json.load(open(os.path.join(w, "progress.json")))["step"] == 2
-        assert json.load(open(os.path.join(w, "cell.json")))["fixed"] == {"train.steps": 4, "fail_once_at": 2}
+        assert json.load(open(os.path.join(w, "cell.json")))["fixed"] == {
+            "train.steps": 4,
+            "fail_once_at": 2,
+        }
     # Second run: the unfinished cells are launched again and resume from step 2.
     assert grid.main(argv) == 0
     for w in cells:
@@ -107,10 +159,18 @@ def test_parallel_cells_and_failing_cell_reported(tmp_path):
     lines = []
     # wait_peers=2: each cell blocks until both have started, so this passes only if
     # the two cells really run at the same time.
-    results = grid.run_cells(cells, config="unused.py", fixed={"wait_peers": 2, "train.steps": 3},
-                             program=FAKE, parallel=2, echo=lines.append)
+    results = grid.run_cells(
+        cells,
+        config="unused.py",
+        fixed={"wait_peers": 2, "train.steps": 3},
+        program=FAKE,
+        parallel=2,
+        echo=lines.append,
+    )
     assert [(r.name, r.status, r.returncode) for r in results] == [
-        ("fail_at=-1", "done", 0), ("fail_at=1", "failed", 3)]
+        ("fail_at=-1", "done", 0),
+        ("fail_at=1", "failed", 3),
+    ]
     assert any(line.startswith("[grid] failed fail_at=1 (exit 3") for line in lines)
     log = open(os.path.join(root, "fail_at=1", "grid.log")).read()
     assert "failing at step 1" in log and log.startswith("$ ")
@@ -128,8 +188,13 @@ def _lines(path):
 def test_evaluation_after_training(tmp_path):
     root = str(tmp_path / "e")
     cells = grid.make_cells(grid.expand_grid([("algo.advantage", ["psr", "nsr"])]), root)
-    kw = dict(config="unused.py", fixed={"train.steps": 2}, program=FAKE, eval_program=FAKE_EVAL,
-              echo=lambda line: None)
+    kw = dict(
+        config="unused.py",
+        fixed={"train.steps": 2},
+        program=FAKE,
+        eval_program=FAKE_EVAL,
+        echo=lambda line: None,
+    )
     results = grid.run_cells(cells, eval_args="--n=4", **kw)
     assert [r.status for r in results] == ["done", "done"]
     for cell in cells:
@@ -139,11 +204,17 @@ def test_evaluation_after_training(tmp_path):
         assert f"--checkpoint={cell.workdir}" in line and "--config.train.steps=2" in line
         assert line.endswith("--n=4")
     # Re-run: trained and evaluated cells are skipped entirely.
-    assert [r.status for r in grid.run_cells(cells, eval_args="--n=4", **kw)] == ["skipped", "skipped"]
+    assert [r.status for r in grid.run_cells(cells, eval_args="--n=4", **kw)] == [
+        "skipped",
+        "skipped",
+    ]
     assert all(len(_lines(os.path.join(c.workdir, "evals.txt"))) == 1 for c in cells)
     # A finished cell that lost its eval.json is evaluated again, without training.
     os.remove(os.path.join(cells[1].workdir, "eval.json"))
-    assert [r.status for r in grid.run_cells(cells, eval_args="--n=4", **kw)] == ["skipped", "skipped"]
+    assert [r.status for r in grid.run_cells(cells, eval_args="--n=4", **kw)] == [
+        "skipped",
+        "skipped",
+    ]
     assert len(_lines(os.path.join(cells[1].workdir, "evals.txt"))) == 2
     assert _invocations(cells[1].workdir) == 1
     # A failing evaluation is reported.
@@ -159,16 +230,31 @@ def _invocation_records(workdir):
 
 def test_vmap_seeds_one_process_per_variant(tmp_path, capsys):
     root = tmp_path / "v"
-    argv = ["--config=unused.py", "--grid", "algo.advantage=[psr,nsr]", "--seeds", "3",
-            "--root", str(root), "--program", FAKE, "--set", "train.steps=3", "--vmap-seeds"]
-    done = root / "advantage=nsr,seed=1"          # finished earlier: left out of its group
+    argv = [
+        "--config=unused.py",
+        "--grid",
+        "algo.advantage=[psr,nsr]",
+        "--seeds",
+        "3",
+        "--root",
+        str(root),
+        "--program",
+        FAKE,
+        "--set",
+        "train.steps=3",
+        "--vmap-seeds",
+    ]
+    done = root / "advantage=nsr,seed=1"  # finished earlier: left out of its group
     done.mkdir(parents=True)
     (done / "done.json").write_text("{}")
     assert grid.main(argv + ["--print-only"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     assert "--seeds=0,1,2" in lines[0] and "--config.algo.advantage=psr" in lines[0]
-    assert f"--workdirs={root}/advantage=psr,seed=0 --workdirs={root}/advantage=psr,seed=1 " in lines[0]
+    assert (
+        f"--workdirs={root}/advantage=psr,seed=0 --workdirs={root}/advantage=psr,seed=1 "
+        in lines[0]
+    )
     assert "--seeds=0,2" in lines[1] and "--config.train.seed" not in lines[1]
 
     assert grid.main(argv) == 0
@@ -177,12 +263,16 @@ def test_vmap_seeds_one_process_per_variant(tmp_path, capsys):
     for variant, seeds in (("psr", "0,1,2"), ("nsr", "0,2")):
         for seed in map(int, seeds.split(",")):
             workdir = root / f"advantage={variant},seed={seed}"
-            (record,) = _invocation_records(workdir)           # trained once, by its group
+            (record,) = _invocation_records(workdir)  # trained once, by its group
             assert record["group"] == seeds and record["train.seed"] == str(seed)
             assert json.load(open(workdir / "cell.json"))["overrides"]["train.seed"] == seed
             assert json.load(open(workdir / "done.json"))["final"]["train/reward"] == pytest.approx(
-                {"psr": 0.2, "nsr": 0.3}[variant] + 0.1 * seed + 0.02)
-    assert "vmapped seeds of advantage=psr,seed=0" in open(root / "advantage=psr,seed=2" / "grid.log").read()
+                {"psr": 0.2, "nsr": 0.3}[variant] + 0.1 * seed + 0.02
+            )
+    assert (
+        "vmapped seeds of advantage=psr,seed=0"
+        in open(root / "advantage=psr,seed=2" / "grid.log").read()
+    )
     # Everything done: nothing is launched again.
     assert grid.main(argv) == 0
     assert "6 skipped" in capsys.readouterr().out
@@ -191,8 +281,14 @@ def test_vmap_seeds_one_process_per_variant(tmp_path, capsys):
 def test_vmap_seeds_group_failure_and_errors(tmp_path):
     root = str(tmp_path / "f")
     cells = grid.make_cells(grid.add_seeds([{}], 2), root)
-    results = grid.run_cells(cells, config="unused.py", fixed={"train.steps": 3, "fail_at": 1},
-                             program=FAKE, vmap_seeds=True, echo=lambda line: None)
+    results = grid.run_cells(
+        cells,
+        config="unused.py",
+        fixed={"train.steps": 3, "fail_at": 1},
+        program=FAKE,
+        vmap_seeds=True,
+        echo=lambda line: None,
+    )
     assert [(r.status, r.returncode) for r in results] == [("failed", 3), ("failed", 3)]
     with pytest.raises(ValueError, match="sets no train.seed"):
         grid.seed_groups(grid.make_cells([{"a": 1}], root))

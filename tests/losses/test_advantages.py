@@ -1,4 +1,5 @@
 """Tests for jaxrl_llm.losses.advantages: hand values, frozen numpy references, identities."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,9 +46,9 @@ def np_group(r, G, scale, eps, ddof):
     out = np.zeros_like(r)
     batch_std = r.std(ddof=ddof)
     for start in range(0, len(r), G):
-        g = r[start:start + G]
+        g = r[start : start + G]
         std = g.std(ddof=ddof) if scale == "group" else batch_std
-        out[start:start + G] = (g - g.mean()) / (std + eps) if scale != "none" else g - g.mean()
+        out[start : start + G] = (g - g.mean()) / (std + eps) if scale != "none" else g - g.mean()
     return out
 
 
@@ -95,7 +96,13 @@ def test_gae_hand_computed():
     # r = [0, 0, 1], V = [0.5, 0.6, 0.7], γ = 0.9, λ = 0.8
     # δ2 = 1 − 0.7 = 0.3;  δ1 = 0.9·0.7 − 0.6 = 0.03;  δ0 = 0.9·0.6 − 0.5 = 0.04
     # A2 = 0.3;  A1 = 0.03 + 0.72·0.3 = 0.246;  A0 = 0.04 + 0.72·0.246 = 0.21712
-    adv, ret = A.gae(jnp.array([[0.0, 0.0, 1.0]]), jnp.array([[0.5, 0.6, 0.7]]), jnp.ones((1, 3)), gamma=0.9, lam=0.8)
+    adv, ret = A.gae(
+        jnp.array([[0.0, 0.0, 1.0]]),
+        jnp.array([[0.5, 0.6, 0.7]]),
+        jnp.ones((1, 3)),
+        gamma=0.9,
+        lam=0.8,
+    )
     np.testing.assert_allclose(adv, [[0.21712, 0.246, 0.3]], rtol=1e-5)
     np.testing.assert_allclose(ret, [[0.71712, 0.846, 1.0]], rtol=1e-5)
 
@@ -131,7 +138,9 @@ def test_gae_masked_call_equals_call_on_kept_tokens(tok):
     adv = np.asarray(A.gae(r, v, m, gamma=0.9, lam=0.8)[0])
     for i in range(len(r)):
         keep = m[i] > 0
-        kept = A.gae(r[i:i + 1, keep], v[i:i + 1, keep], np.ones((1, keep.sum())), gamma=0.9, lam=0.8)[0]
+        kept = A.gae(
+            r[i : i + 1, keep], v[i : i + 1, keep], np.ones((1, keep.sum())), gamma=0.9, lam=0.8
+        )[0]
         np.testing.assert_allclose(adv[i, keep], kept[0], rtol=1e-5, atol=1e-6)
         assert np.all(adv[i, ~keep] == 0)
 
@@ -146,16 +155,31 @@ def test_gae_jit_vmap_bf16_and_grads(tok):
     out = f(jnp.asarray(r, jnp.bfloat16), jnp.asarray(v, jnp.bfloat16))
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, eager, atol=5e-2)
-    check_grads(jax.jit(f), (jnp.asarray(r), jnp.asarray(v)), order=1, modes=["rev"], eps=1e-2, atol=1e-2, rtol=1e-2)
+    check_grads(
+        jax.jit(f),
+        (jnp.asarray(r), jnp.asarray(v)),
+        order=1,
+        modes=["rev"],
+        eps=1e-2,
+        atol=1e-2,
+        rtol=1e-2,
+    )
 
 
 def test_discounted_returns(tok):
     np.testing.assert_allclose(
-        A.discounted_returns(jnp.array([[1.0, 2.0, 3.0, 9.0]]), jnp.array([[1, 0, 1, 0]]), gamma=0.5),
-        [[1 + 0.5 * 3, 0.0, 3.0, 0.0]], rtol=1e-6,
+        A.discounted_returns(
+            jnp.array([[1.0, 2.0, 3.0, 9.0]]), jnp.array([[1, 0, 1, 0]]), gamma=0.5
+        ),
+        [[1 + 0.5 * 3, 0.0, 3.0, 0.0]],
+        rtol=1e-6,
     )
-    np.testing.assert_allclose(A.discounted_returns(tok["r"], tok["holes"], gamma=0.9),
-                               np_discounted(tok["r"], tok["holes"], 0.9), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        A.discounted_returns(tok["r"], tok["holes"], gamma=0.9),
+        np_discounted(tok["r"], tok["holes"], 0.9),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 # --------------------------------------------------------------------------- whitening
@@ -163,15 +187,32 @@ def test_whiten_hand_and_reference(tok):
     x = jnp.array([[1.0, 3.0, 100.0]])
     m = jnp.array([[1.0, 1.0, 0.0]])
     # mean 2, unbiased var 2 -> (x - 2)/sqrt(2)
-    np.testing.assert_allclose(A.whiten(x, m, eps=0.0), [[-1 / np.sqrt(2), 1 / np.sqrt(2), 0.0]], rtol=1e-6)
-    np.testing.assert_allclose(A.whiten(x, m, eps=0.0, shift_mean=False),
-                               [[2 - 1 / np.sqrt(2), 2 + 1 / np.sqrt(2), 0.0]], rtol=1e-6)
-    np.testing.assert_allclose(A.whiten(tok["r"], tok["holes"]), np_whiten(tok["r"], tok["holes"]), rtol=1e-5,
-                               atol=1e-6)
-    np.testing.assert_allclose(A.whiten(tok["r"], tok["holes"], ddof=0, eps_mode="max"),
-                               np_whiten(tok["r"], tok["holes"], ddof=0, mode="max"), rtol=1e-5, atol=1e-6)
-    check_grads(jax.jit(lambda y: A.whiten(y, tok["holes"])), (jnp.asarray(tok["r"]),), order=1, modes=["rev"],
-                eps=1e-2, atol=2e-2, rtol=2e-2)
+    np.testing.assert_allclose(
+        A.whiten(x, m, eps=0.0), [[-1 / np.sqrt(2), 1 / np.sqrt(2), 0.0]], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        A.whiten(x, m, eps=0.0, shift_mean=False),
+        [[2 - 1 / np.sqrt(2), 2 + 1 / np.sqrt(2), 0.0]],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        A.whiten(tok["r"], tok["holes"]), np_whiten(tok["r"], tok["holes"]), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        A.whiten(tok["r"], tok["holes"], ddof=0, eps_mode="max"),
+        np_whiten(tok["r"], tok["holes"], ddof=0, mode="max"),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    check_grads(
+        jax.jit(lambda y: A.whiten(y, tok["holes"])),
+        (jnp.asarray(tok["r"]),),
+        order=1,
+        modes=["rev"],
+        eps=1e-2,
+        atol=2e-2,
+        rtol=2e-2,
+    )
 
 
 # ----------------------------------------------------------------- sequence-level estimators
@@ -182,19 +223,28 @@ def test_group_advantages_hand():
     # group [1, 0, 1, 1]: mean 0.75, unbiased std 0.5 -> [0.5, -1.5, 0.5, 0.5]
     out = A.group_advantages(jnp.array([1.0, 0.0, 1.0, 1.0]), 4, eps=0.0)
     np.testing.assert_allclose(out, [0.5, -1.5, 0.5, 0.5], rtol=1e-6)
-    np.testing.assert_allclose(A.group_advantages(jnp.array([1.0, 0.0, 1.0, 1.0]), 4, scale="none"),
-                               [0.25, -0.75, 0.25, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(
+        A.group_advantages(jnp.array([1.0, 0.0, 1.0, 1.0]), 4, scale="none"),
+        [0.25, -0.75, 0.25, 0.25],
+        rtol=1e-6,
+    )
     # equal rewards -> exactly 0 (no NaN)
     np.testing.assert_array_equal(A.group_advantages(jnp.full((4,), 0.5), 4), np.zeros(4))
     # a group of one (verl): mu 0, std 1
-    np.testing.assert_allclose(A.group_advantages(jnp.array([0.3, 2.0]), 1, eps=0.0), [0.3, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        A.group_advantages(jnp.array([0.3, 2.0]), 1, eps=0.0), [0.3, 2.0], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 @pytest.mark.parametrize("eps, ddof", [(1e-6, 1), (1e-4, 1), (1e-9, 0)])
 def test_group_advantages_reference(scale, eps, ddof):
-    np.testing.assert_allclose(A.group_advantages(REWARDS, 4, scale=scale, eps=eps, ddof=ddof),
-                               np_group(REWARDS, 4, scale, eps, ddof), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        A.group_advantages(REWARDS, 4, scale=scale, eps=eps, ddof=ddof),
+        np_group(REWARDS, 4, scale, eps, ddof),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_group_advantages_jit_bf16_grads():
@@ -229,7 +279,9 @@ def test_group_shape_errors():
 
 
 def test_remax():
-    np.testing.assert_allclose(A.remax(jnp.array([1.0, 0.0, 2.0]), jnp.array([0.5, 0.5, 2.0])), [0.5, -0.5, 0.0])
+    np.testing.assert_allclose(
+        A.remax(jnp.array([1.0, 0.0, 2.0]), jnp.array([0.5, 0.5, 2.0])), [0.5, -0.5, 0.0]
+    )
     with pytest.raises(ValueError):
         A.remax(jnp.ones(3), jnp.ones(2))
 
@@ -240,7 +292,9 @@ def test_reinforce_pp_reference(tok):
     ref = np_whiten(np_discounted(r, m, 0.95), m)
     np.testing.assert_allclose(A.reinforce_pp(r, m, gamma=0.95), ref, rtol=1e-5, atol=1e-5)
     ref = np_whiten(np_discounted(r, m, 1.0), m, ddof=0, mode="max")  # OpenRLHF's whitening
-    np.testing.assert_allclose(A.reinforce_pp(r, m, gamma=1.0, ddof=0, eps_mode="max"), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        A.reinforce_pp(r, m, gamma=1.0, ddof=0, eps_mode="max"), ref, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_reinforce_pp_baseline_reference():
@@ -256,8 +310,12 @@ def test_reinforce_pp_baseline_reference():
     token_rewards = A.to_token_rewards(rewards, m, kl=kl, kl_coef=0.1)
     shaped = np.asarray(A.to_token_rewards(centred, m, kl=kl, kl_coef=0.1))
     ref = np_whiten(np_discounted(shaped, m, 1.0), m)
-    np.testing.assert_allclose(A.reinforce_pp_baseline(rewards, 3, m, token_rewards=token_rewards), ref,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        A.reinforce_pp_baseline(rewards, 3, m, token_rewards=token_rewards),
+        ref,
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 # --------------------------------------------------------------------------- PSR / NSR
@@ -282,14 +340,19 @@ def test_psr_nsr_hand():
 # ------------------------------------------------------------------------------ helpers
 def test_to_tokens_and_token_rewards():
     m = jnp.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(A.to_tokens(jnp.array([2.0, -1.0, 5.0]), m),
-                                  [[2, 2, 0, 0], [-1, 0, -1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        A.to_tokens(jnp.array([2.0, -1.0, 5.0]), m), [[2, 2, 0, 0], [-1, 0, -1, 0], [0, 0, 0, 0]]
+    )
     np.testing.assert_array_equal(A.last_token_index(m), [1, 2, 0])
-    np.testing.assert_array_equal(A.to_token_rewards(jnp.array([2.0, -1.0, 5.0]), m),
-                                  [[0, 2, 0, 0], [0, 0, -1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        A.to_token_rewards(jnp.array([2.0, -1.0, 5.0]), m),
+        [[0, 2, 0, 0], [0, 0, -1, 0], [0, 0, 0, 0]],
+    )
     kl = jnp.full((3, 4), 2.0)
-    np.testing.assert_allclose(A.to_token_rewards(jnp.array([2.0, -1.0, 5.0]), m, kl=kl, kl_coef=0.25),
-                               [[-0.5, 1.5, 0, 0], [-0.5, 0, -1.5, 0], [0, 0, 0, 0]])
+    np.testing.assert_allclose(
+        A.to_token_rewards(jnp.array([2.0, -1.0, 5.0]), m, kl=kl, kl_coef=0.25),
+        [[-0.5, 1.5, 0, 0], [-0.5, 0, -1.5, 0], [0, 0, 0, 0]],
+    )
     with pytest.raises(ValueError, match=r"\[N, T\]"):
         A.to_tokens(jnp.ones(2), m)
 

@@ -1,4 +1,5 @@
 """Tests for jaxrl_llm.losses.aggregation: hand values, a numpy reference, micro-batch invariance."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,7 +67,9 @@ def test_hand_values(mode, expected):
 def test_norm_constant_and_explicit_counts():
     x = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     m = jnp.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    np.testing.assert_allclose(aggregate(x, m, "seq-mean-token-sum-norm", norm_constant=10), 7 / 20, rtol=1e-6)
+    np.testing.assert_allclose(
+        aggregate(x, m, "seq-mean-token-sum-norm", norm_constant=10), 7 / 20, rtol=1e-6
+    )
     np.testing.assert_allclose(aggregate(x, m, "token-mean", num_tokens=14), 0.5, rtol=1e-6)
     np.testing.assert_allclose(aggregate(x, m, "seq-mean-token-sum", num_seqs=7), 1.0, rtol=1e-6)
 
@@ -76,16 +79,22 @@ def test_weighted_mask_is_a_weighted_mean():
     x = jnp.array([[2.0, 4.0], [10.0, 10.0]])
     m = jnp.array([[1.0, 1.0], [0.5, 0.5]])
     np.testing.assert_allclose(aggregate(x, m, "token-mean"), (2 + 4 + 10) / 3, rtol=1e-6)
-    np.testing.assert_allclose(aggregate(x, m, "seq-mean-token-mean"), (3 + 0.5 * 10) / 1.5, rtol=1e-6)
+    np.testing.assert_allclose(
+        aggregate(x, m, "seq-mean-token-mean"), (3 + 0.5 * 10) / 1.5, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_against_numpy_reference(data, mode):
     x, m = data
-    np.testing.assert_allclose(aggregate(x, m, mode), np_aggregate(x, m, mode), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        aggregate(x, m, mode), np_aggregate(x, m, mode), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(
         aggregate(x, m, mode, num_tokens=11.0, num_seqs=3.0, norm_constant=4.0),
-        np_aggregate(x, m, mode, 11.0, 3.0, 4.0), rtol=1e-5, atol=1e-6,
+        np_aggregate(x, m, mode, 11.0, 3.0, 4.0),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -117,7 +126,10 @@ def test_gradient_accumulation(data, mode):
     n_tok, n_seq = global_counts(m)
     grad = jax.grad(lambda x: aggregate(x, m, mode, num_tokens=n_tok, num_seqs=n_seq))
     pieces = np.split(np.arange(len(x)), [3])
-    micro = [jax.grad(lambda y, p=p: aggregate(y, m[p], mode, num_tokens=n_tok, num_seqs=n_seq))(x[p]) for p in pieces]
+    micro = [
+        jax.grad(lambda y, p=p: aggregate(y, m[p], mode, num_tokens=n_tok, num_seqs=n_seq))(x[p])
+        for p in pieces
+    ]
     np.testing.assert_allclose(np.concatenate(micro), grad(x), rtol=1e-6, atol=1e-7)
 
 
@@ -132,7 +144,10 @@ def test_masked_equals_kept(data, mode):
     assert np.all(np.isfinite(g)) and np.all(np.asarray(g)[m == 0] == 0)
     kept = m.sum(1) > 0
     np.testing.assert_allclose(
-        aggregate(x[kept], m[kept], mode, norm_constant=x.shape[1]), aggregate(x, m, mode), rtol=1e-5, atol=1e-6
+        aggregate(x[kept], m[kept], mode, norm_constant=x.shape[1]),
+        aggregate(x, m, mode),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -170,8 +185,15 @@ def test_bf16_inputs_give_float32(data, mode):
 def test_check_grads(data):
     x, m = data
     for mode in ("token-mean", "seq-mean-token-mean"):
-        check_grads(jax.jit(lambda y: aggregate(y, m, mode)), (jnp.asarray(x, jnp.float32),), order=1, modes=["rev"],
-                    eps=1e-2, atol=1e-2, rtol=1e-2)
+        check_grads(
+            jax.jit(lambda y: aggregate(y, m, mode)),
+            (jnp.asarray(x, jnp.float32),),
+            order=1,
+            modes=["rev"],
+            eps=1e-2,
+            atol=1e-2,
+            rtol=1e-2,
+        )
 
 
 def test_errors_name_the_problem():

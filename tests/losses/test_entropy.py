@@ -1,4 +1,5 @@
 """Tests for jaxrl_llm.losses.entropy."""
+
 import math
 
 import jax
@@ -31,7 +32,9 @@ def test_hand_computed():
     np.testing.assert_allclose(token_entropy(jnp.log(jnp.array([1.0, 3.0]))), h, rtol=1e-6)
     # Banned tokens (−inf logits) contribute 0: a point mass has entropy 0.
     np.testing.assert_allclose(token_entropy(jnp.array([0.0, -jnp.inf, -jnp.inf])), 0.0, atol=1e-7)
-    np.testing.assert_allclose(token_entropy(jnp.array([0.0, 0.0, -jnp.inf])), math.log(2), rtol=1e-6)
+    np.testing.assert_allclose(
+        token_entropy(jnp.array([0.0, 0.0, -jnp.inf])), math.log(2), rtol=1e-6
+    )
 
 
 def test_matches_numpy_and_is_stable(logits):
@@ -39,7 +42,9 @@ def test_matches_numpy_and_is_stable(logits):
     assert got.shape == logits.shape[:-1] and got.dtype == jnp.float32
     np.testing.assert_allclose(got, np_entropy(logits), rtol=1e-5, atol=1e-6)
     # Shift invariance with huge logits (a naive exp would overflow).
-    np.testing.assert_allclose(token_entropy(jnp.asarray(logits) + 1e4), np_entropy(logits), atol=2e-2)
+    np.testing.assert_allclose(
+        token_entropy(jnp.asarray(logits) + 1e4), np_entropy(logits), atol=2e-2
+    )
     assert np.all(np.asarray(got) >= 0) and np.all(np.asarray(got) <= math.log(11) + 1e-6)
 
 
@@ -58,14 +63,25 @@ def test_jit_vmap_agree(logits):
 
 def test_grads(logits):
     x = jnp.asarray(logits[0, :2, :5])
-    check_grads(jax.jit(lambda l: jnp.sum(token_entropy(l))), (x,), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
+    check_grads(
+        jax.jit(lambda l: jnp.sum(token_entropy(l))),
+        (x,),
+        order=1,
+        modes=("rev",),
+        atol=1e-2,
+        rtol=1e-2,
+    )
     # Entropy is maximal at uniform logits: zero gradient there.
-    np.testing.assert_allclose(jax.grad(lambda l: token_entropy(l))(jnp.ones(6)), np.zeros(6), atol=1e-7)
+    np.testing.assert_allclose(
+        jax.grad(lambda l: token_entropy(l))(jnp.ones(6)), np.zeros(6), atol=1e-7
+    )
 
 
 def test_banned_tokens_finite_grad():
     g = jax.grad(lambda l: token_entropy(l))
-    np.testing.assert_allclose(g(jnp.array([0.0, 1.0, -jnp.inf])), g(jnp.array([0.0, 1.0, -60.0])), atol=1e-7)
+    np.testing.assert_allclose(
+        g(jnp.array([0.0, 1.0, -jnp.inf])), g(jnp.array([0.0, 1.0, -60.0])), atol=1e-7
+    )
 
 
 # entropy_bonus ----------------------------------------------------------------
@@ -106,7 +122,9 @@ def test_entropy_bonus_jit_vmap_and_grad():
     np.testing.assert_allclose(jax.jit(f)(h, m, 0.3), f(h, m, 0.3), rtol=1e-6)
     # vmap over coefficients (an ablation grid in one program).
     coefs = jnp.array([0.0, 0.1, 0.3])
-    np.testing.assert_allclose(jax.vmap(f, in_axes=(None, None, 0))(h, m, coefs), -coefs * 2.25, rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.vmap(f, in_axes=(None, None, 0))(h, m, coefs), -coefs * 2.25, rtol=1e-6
+    )
     # d/dH of token-mean bonus: −coef/N_tok on kept tokens, 0 elsewhere.
     g = jax.grad(lambda h: entropy_bonus(h, m, 0.3))(h)
     np.testing.assert_allclose(g, -0.3 * np.asarray(MASK) / 3, rtol=1e-6)

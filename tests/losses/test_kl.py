@@ -1,4 +1,5 @@
 """Tests for jaxrl_llm.losses.kl: estimators, exact KL, controllers."""
+
 import math
 
 import jax
@@ -63,7 +64,9 @@ def test_hand_computed_values():
     np.testing.assert_allclose(kl_estimate(logp, ref, "k1"), [1.0, -1.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(kl_estimate(logp, ref, "k2"), [0.5, 0.5, 0.0], atol=1e-6)
     # k3(1) = e^−1 + 1 − 1; k3(−1) = e − 1 − 1
-    np.testing.assert_allclose(kl_estimate(logp, ref, "k3"), [0.36787944, 0.71828183, 0.0], atol=1e-6)
+    np.testing.assert_allclose(
+        kl_estimate(logp, ref, "k3"), [0.36787944, 0.71828183, 0.0], atol=1e-6
+    )
     np.testing.assert_allclose(kl_estimate(logp, ref, "abs"), [1.0, 1.0, 0.0], atol=1e-6)
 
 
@@ -76,7 +79,9 @@ def test_default_kind_is_k3():
 def test_matches_numpy_reference(batch, kind):
     got = kl_estimate(jnp.asarray(batch["logp"]), jnp.asarray(batch["ref_logp"]), kind)
     assert got.dtype == jnp.float32 and got.shape == batch["logp"].shape
-    np.testing.assert_allclose(got, np_kl_estimate(batch["logp"], batch["ref_logp"], kind), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        got, np_kl_estimate(batch["logp"], batch["ref_logp"], kind), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_k3_small_d_is_precise():
@@ -120,7 +125,9 @@ def test_bf16_inputs_give_float32(batch):
 def test_jit_and_vmap_agree(batch):
     logp, ref = jnp.asarray(batch["logp"]), jnp.asarray(batch["ref_logp"])
     eager = kl_estimate(logp, ref, "k3", clamp=10.0)
-    jitted = jax.jit(kl_estimate, static_argnames=("kind", "clamp"))(logp, ref, kind="k3", clamp=10.0)
+    jitted = jax.jit(kl_estimate, static_argnames=("kind", "clamp"))(
+        logp, ref, kind="k3", clamp=10.0
+    )
     vmapped = jax.vmap(lambda a, b: kl_estimate(a, b, "k3", clamp=10.0))(logp, ref)
     np.testing.assert_allclose(jitted, eager, rtol=1e-6)
     np.testing.assert_allclose(vmapped, eager, rtol=1e-6)
@@ -130,11 +137,20 @@ def test_jit_and_vmap_agree(batch):
 def test_grads(kind):
     logp = jnp.array([-0.3, -1.2, -2.0])
     ref = jnp.array([-0.5, -0.9, -2.4])
-    check_grads(lambda a: jnp.sum(kl_estimate(a, ref, kind)), (logp,), order=2, modes=("rev",), atol=1e-2, rtol=1e-2)
+    check_grads(
+        lambda a: jnp.sum(kl_estimate(a, ref, kind)),
+        (logp,),
+        order=2,
+        modes=("rev",),
+        atol=1e-2,
+        rtol=1e-2,
+    )
     # ∂k3/∂logp = 1 − exp(−d); ∂k2/∂logp = d.
     d = logp - ref
     expected = d if kind == "k2" else 1 - jnp.exp(-d)
-    np.testing.assert_allclose(jax.grad(lambda a: jnp.sum(kl_estimate(a, ref, kind)))(logp), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        jax.grad(lambda a: jnp.sum(kl_estimate(a, ref, kind)))(logp), expected, rtol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -175,7 +191,9 @@ def test_k2_is_biased_so_the_monte_carlo_check_has_power(mc):
 # ---------------------------------------------------------------------------
 # full_kl
 def test_full_kl_matches_numpy_and_masks(batch):
-    got = full_kl(jnp.asarray(batch["logits"]), jnp.asarray(batch["ref_logits"]), jnp.asarray(batch["mask"]))
+    got = full_kl(
+        jnp.asarray(batch["logits"]), jnp.asarray(batch["ref_logits"]), jnp.asarray(batch["mask"])
+    )
     assert got.shape == batch["mask"].shape and got.dtype == jnp.float32
     expected = np_full_kl(batch["logits"], batch["ref_logits"]) * batch["mask"]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
@@ -194,7 +212,11 @@ def test_full_kl_hand_computed():
 
 
 def test_full_kl_chunked_equals_unchunked(batch):
-    args = (jnp.asarray(batch["logits"]), jnp.asarray(batch["ref_logits"]), jnp.asarray(batch["mask"]))
+    args = (
+        jnp.asarray(batch["logits"]),
+        jnp.asarray(batch["ref_logits"]),
+        jnp.asarray(batch["mask"]),
+    )
     np.testing.assert_allclose(full_kl(*args, chunk_size=2), full_kl(*args), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="chunk_size"):
         full_kl(*args, chunk_size=3)

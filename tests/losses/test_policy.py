@@ -1,4 +1,5 @@
 """Tests for jaxrl_llm.losses.policy: hand values, numpy references (PPO clip, GSPO), gradient identities."""
+
 import functools
 
 import jax
@@ -14,11 +15,18 @@ from jaxrl_llm.losses.aggregation import MODES, global_counts
 
 # ---------------------------------------------------------------------- numpy references
 def np_token_mean(x, m):
-    return sum(x[i, t] * m[i, t] for i in range(x.shape[0]) for t in range(x.shape[1]) if m[i, t]) / m.sum()
+    return (
+        sum(x[i, t] * m[i, t] for i in range(x.shape[0]) for t in range(x.shape[1]) if m[i, t])
+        / m.sum()
+    )
 
 
 def np_seq_mean_token_mean(x, m):
-    rows = [sum(x[i, t] for t in range(x.shape[1]) if m[i, t]) / m[i].sum() for i in range(x.shape[0]) if m[i].sum()]
+    rows = [
+        sum(x[i, t] for t in range(x.shape[1]) if m[i, t]) / m[i].sum()
+        for i in range(x.shape[0])
+        if m[i].sum()
+    ]
     return sum(rows) / len(rows)
 
 
@@ -89,7 +97,9 @@ def test_ppo_clip_hand_values():
     np.testing.assert_allclose(loss(0.5, -1.0)[0], 0.8, rtol=1e-6)  # clipped at 1 - 0.2
     np.testing.assert_allclose(loss(1.5, 1.0, clip_high=0.28)[0], -1.28, rtol=1e-6)  # clip-higher
     np.testing.assert_allclose(loss(5.0, -1.0)[0], 5.0, rtol=1e-6)
-    np.testing.assert_allclose(loss(5.0, -1.0, dual_clip=3.0)[0], 3.0, rtol=1e-6)  # dual clip caps it
+    np.testing.assert_allclose(
+        loss(5.0, -1.0, dual_clip=3.0)[0], 3.0, rtol=1e-6
+    )  # dual clip caps it
     m = loss(1.5, 1.0)[1]
     assert float(m["clip_frac_high"]) == 1.0 and float(m["clip_frac_low"]) == 0.0
     np.testing.assert_allclose(m["ratio_mean"], 1.5, rtol=1e-6)
@@ -98,11 +108,20 @@ def test_ppo_clip_hand_values():
     assert float(loss(0.5, -1.0)[1]["clip_frac_low"]) == 1.0
 
 
-@pytest.mark.parametrize("eps_low, eps_high, dual", [(0.2, 0.2, None), (0.2, 0.28, None), (0.1, 0.3, 1.5)])
+@pytest.mark.parametrize(
+    "eps_low, eps_high, dual", [(0.2, 0.2, None), (0.2, 0.28, None), (0.1, 0.3, 1.5)]
+)
 def test_ppo_clip_matches_numpy_reference(batch, eps_low, eps_high, dual):
     b = batch
-    loss, metrics = P.ppo_clip(b["logp"], b["old"], b["adv"], b["mask"], clip_low=eps_low, clip_high=eps_high,
-                               dual_clip=dual)
+    loss, metrics = P.ppo_clip(
+        b["logp"],
+        b["old"],
+        b["adv"],
+        b["mask"],
+        clip_low=eps_low,
+        clip_high=eps_high,
+        dual_clip=dual,
+    )
     ref, low, high = np_ppo_clip(b["logp"], b["old"], b["adv"], b["mask"], eps_low, eps_high, dual)
     np.testing.assert_allclose(loss, ref, rtol=1e-5)
     np.testing.assert_allclose(metrics["clip_frac_low"], low, rtol=1e-6)
@@ -115,7 +134,9 @@ def test_ppo_clip_matches_numpy_reference(batch, eps_low, eps_high, dual):
 def test_on_policy_ppo_clip_has_reinforce_gradient(batch, agg):
     b = batch
     kw = dict(agg=agg)
-    g_ppo = jax.grad(lambda lp: P.ppo_clip(lp, b["logp"], b["adv"], b["mask"], dual_clip=2.0, **kw)[0])(b["logp"])
+    g_ppo = jax.grad(
+        lambda lp: P.ppo_clip(lp, b["logp"], b["adv"], b["mask"], dual_clip=2.0, **kw)[0]
+    )(b["logp"])
     g_pg = jax.grad(lambda lp: P.reinforce(lp, b["logp"], b["adv"], b["mask"], **kw)[0])(b["logp"])
     np.testing.assert_allclose(g_ppo, g_pg, rtol=1e-6, atol=1e-7)
     assert np.abs(np.asarray(g_pg)).max() > 0
@@ -132,8 +153,15 @@ def test_reinforce_hand_value_and_metrics():
 def _grad_rows(adv_seq, weight, b, num_tokens=None, agg="token-mean"):
     adv = A.to_tokens(adv_seq, b["mask"])
     mask = b["mask"] * np.asarray(weight)[:, None]
-    f = lambda lp: P.ppo_clip(lp, b["logp"], adv, mask, agg=agg, num_tokens=num_tokens,  # noqa: E731
-                              num_seqs=None if num_tokens is None else len(mask))[0]
+    f = lambda lp: P.ppo_clip(
+        lp,
+        b["logp"],
+        adv,
+        mask,
+        agg=agg,
+        num_tokens=num_tokens,  # noqa: E731
+        num_seqs=None if num_tokens is None else len(mask),
+    )[0]
     return np.asarray(jax.grad(f)(b["logp"]))
 
 
@@ -167,25 +195,35 @@ def test_w_reinforce_gradient_is_lambda_psr_plus_nsr(batch, agg):
         adv, w = A.psr_nsr(batch["rewards"], mode=mode, lam=lam)
         advt = A.to_tokens(adv, batch["mask"])
         mask = batch["mask"] * np.asarray(w)[:, None]
-        f = lambda lp: P.ppo_clip(lp, batch["logp"], advt, mask, num_tokens=num, num_seqs=n_seq, **kw)[0]  # noqa
+        f = lambda lp: P.ppo_clip(
+            lp, batch["logp"], advt, mask, num_tokens=num, num_seqs=n_seq, **kw
+        )[0]  # noqa
         return np.asarray(jax.grad(f)(batch["logp"]))
 
-    np.testing.assert_allclose(grad("w_reinforce"), lam * grad("psr") + grad("nsr"), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        grad("w_reinforce"), lam * grad("psr") + grad("nsr"), rtol=1e-5, atol=1e-7
+    )
 
 
 # ------------------------------------------------------------------------------------ GSPO
 def test_gspo_matches_numpy_reference(batch):
     b = batch
     for eps in [(3e-4, 4e-4), (0.2, 0.2)]:
-        loss, metrics = P.gspo(b["logp"], b["old"], b["adv"], b["mask"], clip_low=eps[0], clip_high=eps[1])
-        np.testing.assert_allclose(loss, np_gspo(b["logp"], b["old"], b["adv"], b["mask"], *eps), rtol=1e-5)
+        loss, metrics = P.gspo(
+            b["logp"], b["old"], b["adv"], b["mask"], clip_low=eps[0], clip_high=eps[1]
+        )
+        np.testing.assert_allclose(
+            loss, np_gspo(b["logp"], b["old"], b["adv"], b["mask"], *eps), rtol=1e-5
+        )
     assert set(metrics) == set(P.METRIC_KEYS)
 
 
 def test_gspo_hand_value():
     # one sequence of two tokens, log-ratios 0.2 and 0.0: s = exp(0.1); A = 1; eps 0.2 -> unclipped
     logp = jnp.array([[0.2, 0.0]])
-    loss, m = P.gspo(logp, jnp.zeros((1, 2)), jnp.ones((1, 2)), jnp.ones((1, 2)), clip_low=0.2, clip_high=0.2)
+    loss, m = P.gspo(
+        logp, jnp.zeros((1, 2)), jnp.ones((1, 2)), jnp.ones((1, 2)), clip_low=0.2, clip_high=0.2
+    )
     np.testing.assert_allclose(loss, -np.exp(0.1), rtol=1e-6)
     np.testing.assert_allclose(m["ratio_max"], np.exp(0.1), rtol=1e-6)
 
@@ -193,7 +231,9 @@ def test_gspo_hand_value():
 @pytest.mark.parametrize("eps", [(0.2, 0.2), (3e-4, 4e-4)])
 def test_gspo_gradient_is_sequence_level_gradient(batch, eps):
     b = batch
-    g_token = jax.grad(lambda lp: P.gspo(lp, b["old"], b["adv"], b["mask"], clip_low=eps[0], clip_high=eps[1])[0])
+    g_token = jax.grad(
+        lambda lp: P.gspo(lp, b["old"], b["adv"], b["mask"], clip_low=eps[0], clip_high=eps[1])[0]
+    )
     g_seq = jax.grad(lambda lp: gspo_sequence_objective(lp, b["old"], b["adv"], b["mask"], *eps))
     np.testing.assert_allclose(g_token(b["logp"]), g_seq(b["logp"]), rtol=1e-5, atol=1e-7)
 
@@ -216,8 +256,13 @@ def test_cispo_gradient_is_clipped_detached_weight(batch):
 
 
 def test_cispo_hand_value():
-    loss, _ = P.cispo(jnp.log(jnp.array([[0.5]])), jnp.log(jnp.array([[0.25]])), jnp.array([[1.0]]),
-                      jnp.ones((1, 1)), clip_high=0.2)
+    loss, _ = P.cispo(
+        jnp.log(jnp.array([[0.5]])),
+        jnp.log(jnp.array([[0.25]])),
+        jnp.array([[1.0]]),
+        jnp.ones((1, 1)),
+        clip_high=0.2,
+    )
     np.testing.assert_allclose(loss, -1.2 * np.log(0.5), rtol=1e-6)  # ratio 2 clipped to 1.2
 
 
@@ -245,14 +290,27 @@ def test_clip_cov_selection(cov_batch):
     band = (b["mask"] > 0) & (cov > 1.0) & (cov < 5.0)
     k = int(np.floor(0.02 * b["mask"].sum()))
     assert band.sum() > k > 1
-    sel = np.asarray(P.clip_cov_stats(b["logp"], b["adv"], b["mask"], key=jax.random.key(0), clip_ratio=0.02)["select"])
+    sel = np.asarray(
+        P.clip_cov_stats(b["logp"], b["adv"], b["mask"], key=jax.random.key(0), clip_ratio=0.02)[
+            "select"
+        ]
+    )
     assert sel.sum() == k and np.all(band[sel > 0])
-    again = P.clip_cov_stats(b["logp"], b["adv"], b["mask"], key=jax.random.key(0), clip_ratio=0.02)["select"]
-    other = P.clip_cov_stats(b["logp"], b["adv"], b["mask"], key=jax.random.key(1), clip_ratio=0.02)["select"]
+    again = P.clip_cov_stats(
+        b["logp"], b["adv"], b["mask"], key=jax.random.key(0), clip_ratio=0.02
+    )["select"]
+    other = P.clip_cov_stats(
+        b["logp"], b["adv"], b["mask"], key=jax.random.key(1), clip_ratio=0.02
+    )["select"]
     np.testing.assert_array_equal(sel, again)
     assert np.any(np.asarray(other) != sel)
     # at least one token even when clip_ratio * N_tok < 1 (the authors' max(., 1))
-    assert float(P.clip_cov_stats(b["logp"], b["adv"], b["mask"], key=jax.random.key(0))["select"].sum()) == 1.0
+    assert (
+        float(
+            P.clip_cov_stats(b["logp"], b["adv"], b["mask"], key=jax.random.key(0))["select"].sum()
+        )
+        == 1.0
+    )
 
 
 def test_clip_cov_detaches_selected_tokens_only(cov_batch):
@@ -271,9 +329,13 @@ def test_clip_cov_detaches_selected_tokens_only(cov_batch):
 
 def test_clip_cov_excludes_ppo_clipped_tokens_when_old_logp_given(cov_batch):
     b = cov_batch
-    old = b["logp"] - 0.5 * np.sign(b["adv"])  # ratio exp(±0.5): every A≠0 token is clipped ... for half
+    old = b["logp"] - 0.5 * np.sign(
+        b["adv"]
+    )  # ratio exp(±0.5): every A≠0 token is clipped ... for half
     old[:, ::2] = b["logp"][:, ::2]  # ... and on-policy for the other half
-    stats = P.clip_cov_stats(b["logp"], b["adv"], b["mask"], key=jax.random.key(0), clip_ratio=0.02, old_logp=old)
+    stats = P.clip_cov_stats(
+        b["logp"], b["adv"], b["mask"], key=jax.random.key(0), clip_ratio=0.02, old_logp=old
+    )
     sel = np.asarray(stats["select"]) > 0
     assert sel.sum() > 0 and not np.any(sel[:, 1::2])
 
@@ -317,7 +379,10 @@ def test_forking_threshold_from_whole_batch(batch):
     m = batch["mask"]
     full = np.asarray(P.forking_token_mask(ent, m, 0.3))
     tau = P.forking_threshold(ent, m, 0.3)
-    parts = [np.asarray(P.forking_token_mask(ent[s], m[s], threshold=tau)) for s in (slice(0, 2), slice(2, None))]
+    parts = [
+        np.asarray(P.forking_token_mask(ent[s], m[s], threshold=tau))
+        for s in (slice(0, 2), slice(2, None))
+    ]
     np.testing.assert_array_equal(np.concatenate(parts), full)
     local = np.asarray(P.forking_token_mask(ent[:2], m[:2], 0.3))
     assert np.any(local != full[:2])  # a per-micro-batch quantile would differ
@@ -380,7 +445,9 @@ def test_jit_vmap_bf16(batch, name):
     jl, jm = jax.jit(fn)(*args)
     np.testing.assert_allclose(jl, loss, rtol=1e-5, atol=1e-6)
     assert jm.keys() == metrics.keys()
-    stacked = jax.jit(jax.vmap(lambda lp: fn(lp, *args[1:])[0]))(np.stack([b["logp"], b["logp"] - 0.1]))
+    stacked = jax.jit(jax.vmap(lambda lp: fn(lp, *args[1:])[0]))(
+        np.stack([b["logp"], b["logp"] - 0.1])
+    )
     np.testing.assert_allclose(stacked[0], loss, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stacked[1], fn(b["logp"] - 0.1, *args[1:])[0], rtol=1e-5, atol=1e-6)
     bl, bm = fn(*(jnp.asarray(a, jnp.bfloat16) for a in args))
@@ -393,10 +460,21 @@ def test_check_grads_on_smooth_losses(batch):
     # move every ratio away from the clip boundaries so the surrogate is smooth around the point
     old = b["logp"] - np.where(np.arange(b["logp"].size).reshape(b["logp"].shape) % 2, 0.05, 0.6)
     mask, adv = b["mask"], b["adv"]
-    for fn in (P.reinforce, P.ppo_clip, functools.partial(P.gspo, clip_low=0.2, clip_high=0.2),
-               functools.partial(P.ppo_clip, agg="seq-mean-token-sum")):
-        check_grads(jax.jit(lambda lp, fn=fn: fn(lp, old, adv, mask)[0]), (jnp.asarray(b["logp"]),), order=1,
-                    modes=["rev"], eps=1e-3, atol=1e-2, rtol=1e-2)
+    for fn in (
+        P.reinforce,
+        P.ppo_clip,
+        functools.partial(P.gspo, clip_low=0.2, clip_high=0.2),
+        functools.partial(P.ppo_clip, agg="seq-mean-token-sum"),
+    ):
+        check_grads(
+            jax.jit(lambda lp, fn=fn: fn(lp, old, adv, mask)[0]),
+            (jnp.asarray(b["logp"]),),
+            order=1,
+            modes=["rev"],
+            eps=1e-3,
+            atol=1e-2,
+            rtol=1e-2,
+        )
 
 
 def test_shape_and_option_errors(batch):
@@ -417,7 +495,9 @@ def test_masked_call_equals_call_on_kept_rows(batch, name):
     mask = b["mask"].copy()
     mask[2] = 0.0  # a left-out sample (weight 0)
     pad = mask == 0
-    poisoned = [np.where(pad, bad, b[k]) for k, bad in (("logp", np.nan), ("old", -np.inf), ("adv", np.inf))]
+    poisoned = [
+        np.where(pad, bad, b[k]) for k, bad in (("logp", np.nan), ("old", -np.inf), ("adv", np.inf))
+    ]
     f = lambda lp, old, adv, m: fn(lp, old, adv, m, agg="seq-mean-token-mean")[0]  # noqa: E731
     clean_l, clean_g = jax.value_and_grad(f)(b["logp"], b["old"], b["adv"], mask)
     l, g = jax.value_and_grad(f)(*poisoned, mask)
@@ -426,8 +506,12 @@ def test_masked_call_equals_call_on_kept_rows(batch, name):
     np.testing.assert_allclose(g, clean_g, rtol=1e-6, atol=1e-8)
     if name != "clip_cov":  # its random draw depends on the array layout
         keep = mask.sum(1) > 0
-        np.testing.assert_allclose(f(b["logp"][keep], b["old"][keep], b["adv"][keep], mask[keep]), clean_l,
-                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            f(b["logp"][keep], b["old"][keep], b["adv"][keep], mask[keep]),
+            clean_l,
+            rtol=1e-5,
+            atol=1e-7,
+        )
 
 
 def test_cov_selections_hand():
@@ -435,9 +519,17 @@ def test_cov_selections_hand():
     logp = jnp.array([[-1.0, -2.0, -3.0, -4.0]])
     adv = jnp.array([[1.0, -1.0, 1.0, -1.0]])
     m = jnp.ones((1, 4))
-    np.testing.assert_array_equal(P.kl_cov_stats(logp, adv, m, k_ratio=0.5)["select"], [[1, 0, 0, 1]])
-    np.testing.assert_array_equal(P.kl_cov_stats(logp, adv, m, k_ratio=0.25)["select"], [[1, 0, 0, 1]])  # tie
-    sel = np.asarray(P.clip_cov_stats(logp, adv, m, key=jax.random.key(0), clip_ratio=0.25)["select"])
+    np.testing.assert_array_equal(
+        P.kl_cov_stats(logp, adv, m, k_ratio=0.5)["select"], [[1, 0, 0, 1]]
+    )
+    np.testing.assert_array_equal(
+        P.kl_cov_stats(logp, adv, m, k_ratio=0.25)["select"], [[1, 0, 0, 1]]
+    )  # tie
+    sel = np.asarray(
+        P.clip_cov_stats(logp, adv, m, key=jax.random.key(0), clip_ratio=0.25)["select"]
+    )
     assert sel.sum() == 1 and sel[0, 1] == sel[0, 2] == 0  # one of the two tokens in (1, 5)
-    sel = P.clip_cov_stats(logp, adv, m, key=jax.random.key(0), clip_ratio=1.0, cov_lb=-1.0, cov_ub=1.0)["select"]
+    sel = P.clip_cov_stats(
+        logp, adv, m, key=jax.random.key(0), clip_ratio=1.0, cov_lb=-1.0, cov_ub=1.0
+    )["select"]
     np.testing.assert_array_equal(sel, [[0, 1, 1, 0]])

@@ -1,4 +1,5 @@
 """Tests for jaxrl_llm.losses.preference (DPO, cDPO, IPO, rDPO, hinge, SimPO)."""
+
 import math
 
 import jax
@@ -31,7 +32,9 @@ def test_dpo_hand_computed():
 
 def test_cdpo_label_smoothing_hand_computed():
     loss, _ = dpo(*ONE, beta=0.5, label_smoothing=0.1)
-    np.testing.assert_allclose(loss, 0.9 * neg_log_sigmoid(1.0) + 0.1 * neg_log_sigmoid(-1.0), rtol=1e-6)
+    np.testing.assert_allclose(
+        loss, 0.9 * neg_log_sigmoid(1.0) + 0.1 * neg_log_sigmoid(-1.0), rtol=1e-6
+    )
     np.testing.assert_allclose(loss, 0.41326169, rtol=1e-6)
     with pytest.raises(ValueError, match="label_smoothing"):
         dpo(*ONE, label_smoothing=0.7)
@@ -51,7 +54,9 @@ def test_rdpo_hand_computed_and_eps_zero_is_dpo():
     np.testing.assert_allclose(loss, 0.18826169, rtol=1e-5)
     rng = np.random.default_rng(4)
     args = tuple(jnp.asarray(rng.normal(size=6) - 3.0, jnp.float32) for _ in range(4))
-    np.testing.assert_allclose(rdpo(*args, beta=0.3, flip_rate=0.0)[0], dpo(*args, beta=0.3)[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        rdpo(*args, beta=0.3, flip_rate=0.0)[0], dpo(*args, beta=0.3)[0], rtol=1e-6
+    )
     with pytest.raises(ValueError, match="flip_rate"):
         rdpo(*ONE, flip_rate=0.5)
 
@@ -62,7 +67,9 @@ def test_rdpo_is_unbiased_under_label_flips():
     c, r, rc, rr = (jnp.asarray(rng.normal(size=5) - 2.0, jnp.float32) for _ in range(4))
     eps, beta = 0.2, 0.7
     clean = -jax.nn.log_sigmoid(beta * ((c - rc) - (r - rr)))
-    per_pair = lambda *a: jax.vmap(lambda *x: rdpo(*(v[None] for v in x), beta=beta, flip_rate=eps)[0])(*a)
+    per_pair = lambda *a: jax.vmap(
+        lambda *x: rdpo(*(v[None] for v in x), beta=beta, flip_rate=eps)[0]
+    )(*a)
     noisy = (1 - eps) * per_pair(c, r, rc, rr) + eps * per_pair(r, c, rr, rc)
     np.testing.assert_allclose(noisy, clean, rtol=1e-5)
 
@@ -75,7 +82,9 @@ def test_hinge_hand_computed():
 def test_simpo_hand_computed():
     # chosen: −4 over 2 tokens → −2; rejected: −9 over 3 tokens → −3; β = 2, γ = 1:
     # β(−2) − β(−3) − γ = 1 → −log σ(1).
-    loss, m = simpo(jnp.array([-4.0]), jnp.array([2]), jnp.array([-9.0]), jnp.array([3]), beta=2.0, gamma=1.0)
+    loss, m = simpo(
+        jnp.array([-4.0]), jnp.array([2]), jnp.array([-9.0]), jnp.array([3]), beta=2.0, gamma=1.0
+    )
     np.testing.assert_allclose(loss, neg_log_sigmoid(1.0), rtol=1e-6)
     np.testing.assert_allclose(m["chosen_reward"], -4.0, rtol=1e-6)
     np.testing.assert_allclose(m["rejected_reward"], -6.0, rtol=1e-6)
@@ -97,7 +106,9 @@ LOSSES = {
     "rdpo": lambda *a, **k: rdpo(*a, beta=0.2, flip_rate=0.1, **k),
     "hinge": lambda *a, **k: hinge(*a, beta=0.2, **k),
     # (logp sums, lengths): reuse the arrays, lengths taken positive.
-    "simpo": lambda c, r, rc, rr, **k: simpo(c, jnp.abs(rc) + 1, r, jnp.abs(rr) + 1, beta=2.0, gamma=0.5, **k),
+    "simpo": lambda c, r, rc, rr, **k: simpo(
+        c, jnp.abs(rc) + 1, r, jnp.abs(rr) + 1, beta=2.0, gamma=0.5, **k
+    ),
 }
 
 

@@ -1,4 +1,5 @@
 """Tests for jaxrl_llm.losses.registry: names, errors, parity with the functions, exact micro-batching."""
+
 import functools
 
 import jax
@@ -11,10 +12,27 @@ from jaxrl_llm.losses import policy as P
 from jaxrl_llm.losses import registry
 from jaxrl_llm.losses.aggregation import global_counts
 
-ADV_NAMES = ["gae", "grpo", "dr_grpo", "lite_ppo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "remax", "psr",
-             "nsr", "w_reinforce"]
+ADV_NAMES = [
+    "gae",
+    "grpo",
+    "dr_grpo",
+    "lite_ppo",
+    "rloo",
+    "reinforce_pp",
+    "reinforce_pp_baseline",
+    "remax",
+    "psr",
+    "nsr",
+    "w_reinforce",
+]
 LOSS_NAMES = ["ppo_clip", "reinforce", "gspo", "cispo", "clip_cov", "kl_cov"]
-AGG_NAMES = ["token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+AGG_NAMES = [
+    "token-mean",
+    "token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+]
 G = 3
 
 
@@ -28,9 +46,14 @@ def batch():
     logp = np.log(rng.uniform(0.05, 0.95, size=(N, T))).astype(np.float32)
     old = (logp + rng.normal(scale=0.3, size=(N, T))).astype(np.float32)
     return dict(
-        mask=mask, rewards=rewards, logp=logp, old=old,
+        mask=mask,
+        rewards=rewards,
+        logp=logp,
+        old=old,
         values=rng.normal(size=(N, T)).astype(np.float32),
-        token_rewards=np.asarray(A.to_token_rewards(rewards, mask, kl=rng.uniform(size=(N, T)), kl_coef=0.05)),
+        token_rewards=np.asarray(
+            A.to_token_rewards(rewards, mask, kl=rng.uniform(size=(N, T)), kl_coef=0.05)
+        ),
         greedy=np.repeat(np.array([0.5, 1.0], np.float32), G),
         entropy=rng.uniform(0, 3, size=(N, T)).astype(np.float32),
     )
@@ -44,12 +67,17 @@ def test_names_are_the_contract():
 
 def test_unknown_names_list_the_valid_ones(batch):
     with pytest.raises(ValueError, match="grpo, dr_grpo"):
-        registry.compute_advantages("gpro", rewards=batch["rewards"], mask=batch["mask"], group_size=G)
+        registry.compute_advantages(
+            "gpro", rewards=batch["rewards"], mask=batch["mask"], group_size=G
+        )
     with pytest.raises(ValueError, match="ppo_clip, reinforce, gspo"):
-        registry.compute_policy_loss("ppo", batch["logp"], batch["old"], batch["mask"], batch["mask"],
-                                     agg="token-mean")
+        registry.compute_policy_loss(
+            "ppo", batch["logp"], batch["old"], batch["mask"], batch["mask"], agg="token-mean"
+        )
     with pytest.raises(ValueError, match="token-mean, token-sum"):
-        registry.compute_policy_loss("ppo_clip", batch["logp"], batch["old"], batch["mask"], batch["mask"], agg="mean")
+        registry.compute_policy_loss(
+            "ppo_clip", batch["logp"], batch["old"], batch["mask"], batch["mask"], agg="mean"
+        )
     with pytest.raises(ValueError, match="advantage, policy_loss, aggregation"):
         registry.check("optimizer", "adamw")
     assert registry.check("aggregation", "token-sum") == "token-sum"
@@ -57,8 +85,17 @@ def test_unknown_names_list_the_valid_ones(batch):
 
 def _compute(name, b, **kw):
     return registry.compute_advantages(
-        name, rewards=b["rewards"], mask=b["mask"], group_size=G, token_rewards=b["token_rewards"],
-        values=b["values"], greedy_rewards=b["greedy"], gamma=0.9, lam=0.8, **kw)
+        name,
+        rewards=b["rewards"],
+        mask=b["mask"],
+        group_size=G,
+        token_rewards=b["token_rewards"],
+        values=b["values"],
+        greedy_rewards=b["greedy"],
+        gamma=0.9,
+        lam=0.8,
+        **kw,
+    )
 
 
 def test_compute_advantages_matches_the_functions(batch):
@@ -81,32 +118,51 @@ def test_compute_advantages_matches_the_functions(batch):
     for name in ADV_NAMES:
         adv, ret, w = _compute(name, b)
         np.testing.assert_allclose(adv, expected[name], rtol=1e-6, atol=1e-6, err_msg=name)
-        assert adv.shape == m.shape and adv.dtype == jnp.float32 and np.all(np.asarray(adv)[m == 0] == 0)
+        assert (
+            adv.shape == m.shape
+            and adv.dtype == jnp.float32
+            and np.all(np.asarray(adv)[m == 0] == 0)
+        )
         assert w.shape == (6,) and w.dtype == jnp.float32
         assert (ret is not None) == (name in ("gae", "reinforce_pp")), name
     np.testing.assert_array_equal(_compute("nsr", b)[2], 1.0 - r)
     np.testing.assert_array_equal(_compute("grpo", b)[2], np.ones(6))
-    np.testing.assert_allclose(_compute("gae", b)[1], A.gae(b["token_rewards"], b["values"], m, gamma=0.9, lam=0.8)[1])
+    np.testing.assert_allclose(
+        _compute("gae", b)[1], A.gae(b["token_rewards"], b["values"], m, gamma=0.9, lam=0.8)[1]
+    )
 
 
 def test_compute_advantages_options(batch):
     b = batch
     adv, _, _ = _compute("gae", b, whiten_advantages=True)
-    np.testing.assert_allclose(adv, A.whiten(_compute("gae", b)[0], b["mask"]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        adv, A.whiten(_compute("gae", b)[0], b["mask"]), rtol=1e-6, atol=1e-6
+    )
     adv, _, _ = _compute("grpo", b, eps=1e-4, ddof=0)
-    np.testing.assert_allclose(adv, A.to_tokens(A.group_advantages(b["rewards"], G, eps=1e-4, ddof=0), b["mask"]))
+    np.testing.assert_allclose(
+        adv, A.to_tokens(A.group_advantages(b["rewards"], G, eps=1e-4, ddof=0), b["mask"])
+    )
     adv, _, _ = _compute("w_reinforce", b, w_lambda=0.5)
     assert np.isclose(np.asarray(adv).max(), 0.5)
     # without token_rewards, REINFORCE++ builds them from the sequence rewards
-    adv, _, _ = registry.compute_advantages("reinforce_pp", rewards=b["rewards"], mask=b["mask"], group_size=G)
-    np.testing.assert_allclose(adv, A.reinforce_pp(A.to_token_rewards(b["rewards"], b["mask"]), b["mask"]))
+    adv, _, _ = registry.compute_advantages(
+        "reinforce_pp", rewards=b["rewards"], mask=b["mask"], group_size=G
+    )
+    np.testing.assert_allclose(
+        adv, A.reinforce_pp(A.to_token_rewards(b["rewards"], b["mask"]), b["mask"])
+    )
 
 
 def test_missing_inputs_are_named(batch):
     b = batch
     with pytest.raises(ValueError, match="values"):
-        registry.compute_advantages("gae", rewards=b["rewards"], mask=b["mask"], group_size=G,
-                                    token_rewards=b["token_rewards"])
+        registry.compute_advantages(
+            "gae",
+            rewards=b["rewards"],
+            mask=b["mask"],
+            group_size=G,
+            token_rewards=b["token_rewards"],
+        )
     with pytest.raises(ValueError, match="greedy_rewards"):
         registry.compute_advantages("remax", rewards=b["rewards"], mask=b["mask"], group_size=G)
 
@@ -115,12 +171,22 @@ def test_missing_inputs_are_named(batch):
 CASES = [
     ("ppo_clip", "grpo", "token-mean", {}),
     ("ppo_clip", "nsr", "seq-mean-token-mean", {}),
-    ("ppo_clip", "dr_grpo", "seq-mean-token-sum-norm", dict(entropy=True, forking_top_fraction=0.3)),
+    (
+        "ppo_clip",
+        "dr_grpo",
+        "seq-mean-token-sum-norm",
+        dict(entropy=True, forking_top_fraction=0.3),
+    ),
     ("reinforce", "w_reinforce", "seq-mean-token-sum", {}),
     ("gspo", "grpo", "seq-mean-token-mean", {}),
     ("cispo", "rloo", "token-sum", {}),
     ("clip_cov", "grpo", "token-mean", dict(clip_ratio=0.1, cov_lb=0.0, cov_ub=10.0)),
-    ("kl_cov", "grpo", "token-mean", dict(k_ratio=0.1, kl_coef=0.5, entropy=True, forking_top_fraction=0.5)),
+    (
+        "kl_cov",
+        "grpo",
+        "token-mean",
+        dict(k_ratio=0.1, kl_coef=0.5, entropy=True, forking_top_fraction=0.5),
+    ),
 ]
 
 
@@ -141,8 +207,20 @@ def test_microbatches_reproduce_the_minibatch(batch, loss_name, adv_name, agg, e
     def loss_fn(logp, old, adv, mask, stats, entropy=None):
         ent = {} if entropy is None else {"entropy": entropy}
         return registry.compute_policy_loss(
-            loss_name, logp, old, adv, mask, agg=agg, num_tokens=n_tok, num_seqs=n_seq, clip_low=0.2,
-            clip_high=0.28, stats=stats, **stat_extra, **ent)
+            loss_name,
+            logp,
+            old,
+            adv,
+            mask,
+            agg=agg,
+            num_tokens=n_tok,
+            num_seqs=n_seq,
+            clip_low=0.2,
+            clip_high=0.28,
+            stats=stats,
+            **stat_extra,
+            **ent,
+        )
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     ent = extra.get("entropy")
@@ -151,10 +229,20 @@ def test_microbatches_reproduce_the_minibatch(batch, loss_name, adv_name, agg, e
     outs = []
     for i, rows in enumerate((slice(0, 3), slice(3, 6))):
         micro_stats = jax.tree.map(lambda x, i=i: x[i], split)
-        outs.append(grad_fn(b["logp"][rows], b["old"][rows], adv[rows], mask[rows], micro_stats,
-                            None if ent is None else ent[rows]))
+        outs.append(
+            grad_fn(
+                b["logp"][rows],
+                b["old"][rows],
+                adv[rows],
+                mask[rows],
+                micro_stats,
+                None if ent is None else ent[rows],
+            )
+        )
     np.testing.assert_allclose(outs[0][0][0] + outs[1][0][0], full, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.concatenate([outs[0][1], outs[1][1]]), full_g, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.concatenate([outs[0][1], outs[1][1]]), full_g, rtol=1e-5, atol=1e-7
+    )
     merged = registry.init_metrics(full_m)
     for rows, out in zip((slice(0, 3), slice(3, 6)), outs):
         merged = registry.merge_metrics(merged, out[0][1], weight=mask[rows].sum() / n_tok)
@@ -168,14 +256,21 @@ def test_stats_contents(batch):
     b = batch
     adv = _compute("grpo", b)[0]
     assert registry.policy_loss_stats("ppo_clip", b["old"], adv, b["mask"]) == {}
-    s = registry.policy_loss_stats("ppo_clip", b["old"], adv, b["mask"], entropy=b["entropy"],
-                                   forking_top_fraction=0.2)
-    np.testing.assert_allclose(s["forking_threshold"], P.forking_threshold(b["entropy"], b["mask"], 0.2))
+    s = registry.policy_loss_stats(
+        "ppo_clip", b["old"], adv, b["mask"], entropy=b["entropy"], forking_top_fraction=0.2
+    )
+    np.testing.assert_allclose(
+        s["forking_threshold"], P.forking_threshold(b["entropy"], b["mask"], 0.2)
+    )
     s = registry.policy_loss_stats("kl_cov", b["old"], adv, b["mask"], k_ratio=0.1, kl_coef=1.0)
-    np.testing.assert_array_equal(s["select"], P.kl_cov_stats(b["old"], adv, b["mask"], k_ratio=0.1)["select"])
+    np.testing.assert_array_equal(
+        s["select"], P.kl_cov_stats(b["old"], adv, b["mask"], k_ratio=0.1)["select"]
+    )
     with pytest.raises(ValueError, match="key"):
         registry.policy_loss_stats("clip_cov", b["old"], adv, b["mask"])
-    split = registry.split_stats({"select": jnp.zeros((6, 8)), "forking_threshold": jnp.array(1.5)}, 3)
+    split = registry.split_stats(
+        {"select": jnp.zeros((6, 8)), "forking_threshold": jnp.array(1.5)}, 3
+    )
     assert split["select"].shape == (3, 2, 8) and split["forking_threshold"].shape == (3,)
     with pytest.raises(ValueError, match="cannot split"):
         registry.split_stats({"select": jnp.zeros((6, 8))}, 4)
@@ -185,17 +280,29 @@ def test_forking_tokens_restrict_the_gradient(batch):
     b = batch
     adv = _compute("grpo", b)[0]
     keep = np.asarray(P.forking_token_mask(b["entropy"], b["mask"], 0.2))
-    f = lambda lp, **kw: registry.compute_policy_loss("reinforce", lp, None, adv, b["mask"], agg="token-mean",  # noqa
-                                                       **kw)[0]
-    g = np.asarray(jax.grad(functools.partial(f, entropy=b["entropy"], forking_top_fraction=0.2))(b["logp"]))
+    f = lambda lp, **kw: registry.compute_policy_loss(
+        "reinforce",
+        lp,
+        None,
+        adv,
+        b["mask"],
+        agg="token-mean",  # noqa
+        **kw,
+    )[0]
+    g = np.asarray(
+        jax.grad(functools.partial(f, entropy=b["entropy"], forking_top_fraction=0.2))(b["logp"])
+    )
     g_all = np.asarray(jax.grad(f)(b["logp"]))
     np.testing.assert_allclose(g, g_all * keep, rtol=1e-6, atol=1e-8)
     assert 0 < keep.sum() < b["mask"].sum()
     # an explicit pg_mask combines with the forking mask
     first = np.zeros_like(keep)
     first[:, 0] = 1.0
-    g2 = np.asarray(jax.grad(functools.partial(f, entropy=b["entropy"], forking_top_fraction=0.2, pg_mask=first))(
-        b["logp"]))
+    g2 = np.asarray(
+        jax.grad(
+            functools.partial(f, entropy=b["entropy"], forking_top_fraction=0.2, pg_mask=first)
+        )(b["logp"])
+    )
     np.testing.assert_allclose(g2, g_all * keep * first, rtol=1e-6, atol=1e-8)
 
 
@@ -206,12 +313,20 @@ def test_loss_options_are_routed(batch):
     loss = functools.partial(registry.compute_policy_loss, agg="token-mean")
     # None keeps each loss's own default clip range (GSPO: the paper's 3e-4 / 4e-4)
     np.testing.assert_allclose(loss("gspo", *args)[0], P.gspo(*args, agg="token-mean")[0])
-    np.testing.assert_allclose(loss("ppo_clip", *args, clip_high=0.28, dual_clip=3.0, log_ratio_clamp=20.0)[0],
-                               P.ppo_clip(*args, clip_high=0.28, dual_clip=3.0, log_ratio_clamp=20.0)[0])
-    np.testing.assert_allclose(loss("reinforce", *args, clip_low=0.2, clip_high=0.2)[0], P.reinforce(*args)[0])
+    np.testing.assert_allclose(
+        loss("ppo_clip", *args, clip_high=0.28, dual_clip=3.0, log_ratio_clamp=20.0)[0],
+        P.ppo_clip(*args, clip_high=0.28, dual_clip=3.0, log_ratio_clamp=20.0)[0],
+    )
+    np.testing.assert_allclose(
+        loss("reinforce", *args, clip_low=0.2, clip_high=0.2)[0], P.reinforce(*args)[0]
+    )
     with pytest.raises(ValueError, match="no dual clip"):
         loss("reinforce", *args, dual_clip=3.0)
     with pytest.raises(ValueError, match="unknown options"):
         loss("ppo_clip", *args, k_ratio=0.1)
-    jitted = jax.jit(functools.partial(registry.compute_policy_loss, "ppo_clip", agg="seq-mean-token-mean"))
-    np.testing.assert_allclose(jitted(*args)[0], loss("ppo_clip", *args, agg="seq-mean-token-mean")[0], rtol=1e-6)
+    jitted = jax.jit(
+        functools.partial(registry.compute_policy_loss, "ppo_clip", agg="seq-mean-token-mean")
+    )
+    np.testing.assert_allclose(
+        jitted(*args)[0], loss("ppo_clip", *args, agg="seq-mean-token-mean")[0], rtol=1e-6
+    )

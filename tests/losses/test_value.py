@@ -1,4 +1,5 @@
 """Tests for jaxrl_llm.losses.value: clipped value loss and HL-Gauss."""
+
 import math
 
 import jax
@@ -63,18 +64,24 @@ def test_clipped_value_loss_jit_vmap_bf16():
 
 def test_clipped_value_loss_grad():
     # Unclipped branch: ∂/∂v of ½(v−R)²/N = (v−R)/N; clipped branch (v outside v_old ± ε): 0.
-    g = jax.grad(lambda v: clipped_value_loss(v, *(jnp.asarray(a) for a in (V_OLD, R, M)))[0])(jnp.asarray(V))
+    g = jax.grad(lambda v: clipped_value_loss(v, *(jnp.asarray(a) for a in (V_OLD, R, M)))[0])(
+        jnp.asarray(V)
+    )
     np.testing.assert_allclose(g, [[0.0, (0.0 - 1.0) / 2, 0.0]], atol=1e-7)
     # Smooth region check (all tokens well inside the clip range).
     v_old = jnp.array([[0.1, -0.2, 0.3]])
     v = v_old + jnp.array([[0.05, -0.03, 0.02]])
-    f = jax.jit(lambda v: clipped_value_loss(v, v_old, jnp.array([[1.0, 2.0, -1.0]]), jnp.ones((1, 3)))[0])
+    f = jax.jit(
+        lambda v: clipped_value_loss(v, v_old, jnp.array([[1.0, 2.0, -1.0]]), jnp.ones((1, 3)))[0]
+    )
     check_grads(f, (v,), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
 
 
 def test_clipped_value_loss_shape_error():
     with pytest.raises(ValueError, match="equal shapes"):
-        clipped_value_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((3, 2)), jnp.ones((2, 3)))
+        clipped_value_loss(
+            jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((3, 2)), jnp.ones((2, 3))
+        )
 
 
 # HL-Gauss ---------------------------------------------------------------------
@@ -93,7 +100,9 @@ def test_hl_gauss_targets_hand_computed():
     got = hl_gauss_targets(ys, v_min=0.0, v_max=4.0, num_bins=8, sigma=0.4)
     assert got.shape == (2, 2, 8) and got.dtype == jnp.float32
     for idx in np.ndindex(2, 2):
-        np.testing.assert_allclose(got[idx], np_hl_gauss_targets(float(ys[idx]), 0.0, 4.0, 8, 0.4), atol=1e-6)
+        np.testing.assert_allclose(
+            got[idx], np_hl_gauss_targets(float(ys[idx]), 0.0, 4.0, 8, 0.4), atol=1e-6
+        )
 
 
 def test_hl_gauss_targets_sum_to_one_and_readout_recovers_target():
@@ -128,13 +137,22 @@ def test_hl_gauss_loss_is_cross_entropy_and_minimised_at_targets():
     p = np.asarray(hl_gauss_targets(jnp.array(2.0), num_bins=4, **kw), np.float64)
     logits = jnp.array([0.3, -0.2, 1.0, 0.1])
     log_q = np.asarray(jax.nn.log_softmax(logits), np.float64)
-    np.testing.assert_allclose(hl_gauss_loss(logits, jnp.array(2.0), **kw), -(p * log_q).sum(), rtol=1e-6)
+    np.testing.assert_allclose(
+        hl_gauss_loss(logits, jnp.array(2.0), **kw), -(p * log_q).sum(), rtol=1e-6
+    )
     # ∇_logits CE = softmax(logits) − p: zero at logits = log p, where CE = H(p).
     g = jax.grad(lambda l: hl_gauss_loss(l, jnp.array(2.0), **kw))(logits)
     np.testing.assert_allclose(g, np.exp(log_q) - p, atol=1e-6)
     at_p = jnp.log(jnp.asarray(p, jnp.float32))
-    np.testing.assert_allclose(hl_gauss_loss(at_p, jnp.array(2.0), **kw), -(p * np.log(p)).sum(), rtol=1e-5)
-    check_grads(jax.jit(lambda l: hl_gauss_loss(l, jnp.array(2.0), **kw)), (logits,), order=1, modes=("rev",))
+    np.testing.assert_allclose(
+        hl_gauss_loss(at_p, jnp.array(2.0), **kw), -(p * np.log(p)).sum(), rtol=1e-5
+    )
+    check_grads(
+        jax.jit(lambda l: hl_gauss_loss(l, jnp.array(2.0), **kw)),
+        (logits,),
+        order=1,
+        modes=("rev",),
+    )
 
 
 def test_hl_gauss_jit_vmap_bf16_and_masking():
@@ -144,13 +162,19 @@ def test_hl_gauss_jit_vmap_bf16_and_masking():
     kw = dict(v_min=-1.0, v_max=1.0)
     eager = hl_gauss_loss(jnp.asarray(logits), jnp.asarray(target), **kw)
     assert eager.shape == (2, 3)
-    np.testing.assert_allclose(jax.jit(lambda l, t: hl_gauss_loss(l, t, **kw))(logits, target), eager, rtol=1e-6)
-    np.testing.assert_allclose(jax.vmap(lambda l, t: hl_gauss_loss(l, t, **kw))(logits, target), eager, rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(lambda l, t: hl_gauss_loss(l, t, **kw))(logits, target), eager, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        jax.vmap(lambda l, t: hl_gauss_loss(l, t, **kw))(logits, target), eager, rtol=1e-6
+    )
     low = hl_gauss_loss(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(target), **kw)
     assert low.dtype == jnp.float32
     np.testing.assert_allclose(low, eager, rtol=0.02, atol=0.02)
     # Element-wise: a masked-out element does not change the others.
-    np.testing.assert_allclose(hl_gauss_loss(jnp.asarray(logits[:1, :2]), jnp.asarray(target[:1, :2]), **kw), eager[:1, :2])
+    np.testing.assert_allclose(
+        hl_gauss_loss(jnp.asarray(logits[:1, :2]), jnp.asarray(target[:1, :2]), **kw), eager[:1, :2]
+    )
     rd = jax.jit(lambda l: hl_gauss_readout(l, **kw))(logits)
     assert rd.shape == (2, 3) and np.all(np.abs(np.asarray(rd)) <= 1.0)
 

@@ -1,4 +1,5 @@
 """load_hf errors (each with its message), bf16 save, and the safetensors layout of save_hf."""
+
 import json
 import shutil
 
@@ -10,8 +11,15 @@ from safetensors.numpy import load_file, save_file
 
 from jaxrl_llm.models import ModelConfig, init_params, load_hf, save_hf
 
-CONFIG = ModelConfig.tiny(vocab_size=32, hidden_size=16, num_heads=2, num_kv_heads=1, head_dim=8,
-                          intermediate_size=24, num_layers=2)
+CONFIG = ModelConfig.tiny(
+    vocab_size=32,
+    hidden_size=16,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=8,
+    intermediate_size=24,
+    num_layers=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +40,13 @@ def test_saved_layout_is_torch_layout(saved):
     path, params = saved
     tensors = load_file(str(path / "model.safetensors"))  # independent reader
     q = np.asarray(params["layers"]["attn"]["q_proj"]["kernel"])  # [L, H, nh, d]
-    np.testing.assert_array_equal(tensors["model.layers.1.self_attn.q_proj.weight"], q[1].reshape(16, 16).T)
+    np.testing.assert_array_equal(
+        tensors["model.layers.1.self_attn.q_proj.weight"], q[1].reshape(16, 16).T
+    )
     o = np.asarray(params["layers"]["attn"]["o_proj"]["kernel"])  # [L, nh, d, H]
-    np.testing.assert_array_equal(tensors["model.layers.0.self_attn.o_proj.weight"], o[0].reshape(16, 16).T)
+    np.testing.assert_array_equal(
+        tensors["model.layers.0.self_attn.o_proj.weight"], o[0].reshape(16, 16).T
+    )
     assert tensors["model.layers.0.self_attn.k_proj.weight"].shape == (8, 16)
     assert tensors["model.layers.0.mlp.down_proj.weight"].shape == (16, 24)
     assert tensors["lm_head.weight"].shape == (32, 16)
@@ -48,7 +60,9 @@ def test_unsupported_architecture(saved, tmp_path):
     hf = json.loads((path / "config.json").read_text())
     hf.update(model_type="mistral", architectures=["MistralForCausalLM"])
     (path / "config.json").write_text(json.dumps(hf))
-    with pytest.raises(ValueError, match=r"model_type='mistral'.*supported.*'llama', 'qwen2', 'qwen3'"):
+    with pytest.raises(
+        ValueError, match=r"model_type='mistral'.*supported.*'llama', 'qwen2', 'qwen3'"
+    ):
         load_hf(path)
 
 
@@ -74,11 +88,14 @@ def test_missing_unexpected_and_mismatched_tensors(saved, tmp_path):
         load_hf(path)
 
     # benign extras are ignored: rotary inv_freq buffers of old checkpoints
-    tensors = dict(original, **{"model.layers.0.self_attn.rotary_emb.inv_freq": np.zeros(4, np.float32)})
+    tensors = dict(
+        original, **{"model.layers.0.self_attn.rotary_emb.inv_freq": np.zeros(4, np.float32)}
+    )
     save_file(tensors, file, metadata={"format": "pt"})
     config, params = load_hf(path)
-    np.testing.assert_array_equal(np.asarray(params["final_norm"]["scale"]),
-                                  np.asarray(saved[1]["final_norm"]["scale"]))
+    np.testing.assert_array_equal(
+        np.asarray(params["final_norm"]["scale"]), np.asarray(saved[1]["final_norm"]["scale"])
+    )
 
     (path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):

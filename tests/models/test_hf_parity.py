@@ -1,4 +1,5 @@
 """Logit parity with transformers (torch, CPU) for Llama / Qwen2 / Qwen3; save_hf round trip; sharded load."""
+
 import json
 
 import flax.linen as nn
@@ -13,20 +14,37 @@ transformers = pytest.importorskip("transformers")
 from jaxrl_llm.models import ModelConfig, apply, load_hf, logical_axes, save_hf  # noqa: E402
 from jaxrl_llm.parallel import DEFAULT_RULES, make_mesh  # noqa: E402
 
-TINY = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, intermediate_size=64, initializer_range=0.5, max_position_embeddings=64)
+TINY = dict(
+    vocab_size=96,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    initializer_range=0.5,
+    max_position_embeddings=64,
+)
 
 HF_CONFIGS = {
     # Llama 3.1-style rope scaling, untied embeddings
     "llama": lambda: transformers.LlamaConfig(
-        **TINY, tie_word_embeddings=False, rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8}),
+        **TINY,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8,
+        },
+    ),
     # qkv bias, tied embeddings
     "qwen2": lambda: transformers.Qwen2Config(**TINY, tie_word_embeddings=True, rope_theta=10000.0),
     # qk-norm, head_dim (12) != hidden / heads (8)
-    "qwen3": lambda: transformers.Qwen3Config(**TINY, head_dim=12, tie_word_embeddings=False,
-                                              rope_theta=1000000.0),
+    "qwen3": lambda: transformers.Qwen3Config(
+        **TINY, head_dim=12, tie_word_embeddings=False, rope_theta=1000000.0
+    ),
 }
 LENGTHS = (9, 5, 2)
 WIDTH = 9
@@ -42,9 +60,11 @@ def batch(vocab, seed=0):
 
 def torch_logits(model, tokens, positions, mask):
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(tokens, dtype=torch.long),
-                    attention_mask=torch.tensor(mask, dtype=torch.long),
-                    position_ids=torch.tensor(positions, dtype=torch.long))
+        out = model(
+            input_ids=torch.tensor(tokens, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            position_ids=torch.tensor(positions, dtype=torch.long),
+        )
     return out.logits.float().numpy()
 
 
@@ -93,7 +113,8 @@ def test_save_hf_round_trip(hf_model, tmp_path):
     config, params = load_hf(path, dtype="float32")
     save_hf(tmp_path, config, params)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path, attn_implementation="eager", dtype=torch.float32).eval()
+        tmp_path, attn_implementation="eager", dtype=torch.float32
+    ).eval()
     tokens, positions, mask = batch(config.vocab_size)
     assert _max_err(torch_logits(reloaded, tokens, positions, mask), ref, mask) <= 1e-5
     again_config, again = load_hf(tmp_path)

@@ -1,4 +1,5 @@
 """Built-in char tokenizer round trip; load_tokenizer padding / pad fallback; chat template helper."""
+
 import pytest
 
 from jaxrl_llm.models import build_builtin_tokenizer, chat_prompt, load_tokenizer
@@ -36,15 +37,25 @@ def test_pad_falls_back_to_eos_and_chat_template(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "hi": 2}, unk_token="<unk>"))
-    PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", unk_token="<unk>").save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(tmp_path)
     tok = load_tokenizer(tmp_path)
     assert tok.pad_token == "</s>" and tok.pad_token_id == 1 and tok.padding_side == "left"
 
-    assert chat_prompt(tok, "2+2?", system="Be brief.") == "Be brief.\n2+2?"  # no template: plain text
+    assert (
+        chat_prompt(tok, "2+2?", system="Be brief.") == "Be brief.\n2+2?"
+    )  # no template: plain text
     tok.chat_template = (
         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<assistant>{% endif %}")
-    assert chat_prompt(tok, "2+2?", system="Be brief.") == "<system>Be brief.\n<user>2+2?\n<assistant>"
-    assert chat_prompt(tok, [{"role": "user", "content": "x"}], add_generation_prompt=False) == "<user>x\n"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert (
+        chat_prompt(tok, "2+2?", system="Be brief.") == "<system>Be brief.\n<user>2+2?\n<assistant>"
+    )
+    assert (
+        chat_prompt(tok, [{"role": "user", "content": "x"}], add_generation_prompt=False)
+        == "<user>x\n"
+    )
     with pytest.raises(FileNotFoundError):
         load_tokenizer(tmp_path / "absent")

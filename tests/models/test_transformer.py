@@ -1,4 +1,5 @@
 """Model forward: KV-cache decode == full pass, last_only, dtypes, padding, Qwen3 shapes, value head."""
+
 import functools
 
 import jax
@@ -34,7 +35,8 @@ def _perturb(params, key, scale=0.3):
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, len(leaves))
     return jax.tree_util.tree_unflatten(
-        treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+        treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    )
 
 
 def left_padded(lengths, width, vocab, seed=0):
@@ -48,8 +50,8 @@ def left_padded(lengths, width, vocab, seed=0):
     return jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask)
 
 
-N, P, STEPS = 3, 6, 4          # one batch shape shared by the tests (compiled once per config)
-LENGTHS = (6, 3, 1)            # prompt lengths, left-padded to P
+N, P, STEPS = 3, 6, 4  # one batch shape shared by the tests (compiled once per config)
+LENGTHS = (6, 3, 1)  # prompt lengths, left-padded to P
 
 
 def shared_batch(vocab, seed=0):
@@ -78,18 +80,21 @@ def test_cache_decode_equals_full_forward(model):
     step_logits, cache = apply(config, params, tokens[:, :P], positions[:, :P], mask[:, :P], cache)
     got = [step_logits]
     for t in range(P, P + STEPS):
-        logits_t, cache = apply(config, params, tokens[:, t:t + 1], positions[:, t:t + 1],
-                                mask[:, t:t + 1], cache)
+        logits_t, cache = apply(
+            config, params, tokens[:, t : t + 1], positions[:, t : t + 1], mask[:, t : t + 1], cache
+        )
         got.append(logits_t)
         if t == P:
             compiled = apply._cache_size()
     assert apply._cache_size() == compiled  # the cache index is traced: decode never recompiles
     got = jnp.concatenate(got, axis=1)
     assert int(cache["index"]) == P + STEPS
-    np.testing.assert_array_equal(np.asarray(cache["mask"][:, :P + STEPS]), np.asarray(mask))
-    assert not np.asarray(cache["mask"][:, P + STEPS:]).any()
+    np.testing.assert_array_equal(np.asarray(cache["mask"][:, : P + STEPS]), np.asarray(mask))
+    assert not np.asarray(cache["mask"][:, P + STEPS :]).any()
     valid = np.asarray(mask, bool)
-    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(full_logits)[valid], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(got)[valid], np.asarray(full_logits)[valid], atol=1e-5, rtol=0
+    )
     assert np.isfinite(np.asarray(got)).all() and np.isfinite(np.asarray(full_logits)).all()
 
 
@@ -100,8 +105,12 @@ def test_last_only_is_last_column(model):
     np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, -1:]), atol=1e-6, rtol=0)
     # prefill with a cache and last_only: the prompt's last column, cache filled
     prompt = (tokens[:, :P], positions[:, :P], mask[:, :P])
-    last_c, cache = apply(config, params, *prompt, init_cache(config, N, P + STEPS + 2), last_only=True)
-    np.testing.assert_allclose(np.asarray(last_c), np.asarray(full[:, P - 1:P]), atol=1e-5, rtol=0)
+    last_c, cache = apply(
+        config, params, *prompt, init_cache(config, N, P + STEPS + 2), last_only=True
+    )
+    np.testing.assert_allclose(
+        np.asarray(last_c), np.asarray(full[:, P - 1 : P]), atol=1e-5, rtol=0
+    )
     assert int(cache["index"]) == P
 
 
@@ -109,15 +118,17 @@ def test_lm_head_on_hidden_matches_apply(model):
     config, params, (tokens, positions, mask), full = model
     hidden = apply_hidden(config, params, tokens, positions, mask)
     assert hidden.shape == (N, P + STEPS, config.hidden_size)
-    chunks = [lm_head(config, params, hidden[:, i:i + 5]) for i in (0, 5)]
-    np.testing.assert_allclose(np.asarray(jnp.concatenate(chunks, 1)), np.asarray(full), atol=1e-6, rtol=0)
+    chunks = [lm_head(config, params, hidden[:, i : i + 5]) for i in (0, 5)]
+    np.testing.assert_allclose(
+        np.asarray(jnp.concatenate(chunks, 1)), np.asarray(full), atol=1e-6, rtol=0
+    )
 
 
 def test_causal_and_padding_invariance(model):
     """Changing a future token or a pad token's id leaves earlier valid logits unchanged."""
     config, params, (tokens, positions, mask), base = model
     changed = tokens.at[:, -1].set((tokens[:, -1] + 1) % config.vocab_size)  # future token
-    changed = changed.at[2, 0].set(7)                                           # a pad slot
+    changed = changed.at[2, 0].set(7)  # a pad slot
     out, _ = apply(config, params, changed, positions, mask)
     valid = np.asarray(mask, bool).copy()
     valid[:, -1] = False
@@ -159,8 +170,14 @@ def test_bf16_compute_gives_float32_logits():
     assert 0 < err < 0.05 * np.abs(np.asarray(ref)).max() + 1e-2
     # bf16 parameters storage with bf16 KV cache
     p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
-    out16, cache = apply(bf16.replace(param_dtype="bfloat16"), p16, tokens, positions, mask,
-                         init_cache(bf16, N, P + STEPS))
+    out16, cache = apply(
+        bf16.replace(param_dtype="bfloat16"),
+        p16,
+        tokens,
+        positions,
+        mask,
+        init_cache(bf16, N, P + STEPS),
+    )
     assert out16.dtype == jnp.float32 and cache["k"].dtype == jnp.bfloat16
 
 
@@ -168,7 +185,9 @@ def test_param_shapes_and_logical_axes():
     config = CONFIGS["qwen3"]
     params = init_params(config, jax.random.key(0))
     specs = logical_axes(config)
-    assert jax.tree.structure(params) == jax.tree.structure(specs, is_leaf=lambda x: isinstance(x, tuple))
+    assert jax.tree.structure(params) == jax.tree.structure(
+        specs, is_leaf=lambda x: isinstance(x, tuple)
+    )
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     for path, x in flat:
         assert not hasattr(x, "names")  # unboxed plain arrays
@@ -183,8 +202,10 @@ def test_param_shapes_and_logical_axes():
     assert specs["embed"]["embedding"] == ("vocab", "embed")
     assert specs["lm_head"]["kernel"] == ("embed", "vocab")
     assert "lm_head" not in init_params(CONFIGS["qwen2"], jax.random.key(0))
-    assert CONFIGS["qwen2"].tie_embeddings and "bias" in init_params(
-        CONFIGS["qwen2"], jax.random.key(0))["layers"]["attn"]["q_proj"]
+    assert (
+        CONFIGS["qwen2"].tie_embeddings
+        and "bias" in init_params(CONFIGS["qwen2"], jax.random.key(0))["layers"]["attn"]["q_proj"]
+    )
     # layers are initialised independently
     k = layer["q_proj"]["kernel"]
     assert not np.allclose(np.asarray(k[0]), np.asarray(k[1]))
@@ -192,18 +213,31 @@ def test_param_shapes_and_logical_axes():
 
 def test_rope_llama3_inv_freq_hand_computed():
     """llama3 scaling with L=16, low=1, high=4, factor 8, head_dim 8, theta 10000."""
-    config = ModelConfig.tiny(head_dim=8, rope_scaling={
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 16})
+    config = ModelConfig.tiny(
+        head_dim=8,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+    )
     inv = np.array([1.0, 0.1, 0.01, 0.001])  # 10000^(-2i/8)
-    wavelen = 2 * np.pi / inv                 # 6.28, 62.8, 628, 6283
+    wavelen = 2 * np.pi / inv  # 6.28, 62.8, 628, 6283
     # thresholds L/high = 4, L/low = 16: the first is smoothed, the rest divided by the factor
     s0 = (16 / wavelen[0] - 1.0) / (4.0 - 1.0)
     expected = np.array([(1 - s0) * 1.0 / 8 + s0 * 1.0, 0.1 / 8, 0.01 / 8, 0.001 / 8])
     np.testing.assert_allclose(rope_inv_freq(config), expected, rtol=1e-6)
-    config = config.replace(rope_scaling={
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 64})
+    config = config.replace(
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
+    )
     # thresholds: high-freq wavelen < 16 kept; 16 <= wavelen <= 64 smoothed; > 64 divided
     s = (64 / wavelen[1] - 1.0) / (4.0 - 1.0)
     expected = np.array([1.0, (1 - s) * 0.1 / 8 + s * 0.1, 0.01 / 8, 0.001 / 8])
@@ -220,7 +254,9 @@ def test_value_model_from_policy():
     for a, b in zip(jax.tree.leaves(vparams["layers"]), jax.tree.leaves(policy["layers"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     specs = value_logical_axes(config)
-    assert jax.tree.structure(specs, is_leaf=lambda x: isinstance(x, tuple)) == jax.tree.structure(vparams)
+    assert jax.tree.structure(specs, is_leaf=lambda x: isinstance(x, tuple)) == jax.tree.structure(
+        vparams
+    )
     tokens, positions, mask = shared_batch(config.vocab_size, seed=6)
     values = apply_value(config, vparams, tokens, positions, mask)
     assert values.shape == (N, P + STEPS) and values.dtype == jnp.float32
@@ -229,7 +265,9 @@ def test_value_model_from_policy():
     expected = np.asarray(hidden) @ np.asarray(head["kernel"]) + float(head["bias"])
     np.testing.assert_allclose(np.asarray(values), expected, atol=1e-5)
     fresh = init_value_params(config, jax.random.key(1))
-    assert not np.allclose(np.asarray(fresh["embed"]["embedding"]), np.asarray(policy["embed"]["embedding"]))
+    assert not np.allclose(
+        np.asarray(fresh["embed"]["embedding"]), np.asarray(policy["embed"]["embedding"])
+    )
 
 
 def test_shape_errors():
@@ -253,6 +291,7 @@ def test_unstacked_layers_compute_the_same(model):
     """`unstack_layers`: per-layer parameter trees, layers unrolled = the stacked scan, with and
     without a KV cache (prefill, then decode steps); the wrong layer count is refused."""
     from jaxrl_llm.models import unstack_layers
+
     config, params, (tokens, positions, mask), full_logits = model
     split = unstack_layers(params)
     assert len(split["layers"]) == config.num_layers and unstack_layers(split) is split
@@ -263,14 +302,17 @@ def test_unstacked_layers_compute_the_same(model):
     np.testing.assert_allclose(np.asarray(logits), np.asarray(full_logits), atol=1e-5, rtol=0)
     caches = [init_cache(config, N, P + STEPS), init_cache(config, N, P + STEPS)]
     for t0, t1 in [(0, P)] + [(t, t + 1) for t in range(P, P + STEPS)]:
-        outs = [apply(config, p, tokens[:, t0:t1], positions[:, t0:t1], mask[:, t0:t1], c)
-                for p, c in zip((params, split), caches)]
+        outs = [
+            apply(config, p, tokens[:, t0:t1], positions[:, t0:t1], mask[:, t0:t1], c)
+            for p, c in zip((params, split), caches)
+        ]
         (want, _), (got, _) = outs
         caches = [c for _, c in outs]
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
     for name in ("k", "v", "mask"):
-        np.testing.assert_allclose(np.asarray(caches[1][name]), np.asarray(caches[0][name]),
-                                   atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            np.asarray(caches[1][name]), np.asarray(caches[0][name]), atol=1e-5, rtol=0
+        )
     short = dict(split, layers=split["layers"][:-1])
     with pytest.raises(ValueError, match="unstacked layers"):
         apply(config, short, tokens, positions, mask)

@@ -1,4 +1,5 @@
 """Logical → mesh rules, divisibility fallback, and the (data, fsdp, tensor) mesh."""
+
 import logging
 
 import jax
@@ -12,7 +13,9 @@ from jaxrl_llm.parallel import logical_to_sharding, logical_to_spec, make_mesh, 
 
 def test_default_rules_by_hand():
     assert logical_to_spec(("embed", "mlp")) == PS("fsdp", "tensor")
-    assert logical_to_spec(("layers", "embed", "heads", "head_dim")) == PS(None, "fsdp", "tensor", None)
+    assert logical_to_spec(("layers", "embed", "heads", "head_dim")) == PS(
+        None, "fsdp", "tensor", None
+    )
     assert logical_to_spec(("vocab", "embed")) == PS("tensor", "fsdp")
     assert logical_to_spec(("batch", "length", "embed")) == PS(("data", "fsdp"), None, None)
     # a mesh axis is used once per array: embed loses fsdp to batch

@@ -1,8 +1,15 @@
 """Host helpers: prompt padding to buckets, detokenising, stop strings."""
+
 import numpy as np
 import pytest
 
-from jaxrl_llm.rollout import Rollout, SamplingParams, apply_stop_strings, decode_completions, pad_prompts
+from jaxrl_llm.rollout import (
+    Rollout,
+    SamplingParams,
+    apply_stop_strings,
+    decode_completions,
+    pad_prompts,
+)
 
 
 class PieceTokenizer:
@@ -17,9 +24,15 @@ class PieceTokenizer:
 def make_rollout(tokens, mask):
     tokens, mask = np.asarray(tokens, np.int32), np.asarray(mask, np.int32)
     n = tokens.shape[0]
-    return Rollout(prompt_tokens=np.zeros((n, 2), np.int32), prompt_mask=np.ones((n, 2), np.int32),
-                   tokens=tokens, mask=mask, sampler_logp=np.full(tokens.shape, -1.0, np.float32),
-                   group_id=np.arange(n, dtype=np.int32), truncated=np.ones(n, bool))
+    return Rollout(
+        prompt_tokens=np.zeros((n, 2), np.int32),
+        prompt_mask=np.ones((n, 2), np.int32),
+        tokens=tokens,
+        mask=mask,
+        sampler_logp=np.full(tokens.shape, -1.0, np.float32),
+        group_id=np.arange(n, dtype=np.int32),
+        truncated=np.ones(n, bool),
+    )
 
 
 def test_pad_prompts_left_pads_to_smallest_bucket():
@@ -31,7 +44,10 @@ def test_pad_prompts_left_pads_to_smallest_bucket():
 
 def test_pad_prompts_batch_bucket_adds_empty_rows():
     assert pad_prompts([[1]] * 3, bucket_lengths=(4,), batch_bucket=4).tokens.shape == (4, 4)
-    assert pad_prompts([[1]] * 5, bucket_lengths=(4,), batch_bucket=(2, 8, 16)).tokens.shape == (8, 4)
+    assert pad_prompts([[1]] * 5, bucket_lengths=(4,), batch_bucket=(2, 8, 16)).tokens.shape == (
+        8,
+        4,
+    )
     padded = pad_prompts([[1]] * 3, bucket_lengths=(4,), batch_bucket=4)
     np.testing.assert_array_equal(padded.mask[3], 0)
 
@@ -52,8 +68,9 @@ def test_decode_completions_uses_valid_tokens_only():
 
 def test_apply_stop_strings_keeps_the_completing_token_and_updates_mask():
     # "ab" + "x#" + "##" + "c": "##" is first complete after the third token.
-    rollout = make_rollout([[1, 4, 3, 2], [1, 2, 2, 2], [3, 1, 0, 0]],
-                           [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]])
+    rollout = make_rollout(
+        [[1, 4, 3, 2], [1, 2, 2, 2], [3, 1, 0, 0]], [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]]
+    )
     out = apply_stop_strings(PieceTokenizer(), rollout, ["##"])
     np.testing.assert_array_equal(out.mask, [[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
     np.testing.assert_array_equal(out.tokens, [[1, 4, 3, 0], [1, 2, 2, 2], [3, 0, 0, 0]])

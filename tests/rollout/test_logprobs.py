@@ -1,4 +1,5 @@
 """token_logprobs: hand-computed values, temperature, shapes."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -29,8 +30,9 @@ def test_per_position_temperature_and_leading_dims():
     z = logits / temps[..., None]
     ref = z - np.log(np.exp(z).sum(-1, keepdims=True))
     want = np.take_along_axis(ref, targets[..., None], -1)[..., 0]
-    np.testing.assert_allclose(token_logprobs(jnp.asarray(logits), jnp.asarray(targets), temps),
-                               want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        token_logprobs(jnp.asarray(logits), jnp.asarray(targets), temps), want, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_bfloat16_logits_are_computed_in_float32():

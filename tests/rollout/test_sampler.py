@@ -2,6 +2,7 @@
 
 HF transformers parity of greedy decoding is in test_hf_parity.py.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +11,14 @@ import pytest
 from jaxrl_llm import models
 from jaxrl_llm.parallel import axes as A
 from jaxrl_llm.parallel.mesh import make_mesh
-from jaxrl_llm.rollout import (PromptBatch, SamplingParams, generate, generate_with_cache,
-                               pad_prompts, token_logprobs)
+from jaxrl_llm.rollout import (
+    PromptBatch,
+    SamplingParams,
+    generate,
+    generate_with_cache,
+    pad_prompts,
+    token_logprobs,
+)
 
 CONFIG = models.ModelConfig.tiny(vocab_size=96, qkv_bias=True, architecture="qwen2")
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [19]]
@@ -21,8 +28,11 @@ T = 8
 @pytest.fixture(scope="module")
 def params():
     # Larger-than-default weights so the next-token distributions are far from uniform.
-    init = jax.jit(lambda key: jax.tree.map(lambda x: x * 4.0 if x.ndim >= 2 else x,
-                                            models.init_params(CONFIG, key)))
+    init = jax.jit(
+        lambda key: jax.tree.map(
+            lambda x: x * 4.0 if x.ndim >= 2 else x, models.init_params(CONFIG, key)
+        )
+    )
     return init(jax.random.key(0))
 
 
@@ -39,7 +49,7 @@ def teacher_forced_logp(params, rollout, temperature):
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
     logits, _ = models.apply(CONFIG, params, tokens, positions, mask)
     p = rollout.prompt_tokens.shape[1]
-    return logits[:, p - 1:-1], token_logprobs(logits[:, p - 1:-1], rollout.tokens, temperature)
+    return logits[:, p - 1 : -1], token_logprobs(logits[:, p - 1 : -1], rollout.tokens, temperature)
 
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.6, 1.0), (0.6, 0.8)])
@@ -49,14 +59,16 @@ def test_sampler_logp_equals_teacher_forced(params, prompts, temperature, top_p)
     rollout = generate(params, CONFIG, prompts, jax.random.key(1), sp)
     assert rollout.tokens.shape == (4, T) and rollout.sampler_logp.dtype == jnp.float32
     _, want = teacher_forced_logp(params, rollout, temperature)
-    np.testing.assert_allclose(np.asarray(rollout.sampler_logp), np.asarray(want * rollout.mask),
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(rollout.sampler_logp), np.asarray(want * rollout.mask), atol=1e-4, rtol=0
+    )
     assert np.asarray(rollout.mask).all() and np.asarray(rollout.truncated).all()
 
 
 def test_greedy_follows_teacher_forced_argmax(params, prompts):
-    rollout = generate(params, CONFIG, prompts, jax.random.key(0),
-                       SamplingParams(max_new_tokens=T, greedy=True))
+    rollout = generate(
+        params, CONFIG, prompts, jax.random.key(0), SamplingParams(max_new_tokens=T, greedy=True)
+    )
     logits, _ = teacher_forced_logp(params, rollout, 1.0)
     np.testing.assert_array_equal(rollout.tokens, jnp.argmax(logits, axis=-1))
 
@@ -65,8 +77,13 @@ def test_stop_ids_end_rows_and_masks(params, prompts):
     free = generate(params, CONFIG, prompts, jax.random.key(0), SamplingParams(T, greedy=True))
     free_tokens = np.asarray(free.tokens)
     stop = int(free_tokens[0, 2])  # row 0 emits it by step 2 at the latest
-    stopped = generate(params, CONFIG, prompts, jax.random.key(0),
-                       SamplingParams(T, greedy=True, stop_token_ids=(stop, CONFIG.vocab_size - 1)))
+    stopped = generate(
+        params,
+        CONFIG,
+        prompts,
+        jax.random.key(0),
+        SamplingParams(T, greedy=True, stop_token_ids=(stop, CONFIG.vocab_size - 1)),
+    )
     tokens, mask = np.asarray(stopped.tokens), np.asarray(stopped.mask)
     for r in range(len(PROMPTS)):
         hits = np.flatnonzero(np.isin(free_tokens[r], [stop, CONFIG.vocab_size - 1]))
@@ -105,7 +122,9 @@ def test_groups_and_batch_padding_rows(params):
     np.testing.assert_array_equal(np.asarray(rollout.mask)[6:], 0)  # padding rows: empty
     np.testing.assert_array_equal(rollout.truncated, [True] * 6 + [False] * 2)
     _, want = teacher_forced_logp(params, rollout, 1.0)
-    np.testing.assert_allclose(np.asarray(rollout.sampler_logp)[:6], np.asarray(want)[:6], atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(rollout.sampler_logp)[:6], np.asarray(want)[:6], atol=1e-4
+    )
 
 
 def test_eight_device_mesh_gives_same_tokens_with_sharded_cache_and_params(params):
@@ -114,21 +133,37 @@ def test_eight_device_mesh_gives_same_tokens_with_sharded_cache_and_params(param
     shardings = A.logical_to_sharding(models.logical_axes(CONFIG), mesh, shapes=params)
     sharded = jax.device_put(params, shardings)
     q = sharded["layers"]["attn"]["q_proj"]["kernel"]  # [layers, embed, heads, head_dim]
-    assert q.addressable_shards[0].data.shape == (CONFIG.num_layers, CONFIG.hidden_size // 2,
-                                                  CONFIG.num_heads // 2, CONFIG.head_dim)
+    assert q.addressable_shards[0].data.shape == (
+        CONFIG.num_layers,
+        CONFIG.hidden_size // 2,
+        CONFIG.num_heads // 2,
+        CONFIG.head_dim,
+    )
     sp = SamplingParams(T, n=2, temperature=0.9)
     single = generate(params, CONFIG, group_prompts(), jax.random.key(2), sp)
-    rollout, cache = generate_with_cache(sharded, CONFIG, group_prompts(), jax.random.key(2), sp,
-                                         mesh=mesh, rules=A.DEFAULT_RULES)
+    rollout, cache = generate_with_cache(
+        sharded, CONFIG, group_prompts(), jax.random.key(2), sp, mesh=mesh, rules=A.DEFAULT_RULES
+    )
     np.testing.assert_array_equal(rollout.tokens, single.tokens)
     np.testing.assert_array_equal(rollout.mask, single.mask)
     np.testing.assert_allclose(rollout.sampler_logp, single.sampler_logp, atol=1e-5)
     # cache k: [layers, rows / (data·fsdp), P + T, kv_heads / tensor, head_dim] on every device
     rows, slots = 8, 8 + T
-    assert cache["k"].shape == (CONFIG.num_layers, rows, slots, CONFIG.num_kv_heads, CONFIG.head_dim)
+    assert cache["k"].shape == (
+        CONFIG.num_layers,
+        rows,
+        slots,
+        CONFIG.num_kv_heads,
+        CONFIG.head_dim,
+    )
     for shard in cache["k"].addressable_shards:
-        assert shard.data.shape == (CONFIG.num_layers, rows // 4, slots, CONFIG.num_kv_heads // 2,
-                                    CONFIG.head_dim)
+        assert shard.data.shape == (
+            CONFIG.num_layers,
+            rows // 4,
+            slots,
+            CONFIG.num_kv_heads // 2,
+            CONFIG.head_dim,
+        )
     assert rollout.tokens.addressable_shards[0].data.shape == (rows // 4, T)
 
 
@@ -158,7 +193,9 @@ def test_no_recompile_for_same_bucket_or_new_temperature(params):
     generate(params, CONFIG, first, jax.random.key(0), sp)  # may compile
     other = pad_prompts([[3, 4], [5], [6, 7, 8], [9, 9, 9, 9]], bucket_lengths=(8,))
     with CompileCounter() as counter:
-        r = generate(params, CONFIG, other, jax.random.key(1), sp.replace(temperature=0.3, top_p=0.9))
+        r = generate(
+            params, CONFIG, other, jax.random.key(1), sp.replace(temperature=0.3, top_p=0.9)
+        )
         r = generate(params, CONFIG, first, jax.random.key(2), sp.replace(min_p=0.1))
         jax.block_until_ready(r)
     assert counter.count == 0
@@ -172,19 +209,30 @@ def test_prompt_batch_shape_errors(params):
     with pytest.raises(ValueError, match="prompts.mask"):
         generate(params, CONFIG, bad, jax.random.key(0), SamplingParams(2))
     with pytest.raises(ValueError, match="stop_token_ids"):
-        generate(params, CONFIG, pad_prompts([[1]], bucket_lengths=(4,)), jax.random.key(0),
-                 SamplingParams(2, stop_token_ids=(CONFIG.vocab_size,)))
+        generate(
+            params,
+            CONFIG,
+            pad_prompts([[1]], bucket_lengths=(4,)),
+            jax.random.key(0),
+            SamplingParams(2, stop_token_ids=(CONFIG.vocab_size,)),
+        )
 
 
 def test_decode_loop_exits_once_every_row_has_stopped(params, prompts):
     """The cache index counts the decode steps that ran: none after all rows stop at token 0."""
-    free, free_cache = generate_with_cache(params, CONFIG, prompts, jax.random.key(0),
-                                           SamplingParams(T, greedy=True))
+    free, free_cache = generate_with_cache(
+        params, CONFIG, prompts, jax.random.key(0), SamplingParams(T, greedy=True)
+    )
     p = prompts.tokens.shape[1]
     assert int(free_cache["index"]) == p + T - 1  # prefill, then T - 1 fed tokens
     first = tuple(sorted({int(t) for t in np.asarray(free.tokens)[:, 0]}))
-    stopped, cache = generate_with_cache(params, CONFIG, prompts, jax.random.key(0),
-                                         SamplingParams(T, greedy=True, stop_token_ids=first))
+    stopped, cache = generate_with_cache(
+        params,
+        CONFIG,
+        prompts,
+        jax.random.key(0),
+        SamplingParams(T, greedy=True, stop_token_ids=first),
+    )
     assert int(cache["index"]) == p
     np.testing.assert_array_equal(np.asarray(stopped.mask)[:, 0], 1)
     np.testing.assert_array_equal(np.asarray(stopped.mask)[:, 1:], 0)
@@ -199,17 +247,21 @@ def test_unstacked_layers_give_the_same_rollout(params, on_mesh):
     from unittest import mock
 
     from jaxrl_llm.rollout import sampler as sampler_lib
+
     sp = SamplingParams(T, n=2, temperature=0.9)
     kwargs, p = {}, params
     if on_mesh:
         mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-        p = jax.device_put(params, A.logical_to_sharding(models.logical_axes(CONFIG), mesh,
-                                                         shapes=params))
+        p = jax.device_put(
+            params, A.logical_to_sharding(models.logical_axes(CONFIG), mesh, shapes=params)
+        )
         kwargs = dict(mesh=mesh, rules=A.DEFAULT_RULES)
-    stacked = generate(p, CONFIG, group_prompts(), jax.random.key(3), sp, unstack_layers=False,
-                       **kwargs)
-    unstacked = generate(p, CONFIG, group_prompts(), jax.random.key(3), sp, unstack_layers=True,
-                         **kwargs)
+    stacked = generate(
+        p, CONFIG, group_prompts(), jax.random.key(3), sp, unstack_layers=False, **kwargs
+    )
+    unstacked = generate(
+        p, CONFIG, group_prompts(), jax.random.key(3), sp, unstack_layers=True, **kwargs
+    )
     np.testing.assert_array_equal(unstacked.tokens, stacked.tokens)
     np.testing.assert_array_equal(unstacked.mask, stacked.mask)
     np.testing.assert_allclose(unstacked.sampler_logp, stacked.sampler_logp, atol=1e-5)

@@ -4,14 +4,20 @@ The expected probabilities are computed here in numpy (HF warper order:
 temperature -> top-k -> top-p on the top-k survivors -> min-p), never by the
 code under test.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
 
-from jaxrl_llm.rollout import (TOP_P_CANDIDATES, sample_from_weights, sample_tokens, top_k_values,
-                               truncation_threshold)
+from jaxrl_llm.rollout import (
+    TOP_P_CANDIDATES,
+    sample_from_weights,
+    sample_tokens,
+    top_k_values,
+    truncation_threshold,
+)
 
 LOGITS = np.array([2.0, 1.0, 0.5, 0.0, -1.0, -3.0], np.float32)
 DRAWS = 40_000
@@ -42,8 +48,14 @@ def reference_probs(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
 def draw_counts(seed, logits, **kw):
     top_k = kw.pop("top_k", 0)
     batch = jnp.broadcast_to(jnp.asarray(logits), (DRAWS, len(logits)))
-    tokens = sample(jax.random.key(seed), batch, kw.get("temperature", 1.0), kw.get("top_p", 1.0),
-                kw.get("min_p", 0.0), top_k=top_k)
+    tokens = sample(
+        jax.random.key(seed),
+        batch,
+        kw.get("temperature", 1.0),
+        kw.get("top_p", 1.0),
+        kw.get("min_p", 0.0),
+        top_k=top_k,
+    )
     return np.bincount(np.asarray(tokens), minlength=len(logits))
 
 
@@ -66,14 +78,19 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "plain")
+@pytest.mark.parametrize(
+    "kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "plain"
+)
 def test_frequencies_match_renormalised_softmax(kw):
     probs = reference_probs(LOGITS, **kw)
     counts = draw_counts(0, LOGITS, **dict(kw))
     assert chi_square_pvalue(counts, probs) > 1e-3
     if kw:  # the test has power: the untruncated softmax at temperature 1 is rejected
         plain = reference_probs(LOGITS)
-        assert stats.chisquare(counts, plain * counts.sum()).pvalue < 1e-6 or (counts[plain > 0] == 0).any()
+        assert (
+            stats.chisquare(counts, plain * counts.sum()).pvalue < 1e-6
+            or (counts[plain > 0] == 0).any()
+        )
 
 
 def test_sample_from_weights_two_level_blocks():

@@ -1,4 +1,5 @@
 """Arithmetic task: determinism, disjoint splits, hand-checked rewards, registry."""
+
 import pickle
 
 import pytest
@@ -17,7 +18,7 @@ def test_examples_deterministic_and_seed_dependent():
 
 
 def test_train_test_disjoint_across_seeds():
-    t = ArithTask(digits=(1,), ops="+-", num_terms=(2,))   # 200 problems in all
+    t = ArithTask(digits=(1,), ops="+-", num_terms=(2,))  # 200 problems in all
     train = {e.prompt for s in range(3) for e in t.examples("train", 500, seed=s)}
     test = {e.prompt for s in range(3) for e in t.examples("test", 500, seed=s)}
     assert train and test and not (train & test)
@@ -39,9 +40,18 @@ def test_answers_and_difficulty_by_hand():
 
 @pytest.mark.parametrize(
     "completion,answer,expected",
-    [("30", "30", 1.0), (" 30", "30", 1.0), ("30\n12", "30", 1.0), ("12\n30", "30", 0.0),
-     ("3O", "30", 0.0), ("", "30", 0.0), ("-4", "-4", 1.0), ("4", "-4", 0.0), ("30 ", "30", 1.0),
-     ("300", "30", 0.0)],
+    [
+        ("30", "30", 1.0),
+        (" 30", "30", 1.0),
+        ("30\n12", "30", 1.0),
+        ("12\n30", "30", 0.0),
+        ("3O", "30", 0.0),
+        ("", "30", 0.0),
+        ("-4", "-4", 1.0),
+        ("4", "-4", 0.0),
+        ("30 ", "30", 1.0),
+        ("300", "30", 0.0),
+    ],
 )
 def test_reward_hand_cases(completion, answer, expected):
     t = ArithTask()

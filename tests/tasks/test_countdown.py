@@ -1,4 +1,5 @@
 """Countdown: generator, safe verifier (rejects invalid and unsafe input), SFT targets."""
+
 import pytest
 
 from jaxrl_llm.tasks import CountdownTask, Example, make_task
@@ -7,8 +8,13 @@ from jaxrl_llm.tasks.countdown import check_solution
 
 
 def _ex(numbers, target):
-    return Example(id="c", prompt="", answer=str(target), difficulty=len(numbers),
-                   meta=(("numbers", tuple(numbers)), ("solution", "")))
+    return Example(
+        id="c",
+        prompt="",
+        answer=str(target),
+        difficulty=len(numbers),
+        meta=(("numbers", tuple(numbers)), ("solution", "")),
+    )
 
 
 @pytest.mark.parametrize(
@@ -18,22 +24,22 @@ def _ex(numbers, target):
         (" (5*3)+7 \nmore text", True, True),
         ("3*5+7=22", True, True),
         ("7+5*3", True, True),
-        ("3+5+7", True, False),         # valid, wrong value
-        ("3*5+7+7", False, False),      # 7 used twice
-        ("3*5", False, False),          # not all numbers used
-        ("35-13", False, False),        # concatenated digits are other numbers
-        ("3*5+8", False, False),        # a number not given
-        ("(3*5+7", False, False),       # unbalanced
-        ("3*5+-7", False, False),       # unary minus is not allowed
+        ("3+5+7", True, False),  # valid, wrong value
+        ("3*5+7+7", False, False),  # 7 used twice
+        ("3*5", False, False),  # not all numbers used
+        ("35-13", False, False),  # concatenated digits are other numbers
+        ("3*5+8", False, False),  # a number not given
+        ("(3*5+7", False, False),  # unbalanced
+        ("3*5+-7", False, False),  # unary minus is not allowed
         ("3**5+7", False, False),
         ("3 5 7", False, False),
         ("", False, False),
         ("__import__('os').system('echo hi')", False, False),
         ("3*5+7; import os", False, False),
         ("lambda: 22", False, False),
-        ("9" * 500, False, False),       # too long
+        ("9" * 500, False, False),  # too long
         ("((((((((((((((((((3))))))))))))))))))*5+7", False, False),  # too deep
-        ("7/(5-5)+3", False, False),    # division by zero
+        ("7/(5-5)+3", False, False),  # division by zero
         ("3.0*5+7", False, False),
     ],
 )
@@ -43,7 +49,7 @@ def test_verifier_table(completion, valid, correct):
 
 def test_division_is_exact_rational():
     assert check_solution("8/(3-8/3)", (8, 3, 8, 3), 24) == (True, True)  # 8/(1/3) = 24 exactly
-    assert check_solution("7/2+3", (7, 2, 3), 6) == (True, False)         # 6.5, not 6
+    assert check_solution("7/2+3", (7, 2, 3), 6) == (True, False)  # 6.5, not 6
 
 
 def test_parser_never_evaluates_python():

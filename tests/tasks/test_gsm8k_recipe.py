@@ -1,4 +1,5 @@
 """configs/grpo_hf_gsm8k.py: argument parsing, validation, and the task it builds on a generated jsonl."""
+
 import importlib.util
 import json
 import os
@@ -12,7 +13,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("grpo_hf_gsm8k", os.path.join(_ROOT, "configs", "grpo_hf_gsm8k.py"))
+    spec = importlib.util.spec_from_file_location(
+        "grpo_hf_gsm8k", os.path.join(_ROOT, "configs", "grpo_hf_gsm8k.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -21,8 +24,13 @@ def _recipe():
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("gsm8k_recipe") / "gsm8k.jsonl"
-    rows = [{"question": f"Sam has {i} pens and gets {2 * i} more. How many pens now?",
-                      "answer": f"{i}+{2 * i}=<<{i}+{2 * i}={3 * i}>>{3 * i}\n#### {3 * i}"} for i in range(1, 41)]
+    rows = [
+        {
+            "question": f"Sam has {i} pens and gets {2 * i} more. How many pens now?",
+            "answer": f"{i}+{2 * i}=<<{i}+{2 * i}={3 * i}>>{3 * i}\n#### {3 * i}",
+        }
+        for i in range(1, 41)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return str(path)
 
@@ -63,9 +71,20 @@ def _tiny_hf_folder(path):
     models.build_builtin_tokenizer(path)
     tok = models.load_tokenizer(path)
     config = models.ModelConfig(
-        vocab_size=len(tok), hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-        intermediate_size=64, qkv_bias=True, architecture="qwen2", max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        qkv_bias=True,
+        architecture="qwen2",
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     models.save_hf(path, config, jax.device_get(models.init_params(config, jax.random.key(0))))
     return path
 

@@ -1,4 +1,5 @@
 """Length shaping: DAPO overlong penalty on token counts, LASER step reward, truncation mask."""
+
 import numpy as np
 import pytest
 
@@ -24,10 +25,10 @@ def test_overlong_penalty_by_hand():
 def test_overlong_counts_tokens_not_characters():
     # Two completions with the same text length but different token counts (multi-character
     # tokens in the second): the penalty follows the mask, i.e. the token count.
-    texts = ["abcdefghijkl", "abcdefghijkl"]                       # 12 characters each
+    texts = ["abcdefghijkl", "abcdefghijkl"]  # 12 characters each
     mask = np.zeros((2, 16), np.int32)
-    mask[0, :12] = 1                                                 # 12 one-character tokens
-    mask[1, :3] = 1                                                  # 3 four-character tokens
+    mask[0, :12] = 1  # 12 one-character tokens
+    mask[1, :3] = 1  # 3 four-character tokens
     lengths = token_lengths(mask)
     np.testing.assert_array_equal(lengths, [12, 3])
     got = overlong_penalty(lengths, max_len=12, buffer=4)
@@ -38,7 +39,9 @@ def test_overlong_counts_tokens_not_characters():
 def test_laser_step_reward():
     L, correct = [3, 5, 6, 2], [1, 1, 1, 0]
     np.testing.assert_allclose(laser_reward(L, correct, 5, alpha=0.5), [0.5, 0.5, 0, 0])
-    np.testing.assert_allclose(laser_reward(L, correct, 5, alpha=0.5, only_correct=False), [0.5, 0.5, 0, 0.5])
+    np.testing.assert_allclose(
+        laser_reward(L, correct, 5, alpha=0.5, only_correct=False), [0.5, 0.5, 0, 0.5]
+    )
 
 
 def test_shape_rewards_composes_and_masks():
@@ -46,8 +49,16 @@ def test_shape_rewards_composes_and_masks():
     L = np.array([4, 9, 10, 10])
     trunc = np.array([False, False, True, True])
     shaped, weight, comps = shape_rewards(
-        r, L, truncated=trunc, correct=[1, 0, 1, 0], max_len=10, overlong_buffer=2,
-        laser_target=5, laser_alpha=0.1, mask_truncated=True)
+        r,
+        L,
+        truncated=trunc,
+        correct=[1, 0, 1, 0],
+        max_len=10,
+        overlong_buffer=2,
+        laser_target=5,
+        laser_alpha=0.1,
+        mask_truncated=True,
+    )
     np.testing.assert_allclose(comps["overlong"], [0, -0.5, -1, -1])
     np.testing.assert_allclose(comps["laser"], [0.1, 0, 0, 0])
     np.testing.assert_allclose(shaped, [1.1, -0.25, 0.0, -1.0], atol=1e-7)

@@ -1,4 +1,5 @@
 """Answer extraction and equivalence on a table of tricky cases."""
+
 import pytest
 
 from jaxrl_llm.tasks.math_answer import (
@@ -57,7 +58,7 @@ def test_extract_answer_priority_and_modes():
         ("\\dfrac{3}{4}", "3/4", True),
         ("2/4", "\\frac{1}{2}", True),
         ("-\\frac{1}{4}", "-0.25", True),
-        ("1/3", "0.3333333", True),   # within rel_tol 1e-6
+        ("1/3", "0.3333333", True),  # within rel_tol 1e-6
         ("0.333", "1/3", False),
         ("2", "\\frac{1}{2}", False),
         # LaTeX

@@ -1,4 +1,5 @@
 """GSM8K / MATH-format task from small generated jsonl / parquet files."""
+
 import json
 
 import pytest
@@ -8,9 +9,13 @@ from jaxrl_llm.tasks.math_task import MathTask
 
 
 def _gsm8k_rows(n):
-    return [{"question": f"Tom has {i} apples and buys {i + 3} more. How many now?",
-             "answer": f"He buys {i + 3}.\n{i}+{i + 3}=<<{i}+{i + 3}={2 * i + 3}>>{2 * i + 3}\n#### {2 * i + 3:,}"}
-            for i in range(n)]
+    return [
+        {
+            "question": f"Tom has {i} apples and buys {i + 3} more. How many now?",
+            "answer": f"He buys {i + 3}.\n{i}+{i + 3}=<<{i}+{i + 3}={2 * i + 3}>>{2 * i + 3}\n#### {2 * i + 3:,}",
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +33,12 @@ def test_gsm8k_from_jsonl_splits_and_gold(gsm8k_file):
     assert task.examples("train", 5, 1) == task.examples("train", 5, 1)
     e = train[0]
     i = int(e.prompt.split("has ")[1].split(" ")[0])
-    assert e.answer == f"{2 * i + 3:,}"            # gold keeps the dataset's text
+    assert e.answer == f"{2 * i + 3:,}"  # gold keeps the dataset's text
     assert e.prompt == f"Question: Tom has {i} apples and buys {i + 3} more. How many now?\nAnswer:"
     target = task.sft_target(e)
     assert "<<" not in target and target.strip().endswith(f"#### {2 * i + 3:,}")
-    assert task.reward(target, e) == 1.0                                    # SFT target is correct
-    assert task.reward(f"So {2 * i + 3} apples.", e) == 1.0                 # last number
+    assert task.reward(target, e) == 1.0  # SFT target is correct
+    assert task.reward(f"So {2 * i + 3} apples.", e) == 1.0  # last number
     assert task.reward(f"\\boxed{{{2 * i + 4}}}", e) == 0.0
     assert task.reward("I do not know", e) == 0.0
 
@@ -43,7 +48,7 @@ def test_thousands_gold_and_format_component(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     (tmp_path / "test.jsonl").write_text(json.dumps({"question": "q3", "answer": "#### 0.5"}))
-    task = make_task("gsm8k", path=str(tmp_path), format_weight=0.1)    # folder with split files
+    task = make_task("gsm8k", path=str(tmp_path), format_weight=0.1)  # folder with split files
     train = {e.prompt: e for e in task.examples("train", None, 0)}
     e1 = train["Question: q1\nAnswer:"]
     assert task.reward_details("It is 1200 in total", e1) == (1.0, {"correct": 1.0, "format": 0.0})
@@ -54,8 +59,14 @@ def test_thousands_gold_and_format_component(tmp_path):
 
 def test_math_format_parquet_with_levels(tmp_path):
     datasets = pytest.importorskip("datasets")
-    rows = [{"problem": f"p{i}", "solution": f"so \\boxed{{\\frac{{{i}}}{{2}}}}", "level": f"Level {1 + i % 5}"}
-            for i in range(20)]
+    rows = [
+        {
+            "problem": f"p{i}",
+            "solution": f"so \\boxed{{\\frac{{{i}}}{{2}}}}",
+            "level": f"Level {1 + i % 5}",
+        }
+        for i in range(20)
+    ]
     path = tmp_path / "math.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(path))
     task = make_task("math", path=str(path), test_fraction=0.0)

@@ -1,4 +1,5 @@
 """TaskSource: deterministic epoch-shuffled cycling and exact resume."""
+
 import json
 
 import pytest
@@ -22,8 +23,8 @@ def test_resume_replays_the_same_prompts():
     task = ArithTask()
     a = TaskSource(task, "train", seed=5, num_examples=50)
     a.next(37)
-    state = json.loads(json.dumps(a.state_dict()))   # JSON-friendly
-    expected = a.next(40)                             # crosses an epoch boundary
+    state = json.loads(json.dumps(a.state_dict()))  # JSON-friendly
+    expected = a.next(40)  # crosses an epoch boundary
     b = TaskSource(task, "train", seed=5, num_examples=50)
     b.load_state_dict(state)
     assert b.next(40) == expected

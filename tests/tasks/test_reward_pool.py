@@ -1,4 +1,5 @@
 """RewardPool: exceptions, time-outs, NaNs, worker crashes are counted zeros; hung workers are killed."""
+
 import logging
 import os
 
@@ -39,7 +40,9 @@ def test_faults_are_counted_zeros_and_hung_worker_is_gone(pool, caplog):
     assert rewards.dtype == np.float32 and rewards.shape == (8,)
     np.testing.assert_array_equal(rewards, np.float32([0.25, 0, 0, 0, 1.5, 0, -0.75, 0]))
     assert (info["errors"], info["timeouts"], info["nans"]) == (2, 1, 2)
-    np.testing.assert_array_equal(info["components"]["half"], np.float32([0.125, 0, 0, 0, 0.75, 0, -0.375, 0]))
+    np.testing.assert_array_equal(
+        info["components"]["half"], np.float32([0.125, 0, 0, 0, 0.75, 0, -0.375, 0])
+    )
     # exactly one worker was replaced, and the hung process no longer exists
     pids_after = set(pool.pids)
     gone = pids_before - pids_after
@@ -84,7 +87,9 @@ def test_pool_matches_in_process_on_arith(pool):
 
 
 def test_in_process_counts_errors_and_nans():
-    rewards, info = RewardPool(num_workers=0).score(FaultyTask(), ["raise", "nan", "0.5"], _examples(3))
+    rewards, info = RewardPool(num_workers=0).score(
+        FaultyTask(), ["raise", "nan", "0.5"], _examples(3)
+    )
     np.testing.assert_array_equal(rewards, np.float32([0, 0, 0.5]))
     assert (info["errors"], info["timeouts"], info["nans"]) == (1, 0, 1)
 

@@ -1,4 +1,5 @@
 """DAPO dynamic sampling: zero-variance groups are dropped; counts and fills are exact."""
+
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ def _stream(seed, informative_prob, M=5):
     def sample_fn(attempt):
         keep = rng.random(M) < informative_prob
         rewards = np.ones((M, G), np.float32) * rng.integers(0, 2, size=(M, 1))
-        rewards[keep, 0] = 1 - rewards[keep, 0]     # informative: one sample differs
+        rewards[keep, 0] = 1 - rewards[keep, 0]  # informative: one sample differs
         batch = {"ids": np.array([[attempt, i] for i in range(M * G)]), "none": None}
         return batch, rewards.reshape(-1)
 
@@ -53,7 +54,7 @@ def test_stops_at_first_sufficient_attempt():
 
     def sample_fn(attempt):
         calls.append(attempt)
-        return None, np.tile(np.float32([0, 1, 1, 1]), 3)   # 3 informative groups per call
+        return None, np.tile(np.float32([0, 1, 1, 1]), 3)  # 3 informative groups per call
 
     res, stats = dynamic_sampling(sample_fn, 5, G, max_attempts=10)
     assert calls == [0, 1] and res.groups == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
@@ -63,14 +64,14 @@ def test_stops_at_first_sufficient_attempt():
 def test_cap_fills_with_uninformative_groups_or_returns_fewer():
     def sample_fn(attempt):
         r = np.zeros((3, G), np.float32)
-        r[attempt % 3, 1] = 1.0        # exactly one informative group per attempt
+        r[attempt % 3, 1] = 1.0  # exactly one informative group per attempt
         return None, r.reshape(-1)
 
-    res = dynamic_sampling(sample_fn, 4, G, max_attempts=2)          # the object itself ...
-    kept, stats = res                                                # ... or unpacked
+    res = dynamic_sampling(sample_fn, 4, G, max_attempts=2)  # the object itself ...
+    kept, stats = res  # ... or unpacked
     assert kept is res and stats is res.stats
     assert res.stats["attempts"] == 2 and res.stats["filled"] == 2 and len(res.groups) == 4
-    assert {(0, 0), (1, 1)} <= set(res.groups)          # both informative groups kept
+    assert {(0, 0), (1, 1)} <= set(res.groups)  # both informative groups kept
     assert res.stats["groups_dropped"] == 4 and res.stats["frac_dropped"] == 4 / 6
     short, _ = dynamic_sampling(sample_fn, 4, G, max_attempts=2, fill=False)
     assert short.groups == [(0, 0), (1, 1)] and short.stats["filled"] == 0

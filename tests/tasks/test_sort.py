@@ -1,4 +1,5 @@
 """Sort task: answers by hand, rewards, partial credit, disjoint splits."""
+
 from jaxrl_llm.tasks import Example, SortTask, make_task
 
 
@@ -7,7 +8,7 @@ def test_examples_answers_and_splits():
     train, test = t.examples("train", 200, 0), t.examples("test", 100, 0)
     assert not {e.prompt for e in train} & {e.prompt for e in test}
     for e in train:
-        values = [int(v) for v in e.prompt[len("sort "):-1].split(",")]
+        values = [int(v) for v in e.prompt[len("sort ") : -1].split(",")]
         assert e.answer == ",".join(map(str, sorted(values))) and e.difficulty == len(values)
         assert t.reward(t.sft_target(e), e) == 1.0
     assert t.difficulties == (3, 5)

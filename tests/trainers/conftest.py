@@ -1,4 +1,5 @@
 """One small SFT checkpoint shared by every trainer test (built once per session)."""
+
 import os
 
 import pytest
@@ -9,36 +10,37 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def small_config(**overrides):
-  """The runlocal base config with dotted-key overrides (unlocked copy)."""
-  c = config_lib.base_config(runlocal=True)
-  c.unlock()
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  c.log.progress = False
-  # Trainer tests run on one device: the 8-device meshes are covered by tests/parallel, and
-  # 8 virtual devices on a 2-core machine only add collective waits here.
-  c.mesh.num_devices = 1
-  return c
+    """The runlocal base config with dotted-key overrides (unlocked copy)."""
+    c = config_lib.base_config(runlocal=True)
+    c.unlock()
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    c.log.progress = False
+    # Trainer tests run on one device: the 8-device meshes are covered by tests/parallel, and
+    # 8 virtual devices on a 2-core machine only add collective waits here.
+    c.mesh.num_devices = 1
+    return c
 
 
 @pytest.fixture(scope="session")
 def sft_checkpoint(tmp_path_factory):
-  """(model folder, tokenizer folder) of a partly-skilled SFT model (sampled accuracy 20-80 %)."""
-  from jaxrl_llm.trainers import rl
-  workdir = str(tmp_path_factory.mktemp("sft"))
-  c = small_config(**{"train.steps": 1})
-  trainer = rl.Trainer(c, workdir)
-  trainer.initial_params(log=lambda *a: None)
-  model_dir = os.path.join(workdir, "sft")
-  tok_dir = os.path.join(workdir, "tokenizer")
-  assert os.path.exists(os.path.join(model_dir, "config.json"))
-  return model_dir, tok_dir
+    """(model folder, tokenizer folder) of a partly-skilled SFT model (sampled accuracy 20-80 %)."""
+    from jaxrl_llm.trainers import rl
+
+    workdir = str(tmp_path_factory.mktemp("sft"))
+    c = small_config(**{"train.steps": 1})
+    trainer = rl.Trainer(c, workdir)
+    trainer.initial_params(log=lambda *a: None)
+    model_dir = os.path.join(workdir, "sft")
+    tok_dir = os.path.join(workdir, "tokenizer")
+    assert os.path.exists(os.path.join(model_dir, "config.json"))
+    return model_dir, tok_dir
 
 
 def recipe_overrides(sft):
-  model_dir, tok_dir = sft
-  return {"model.init_checkpoint": model_dir, "tokenizer.path": tok_dir, "mesh.num_devices": 1}
+    model_dir, tok_dir = sft
+    return {"model.init_checkpoint": model_dir, "tokenizer.path": tok_dir, "mesh.num_devices": 1}

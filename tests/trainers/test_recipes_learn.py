@@ -4,6 +4,7 @@ Held-out accuracy (sampled at the training temperature, `eval.n` samples on `eva
 test prompts drawn with their own seed) must rise by >= 5 points and by more than two
 standard errors of the difference; no program recompiles after the second step.
 """
+
 import importlib.util
 import os
 
@@ -12,35 +13,52 @@ import pytest
 
 from tests.trainers.conftest import REPO, recipe_overrides
 
-RECIPES = ["grpo_arith", "dr_grpo_arith", "dapo_arith", "ppo_arith", "rloo_arith",
-           "reinforce_pp_arith", "psr_arith", "nsr_arith", "w_reinforce_arith", "gspo_arith"]
+RECIPES = [
+    "grpo_arith",
+    "dr_grpo_arith",
+    "dapo_arith",
+    "ppo_arith",
+    "rloo_arith",
+    "reinforce_pp_arith",
+    "psr_arith",
+    "nsr_arith",
+    "w_reinforce_arith",
+    "gspo_arith",
+]
 
 
 def load_recipe(name, arg="runlocal"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_learns(recipe, tmp_path, sft_checkpoint):
-  from jaxrl_llm.trainers import rl
-  c = load_recipe(recipe)
-  c.unlock()
-  for key, value in recipe_overrides(sft_checkpoint).items():
-    group, field = key.split(".")
-    c[group][field] = value
-  c.log.progress = False
-  c.checkpoint.every = 0
-  summary = rl.train(c, str(tmp_path), log=lambda *a: None)
-  before, after = summary["initial_eval"], summary["final_eval"]
-  assert 0.2 <= before["eval/accuracy"] <= 0.8, before
-  gain = after["eval/accuracy"] - before["eval/accuracy"]
-  print(f"{recipe}: held-out accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}")
-  se = float(np.hypot(before["eval/stderr"], after["eval/stderr"]))
-  assert gain >= 0.05 and gain > 2 * se, (recipe, before["eval/accuracy"],
-                                          after["eval/accuracy"], se)
-  compiles = [h["compiles"] for h in summary["history"] if "compiles" in h]
-  assert len(compiles) == c.train.steps
-  assert compiles[-1] == compiles[1], f"recompiled after step 2: {compiles}"
+    from jaxrl_llm.trainers import rl
+
+    c = load_recipe(recipe)
+    c.unlock()
+    for key, value in recipe_overrides(sft_checkpoint).items():
+        group, field = key.split(".")
+        c[group][field] = value
+    c.log.progress = False
+    c.checkpoint.every = 0
+    summary = rl.train(c, str(tmp_path), log=lambda *a: None)
+    before, after = summary["initial_eval"], summary["final_eval"]
+    assert 0.2 <= before["eval/accuracy"] <= 0.8, before
+    gain = after["eval/accuracy"] - before["eval/accuracy"]
+    print(
+        f"{recipe}: held-out accuracy {before['eval/accuracy']:.3f} -> {after['eval/accuracy']:.3f}"
+    )
+    se = float(np.hypot(before["eval/stderr"], after["eval/stderr"]))
+    assert gain >= 0.05 and gain > 2 * se, (
+        recipe,
+        before["eval/accuracy"],
+        after["eval/accuracy"],
+        se,
+    )
+    compiles = [h["compiles"] for h in summary["history"] if "compiles" in h]
+    assert len(compiles) == c.train.steps
+    assert compiles[-1] == compiles[1], f"recompiled after step 2: {compiles}"
