@@ -35,6 +35,7 @@ setuptools.setup(
             "nbformat>=5.10",
             "ipykernel>=6.29",
             "scipy>=1.12",
+            "ruff==0.17.5",
         ],
         # Accelerators (not installed by default): pip install -e . "jax[cuda12]" / "jax[tpu]".
         "cuda12": ["jax[cuda12]"],

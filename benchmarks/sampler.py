@@ -60,7 +60,8 @@ MODELS = {
 
 def write_tokenizer(folder: str, vocab: int) -> None:
     """A word-level tokenizer whose token i is the word f"t{i}" (no special tokens besides pad t0)."""
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(tok_models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
@@ -210,7 +211,7 @@ def table(results: list[dict]) -> str:
     for model, batch, mode in cells:
         rows = {s: keyed.get((model, batch, mode, s)) for s in SYSTEMS}
         t = {s: tps(r) for s, r in rows.items()}
-        ratio = lambda other: None if not (t["jaxrl"] and t[other]) else t["jaxrl"] / t[other]  # noqa: E731
+        ratio = lambda other, t=t: None if not (t["jaxrl"] and t[other]) else t["jaxrl"] / t[other]
         ttft = " / ".join(fmt(r and r["ttft_s"] * 1e3) for r in rows.values())
         lines.append(
             f"| {model} | {batch} | {mode} | {fmt(t['jaxrl'])} | {fmt(t['hf'])} | {fmt(t['tunix'])} "

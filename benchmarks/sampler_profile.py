@@ -24,11 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from sampler import MODELS  # noqa: E402
 
 from jaxrl_llm import models  # noqa: E402
 from jaxrl_llm.rollout import SamplingParams, generate, pad_prompts, token_logprobs  # noqa: E402
 from jaxrl_llm.rollout.sampling import argmax_first, sample_tokens  # noqa: E402
-from sampler import MODELS  # noqa: E402
 
 STEPS = 16
 

@@ -41,7 +41,7 @@ import os
 import re
 import struct
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -619,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_resamples=args.num_resamples,
         seed=args.seed,
     )
-    for name, path in result["paths"].items():
+    for path in result["paths"].values():
         print(f"[collate] wrote {path}")
     if result["incomplete"]:
         print(

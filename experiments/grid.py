@@ -53,7 +53,8 @@ import re
 import shlex
 import subprocess
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "Cell",

@@ -35,7 +35,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -549,6 +550,7 @@ def load_policy(config, checkpoint: str, *, step: int | None = None):
     import tempfile
 
     import jax
+
     from jaxrl_llm import models, parallel
     from jaxrl_llm.trainers import rl
 
@@ -600,6 +602,7 @@ def load_policy(config, checkpoint: str, *, step: int | None = None):
 
 def _make_sample_fn(config, model_config, params, tokenizer, mesh, rules, *, n, temperature, seed):
     import jax
+
     from jaxrl_llm import rollout as rollout_lib
     from jaxrl_llm.trainers import text
 

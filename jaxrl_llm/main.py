@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -13,7 +13,7 @@ Host-side numpy; scipy is needed only by `fit_sigmoid`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

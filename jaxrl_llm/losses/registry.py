@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.losses import advantages as adv_lib
-from jaxrl_llm.losses import aggregation
-from jaxrl_llm.losses import policy
+from jaxrl_llm.losses import aggregation, policy
 
 __all__ = [
     "ADVANTAGES",

@@ -1,6 +1,8 @@
 """Decoder-only transformer (Llama / Qwen2 / Qwen3), value model, HF IO and tokenizers."""
 
-from jaxrl_llm.models.config import ModelConfig, SUPPORTED_ARCHITECTURES
+from jaxrl_llm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
+from jaxrl_llm.models.hf_io import load_hf, save_hf
+from jaxrl_llm.models.tokenizer import build_builtin_tokenizer, chat_prompt, load_tokenizer
 from jaxrl_llm.models.transformer import (
     apply,
     apply_hidden,
@@ -11,8 +13,6 @@ from jaxrl_llm.models.transformer import (
     logical_axes,
     unstack_layers,
 )
-from jaxrl_llm.models.hf_io import load_hf, save_hf
-from jaxrl_llm.models.tokenizer import build_builtin_tokenizer, chat_prompt, load_tokenizer
 from jaxrl_llm.models.value import apply_value, init_value_params, value_logical_axes
 
 __all__ = [

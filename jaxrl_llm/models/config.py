@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "ModelConfig",
@@ -145,12 +146,12 @@ class ModelConfig:
         """`rope_scaling` as a dict (or None)."""
         return None if self.rope_scaling is None else dict(self.rope_scaling)
 
-    def replace(self, **overrides) -> "ModelConfig":
+    def replace(self, **overrides) -> ModelConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **overrides)
 
     @classmethod
-    def tiny(cls, **overrides) -> "ModelConfig":
+    def tiny(cls, **overrides) -> ModelConfig:
         """A tiny model that compiles in seconds on CPU (tests, laptop runs)."""
         fields = dict(
             vocab_size=64,
@@ -170,7 +171,7 @@ class ModelConfig:
     @classmethod
     def from_hf(
         cls, path_or_dict: str | os.PathLike | Mapping[str, Any], **overrides
-    ) -> "ModelConfig":
+    ) -> ModelConfig:
         """Build a config from an HF `config.json` (a folder, a file, or a dict).
 
         Reads transformers v4 (`rope_theta`, `rope_scaling`) and v5

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import string
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "load_tokenizer",

@@ -214,7 +214,6 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
         h, m = cfg.hidden_size, cfg.intermediate_size
         g = Proj(cfg, (h, m), (A.EMBED, A.MLP), False, name="gate_proj")(x)
         u = Proj(cfg, (h, m), (A.EMBED, A.MLP), False, name="up_proj")(x)

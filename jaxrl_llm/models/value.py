@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models import transformer as T
+from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.parallel import axes as A
 
 __all__ = ["init_value_params", "apply_value", "value_logical_axes"]

@@ -12,7 +12,8 @@ that axis (see `jaxrl_llm.parallel.axes.logical_to_sharding`).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 from jax.sharding import AxisType, Mesh

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 
@@ -175,8 +175,9 @@ def param_counts(config) -> tuple[int, int]:
 
 def device_bytes(config, sizes, work: Workload, rules=None) -> dict[str, float]:
     """Bytes per device of each resident item under `rules` on a mesh of `sizes` (d, f, t)."""
-    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
     import logging  # pylint: disable=g-import-not-at-top
+
+    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
 
     mesh = _mesh(sizes)
     shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))

@@ -21,6 +21,7 @@ replicating a batch would silently repeat work.
 from __future__ import annotations
 
 import math
+
 import jax
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec

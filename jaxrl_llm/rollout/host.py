@@ -7,7 +7,7 @@ arrays (a `Rollout` coming back from `generate` is fetched once with
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np

@@ -34,13 +34,14 @@ own logical constraints apply inside (run under `jax.sharding.set_mesh` and
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from jaxrl_llm import models
 from jaxrl_llm.parallel import axes as A
@@ -111,7 +112,7 @@ def _rollout_shardings(rows, prompt_len, max_new, mesh, rules):
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_initializer(config, rows: int, max_len: int, mesh, rules):
     fn = functools.partial(models.init_cache, config, rows, max_len)
     return jax.jit(fn, out_shardings=_cache_shardings(config, rows, max_len, mesh, rules))
@@ -244,7 +245,7 @@ def _program(
     return rollout, cache
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(config, static: tuple, batch: int, prompt_len: int, mesh, rules, unstack: bool):
     """The jitted program for one (config, static sampling fields, shape, mesh, rules, layout)."""
     max_new, n = static[0], static[1]
@@ -356,7 +357,7 @@ def generate_with_cache(
         return program(params, tokens, mask, key, floats, cache)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_seeds(config, static: tuple, seeds: int, batch: int, prompt_len: int, unstack: bool):
     """`_program` vmapped over a leading seed axis of params, prompts, keys and cache."""
     rows, max_len = batch * static[1], prompt_len + static[0]

@@ -37,7 +37,6 @@ P(i) = w_i / sum(w) exactly, up to float32 rounding of the sums.
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 

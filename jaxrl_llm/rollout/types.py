@@ -13,7 +13,7 @@ so changing them never recompiles.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import flax.struct
 import jax
@@ -98,7 +98,7 @@ class SamplingParams:
             bool(self.greedy),
         )
 
-    def replace(self, **overrides) -> "SamplingParams":
+    def replace(self, **overrides) -> SamplingParams:
         return dataclasses.replace(self, **overrides)
 
 
@@ -130,14 +130,14 @@ class Rollout:
     sampler_logp: Array
     group_id: Array
     truncated: Array
-    rewards: Optional[Array] = None
-    token_rewards: Optional[Array] = None
-    old_logp: Optional[Array] = None
-    ref_logp: Optional[Array] = None
-    values: Optional[Array] = None
-    advantages: Optional[Array] = None
-    returns: Optional[Array] = None
-    sample_weight: Optional[Array] = None
+    rewards: Array | None = None
+    token_rewards: Array | None = None
+    old_logp: Array | None = None
+    ref_logp: Array | None = None
+    values: Array | None = None
+    advantages: Array | None = None
+    returns: Array | None = None
+    sample_weight: Array | None = None
 
     @property
     def num_rows(self) -> int:

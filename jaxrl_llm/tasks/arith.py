@@ -15,9 +15,8 @@ Train and test are disjoint by a stable hash of the prompt (`test_fraction`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
-
 import random
+from collections.abc import Sequence
 
 from jaxrl_llm.tasks import expr
 from jaxrl_llm.tasks.base import Example, check_split, split_of, split_rng

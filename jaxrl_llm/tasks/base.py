@@ -22,7 +22,8 @@ import dataclasses
 import hashlib
 import importlib
 import random
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from fractions import Fraction
-from typing import Sequence
-
 import random
+from collections.abc import Sequence
+from fractions import Fraction
 
 from jaxrl_llm.tasks import expr
 from jaxrl_llm.tasks.base import Example, check_split, split_of, split_rng

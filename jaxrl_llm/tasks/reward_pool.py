@@ -31,7 +31,8 @@ import multiprocessing.connection as mp_connection
 import pickle
 import time
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -334,7 +335,7 @@ class RewardPool:
             self._kill(w)
         self._workers = None
 
-    def __enter__(self) -> "RewardPool":
+    def __enter__(self) -> RewardPool:
         return self
 
     def __exit__(self, *exc) -> None:

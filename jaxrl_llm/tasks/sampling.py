@@ -21,7 +21,8 @@ in sampling order (attempt, then group), so the result is deterministic.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -25,7 +25,8 @@ import dataclasses
 import io
 import logging
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -10,7 +10,7 @@ Train / test are split by a stable hash of the prompt.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 from jaxrl_llm.tasks.base import Example, check_split, split_of, split_rng
 from jaxrl_llm.tasks.rewards import first_line

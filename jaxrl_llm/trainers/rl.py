@@ -20,13 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxrl_llm import checkpoint as ckpt_lib
-from jaxrl_llm import evaluation
+from jaxrl_llm import evaluation, models, parallel
 from jaxrl_llm import metrics as metrics_lib
-from jaxrl_llm import models
-from jaxrl_llm import parallel
 from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import tasks as tasks_lib
 from jaxrl_llm.losses import kl as kl_lib

@@ -6,7 +6,6 @@ writes tensorboardX scalars, resumes from its workdir and can fail on request.
 
 import json
 import os
-import sys
 
 import pytest
 

@@ -186,7 +186,7 @@ def test_check_grads(data):
     x, m = data
     for mode in ("token-mean", "seq-mean-token-mean"):
         check_grads(
-            jax.jit(lambda y: aggregate(y, m, mode)),
+            jax.jit(lambda y, mode=mode: aggregate(y, m, mode)),
             (jnp.asarray(x, jnp.float32),),
             order=1,
             modes=["rev"],

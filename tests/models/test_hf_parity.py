@@ -1,7 +1,5 @@
 """Logit parity with transformers (torch, CPU) for Llama / Qwen2 / Qwen3; save_hf round trip; sharded load."""
 
-import json
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from jaxrl_llm.models import ModelConfig, apply, load_hf, logical_axes, save_hf  # noqa: E402
+from jaxrl_llm.models import apply, load_hf, logical_axes, save_hf  # noqa: E402
 from jaxrl_llm.parallel import DEFAULT_RULES, make_mesh  # noqa: E402
 
 TINY = dict(

@@ -189,7 +189,7 @@ def test_param_shapes_and_logical_axes():
         specs, is_leaf=lambda x: isinstance(x, tuple)
     )
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    for path, x in flat:
+    for _path, x in flat:
         assert not hasattr(x, "names")  # unboxed plain arrays
     layer = params["layers"]["attn"]
     L, H, nh, nkv, d = 2, 64, 4, 2, 24

@@ -4,7 +4,8 @@ import logging
 
 import jax
 import pytest
-from jax.sharding import AxisType, PartitionSpec as PS
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as PS
 
 from jaxrl_llm.models import ModelConfig, init_params, logical_axes
 from jaxrl_llm.parallel import axes as A

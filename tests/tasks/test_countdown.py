@@ -2,8 +2,7 @@
 
 import pytest
 
-from jaxrl_llm.tasks import CountdownTask, Example, make_task
-from jaxrl_llm.tasks import expr
+from jaxrl_llm.tasks import CountdownTask, Example, expr, make_task
 from jaxrl_llm.tasks.countdown import check_solution
 
 

@@ -1,5 +1,7 @@
 """Answer extraction and equivalence on a table of tricky cases."""
 
+from fractions import Fraction
+
 import pytest
 
 from jaxrl_llm.tasks.math_answer import (
@@ -11,7 +13,6 @@ from jaxrl_llm.tasks.math_answer import (
     normalize_answer,
     to_number,
 )
-from fractions import Fraction
 
 
 @pytest.mark.parametrize(

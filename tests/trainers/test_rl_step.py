@@ -121,7 +121,8 @@ def test_chunked_logprobs_and_row_selection_on_a_mesh(setup, micro_rows):
     """`RLPrograms.logprobs` in `micro_rows` chunks (strided when they divide N, slices when not)
     = one full forward pass, row for row, on a batch split over 8 devices; `select_rows` picks
     exactly the asked rows, in the asked order, laid out with the batch sharding."""
-    from jax.sharding import NamedSharding, PartitionSpec as PS
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as PS
 
     mc, params, batch = setup
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
