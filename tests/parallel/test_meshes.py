@@ -148,8 +148,11 @@ def test_same_numbers_on_every_mesh(runs, shape):
         got["grads"],
         ref["grads"],
     )
+    # Adam's first step moves each weight by about lr * g / (|g| + eps): for a gradient entry
+    # near eps, a rounding-level difference in g changes the step by a visible fraction of lr
+    # (seen: 2.7e-6 on one of 4096 entries). Params are compared to 1 % of lr.
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=ATOL),
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-2 * LR),
         got["params"],
         ref["params"],
     )
