@@ -1,6 +1,7 @@
-"""Math answers: extraction (`\\boxed{}`, `####`, last number) and equivalence (via `math-verify`).
+"""Math answers: extraction (`\\boxed{}`, `####`, LaTeX, last number) and equivalence (`math-verify`).
 
-    extract_answer(text, mode="auto")   # auto: last \\boxed{} → text after the last '####' → last number
+    extract_answer(text, mode="auto")   # auto: last \\boxed{} → text after the last '####'
+                                        #       → last math span or number, whichever ends later
     answers_equal(pred, gold)           # normalise; exact rational comparison when both are plain
                                         # numbers; else math-verify's symbolic equivalence
 
@@ -9,6 +10,14 @@ Normalisation handles the usual noise of model outputs and datasets: `$…$`,
 unicode minus (`−`), a trailing period, `%`, and unit words after a number
 (`5 cm`, `18 dollars`). Numbers compare exactly as fractions (`0.5` = `1/2` =
 `\\frac{1}{2}`), decimals up to a relative tolerance `rel_tol`.
+
+Without `\\boxed` or '####', 'auto' reads the answer as LaTeX, not as its last
+digit group (`$\\frac{1}{2}$` is ½, not 2): the last math span (`$…$`, `$$…$$`,
+`\\(…\\)`, `\\[…\\]`) unless a number follows it, else the last number — widened
+to its whitespace-delimited token when that token is balanced LaTeX (`2^{10}`,
+`\\sqrt{2}`). A `$` follows pandoc's rule, so money is not math: an opening `$`
+has a non-space on its right, a closing `$` a non-space on its left and no digit
+after it (`$5 and $10` is text).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ __all__ = [
     "extract_boxed",
     "extract_hash",
     "extract_last_number",
+    "extract_last_math",
     "extract_answer",
     "normalize_answer",
     "to_number",
@@ -28,13 +38,23 @@ __all__ = [
     "EXTRACT_MODES",
 ]
 
-EXTRACT_MODES = ("auto", "boxed", "hash", "last_number")
+EXTRACT_MODES = ("auto", "boxed", "hash", "last_number", "last_math")
 
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|[-+]?\.\d+"
 _NUMBER_RE = re.compile(_NUMBER)
 _PLAIN_NUM = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?$")
 _UNIT_TAIL = re.compile(r"^(" + _NUMBER + r")\s*(?:[a-zA-Z]+\.?\s*){1,3}$")
 _LATEX_FRAC = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$")
+# Math spans: display $$…$$, \[…\], \(…\), then inline $…$ by pandoc's rule (module doc).
+_MATH_SPAN_RE = re.compile(
+    r"(?<!\\)\$\$(?P<d>.+?)(?<!\\)\$\$"
+    r"|\\\[(?P<b>.+?)\\\]"
+    r"|\\\((?P<p>.+?)\\\)"
+    r"|(?<![\\$])\$(?P<i>[^\s$](?:[^$]*?[^\s$\\])?)\$(?![\d$])",
+    re.DOTALL,
+)
+_LATEX_CHARS = re.compile(r"[\\^{}_]")
+_CALCULATOR_NOTE = re.compile(r"<<[^>]*>>")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -75,10 +95,58 @@ def extract_last_number(text: str) -> str | None:
     return matches[-1].strip() if matches else None
 
 
+def _last_math_span(text: str) -> re.Match | None:
+    spans = list(_MATH_SPAN_RE.finditer(text))
+    return spans[-1] if spans else None
+
+
+def extract_last_math(text: str) -> str | None:
+    """Content of the last math span (`$…$`, `$$…$$`, `\\(…\\)`, `\\[…\\]`), stripped."""
+    m = _last_math_span(text)
+    if m is None:
+        return None
+    return next(g for g in m.groups() if g is not None).strip() or None
+
+
+def _balanced(token: str) -> bool:
+    depth = 0
+    for ch in token:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _last_number_or_latex_token(text: str) -> str | None:
+    """The last number; its whitespace-delimited token instead when that is balanced LaTeX."""
+    text = text.replace("−", "-")
+    matches = list(_NUMBER_RE.finditer(text))
+    if not matches:
+        return None
+    m = matches[-1]
+    start = max(text.rfind(c, 0, m.start()) for c in " \t\n") + 1
+    end = min([i for i in (text.find(c, m.end()) for c in " \t\n") if i >= 0] or [len(text)])
+    token = text[start:end].rstrip(".,;:!?")
+    if _LATEX_CHARS.search(re.sub(r"\\[$%]", "", token)) and _balanced(token):  # '\$5' is money
+        return token
+    return m.group().strip()
+
+
+def _extract_latex_or_number(text: str) -> str | None:
+    """'auto' without a box or '####': the last math span, unless a number follows it."""
+    text = _CALCULATOR_NOTE.sub(" ", text)
+    span = _last_math_span(text)
+    if span is None:
+        return _last_number_or_latex_token(text)
+    after = _last_number_or_latex_token(text[span.end() :])
+    return after if after is not None else extract_last_math(text)
+
+
 def extract_answer(text: str, mode: str = "auto") -> str | None:
     """The final answer in `text` by `mode` ∈ EXTRACT_MODES; None when there is none.
 
-    'auto' tries the last `\\boxed{}`, then '####', then the last number.
+    'auto' tries the last `\\boxed{}`, then '####', then the last math span or
+    the last number, whichever ends later (module doc).
     """
     if mode not in EXTRACT_MODES:
         raise ValueError(f"extract mode must be one of {EXTRACT_MODES}, got {mode!r}")
@@ -88,7 +156,9 @@ def extract_answer(text: str, mode: str = "auto") -> str | None:
         return extract_hash(text)
     if mode == "last_number":
         return extract_last_number(text)
-    for fn in (extract_boxed, extract_hash, extract_last_number):
+    if mode == "last_math":
+        return extract_last_math(text)
+    for fn in (extract_boxed, extract_hash, _extract_latex_or_number):
         ans = fn(text)
         if ans is not None:
             return ans

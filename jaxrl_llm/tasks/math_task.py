@@ -11,8 +11,8 @@
     `hub_config` and the split names 'train' / 'test'.
 
 Reward (component 'correct'): the answer extracted from the completion
-(`extract_mode`, default: last `\\boxed{}` → '####' → last number) equals the
-gold answer under `math_answer.answers_equal`. Optional `format_weight` ×
+(`extract_mode`, default 'auto': last `\\boxed{}` → '####' → last LaTeX span or
+number, see `math_answer`) equals the gold answer under `math_answer.answers_equal`. Optional `format_weight` ×
 component 'format' (the completion has an explicit `\\boxed{}` or '####').
 SFT target: the dataset's solution text (GSM8K's `<<…>>` calculator notes removed).
 """

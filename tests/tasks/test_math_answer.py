@@ -105,3 +105,43 @@ def test_end_to_end_on_model_like_text():
     text = "Natalia sold 48/2 = 24 clips in May.\nAltogether she sold 48+24 = 72 clips.\n#### 72"
     assert answers_equal(extract_answer(text), "72")
     assert not answers_equal(extract_answer("so the answer is 71."), "72")
+
+
+# A LaTeX answer without \boxed is read whole, not as its last digit group.
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+        ("so \\(2^{10}\\)", "2^{10}"),
+        ("hence \\[\\sqrt{2}\\]", "\\sqrt{2}"),
+        ("$$x = \\frac{3}{4}$$", "x = \\frac{3}{4}"),
+        ("so the answer is 2^{10}.", "2^{10}"),  # no delimiters: the LaTeX token, not '10'
+        ("it is \\sqrt{2}", "\\sqrt{2}"),
+        ("Since $2^{10} = 1024$, the answer is 1024.", "1024"),  # a number after the span wins
+        ("He pays $5 and then $10 more, 15 in all", "15"),  # money, not math
+        ("($10)($5)", "5"),  # '$' before a digit does not close a span
+        ("costs $10 and $x$ then", "x"),
+        ("the price is \\$5 and \\$7", "7"),  # escaped dollars are text
+        ("then \\text{5 apples}", "5"),  # an unbalanced token falls back to the number
+        ("<<2^3=8>>8 cookies", "8"),  # GSM8K calculator notes are ignored
+    ],
+)
+def test_auto_extracts_latex_without_boxed(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "completion,gold,equal",
+    [
+        ("$\\frac{1}{2}$", "2", False),  # was read as '2' and rewarded
+        ("$\\frac{1}{2}$", "0.5", True),  # was read as '2' and rejected
+        ("$2^{10}$", "1024", True),
+        ("$2^{10}$", "10", False),
+        ("2^{10}", "1024", True),
+        ("$\\sqrt{2}$", "2", False),
+        ("\\sqrt{2}", "2", False),
+        ("\\(\\sqrt{2}\\)", "\\sqrt{2}", True),
+    ],
+)
+def test_latex_answers_compare_as_latex(completion, gold, equal):
+    assert answers_equal(extract_answer(completion), gold) is equal

@@ -100,3 +100,34 @@ def test_missing_local_data_is_a_named_error(tmp_path):
     task = make_task("gsm8k", path=str(tmp_path / "no_such_dataset_here"))
     with pytest.raises(ValueError, match="neither a file nor a folder"):
         task.examples("train", 3, 0)
+
+
+_LATEX_CASES = [  # (completion, gold, reward): LaTeX without \boxed is read as LaTeX
+    ("The answer is $\\frac{1}{2}$.", "2", 0.0),  # was read as 2: a wrong answer rewarded
+    ("The answer is $\\frac{1}{2}$.", "0.5", 1.0),  # ... and the right one rejected
+    ("So it is $2^{10}$", "1024", 1.0),
+    ("So it is $2^{10}$", "10", 0.0),
+    ("So it is 2^{10}.", "1024", 1.0),
+    ("It is \\(\\sqrt{2}\\)", "2", 0.0),
+    ("Since $2^{10} = 1024$, the answer is 1024.", "1024", 1.0),
+    ("She pays $5 and then $10 more, 15 in all", "15", 1.0),
+]
+
+
+@pytest.mark.parametrize("kind", ["gsm8k", "math"])
+def test_latex_answer_without_box_is_scored_as_latex(tmp_path, kind):
+    golds = sorted({gold for _, gold, _ in _LATEX_CASES})
+    if kind == "gsm8k":
+        rows = [{"question": f"q{g}", "answer": f"work\n#### {g}"} for g in golds]
+    else:
+        rows = [
+            {"problem": f"q{g}", "solution": f"so \\boxed{{{g}}}", "level": "Level 2"}
+            for g in golds
+        ]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    task = make_task(kind, path=str(path), test_fraction=0.0)
+    by_gold = {e.answer: e for e in task.examples("train", None, 0)}
+    assert sorted(by_gold) == golds
+    got = [task.reward(c, by_gold[g]) for c, g, _ in _LATEX_CASES]
+    assert got == [r for _, _, r in _LATEX_CASES]
