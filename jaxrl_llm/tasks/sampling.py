@@ -14,7 +14,8 @@ have been drawn:
 Exactly B groups are returned so shapes stay static: when the cap is reached
 with fewer than B informative groups, the rest is filled with zero-variance
 groups (`fill=True`, counted in stats['filled']; they contribute zero GRPO
-advantage) — or, with `fill=False`, fewer groups are returned. Groups are taken
+advantage) — or, with `fill=False`, fewer groups are returned (possibly none:
+`select_rows` then gives a batch with 0 rows). Groups are taken
 in sampling order (attempt, then group), so the result is deterministic.
 """
 
@@ -126,6 +127,11 @@ def select_rows(
 
     By default batches are pytrees of arrays (None leaves stay None):
     `take(batch, rows)` indexes every leaf, `concat` concatenates leaf-wise.
+
+    When no group was kept (`fill=False` and every group constant), the result
+    is an empty batch: `take(first batch, int rows [0])`, so every leaf has 0
+    rows and its trailing shape and dtype. With no batch at all to take the
+    structure from, it raises ValueError.
     """
     import jax  # lazy: keeps this module light for reward workers
 
@@ -133,5 +139,9 @@ def select_rows(
     concat = concat or (
         lambda parts: jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *parts)
     )
+    if not result.rows_by_attempt:
+        if not result.batches:
+            raise ValueError("select_rows: no group was kept and there is no batch to shape one")
+        return take(result.batches[0], np.zeros((0,), np.int64))
     parts = [take(result.batches[a], rows) for a, rows in result.rows_by_attempt.items()]
     return parts[0] if len(parts) == 1 else concat(parts)

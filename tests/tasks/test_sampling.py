@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from jaxrl_llm.tasks.sampling import dynamic_sampling, informative_groups, select_rows
+from jaxrl_llm.tasks.sampling import (
+    DynamicSample,
+    dynamic_sampling,
+    informative_groups,
+    select_rows,
+)
 
 G = 4
 
@@ -75,3 +80,31 @@ def test_cap_fills_with_uninformative_groups_or_returns_fewer():
     assert res.stats["groups_dropped"] == 4 and res.stats["frac_dropped"] == 4 / 6
     short, _ = dynamic_sampling(sample_fn, 4, G, max_attempts=2, fill=False)
     assert short.groups == [(0, 0), (1, 1)] and short.stats["filled"] == 0
+
+
+def test_select_rows_of_no_kept_group_is_an_empty_batch():
+    def sample_fn(attempt):  # every group constant: nothing is informative
+        batch = {
+            "tokens": np.arange(2 * G * 3, dtype=np.int32).reshape(2 * G, 3) + attempt,
+            "mask": np.ones((2 * G,), np.float32),
+            "none": None,
+        }
+        return batch, np.repeat(np.float32([0.0, 1.0]), G)
+
+    res = dynamic_sampling(sample_fn, 2, G, max_attempts=3, fill=False)
+    assert res.groups == [] and res.stats["groups_kept"] == 0 and res.stats["attempts"] == 3
+    batch = select_rows(res)
+    assert batch["tokens"].shape == (0, 3) and batch["tokens"].dtype == np.int32
+    assert batch["mask"].shape == (0,) and batch["mask"].dtype == np.float32
+    assert batch["none"] is None
+    assert res.kept_rewards().shape == (0,)
+    # a custom take sees the empty row index too
+    seen = []
+    out = select_rows(res, take=lambda b, rows: seen.append(rows.shape) or b["mask"][rows])
+    assert out.shape == (0,) and seen == [(0,)]
+
+
+def test_select_rows_without_any_batch_is_a_clear_error():
+    res = DynamicSample(batches=[], rewards=[], groups=[], rows_by_attempt={}, stats={})
+    with pytest.raises(ValueError, match="no batch"):
+        select_rows(res)
