@@ -21,7 +21,7 @@ from jaxrl_llm.tasks.base import (
 )
 from jaxrl_llm.tasks.countdown import CountdownTask
 from jaxrl_llm.tasks.math_task import MathTask, make_gsm8k, make_math
-from jaxrl_llm.tasks.reward_pool import RewardPool, score_in_process
+from jaxrl_llm.tasks.reward_pool import RewardPool, reward_failure_streak, score_in_process
 from jaxrl_llm.tasks.rewards import ComposedTask, RewardTerm, compose
 from jaxrl_llm.tasks.sampling import (
     DynamicSample,
@@ -76,6 +76,7 @@ __all__ = [
     "register_task",
     "registered_tasks",
     "reward_details",
+    "reward_failure_streak",
     "score_in_process",
     "select_rows",
 ]

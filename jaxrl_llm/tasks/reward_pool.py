@@ -8,6 +8,7 @@ Reward functions never crash training. For each completion the pool calls
     past `timeout_s`      → 0.0, counted in info['timeouts']; the worker is killed and replaced
     NaN / ±inf            → 0.0, counted in info['nans']
     worker died (crash)   → 0.0, counted in info['errors']; the worker is replaced
+    budget spent          → 0.0, counted in info['budget_skipped'] (see below)
 
 and every non-zero count is logged (python `logging`, logger `jaxrl_llm.tasks.reward_pool`).
 Each worker holds one item at a time, so the time limit applies to exactly one
@@ -15,8 +16,21 @@ reward call. Workers load the task once per task (pickled by the parent, keyed
 by its bytes); loading, including a task's optional `warmup()`, has its own
 generous limit `load_timeout_s` and is not counted in the per-call limit.
 
-`num_workers=0` scores in the calling process, without a time limit (tests,
-debugging); exceptions and NaNs are still zeros and counted.
+A call can also have a time budget for all its completions (`step_budget_s`,
+in the constructor or per call): once it is spent, no further completion is
+started; each one not yet started is scored 0.0 and counted in
+info['budget_skipped'], and those in flight keep their own `timeout_s` (a hung
+one is killed and counted in info['timeouts'] as usual). So a call returns
+within about `step_budget_s + timeout_s` even when every reward call hangs,
+instead of `timeout_s × completions / workers`. The budget starts when the
+first completion is handed to a worker, so task loading is not counted.
+
+`reward_failure_streak(prev, info, num_rows)` is the stop rule's counter: the
+number of consecutive calls in which every reward failed.
+
+`num_workers=0` scores in the calling process, without a per-call time limit
+(tests, debugging); exceptions and NaNs are still zeros and counted, and the
+budget is checked between completions.
 """
 
 from __future__ import annotations
@@ -38,7 +52,7 @@ import numpy as np
 
 from jaxrl_llm.tasks.base import Example, reward_details
 
-__all__ = ["RewardPool", "score_in_process"]
+__all__ = ["RewardPool", "score_in_process", "reward_failure_streak"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +103,7 @@ class _Tally:
     def __init__(self, n: int):
         self.rewards = np.zeros((n,), np.float32)
         self.components: dict[str, np.ndarray] = {}
-        self.errors = self.timeouts = self.nans = 0
+        self.errors = self.timeouts = self.nans = self.budget_skipped = 0
         self.first_error: str | None = None
         self.n = n
 
@@ -114,29 +128,64 @@ class _Tally:
             "errors": self.errors,
             "timeouts": self.timeouts,
             "nans": self.nans,
+            "budget_skipped": self.budget_skipped,
             "components": self.components,
         }
 
     def log(self, task_name: str) -> None:
-        if self.errors or self.timeouts or self.nans:
+        if self.errors or self.timeouts or self.nans or self.budget_skipped:
             logger.warning(
-                "reward %s on %d completions: %d errors, %d time-outs, %d NaN/inf (all scored 0.0)%s",
+                "reward %s on %d completions: %d errors, %d time-outs, %d NaN/inf, "
+                "%d skipped when the step budget was spent (all scored 0.0)%s",
                 task_name,
                 self.n,
                 self.errors,
                 self.timeouts,
                 self.nans,
+                self.budget_skipped,
                 f"; first error:\n{self.first_error}" if self.first_error else "",
             )
 
 
+def reward_failure_streak(prev_streak: int, info: dict, num_rows: int) -> int:
+    """`prev_streak + 1` when every one of `num_rows` rewards of a step failed, else 0.
+
+    Failed: errors + timeouts + NaN/inf + budget-skipped (`RewardPool.score`'s
+    info) ≥ num_rows. A trainer stops when the streak reaches its limit: a
+    reward function that always fails gives zero advantages and no learning.
+    A step with no rows keeps the streak as it is.
+    """
+    if num_rows <= 0:
+        return int(prev_streak)
+    failed = sum(int(info.get(k, 0)) for k in ("errors", "timeouts", "nans", "budget_skipped"))
+    return int(prev_streak) + 1 if failed >= num_rows else 0
+
+
+def _check_budget(budget_s: float | None) -> None:
+    if budget_s is not None and not budget_s > 0:
+        raise ValueError(f"step_budget_s must be > 0 or None, got {budget_s}")
+
+
 def score_in_process(
-    task: Any, completions: Sequence[str], examples: Sequence[Example]
+    task: Any,
+    completions: Sequence[str],
+    examples: Sequence[Example],
+    *,
+    step_budget_s: float | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """`RewardPool(num_workers=0).score`: no processes, no time limit."""
+    """`RewardPool(num_workers=0).score`: no processes, no per-call time limit.
+
+    With `step_budget_s`, completions not started once it is spent are skipped
+    (0.0, counted in info['budget_skipped']); a running call is not interrupted.
+    """
     _check(completions, examples)
+    _check_budget(step_budget_s)
     tally = _Tally(len(completions))
+    t0 = time.monotonic()
     for i, (c, ex) in enumerate(zip(completions, examples)):
+        if step_budget_s is not None and time.monotonic() - t0 >= step_budget_s:
+            tally.budget_skipped = len(completions) - i
+            break
         try:
             total, comps = reward_details(task, c, ex)
         except Exception:  # noqa: BLE001
@@ -163,12 +212,19 @@ class RewardPool:
     """
 
     def __init__(
-        self, num_workers: int = 2, timeout_s: float = 5.0, *, load_timeout_s: float = 120.0
+        self,
+        num_workers: int = 2,
+        timeout_s: float = 5.0,
+        *,
+        load_timeout_s: float = 120.0,
+        step_budget_s: float | None = None,
     ):
         if num_workers < 0:
             raise ValueError(f"num_workers must be ≥ 0, got {num_workers}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        _check_budget(step_budget_s)
+        self.step_budget_s = step_budget_s
         self.num_workers, self.timeout_s, self.load_timeout_s = (
             num_workers,
             timeout_s,
@@ -215,11 +271,25 @@ class RewardPool:
 
     # -------------------------------------------------------------- scoring
     def score(
-        self, task: Any, completions: Sequence[str], examples: Sequence[Example]
+        self,
+        task: Any,
+        completions: Sequence[str],
+        examples: Sequence[Example],
+        *,
+        step_budget_s: float | None = None,
     ) -> tuple[np.ndarray, dict]:
-        """Rewards float32 [N] and info {'errors','timeouts','nans','components': {name: float32 [N]}}."""
+        """Rewards float32 [N] and info {'errors', 'timeouts', 'nans', 'budget_skipped': int,
+        'components': {name: float32 [N]}}.
+
+        `step_budget_s` overrides the pool's budget for this call (None: the
+        pool's; `math.inf`: none); see the module doc.
+        """
+        budget = self.step_budget_s if step_budget_s is None else step_budget_s
+        _check_budget(budget)
+        if budget is not None and math.isinf(budget):
+            budget = None
         if self.num_workers == 0:
-            return score_in_process(task, completions, examples)
+            return score_in_process(task, completions, examples, step_budget_s=budget)
         _check(completions, examples)
         if self._workers is None:
             raise RuntimeError("RewardPool is closed")
@@ -232,7 +302,7 @@ class RewardPool:
             ) from e
         key = hashlib.blake2b(blob, digest_size=16).hexdigest()
         try:
-            tally = self._score(task, blob, key, completions, examples)
+            tally = self._score(task, blob, key, completions, examples, budget)
         except BaseException:
             # Replies still in flight belong to this call: restart every worker that owes one.
             for w in list(self._workers):
@@ -242,12 +312,25 @@ class RewardPool:
         tally.log(getattr(task, "name", type(task).__name__))
         return tally.rewards, tally.info()
 
-    def _score(self, task, blob, key, completions, examples) -> _Tally:
+    def _score(self, task, blob, key, completions, examples, budget) -> _Tally:
         tally = _Tally(len(completions))
         pending = collections.deque(range(len(completions)))
         done, load_failures = 0, 0
+        budget_end = math.inf  # set when the first completion is handed to a worker
         while done < len(completions):
             now = time.monotonic()
+            if pending and now >= budget_end:
+                logger.warning(
+                    "reward step budget %.1fs spent: skipping %d of %d completions",
+                    budget,
+                    len(pending),
+                    len(completions),
+                )
+                tally.budget_skipped += len(pending)
+                done += len(pending)
+                pending.clear()
+                if done == len(completions):
+                    break
             for w in list(self._workers):
                 if w.state == "idle" and w.key != key:
                     if not self._send(w, ("task", key, blob)):
@@ -261,6 +344,8 @@ class RewardPool:
                         self._replace(w)
                         continue
                     w.state, w.idx, w.t0 = "busy", i, now
+                    if budget is not None and budget_end == math.inf:
+                        budget_end = now + budget
             active = [w for w in self._workers if w.state in ("load", "busy")]
             if not active:
                 continue
@@ -268,6 +353,8 @@ class RewardPool:
                 w.t0 + (self.timeout_s if w.state == "busy" else self.load_timeout_s)
                 for w in active
             )
+            if pending:
+                deadline = min(deadline, budget_end)
             by_conn = {w.conn: w for w in active}
             ready = mp_connection.wait(list(by_conn), timeout=max(0.0, deadline - time.monotonic()))
             for conn in ready:
