@@ -29,6 +29,8 @@ import operator
 import jax
 import jax.numpy as jnp
 
+from jaxrl_llm.losses.registration import register_advantage
+
 __all__ = [
     "gae",
     "discounted_returns",
@@ -150,6 +152,12 @@ def gae(rewards, values, mask, *, gamma, lam, masked="carry"):
     return adv, jnp.where(valid, adv + values, 0.0)
 
 
+@register_advantage("gae", level="token", needs_critic=True, hparams={"gamma": 1.0, "lam": 1.0})
+def _gae_entry(*, mask, token_rewards, values, gamma, lam, **_):
+    adv, ret = gae(token_rewards, values, mask, gamma=gamma, lam=lam)
+    return adv, ret, None
+
+
 def discounted_returns(rewards, mask, *, gamma):
     """Reward-to-go ``G_t = Σ_{s ≥ t, valid} γ^{k(s) − k(t)} r_s`` over the valid tokens of each row.
 
@@ -231,6 +239,19 @@ def group_advantages(rewards, group_size, *, scale="group", eps=1e-6, ddof=1):
     return centred / (std + eps)
 
 
+def _group_entry(scale):
+    def entry(*, rewards, group_size, eps, ddof, **_):
+        return group_advantages(rewards, group_size, scale=scale, eps=eps, ddof=ddof), None, None
+
+    return entry
+
+
+_GROUP_HPARAMS = {"eps": 1e-6, "ddof": 1}
+register_advantage("grpo", min_group=2, hparams=_GROUP_HPARAMS)(_group_entry("group"))
+register_advantage("dr_grpo", min_group=2, hparams=_GROUP_HPARAMS)(_group_entry("none"))
+register_advantage("lite_ppo", min_group=2, hparams=_GROUP_HPARAMS)(_group_entry("batch"))
+
+
 def rloo(rewards, group_size):
     """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, "Back to Basics").
 
@@ -246,6 +267,11 @@ def rloo(rewards, group_size):
     return (g - baseline).reshape(-1)
 
 
+@register_advantage("rloo", min_group=2)
+def _rloo_entry(*, rewards, group_size, **_):
+    return rloo(rewards, group_size), None, None
+
+
 def reinforce_pp(rewards, mask, *, gamma=1.0, **whiten_kwargs):
     """REINFORCE++ (Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning LLMs").
 
@@ -259,6 +285,14 @@ def reinforce_pp(rewards, mask, *, gamma=1.0, **whiten_kwargs):
     Returns ``[N, T]`` float32 advantages, zero outside the mask.
     """
     return whiten(discounted_returns(rewards, mask, gamma=gamma), mask, **whiten_kwargs)
+
+
+@register_advantage("reinforce_pp", level="token", hparams={"gamma": 1.0})
+def _reinforce_pp_entry(*, rewards, mask, token_rewards, gamma, **_):
+    if token_rewards is None:
+        token_rewards = to_token_rewards(rewards, mask)
+    adv = reinforce_pp(token_rewards, mask, gamma=gamma)
+    return adv, discounted_returns(token_rewards, mask, gamma=gamma), None
 
 
 def reinforce_pp_baseline(rewards, group_size, mask, *, token_rewards=None, **whiten_kwargs):
@@ -290,6 +324,11 @@ def reinforce_pp_baseline(rewards, group_size, mask, *, token_rewards=None, **wh
     return whiten(returns, mask, **whiten_kwargs)
 
 
+@register_advantage("reinforce_pp_baseline", level="token", min_group=2)
+def _reinforce_pp_baseline_entry(*, rewards, mask, group_size, token_rewards, **_):
+    return reinforce_pp_baseline(rewards, group_size, mask, token_rewards=token_rewards), None, None
+
+
 def remax(rewards, greedy_rewards):
     """ReMax (Li et al. 2024): ``A_i = r_i − r_i^greedy``, the greedy completion's reward as baseline.
 
@@ -300,7 +339,14 @@ def remax(rewards, greedy_rewards):
     return rewards - greedy_rewards
 
 
-def psr_nsr(rewards, *, mode, lam=0.1, threshold=0.5):
+@register_advantage("remax", needs_greedy=True)
+def _remax_entry(*, rewards, greedy_rewards, **_):
+    if greedy_rewards is None:
+        raise ValueError("advantage estimator 'remax' needs `greedy_rewards`")
+    return remax(rewards, greedy_rewards), None, None
+
+
+def psr_nsr(rewards, *, mode, lam=0.1, threshold=0.5, correct=None):
     """Positive / negative sample reinforcement for binary rewards.
 
     Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement
@@ -320,11 +366,19 @@ def psr_nsr(rewards, *, mode, lam=0.1, threshold=0.5):
     uses no KL term and one update per batch (REINFORCE through the PPO loss
     at ratio 1).
 
+    ``correct`` ``[N]`` (0/1 or bool): the verifier's verdict, used instead of
+    ``r > threshold`` when given — a shaped reward (e.g. an overlong penalty) can push a
+    correct answer's reward below the threshold; the trainer passes the verdict.
+
     Returns ``(advantages [N], sample_weight [N])``, float32.
     """
     rewards = _float(rewards)
     _check_1d(rewards=rewards)
-    correct = rewards > threshold
+    if correct is None:
+        correct = rewards > threshold
+    else:
+        correct = jnp.asarray(correct) > 0
+        _check_1d(rewards=rewards, correct=correct)
     one, zero = jnp.ones_like(rewards), jnp.zeros_like(rewards)
     if mode == "psr":
         return jnp.where(correct, one, zero), correct.astype(rewards.dtype)
@@ -333,6 +387,19 @@ def psr_nsr(rewards, *, mode, lam=0.1, threshold=0.5):
     if mode == "w_reinforce":
         return jnp.where(correct, lam * one, -one), one
     raise ValueError(f"psr_nsr mode must be 'psr', 'nsr' or 'w_reinforce', got {mode!r}")
+
+
+def _psr_nsr_entry(mode):
+    def entry(*, rewards, correct, w_lambda=0.1, **_):
+        adv, weight = psr_nsr(rewards, mode=mode, lam=w_lambda, correct=correct)
+        return adv, None, weight
+
+    return entry
+
+
+register_advantage("psr")(_psr_nsr_entry("psr"))
+register_advantage("nsr")(_psr_nsr_entry("nsr"))
+register_advantage("w_reinforce", hparams={"w_lambda": 0.1})(_psr_nsr_entry("w_reinforce"))
 
 
 # ----------------------------------------------------------------------- helpers

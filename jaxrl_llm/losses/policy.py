@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.losses.aggregation import aggregate
+from jaxrl_llm.losses.registration import register_policy_loss
 
 __all__ = [
     "METRIC_KEYS",
@@ -155,6 +156,7 @@ def _clipped_surrogate(ratio, advantages, clip_low, clip_high, dual_clip):
     return loss, low, high, dual
 
 
+@register_policy_loss("ppo_clip")
 def ppo_clip(
     logp,
     old_logp,
@@ -198,6 +200,7 @@ def ppo_clip(
     return loss, _metrics(ratio, log_ratio, mask, low=low, high=high, dual=dual)
 
 
+@register_policy_loss("reinforce", ratio_based=False)
 def reinforce(
     logp,
     old_logp,
@@ -222,6 +225,7 @@ def reinforce(
     return loss, _metrics(jnp.exp(log_ratio), log_ratio, mask)
 
 
+@register_policy_loss("gspo")
 def gspo(
     logp,
     old_logp,
@@ -270,6 +274,7 @@ def gspo(
     return loss, metrics
 
 
+@register_policy_loss("cispo")
 def cispo(
     logp,
     old_logp,
@@ -391,6 +396,7 @@ def _check_select(stats, shape, name):
     return sg(select)
 
 
+@register_policy_loss("clip_cov", batch_stats=True)
 def clip_cov(
     logp,
     old_logp,
@@ -450,6 +456,7 @@ def clip_cov(
     return loss, _metrics(ratio, log_ratio, mask, low=low, high=high, dual=dual, cov_frac=select)
 
 
+@register_policy_loss("kl_cov", batch_stats=True)
 def kl_cov(
     logp,
     old_logp,

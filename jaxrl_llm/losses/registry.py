@@ -16,13 +16,15 @@ The trainer uses three entry points with one signature for every name:
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
+import pkgutil
 
 import jax
 import jax.numpy as jnp
 
 from jaxrl_llm.losses import advantages as adv_lib
-from jaxrl_llm.losses import aggregation, policy
+from jaxrl_llm.losses import aggregation, policy, registration
 
 __all__ = [
     "ADVANTAGES",
@@ -32,6 +34,8 @@ __all__ = [
     "get_advantage",
     "get_policy_loss",
     "compute_advantages",
+    "check_config",
+    "POLICY_LOSS_SPECS",
     "compute_policy_loss",
     "policy_loss_stats",
     "split_stats",
@@ -40,96 +44,21 @@ __all__ = [
 ]
 
 
-def _require(name, **fields):
-    for field, value in fields.items():
-        if value is None:
-            raise ValueError(f"advantage estimator {name!r} needs `{field}`")
+def _load_all_modules():
+    """Imports every module of `jaxrl_llm.losses`, so each registers what it defines."""
+    import jaxrl_llm.losses as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
 
 
-def _seq(name, fn):
-    """Adapter for sequence-level estimators: ``[N]`` advantages broadcast onto the mask."""
+_load_all_modules()
 
-    def estimator(*, rewards, mask, group_size, **kwargs):
-        seq_adv, weight = fn(rewards=rewards, group_size=group_size, **kwargs)
-        return adv_lib.to_tokens(seq_adv, mask), None, weight
-
-    estimator.__name__ = name
-    estimator.__doc__ = f"Registry adapter for {name!r}: sequence advantages broadcast to tokens."
-    return estimator
-
-
-def _ones(x):
-    return jnp.ones(jnp.shape(x)[:1], jnp.float32)
-
-
-def _group(scale):
-    def fn(*, rewards, group_size, eps, ddof, **_):
-        return adv_lib.group_advantages(
-            rewards, group_size, scale=scale, eps=eps, ddof=ddof
-        ), _ones(rewards)
-
-    return fn
-
-
-def _rloo(*, rewards, group_size, **_):
-    return adv_lib.rloo(rewards, group_size), _ones(rewards)
-
-
-def _remax(*, rewards, greedy_rewards, **_):
-    _require("remax", greedy_rewards=greedy_rewards)
-    return adv_lib.remax(rewards, greedy_rewards), _ones(rewards)
-
-
-def _psr_nsr(mode):
-    def fn(*, rewards, w_lambda, **_):
-        return adv_lib.psr_nsr(rewards, mode=mode, lam=w_lambda)
-
-    return fn
-
-
-def _gae(*, rewards, mask, token_rewards, values, gamma, lam, **_):
-    _require("gae", token_rewards=token_rewards, values=values)
-    adv, ret = adv_lib.gae(token_rewards, values, mask, gamma=gamma, lam=lam)
-    return adv, ret, _ones(rewards)
-
-
-def _token_rewards(rewards, mask, token_rewards):
-    return adv_lib.to_token_rewards(rewards, mask) if token_rewards is None else token_rewards
-
-
-def _reinforce_pp(*, rewards, mask, token_rewards, gamma, **_):
-    token_rewards = _token_rewards(rewards, mask, token_rewards)
-    adv = adv_lib.reinforce_pp(token_rewards, mask, gamma=gamma)
-    return adv, adv_lib.discounted_returns(token_rewards, mask, gamma=gamma), _ones(rewards)
-
-
-def _reinforce_pp_baseline(*, rewards, mask, group_size, token_rewards, **_):
-    adv = adv_lib.reinforce_pp_baseline(rewards, group_size, mask, token_rewards=token_rewards)
-    return adv, None, _ones(rewards)
-
-
-ADVANTAGES = {
-    "gae": _gae,
-    "grpo": _seq("grpo", _group("group")),
-    "dr_grpo": _seq("dr_grpo", _group("none")),
-    "lite_ppo": _seq("lite_ppo", _group("batch")),
-    "rloo": _seq("rloo", _rloo),
-    "reinforce_pp": _reinforce_pp,
-    "reinforce_pp_baseline": _reinforce_pp_baseline,
-    "remax": _seq("remax", _remax),
-    "psr": _seq("psr", _psr_nsr("psr")),
-    "nsr": _seq("nsr", _psr_nsr("nsr")),
-    "w_reinforce": _seq("w_reinforce", _psr_nsr("w_reinforce")),
-}
-
-POLICY_LOSSES = {
-    "ppo_clip": policy.ppo_clip,
-    "reinforce": policy.reinforce,
-    "gspo": policy.gspo,
-    "cispo": policy.cispo,
-    "clip_cov": policy.clip_cov,
-    "kl_cov": policy.kl_cov,
-}
+# name -> Estimator (callable with the keyword contract of `registration`), in definition order.
+ADVANTAGES = registration.ESTIMATORS
+# name -> the loss function itself; `POLICY_LOSS_SPECS` holds what each declares.
+POLICY_LOSSES = {name: spec.fn for name, spec in registration.LOSSES.items()}
+POLICY_LOSS_SPECS = registration.LOSSES
 
 AGGREGATIONS = {
     mode: functools.partial(aggregation.aggregate, mode=mode) for mode in aggregation.MODES
@@ -164,12 +93,9 @@ def compute_advantages(
     token_rewards=None,
     values=None,
     greedy_rewards=None,
-    gamma=1.0,
-    lam=1.0,
-    eps=1e-6,
-    ddof=1,
-    w_lambda=0.1,
+    correct=None,
     whiten_advantages=False,
+    **hparams,
 ):
     """Run the estimator ``name`` on the whole minibatch.
 
@@ -178,42 +104,86 @@ def compute_advantages(
       group_size: ``G`` (static int); groups are contiguous blocks of rows.
       token_rewards: ``[N, T]`` (``gae``, ``reinforce_pp``, ``reinforce_pp_baseline``):
         the reward on the last valid token minus any per-token KL penalty
-        (:func:`~jaxrl_llm.losses.advantages.to_token_rewards`); when None,
-        ``reinforce_pp*`` build it from ``rewards`` without KL. ``gae`` requires it.
+        (:func:`~jaxrl_llm.losses.advantages.to_token_rewards`); when None it is built
+        from ``rewards`` without KL where needed. ``gae`` needs it and ``values``.
       values: ``[N, T]`` critic values (``gae``). greedy_rewards: ``[N]`` (``remax``).
-      gamma, lam: discount and GAE λ. eps, ddof: the group-std convention
-        (``grpo``, ``lite_ppo``). w_lambda: W-REINFORCE's λ.
+      correct: ``[N]`` the verifier's verdict (``psr``, ``nsr``, ``w_reinforce``); when
+        None, ``rewards > 0.5``.
       whiten_advantages: whiten the token advantages over the mask afterwards
         (the usual PPO-with-GAE practice of verl, TRL and OpenRLHF; off by default).
+      **hparams: the estimator's hyperparameters (``gamma``, ``lam``, ``eps``, ``ddof``,
+        ``w_lambda``, ...); each entry declares which it reads and their defaults
+        (``ADVANTAGES[name].hparams``); others are ignored.
 
     Returns:
       ``(advantages [N, T] zero outside the mask, returns [N, T] or None,
       sample_weight [N] float32)``. Multiply ``sample_weight[:, None]`` into the
       loss mask.
     """
-    fn = get_advantage(name)
+    entry = get_advantage(name)
     mask = jnp.asarray(mask)
     rewards = jnp.asarray(rewards, jnp.float32)
     if rewards.ndim != 1 or mask.ndim != 2 or mask.shape[0] != rewards.shape[0]:
         raise ValueError(
             f"expected rewards [N] and mask [N, T], got {rewards.shape} and {mask.shape}"
         )
-    adv, returns, weight = fn(
+    if entry.needs_critic and (token_rewards is None or values is None):
+        raise ValueError(f"advantage estimator {name!r} needs `token_rewards` and `values`")
+    if correct is None:
+        correct = (rewards > 0.5).astype(jnp.float32)
+    settings = {k: hparams.get(k, default) for k, default in entry.hparams.items()}
+    adv, returns, weight = entry(
         rewards=rewards,
         mask=mask,
         group_size=group_size,
         token_rewards=token_rewards,
         values=values,
         greedy_rewards=greedy_rewards,
-        gamma=gamma,
-        lam=lam,
-        eps=eps,
-        ddof=ddof,
-        w_lambda=w_lambda,
+        correct=correct,
+        **settings,
     )
+    if entry.level == "sequence":
+        adv = adv_lib.to_tokens(adv, mask)
+    if weight is None:
+        weight = jnp.ones(rewards.shape, jnp.float32)
     if whiten_advantages:
         adv = adv_lib.whiten(adv, mask)
     return adv, returns, weight.astype(jnp.float32)
+
+
+def check_config(config) -> None:
+    """Checks `config.algo` (and the fields it depends on) against what the registered
+    estimator and policy loss declare; raises ``ValueError`` naming the field and the valid
+    values. `trainers.config.validate` calls it before anything is built."""
+    a = config.algo
+    for kind, field, value in (
+        ("advantage", "algo.advantage", a.advantage),
+        ("policy_loss", "algo.policy_loss", a.policy_loss),
+        ("aggregation", "algo.aggregation", a.aggregation),
+    ):
+        if value not in _KINDS[kind]:
+            raise ValueError(f"config.{field} = {value!r} is not one of {sorted(_KINDS[kind])}")
+    entry, loss = ADVANTAGES[a.advantage], POLICY_LOSS_SPECS[a.policy_loss]
+    if entry.needs_critic and not config.critic.enabled:
+        raise ValueError(
+            f"config.algo.advantage = {a.advantage!r} needs config.critic.enabled = True"
+        )
+    group = config.train.samples_per_prompt
+    if group < entry.min_group:
+        raise ValueError(
+            f"config.train.samples_per_prompt = {group}: {a.advantage!r} needs a group of at "
+            f"least {entry.min_group}"
+        )
+    if config.data.replay_fraction and not loss.ratio_based:
+        ratio_losses = [n for n, spec in POLICY_LOSS_SPECS.items() if spec.ratio_based]
+        raise ValueError(
+            f"config.data.replay_fraction > 0 needs a ratio-based policy loss (one of "
+            f"{ratio_losses}: the ratio to the stored behaviour log-probs is the importance "
+            f"correction); config.algo.policy_loss = {a.policy_loss!r} is not"
+        )
+    unknown = sorted(set(a.loss_kwargs) - set(inspect.signature(loss.fn).parameters))
+    if unknown:
+        raise ValueError(f"config.algo.loss_kwargs has {unknown}, not options of {a.policy_loss!r}")
 
 
 def _accepts(fn, name):

@@ -31,9 +31,6 @@ from jaxrl_llm.trainers.state import TrainState, completion_logprobs, completion
 
 __all__ = ["TrainBatch", "RLPrograms", "batch_counts"]
 
-# Losses whose batch statistics (token selections) come from the whole minibatch.
-_NEEDS_POLICY_STATS = ("clip_cov", "kl_cov")
-
 
 @flax.struct.dataclass
 class TrainBatch:
@@ -252,7 +249,7 @@ def train_step(
         registry.policy_loss_stats(
             s.policy_loss, batch.old_logp, batch.advantages, batch.mask, key=key, **extra
         )
-        if (s.policy_loss in _NEEDS_POLICY_STATS or s.forking_tokens > 0)
+        if (registry.POLICY_LOSS_SPECS[s.policy_loss].batch_stats or s.forking_tokens > 0)
         else {}
     )
     micro_stats = registry.split_stats(stats, num_micro)
@@ -495,82 +492,77 @@ def _in_chunks(fn):
     return run
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "name",
-        "group_size",
-        "kl_in_reward",
-        "kl_kind",
-        "gamma",
-        "lam",
-        "eps",
-        "ddof",
-        "w_lambda",
-    ),
-)
-def _advantages(
-    rewards,
-    mask,
-    old_logp,
-    ref_logp,
-    values,
-    greedy_rewards,
-    kl_coef,
-    *,
-    name,
-    group_size,
-    kl_in_reward,
-    kl_kind,
-    gamma,
-    lam,
-    eps,
-    ddof,
-    w_lambda,
-):
-    kl = kl_lib.kl_estimate(old_logp, ref_logp, kind=kl_kind) if kl_in_reward else None
-    token_rewards = to_token_rewards(rewards, mask, kl=kl, kl_coef=kl_coef if kl_in_reward else 0.0)
+@dataclasses.dataclass(frozen=True)
+class AdvantageSettings:
+    """Static advantage options, read once from the config (hashable: part of the jit key).
+
+    `hparams` holds the values of the hyperparameters the registered estimator declares
+    (`registry.ADVANTAGES[name].hparams`), read from `config.algo`.
+    """
+
+    name: str
+    group_size: int
+    kl_in_reward: bool
+    kl_kind: str
+    whiten: bool
+    hparams: tuple
+
+    @classmethod
+    def from_config(cls, c, *, has_ref: bool):
+        a = c.algo
+        entry = registry.ADVANTAGES[a.advantage]
+        hparams = tuple(
+            (k, type(default)(a[k]) if k in a else default) for k, default in entry.hparams.items()
+        )
+        return cls(
+            name=a.advantage,
+            group_size=int(c.train.samples_per_prompt),
+            kl_in_reward=a.kl.placement == "reward" and has_ref,
+            kl_kind=a.kl.kind,
+            whiten=bool(a.get("whiten_advantages", False)),
+            hparams=hparams,
+        )
+
+
+@functools.partial(jax.jit, static_argnames=("s",))
+def _advantages(rewards, mask, old_logp, ref_logp, values, greedy_rewards, correct, kl_coef, *, s):
+    kl = kl_lib.kl_estimate(old_logp, ref_logp, kind=s.kl_kind) if s.kl_in_reward else None
+    token_rewards = to_token_rewards(
+        rewards, mask, kl=kl, kl_coef=kl_coef if s.kl_in_reward else 0.0
+    )
     adv, ret, weight = registry.compute_advantages(
-        name,
+        s.name,
         rewards=rewards,
         mask=mask,
-        group_size=group_size,
+        group_size=s.group_size,
         token_rewards=token_rewards,
         values=values,
         greedy_rewards=greedy_rewards,
-        gamma=gamma,
-        lam=lam,
-        eps=eps,
-        ddof=ddof,
-        w_lambda=w_lambda,
+        correct=correct,
+        whiten_advantages=s.whiten,
+        **dict(s.hparams),
     )
     return token_rewards, adv, ret, weight
 
 
-def compute_advantages(config, rollout, rewards, kl_coef=0.0, greedy_rewards=None):
+def compute_advantages(config, rollout, rewards, kl_coef=0.0, greedy_rewards=None, correct=None):
     """Token rewards (minus a per-token KL penalty when KL lives in the reward) and advantages.
 
     One jitted program per estimator and shape; `kl_coef` is traced (adaptive controller).
+    `correct` [N] is the verifier's verdict (PSR / NSR decide on it, not on shaped rewards).
     """
-    a = config.algo
-    kl_in_reward = a.kl.placement == "reward" and rollout.ref_logp is not None
+    s = AdvantageSettings.from_config(config, has_ref=rollout.ref_logp is not None)
+    rewards = jnp.asarray(rewards, jnp.float32)
     return _advantages(
-        jnp.asarray(rewards, jnp.float32),
+        rewards,
         rollout.mask.astype(jnp.float32),
         rollout.old_logp,
         rollout.ref_logp,
         rollout.values,
-        greedy_rewards,
+        None if greedy_rewards is None else jnp.asarray(greedy_rewards, jnp.float32),
+        (rewards > 0.5).astype(jnp.float32) if correct is None else jnp.asarray(correct),
         jnp.asarray(kl_coef, jnp.float32),
-        name=a.advantage,
-        group_size=int(config.train.samples_per_prompt),
-        kl_in_reward=kl_in_reward,
-        kl_kind=a.kl.kind,
-        gamma=float(a.gamma),
-        lam=float(a.lam),
-        eps=float(a.eps),
-        ddof=int(a.ddof),
-        w_lambda=float(a.w_lambda),
+        s=s,
     )
 
 

@@ -60,9 +60,53 @@ def batch():
 
 
 def test_names_are_the_contract():
-    assert list(registry.ADVANTAGES) == ADV_NAMES
-    assert list(registry.POLICY_LOSSES) == LOSS_NAMES
+    """The names INTERFACES.md promises are registered (new entries may follow them)."""
+    assert list(registry.ADVANTAGES)[: len(ADV_NAMES)] == ADV_NAMES
+    assert list(registry.POLICY_LOSSES)[: len(LOSS_NAMES)] == LOSS_NAMES
     assert list(registry.AGGREGATIONS) == AGG_NAMES
+
+
+def test_entries_declare_what_they_need():
+    adv, loss = registry.ADVANTAGES, registry.POLICY_LOSS_SPECS
+    assert adv["gae"].needs_critic and not adv["grpo"].needs_critic
+    assert adv["remax"].needs_greedy
+    assert [n for n in ADV_NAMES if adv[n].min_group == 2] == [
+        "grpo",
+        "dr_grpo",
+        "lite_ppo",
+        "rloo",
+        "reinforce_pp_baseline",
+    ]
+    assert dict(adv["w_reinforce"].hparams) == {"w_lambda": 0.1}
+    assert not loss["reinforce"].ratio_based and loss["ppo_clip"].ratio_based
+    assert [n for n in LOSS_NAMES if loss[n].batch_stats] == ["clip_cov", "kl_cov"]
+
+
+def test_a_registered_name_cannot_be_taken_twice():
+    from jaxrl_llm.losses.registration import register_advantage
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_advantage("grpo")(lambda **_: None)
+
+
+def test_psr_nsr_follow_the_verifier_not_the_shaped_reward(batch):
+    """A correct answer whose shaped reward fell below 0.5 (overlong penalty) is still correct."""
+    shaped = np.array([0.3, 0.0, 1.0, 0.0, 0.0, 0.2], np.float32)  # rows 0, 5 penalised
+    correct = np.array([1, 0, 1, 0, 0, 1], np.float32)
+    for name, want_adv, want_w in (
+        ("psr", [1, 0, 1, 0, 0, 1], [1, 0, 1, 0, 0, 1]),
+        ("nsr", [0, -1, 0, -1, -1, 0], [0, 1, 0, 1, 1, 0]),
+    ):
+        adv, _, w = registry.compute_advantages(
+            name, rewards=shaped, mask=batch["mask"], group_size=G, correct=correct
+        )
+        np.testing.assert_array_equal(np.asarray(adv)[:, 0], want_adv)
+        np.testing.assert_array_equal(w, want_w)
+        # without the verdict, rows 0 and 5 would count as wrong
+        _, _, w_reward = registry.compute_advantages(
+            name, rewards=shaped, mask=batch["mask"], group_size=G
+        )
+        assert not np.array_equal(w_reward, w)
 
 
 def test_unknown_names_list_the_valid_ones(batch):
