@@ -1,0 +1,154 @@
+"""The layout of a run workdir: every file and folder name, and small helpers to read and write them.
+
+One run writes everything into its workdir; the grid runner, the evaluation CLI and the
+collation script read it back. The names live here and nowhere else:
+
+| name | written by | holds |
+|---|---|---|
+| `checkpoints/` | `checkpoint.Checkpointer` | orbax steps: train state + JSON meta |
+| `config.json` | `metrics.write_provenance` | the resolved config |
+| `provenance.json` | `metrics.write_provenance` | git commit, package versions, devices, argv |
+| `metrics.jsonl` | `metrics.MetricWriter` | one JSON line per `scalars(step, dict)` call |
+| `events.out.tfevents.*` | `metrics.MetricWriter` (tensorboardX) | the same scalars, for TensorBoard |
+| `done.json` | the trainer, at the end | the finished-run summary (final / initial eval, counters) |
+| `eval.json` | `python -m jaxrl_llm.evaluation` | `{"step", "n", "metrics"}` of a held-out evaluation |
+| `cell.json` | `experiments/grid.py` | the grid cell: name, index, overrides, seed key |
+| `sft/` | the trainer's SFT warm start | the warm-started policy as a Hugging Face folder |
+| `tokenizer/` | the trainer (builtin tokenizer) | the tokenizer folder |
+
+JSON files are written atomically (a temporary file in the same folder, then `os.replace`),
+so a reader never sees half a file, even when the writer is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CONFIG_JSON",
+    "PROVENANCE_JSON",
+    "METRICS_JSONL",
+    "EVENTS_GLOB",
+    "DONE_JSON",
+    "EVAL_JSON",
+    "CELL_JSON",
+    "SFT_DIR",
+    "TOKENIZER_DIR",
+    "path",
+    "checkpoint_dir",
+    "sft_dir",
+    "tokenizer_dir",
+    "write_json_atomic",
+    "read_json",
+    "read_done",
+    "write_done",
+    "is_finished",
+    "read_eval",
+    "read_cell",
+    "write_cell",
+]
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_JSON = "config.json"
+PROVENANCE_JSON = "provenance.json"
+METRICS_JSONL = "metrics.jsonl"
+EVENTS_GLOB = "events.out.tfevents.*"
+DONE_JSON = "done.json"
+EVAL_JSON = "eval.json"
+CELL_JSON = "cell.json"
+SFT_DIR = "sft"
+TOKENIZER_DIR = "tokenizer"
+
+
+def path(workdir: str, name: str) -> str:
+    """`<workdir>/<name>` for one of this module's names."""
+    return os.path.join(workdir, name)
+
+
+def checkpoint_dir(workdir: str) -> str:
+    """The absolute orbax folder of a run (absolute: orbax needs it)."""
+    return os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+
+
+def sft_dir(workdir: str) -> str:
+    return os.path.join(workdir, SFT_DIR)
+
+
+def tokenizer_dir(workdir: str) -> str:
+    return os.path.join(workdir, TOKENIZER_DIR)
+
+
+def write_json_atomic(file: str, obj: Any, *, indent: int | None = 2, **dump_kwargs) -> str:
+    """Writes `obj` as JSON to `file` through a temporary file in the same folder and `os.replace`.
+
+    A reader sees the old file or the new one, never a partial one; a writer killed mid-write
+    leaves a stray `.<name>.*.tmp` file and the old content. Returns `file`.
+    """
+    folder = os.path.dirname(os.path.abspath(file))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(file)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=indent, **dump_kwargs)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, file)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return file
+
+
+def read_json(file: str) -> Any | None:
+    """The parsed JSON in `file`, or None when it does not exist.
+
+    A file that exists but does not parse raises `ValueError` naming the file (it is not
+    silently treated as missing: a corrupt `done.json` must not make a run look unfinished).
+    """
+    if not os.path.exists(file):
+        return None
+    with open(file) as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON ({e}); delete or repair it") from e
+
+
+def read_done(workdir: str) -> dict | None:
+    """The finished-run summary in `<workdir>/done.json`, or None if the run has not finished."""
+    return read_json(path(workdir, DONE_JSON))
+
+
+def write_done(workdir: str, summary: dict) -> str:
+    """Writes the finished-run summary to `<workdir>/done.json` atomically; returns the path.
+
+    Call from process 0 only. The trainer passes `initial_eval` (from the run's first life,
+    kept in checkpoint meta across restarts) inside `summary`.
+    """
+    return write_json_atomic(path(workdir, DONE_JSON), summary)
+
+
+def is_finished(workdir: str) -> bool:
+    """Whether the run in `workdir` finished (its `done.json` exists)."""
+    return os.path.exists(path(workdir, DONE_JSON))
+
+
+def read_eval(workdir: str) -> dict | None:
+    """`<workdir>/eval.json` (`{"step", "n", "metrics"}`), or None."""
+    return read_json(path(workdir, EVAL_JSON))
+
+
+def read_cell(workdir: str) -> dict | None:
+    """`<workdir>/cell.json` of a grid cell, or None."""
+    return read_json(path(workdir, CELL_JSON))
+
+
+def write_cell(workdir: str, record: dict) -> str:
+    """Writes a grid cell's record to `<workdir>/cell.json` atomically; returns the path."""
+    return write_json_atomic(path(workdir, CELL_JSON), record, indent=1)
