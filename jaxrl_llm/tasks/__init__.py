@@ -4,11 +4,13 @@
 spawn workers; `sources` / `selection`: prompt sources (plain, difficulty
 filter, replay, bandit curriculum); `sampling`: DAPO dynamic sampling;
 `length`: token-count length shaping; `rewards`: reward composition;
-`math_answer`: answer extraction and equivalence. Nothing here imports jax at
+`math_answer`: answer extraction and equivalence; `datafiles`: data files read
+row by row (bad rows skipped and counted, `DataError`), `filter_long_prompts`.
+Nothing here imports jax at
 module level (reward workers stay light).
 """
 
-from jaxrl_llm.tasks import length, math_answer
+from jaxrl_llm.tasks import datafiles, length, math_answer
 from jaxrl_llm.tasks.arith import ArithTask
 from jaxrl_llm.tasks.base import (
     Example,
@@ -20,6 +22,7 @@ from jaxrl_llm.tasks.base import (
     reward_details,
 )
 from jaxrl_llm.tasks.countdown import CountdownTask
+from jaxrl_llm.tasks.datafiles import BadRow, DataError, filter_long_prompts, read_rows
 from jaxrl_llm.tasks.math_task import MathTask, make_gsm8k, make_math
 from jaxrl_llm.tasks.reward_pool import RewardPool, reward_failure_streak, score_in_process
 from jaxrl_llm.tasks.rewards import ComposedTask, RewardTerm, compose
@@ -40,14 +43,16 @@ from jaxrl_llm.tasks.selection import (
     prompt_stats,
 )
 from jaxrl_llm.tasks.sort import SortTask
-from jaxrl_llm.tasks.sources import ExampleStream, PromptSource, TaskSource
+from jaxrl_llm.tasks.sources import ExampleStream, PromptSource, TaskSource, load_examples
 
 __all__ = [
     "ArithTask",
+    "BadRow",
     "CURRICULUM_METHODS",
     "ComposedTask",
     "CountdownTask",
     "CurriculumSource",
+    "DataError",
     "DifficultyFilter",
     "DynamicSample",
     "Example",
@@ -62,10 +67,13 @@ __all__ = [
     "Task",
     "TaskSource",
     "compose",
+    "datafiles",
     "dynamic_sampling",
+    "filter_long_prompts",
     "importance_weights",
     "informative_groups",
     "length",
+    "load_examples",
     "make_gsm8k",
     "make_prompt_source",
     "make_math",
@@ -73,6 +81,7 @@ __all__ = [
     "math_answer",
     "per_difficulty_accuracy",
     "prompt_stats",
+    "read_rows",
     "register_task",
     "registered_tasks",
     "reward_details",

@@ -1,4 +1,4 @@
-"""Math answers: extraction (`\\boxed{}`, `####`, LaTeX, last number) and equivalence (`math-verify`).
+"""Math answers: extraction (`\\boxed{}`, `####`, LaTeX, last number) and equivalence (math-verify).
 
     extract_answer(text, mode="auto")   # auto: last \\boxed{} → text after the last '####'
                                         #       → last math span or number, whichever ends later

@@ -12,9 +12,16 @@
 
 Reward (component 'correct'): the answer extracted from the completion
 (`extract_mode`, default 'auto': last `\\boxed{}` → '####' → last LaTeX span or
-number, see `math_answer`) equals the gold answer under `math_answer.answers_equal`. Optional `format_weight` ×
-component 'format' (the completion has an explicit `\\boxed{}` or '####').
+number, see `math_answer`) equals the gold answer under `math_answer.answers_equal`.
+Optional `format_weight` × component 'format' (the completion has an explicit
+`\\boxed{}` or '####').
 SFT target: the dataset's solution text (GSM8K's `<<…>>` calculator notes removed).
+
+Bad rows are skipped and counted (`datafiles`): a line that is not UTF-8 or not
+JSON, a missing question / answer / difficulty field, a question that is not
+text, a solution without a gold answer. One warning names the file, the count
+and the first bad rows; more than `max_bad_fraction` bad rows (default 0.1, a
+task kwarg), an empty file or one without a valid row is a `DataError`.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numpy as np
 
 from jaxrl_llm.tasks import math_answer
 from jaxrl_llm.tasks.base import Example, check_split, split_of, stable_hash
+from jaxrl_llm.tasks.datafiles import MAX_BAD_FRACTION, BadRow, LoadReport, check_rows, read_rows
 
 __all__ = ["MathTask", "make_gsm8k", "make_math", "GSM8K_TEMPLATE", "MATH_TEMPLATE"]
 
@@ -38,11 +46,64 @@ _FILE_KINDS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _CACHE: dict[tuple, list[dict]] = {}
 
 
-def _load_file(path: str) -> list[dict]:
-    import datasets  # lazy: heavy
+def _gold(text: str, gold_format: str) -> str:
+    if gold_format == "raw":
+        ans = text.strip() or None
+    elif gold_format == "hash":
+        ans = math_answer.extract_hash(text)
+    else:
+        ans = math_answer.extract_boxed(text)
+    if ans is None:
+        marker = {"hash": "'#### …'", "boxed": "'\\boxed{…}'", "raw": "text"}[gold_format]
+        raise BadRow(f"no gold answer ({marker}) in {text[:80]!r}")
+    return ans
 
-    kind = _FILE_KINDS[os.path.splitext(path)[1]]
-    return list(datasets.load_dataset(kind, data_files=path, split="train"))
+
+def _level(value: Any) -> int:
+    m = re.search(r"\d+", str(value))
+    return int(m.group()) if m else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSpec:
+    """One record → {'question', 'solution', 'gold', 'difficulty'}; BadRow when it cannot be."""
+
+    question_field: str
+    answer_field: str
+    gold_format: str
+    difficulty_field: str | None
+
+    def _field(self, record: dict, field: str) -> Any:
+        if record.get(field) is None:
+            raise BadRow(f"no field {field!r} (fields: {sorted(record)})")
+        return record[field]
+
+    def __call__(self, record: dict) -> dict:
+        q = self._field(record, self.question_field)
+        if not isinstance(q, str):
+            raise BadRow(f"field {self.question_field!r} is {type(q).__name__}, not text")
+        sol = self._field(record, self.answer_field)
+        if isinstance(sol, bool) or not isinstance(sol, (str, int, float)):
+            raise BadRow(f"field {self.answer_field!r} is {type(sol).__name__}, not text")
+        sol = str(sol)
+        diff = 0
+        if self.difficulty_field:
+            diff = _level(self._field(record, self.difficulty_field))
+        return {
+            "question": q,
+            "solution": sol,
+            "gold": _gold(sol, self.gold_format),
+            "difficulty": diff,
+        }
+
+
+def _load_file(path: str, spec: RowSpec, max_bad_fraction: float) -> list[dict]:
+    """Parsed rows of one file, cached per (file version, spec, limit): one warning per file."""
+    st = os.stat(path) if os.path.isfile(path) else None
+    key = (path, st and st.st_mtime_ns, st and st.st_size, spec, max_bad_fraction)
+    if key not in _CACHE:
+        _CACHE[key] = read_rows(path, spec, max_bad_fraction=max_bad_fraction)
+    return _CACHE[key]
 
 
 def _find_split_file(folder: str, split: str) -> str | None:
@@ -54,51 +115,47 @@ def _find_split_file(folder: str, split: str) -> str | None:
 
 
 def load_rows(
-    path: str, split: str, *, hub_config: str | None, test_fraction: float, key_field: str
+    path: str,
+    split: str,
+    *,
+    hub_config: str | None,
+    test_fraction: float,
+    spec: RowSpec,
+    max_bad_fraction: float = MAX_BAD_FRACTION,
 ) -> list[dict]:
-    """Rows of `split` from a file, a folder of split files or a hub dataset (cached per process)."""
+    """Parsed rows (`RowSpec`) of `split` from a file, a folder of split files or a hub dataset.
+
+    Cached per process. Bad rows are skipped and counted; DataError past
+    `max_bad_fraction` or when nothing is usable (module doc).
+    """
     check_split(split)
-    cache_key = (path, split, hub_config, test_fraction, key_field)
-    if cache_key in _CACHE:
-        return _CACHE[cache_key]
     if os.path.isfile(path):
         if os.path.splitext(path)[1] not in _FILE_KINDS:
             raise ValueError(f"data file {path!r}: extension must be one of {sorted(_FILE_KINDS)}")
-        rows = [r for r in _load_file(path) if split_of(str(r[key_field]), test_fraction) == split]
-    elif os.path.isdir(path):
+        rows = _load_file(path, spec, max_bad_fraction)
+        return [r for r in rows if split_of(r["question"], test_fraction) == split]
+    if os.path.isdir(path):
         f = _find_split_file(path, split)
         if f is None:
             raise ValueError(f"folder {path!r} has no {split}.{{json,jsonl,parquet}}")
-        rows = _load_file(f)
-    else:
+        return _load_file(f, spec, max_bad_fraction)
+    cache_key = (path, hub_config, split, spec, max_bad_fraction)
+    if cache_key not in _CACHE:
         import datasets
 
         try:
-            rows = list(datasets.load_dataset(path, hub_config, split=split))
+            records = datasets.load_dataset(path, hub_config, split=split)
         except Exception as e:  # noqa: BLE001 - name the cause for the user
             raise ValueError(
                 f"task data {path!r} is neither a file nor a folder, and loading it as a hub dataset "
                 f"(config {hub_config!r}, split {split!r}) failed: {e}. Offline, pass a local "
                 ".json / .jsonl / .parquet file or a folder with train.* and test.* files."
             ) from e
-    _CACHE[cache_key] = rows
-    return rows
-
-
-def _gold(text: str, gold_format: str) -> str:
-    if gold_format == "raw":
-        return text.strip()
-    ans = (
-        math_answer.extract_hash(text) if gold_format == "hash" else math_answer.extract_boxed(text)
-    )
-    if ans is None:
-        raise ValueError(f"no gold answer ({gold_format}) in {text[:200]!r}")
-    return ans
-
-
-def _level(value: Any) -> int:
-    m = re.search(r"\d+", str(value))
-    return int(m.group()) if m else 0
+        report = LoadReport(source=f"hub dataset {path!r} ({hub_config}, {split})", unit="row")
+        _CACHE[cache_key] = check_rows(
+            enumerate(records, 1), spec, report, max_bad_fraction=max_bad_fraction
+        )
+    return _CACHE[cache_key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +174,7 @@ class MathTask:
     format_weight: float = 0.0
     test_fraction: float = 0.1
     hub_config: str | None = None
+    max_bad_fraction: float = MAX_BAD_FRACTION
 
     def __post_init__(self):
         if self.gold_format not in GOLD_FORMATS:
@@ -127,33 +185,35 @@ class MathTask:
             )
         if "{question}" not in self.prompt_template:
             raise ValueError("prompt_template must contain '{question}'")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
 
     def examples(self, split: str, n: int | None, seed: int) -> list[Example]:
         """`n` examples of `split` (all when n is None), in a seed-shuffled order."""
+        spec = RowSpec(
+            self.question_field, self.answer_field, self.gold_format, self.difficulty_field
+        )
         rows = load_rows(
             self.path,
             split,
             hub_config=self.hub_config,
             test_fraction=self.test_fraction,
-            key_field=self.question_field,
+            spec=spec,
+            max_bad_fraction=self.max_bad_fraction,
         )
-        for field in (self.question_field, self.answer_field):
-            if rows and field not in rows[0]:
-                raise ValueError(f"data has no field {field!r}; fields: {sorted(rows[0])}")
         order = np.random.default_rng(seed).permutation(len(rows))
         if n is not None:
             order = order[: int(n)]
         out = []
         for i in order:
             r = rows[int(i)]
-            q, sol = str(r[self.question_field]), str(r[self.answer_field])
-            diff = _level(r[self.difficulty_field]) if self.difficulty_field else 0
+            q, sol = r["question"], r["solution"]
             out.append(
                 Example(
                     id=f"{self.name}:{stable_hash(q):016x}",
                     prompt=self.prompt_template.format(question=q.strip()),
-                    answer=_gold(sol, self.gold_format),
-                    difficulty=diff,
+                    answer=r["gold"],
+                    difficulty=r["difficulty"],
                     meta=(("solution", sol),),
                 )
             )

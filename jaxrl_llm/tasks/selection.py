@@ -25,7 +25,7 @@ import dataclasses
 import io
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -509,28 +509,42 @@ def make_prompt_source(
     replay_fraction: float = 0.0,
     replay_capacity: int = 256,
     replay_max_reuse: int = 1,
+    encode_fn: Callable | None = None,
+    max_prompt_len: int | None = None,
 ) -> Any:
     """The composed prompt source a config asks for (each part off by default).
 
     base: `CurriculumSource(method=curriculum)` when `curriculum` ∈ CURRICULUM_METHODS,
     else `TaskSource`; then `DifficultyFilter(band=filter_band)` when a band is given;
     then `ReplaySource(fraction=replay_fraction)` when the fraction is > 0.
+    With `max_prompt_len` and `encode_fn`, prompts longer than `max_prompt_len`
+    tokens are dropped at load and counted (`sources.load_examples`).
     """
-    from jaxrl_llm.tasks.sources import TaskSource
+    from jaxrl_llm.tasks.sources import TaskSource, load_examples
 
     if curriculum:
         if curriculum not in CURRICULUM_METHODS:
             raise ValueError(
                 f"curriculum must be '' (off) or one of {CURRICULUM_METHODS}, got {curriculum!r}"
             )
+        examples, _ = load_examples(
+            task, split, num_examples, seed, encode_fn=encode_fn, max_prompt_len=max_prompt_len
+        )
         source: Any = CurriculumSource(
-            task.examples(split, num_examples, seed),
+            examples,
             method=curriculum,
             seed=seed,
             **(curriculum_kwargs or {}),
         )
     else:
-        source = TaskSource(task, split, seed, num_examples=num_examples)
+        source = TaskSource(
+            task,
+            split,
+            seed,
+            num_examples=num_examples,
+            encode_fn=encode_fn,
+            max_prompt_len=max_prompt_len,
+        )
     if filter_band is not None:
         low, high = filter_band
         source = DifficultyFilter(source, low, high, success=filter_success, ema=filter_ema)

@@ -13,14 +13,15 @@ forward `update` to it, so they compose.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from jaxrl_llm.tasks.base import Example
+from jaxrl_llm.tasks.datafiles import filter_long_prompts
 
-__all__ = ["PromptSource", "TaskSource", "ExampleStream", "check_stats"]
+__all__ = ["PromptSource", "TaskSource", "ExampleStream", "check_stats", "load_examples"]
 
 _STAT_KEYS = ("id", "rewards", "advantages", "difficulty")
 
@@ -102,10 +103,47 @@ class TaskSource(ExampleStream):
 
     TaskSource(task, split='train', seed=0) draws `task.examples(split, num_examples, seed)`
     once; `num_examples=None` asks the task for all it has (dataset tasks).
+
+    With `max_prompt_len` (the largest prompt bucket) and `encode_fn` (batched
+    prompts → token ids, see `filter_long_prompts`), prompts longer than
+    `max_prompt_len` tokens are dropped at load, counted in `num_dropped` and
+    logged; DataError when none is left.
     """
 
     def __init__(
-        self, task: Any, split: str = "train", seed: int = 0, *, num_examples: int | None = 10_000
+        self,
+        task: Any,
+        split: str = "train",
+        seed: int = 0,
+        *,
+        num_examples: int | None = 10_000,
+        encode_fn: Callable[[list[str]], Sequence[Sequence[int]]] | None = None,
+        max_prompt_len: int | None = None,
     ):
         self.task, self.split = task, split
-        super().__init__(task.examples(split, num_examples, seed), seed)
+        examples, self.num_dropped = load_examples(
+            task, split, num_examples, seed, encode_fn=encode_fn, max_prompt_len=max_prompt_len
+        )
+        super().__init__(examples, seed)
+
+
+def load_examples(
+    task: Any,
+    split: str,
+    n: int | None,
+    seed: int,
+    *,
+    encode_fn: Callable[[list[str]], Sequence[Sequence[int]]] | None = None,
+    max_prompt_len: int | None = None,
+) -> tuple[list[Example], int]:
+    """(`task.examples(split, n, seed)` without prompts over `max_prompt_len` tokens, num dropped).
+
+    No filtering when `max_prompt_len` is None.
+    """
+    examples = task.examples(split, n, seed)
+    if max_prompt_len is None:
+        return examples, 0
+    if encode_fn is None:
+        raise ValueError("max_prompt_len needs encode_fn (prompts → token ids)")
+    name = getattr(task, "name", type(task).__name__)
+    return filter_long_prompts(examples, encode_fn, max_prompt_len, source=f"{name} {split}")

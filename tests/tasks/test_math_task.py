@@ -1,10 +1,11 @@
 """GSM8K / MATH-format task from small generated jsonl / parquet files."""
 
 import json
+import logging
 
 import pytest
 
-from jaxrl_llm.tasks import RewardPool, make_task
+from jaxrl_llm.tasks import DataError, RewardPool, make_task
 from jaxrl_llm.tasks.math_task import MathTask
 
 
@@ -131,3 +132,79 @@ def test_latex_answer_without_box_is_scored_as_latex(tmp_path, kind):
     assert sorted(by_gold) == golds
     got = [task.reward(c, by_gold[g]) for c, g, _ in _LATEX_CASES]
     assert got == [r for _, _, r in _LATEX_CASES]
+
+
+# ----------------------------------------------------------------------------- bad data files
+
+
+def _lines(path, lines):
+    path.write_bytes(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
+    return str(path)
+
+
+def _good(i):
+    return json.dumps({"question": f"q{i}", "answer": f"w\n#### {i}"})
+
+
+def test_empty_jsonl_is_a_data_error_naming_the_file(tmp_path):
+    path = _lines(tmp_path / "empty.jsonl", [])
+    with pytest.raises(DataError, match="is empty") as err:
+        make_task("gsm8k", path=path).examples("train", None, 0)
+    assert path in str(err.value)
+
+
+def test_bad_rows_are_skipped_counted_and_reported_once(tmp_path, caplog):
+    lines = [_good(i) for i in range(20)]
+    lines[1] = '{"question": "q1", "answer": '  # malformed JSON
+    lines[4] = json.dumps({"question": "q4", "answer": "no marker 4"})  # no gold answer
+    lines[7] = json.dumps({"question": ["q7"], "answer": "#### 7"})  # type change
+    lines[9] = b'{"question": "caf\xe9", "answer": "#### 9"}'  # not UTF-8
+    lines[12] = json.dumps({"question": "q12"})  # no answer field
+    path = _lines(tmp_path / "data.jsonl", lines)
+    task = make_task("gsm8k", path=path, test_fraction=0.5, max_bad_fraction=0.25)  # 5/20 bad
+    with caplog.at_level(logging.WARNING, logger="jaxrl_llm.tasks.datafiles"):
+        train, test = task.examples("train", None, 0), task.examples("test", None, 0)
+        task.examples("train", 3, 1)
+    assert sorted(int(e.answer) for e in train + test) == [
+        i for i in range(20) if i not in (1, 4, 7, 9, 12)
+    ]
+    assert caplog.text.count("skipped 5 of 20 rows (25.0%)") == 1  # one summary per file
+    for part in (
+        path,
+        "line 2: invalid JSON",
+        "line 5: no gold answer ('#### …')",
+        "line 8: field 'question' is list, not text",
+        "line 10: not UTF-8",
+        "line 13: no field 'answer'",
+    ):
+        assert part in caplog.text
+
+
+def test_too_many_bad_rows_stop_loading_with_the_summary(tmp_path):
+    lines = [_good(i) for i in range(8)] + ["{", json.dumps({"question": "q", "answer": "x"})]
+    path = _lines(tmp_path / "data.jsonl", lines)  # 2 of 10 bad > 0.1 (the default)
+    with pytest.raises(DataError, match="skipped 2 of 10 rows.*line 9.*line 10") as err:
+        make_task("gsm8k", path=path).examples("train", None, 0)
+    assert path in str(err.value) and "max_bad_fraction=0.1" in str(err.value)
+    loose = make_task("gsm8k", path=path, max_bad_fraction=0.2, test_fraction=0.0)
+    assert len(loose.examples("train", None, 0)) == 8
+    with pytest.raises(ValueError, match="max_bad_fraction"):
+        make_task("gsm8k", path=path, max_bad_fraction=-0.1)
+
+
+def test_a_field_missing_everywhere_is_named(tmp_path):
+    path = _lines(tmp_path / "data.jsonl", [json.dumps({"q": "a", "a": "#### 1"})] * 3)
+    with pytest.raises(DataError, match=r"no field 'question' \(fields: \['a', 'q'\]\)"):
+        make_task("gsm8k", path=path).examples("train", None, 0)
+
+
+def test_numeric_raw_answers_and_non_utf8_file(tmp_path):
+    rows = [{"problem": "p1", "solution": 0.5, "level": 2}, {"problem": "p2", "solution": "3"}]
+    path = _lines(tmp_path / "raw.jsonl", [json.dumps(r) for r in rows])
+    task = make_task("math", path=path, gold_format="raw", difficulty_field=None, test_fraction=0.0)
+    assert sorted(e.answer for e in task.examples("train", None, 0)) == ["0.5", "3"]
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"question": "à", "answer": "#### 1"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8") as err:
+        make_task("gsm8k", path=str(latin1)).examples("train", None, 0)
+    assert str(latin1) in str(err.value)

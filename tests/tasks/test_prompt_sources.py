@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from jaxrl_llm.tasks import ArithTask, Example, PromptSource, TaskSource
+from jaxrl_llm.tasks import (
+    CURRICULUM_METHODS,
+    ArithTask,
+    Example,
+    PromptSource,
+    TaskSource,
+    make_prompt_source,
+)
 from jaxrl_llm.tasks.sources import ExampleStream
 
 
@@ -42,3 +49,31 @@ def test_update_checks_stat_keys():
     src.update([{"id": "0", "rewards": [1.0], "advantages": 0.0, "difficulty": 0}])
     with pytest.raises(ValueError, match="advantages"):
         src.update([{"id": "0", "rewards": [1.0], "difficulty": 0}])
+
+
+def test_long_prompts_are_dropped_at_load_and_counted():
+    task = ArithTask(digits=(1, 3))  # prompts like '7+5=' (4 chars) up to '123+456=' (8 chars)
+
+    def encode(prompts):  # one token per character plus a BOS
+        return [[0] * (len(p) + 1) for p in prompts]
+
+    exs = task.examples("train", 40, 3)
+    short = [e for e in exs if len(e.prompt) + 1 <= 6]
+    assert 0 < len(short) < len(exs)
+    src = TaskSource(task, "train", seed=3, num_examples=40, encode_fn=encode, max_prompt_len=6)
+    assert src.num_dropped == len(exs) - len(short)
+    assert src.examples == short
+    plain = TaskSource(task, "train", seed=3, num_examples=40)
+    assert plain.num_dropped == 0 and plain.examples == exs
+    for curriculum in ("", CURRICULUM_METHODS[0]):
+        made = make_prompt_source(
+            task,
+            seed=3,
+            num_examples=40,
+            curriculum=curriculum,
+            encode_fn=encode,
+            max_prompt_len=6,
+        )
+        assert {e.id for e in made.next(3 * len(short))} == {e.id for e in short}
+    with pytest.raises(ValueError, match="needs encode_fn"):
+        TaskSource(task, "train", num_examples=5, max_prompt_len=6)
