@@ -22,18 +22,29 @@ from jaxrl_llm.trainers.state import completion_logprobs
 __all__ = ["sft_pairs", "sft_train", "load_jsonl_pairs", "add_target_flaw"]
 
 
-def load_jsonl_pairs(path: str):
-    """(prompt, completion) pairs from a json / jsonl file with those two fields."""
-    import datasets  # pylint: disable=g-import-not-at-top
+def load_jsonl_pairs(path: str, *, max_bad_fraction: float = 0.1):
+    """(prompt, completion) pairs from a json / jsonl (or parquet) file with those two text fields.
 
-    ds = datasets.load_dataset("json", data_files=path, split="train")
-    missing = {"prompt", "completion"} - set(ds.column_names)
-    if missing:
-        raise ValueError(
-            f"{path}: SFT rows need the fields 'prompt' and 'completion'; missing "
-            f"{sorted(missing)} (found {ds.column_names})"
-        )
-    return list(zip(ds["prompt"], ds["completion"]))
+    Read row by row (`jaxrl_llm.tasks.datafiles`): a row that is not UTF-8, not JSON, lacks
+    a field or has a non-text one is skipped and counted, and one warning names the file,
+    the count and the first bad rows. More than `max_bad_fraction` bad rows, an empty or
+    unreadable file, or no valid row is a `tasks.DataError` (a ValueError) naming the path.
+    """
+    from jaxrl_llm.tasks import datafiles  # pylint: disable=g-import-not-at-top
+
+    def pair(record):
+        missing = [k for k in ("prompt", "completion") if record.get(k) is None]
+        if missing:
+            raise datafiles.BadRow(
+                f"SFT rows need the fields 'prompt' and 'completion'; missing {missing} "
+                f"(found {sorted(record)})"
+            )
+        for k in ("prompt", "completion"):
+            if not isinstance(record[k], str):
+                raise datafiles.BadRow(f"field {k!r} is {type(record[k]).__name__}, not text")
+        return record["prompt"], record["completion"]
+
+    return datafiles.read_rows(path, pair, max_bad_fraction=max_bad_fraction)
 
 
 def sft_pairs(task, n: int, seed: int, *, flawed_fraction: float = 0.0, flaw: str = "."):
