@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU figures for BENCHMARKS.md in one call: train-step MFU and decode bandwidth utilisation
-# (`jaxrl_llm.parallel.bench`, Qwen2.5-0.5B and -1.5B shapes), then the sampler side by side
+# (`benchmarks/mfu.py`, Qwen2.5-0.5B and -1.5B shapes), then the sampler side by side
 # with HF transformers on the same GPU (model (b), bfloat16).
 #
 #     bash benchmarks/gpu.sh              # results under $OUT (default /tmp/gpu_bench)
@@ -16,8 +16,8 @@ python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__ver
 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, \
 'transformers', transformers.__version__)"
 
-echo "== parallel.bench 0.5B"
-timeout 150 python3 -m jaxrl_llm.parallel.bench --size=0.5B --rows=64 --seq=1024 \
+echo "== benchmarks/mfu.py 0.5B"
+timeout 150 python3 benchmarks/mfu.py --size=0.5B --rows=64 --seq=1024 \
   --decode_rows=256 --prompt_len=256 --new_tokens=256 > "$OUT/bench_0.5B.json" 2> "$OUT/bench_0.5B.log"
 echo "rc=$?"; cat "$OUT/bench_0.5B.json"; tail -3 "$OUT/bench_0.5B.log"
 
@@ -28,7 +28,7 @@ echo "rc=$?"; tail -8 "$OUT/sampler.log"
 cp /tmp/sampler_gpu/results.json "$OUT/sampler_results.json" 2>/dev/null
 tail -5 /tmp/sampler_gpu/worker_*.log > "$OUT/sampler_workers.log" 2>/dev/null
 
-echo "== parallel.bench 1.5B"
-timeout 120 python3 -m jaxrl_llm.parallel.bench --size=1.5B --rows=32 --seq=1024 \
+echo "== benchmarks/mfu.py 1.5B"
+timeout 120 python3 benchmarks/mfu.py --size=1.5B --rows=32 --seq=1024 \
   --decode_rows=256 --prompt_len=256 --new_tokens=256 > "$OUT/bench_1.5B.json" 2> "$OUT/bench_1.5B.log"
 echo "rc=$?"; cat "$OUT/bench_1.5B.json"; tail -3 "$OUT/bench_1.5B.log"

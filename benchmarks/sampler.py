@@ -33,6 +33,8 @@ import subprocess
 import sys
 import time
 
+from jaxrl_llm.models import presets
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEMS = ("jaxrl", "hf", "tunix")
 
@@ -46,15 +48,7 @@ MODELS = {
         head_dim=64,
         intermediate_size=1024,
     ),
-    "b": dict(
-        vocab_size=151936,
-        hidden_size=896,
-        num_layers=24,
-        num_heads=14,
-        num_kv_heads=2,
-        head_dim=64,
-        intermediate_size=4864,
-    ),
+    "b": presets.model_config_fields("0.5B"),  # Qwen2.5-0.5B's shape
 }
 
 

@@ -2,6 +2,7 @@
 
 from jaxrl_llm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from jaxrl_llm.models.hf_io import load_hf, save_hf
+from jaxrl_llm.models.sharding import init_sharded_params, param_shardings
 from jaxrl_llm.models.tokenizer import build_builtin_tokenizer, chat_prompt, load_tokenizer
 from jaxrl_llm.models.transformer import (
     apply,
@@ -34,4 +35,7 @@ __all__ = [
     "logical_axes",
     "unstack_layers",
     "value_logical_axes",
+    # model-aware shardings (models/sharding.py)
+    "init_sharded_params",
+    "param_shardings",
 ]

@@ -1,13 +1,18 @@
-"""Shardings of the things a run places on a mesh: params, optimiser state, batches.
+"""Where a run places rows and small state on a mesh: the one place batch sharding is decided.
 
-    shard = param_shardings(model_config, mesh, rules)          # rules + divisibility rule
-    params = init_sharded_params(model_config, key, mesh, rules)  # born sharded
-    opt_shard = opt_state_shardings(optimizer, params, shard, mesh)
-    rows = batch_sharding(mesh, rules)                         # [N, ...] split over `batch`
+    axes = batch_axes(mesh, rules)            # mesh axes of the logical `batch` axis
+    rows = row_sharding(mesh, rules)          # [N, ...] split over those axes
+    n = batch_shards(mesh, rules)             # how many ways the rows split
+    rep = replicated(mesh)                    # scalars, RNG keys, metrics
+    opt_shard = opt_state_shardings(optimizer, params, param_shards, mesh)
     check_batch_divides(16, mesh, rules, what="train.microbatch_size")
 
-Sharded initialisation follows `eval_shape → shardings → jit(out_shardings)`:
-no device ever holds a replicated copy of the model.
+Everything here follows the logical-axis rules (`axes.DEFAULT_RULES` unless
+given): the trainer, the sampler and the benchmarks call these functions
+instead of naming mesh axes themselves, so custom rules (say `batch → data`
+only) move every row-split array at once. Parameter shardings need the model
+and live in `jaxrl_llm.models.sharding` (`param_shardings`,
+`init_sharded_params`).
 
 Divisibility rule (one rule everywhere, documented in docs/scaling.md): a
 parameter dimension that its mesh axis does not divide is *replicated along
@@ -15,7 +20,9 @@ that axis*, with a warning naming the array, the dimension and both sizes
 (`axes.logical_to_spec`); e.g. Qwen2.5-0.5B's 14 query heads on `tensor = 4`
 keep their `fsdp` split and are replicated over `tensor`. A *batch* that does
 not divide its mesh axes is refused at start-up (`check_batch_divides`), since
-replicating a batch would silently repeat work.
+replicating a batch would silently repeat work; only `row_sharding(..., rows=)`
+(the sampler, whose callers may pass any prompt count) falls back to the same
+drop-and-warn rule.
 """
 
 from __future__ import annotations
@@ -29,44 +36,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxrl_llm.parallel import axes as A
 
 __all__ = [
-    "param_shardings",
-    "init_sharded_params",
-    "opt_state_shardings",
     "batch_axes",
     "batch_shards",
+    "row_sharding",
     "batch_sharding",
     "replicated",
+    "opt_state_shardings",
     "check_batch_divides",
     "describe_shardings",
 ]
-
-
-def param_shardings(model_config, mesh: Mesh, rules=None):
-    """`NamedSharding` pytree of `init_params(model_config, ·)` under `rules`.
-
-    Uses the parameter shapes, so the divisibility rule applies: a mesh axis
-    that does not divide a dimension is dropped from it (replicated) with a
-    logged warning.
-    """
-    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top  (models imports parallel)
-
-    shapes = jax.eval_shape(lambda: models.init_params(model_config, jax.random.key(0)))
-    return A.logical_to_sharding(models.logical_axes(model_config), mesh, rules, shapes=shapes)
-
-
-def init_sharded_params(model_config, key: jax.Array, mesh: Mesh, rules=None):
-    """Random parameters created directly in their shardings (jit with `out_shardings`).
-
-    Same values as `models.init_params(model_config, key)` on one device.
-    """
-    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
-
-    init = jax.jit(
-        models.init_params,
-        static_argnums=0,
-        out_shardings=param_shardings(model_config, mesh, rules),
-    )
-    return init(model_config, key)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -93,7 +71,10 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, params, param_s
 
 
 def batch_axes(mesh: Mesh, rules=None) -> tuple[str, ...]:
-    """The mesh axes the logical `batch` axis maps to under `rules` (e.g. `("data", "fsdp")`)."""
+    """The mesh axes the logical `batch` axis maps to under `rules` (e.g. `("data", "fsdp")`).
+
+    Axes the mesh lacks are left out; `rules=None` means `axes.DEFAULT_RULES`.
+    """
     spec = A.logical_to_spec((A.BATCH,), rules, mesh)[0]
     if spec is None:
         return ()
@@ -105,11 +86,19 @@ def batch_shards(mesh: Mesh, rules=None) -> int:
     return math.prod(mesh.shape[a] for a in batch_axes(mesh, rules))
 
 
-def batch_sharding(mesh: Mesh, rules=None) -> NamedSharding:
-    """Rows `[N, ...]` split over the batch mesh axes; the other dimensions replicated."""
-    axes = batch_axes(mesh, rules)
-    first = None if not axes else (axes[0] if len(axes) == 1 else axes)
-    return NamedSharding(mesh, PartitionSpec(first))
+def row_sharding(mesh: Mesh, rules=None, *, rows: int | None = None) -> NamedSharding:
+    """Rows `[N, ...]` split over `batch_axes(mesh, rules)`; the other dimensions replicated.
+
+    With `rows`, a batch mesh axis that does not divide the rows left is dropped
+    (those rows are replicated along it) with a warning, as the divisibility rule
+    does for parameters; without it the caller guarantees divisibility
+    (`check_batch_divides`).
+    """
+    shape = None if rows is None else (int(rows),)
+    return NamedSharding(mesh, A.logical_to_spec((A.BATCH,), rules, mesh, shape, what="rows"))
+
+
+batch_sharding = row_sharding  # the earlier name of `row_sharding`
 
 
 def check_batch_divides(rows: int, mesh: Mesh, rules=None, *, what: str = "batch") -> None:

@@ -63,11 +63,11 @@ def run_steps(workdir: str | None = None) -> dict:
     config = models.ModelConfig.tiny(vocab_size=VOCAB)
     mesh = make_mesh({"data": 2, "fsdp": -1, "tensor": 1})
     rep = S.replicated(mesh)
-    rows_sh = S.batch_sharding(mesh)
+    rows_sh = S.row_sharding(mesh)
     S.check_batch_divides(B, mesh, what="prompts_per_step")
 
-    p_shard = S.param_shardings(config, mesh)
-    params = S.init_sharded_params(config, jax.random.key(0), mesh)
+    p_shard = models.param_shardings(config, mesh)
+    params = models.init_sharded_params(config, jax.random.key(0), mesh)
     optimizer = optax.adam(1e-3, eps=1e-6)
     o_shard = S.opt_state_shardings(optimizer, params, p_shard, mesh)
     state = TrainState(

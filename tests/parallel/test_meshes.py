@@ -67,7 +67,7 @@ def inputs():
 def _run(shape, params, prompts):
     """Sample on `shape`, then one Adam step on the samples; everything needed to compare."""
     mesh = _mesh(shape)
-    p_shard = S.param_shardings(CONFIG, mesh)
+    p_shard = models.param_shardings(CONFIG, mesh)
     params = jax.device_put(params, p_shard)
     sampling = rollout_lib.SamplingParams(max_new_tokens=T, temperature=1.0, n=G)
     ro = rollout_lib.generate(params, CONFIG, prompts, jax.random.key(1), sampling, mesh=mesh)
@@ -90,7 +90,7 @@ def _run(shape, params, prompts):
     reward = (np.asarray(ro.tokens) % 3 == 0).sum(1).astype(np.float32)
     adv = reward - reward.reshape(B, G).mean(1).repeat(G)
     old = np.asarray(ro.sampler_logp)
-    rows = S.batch_sharding(mesh)
+    rows = S.row_sharding(mesh)
     batch = rl_step.TrainBatch(
         prompt_tokens=ro.prompt_tokens,
         prompt_mask=ro.prompt_mask,
@@ -228,7 +228,7 @@ def test_shards_hold_their_slices_and_init_is_born_sharded(inputs):
     `init_sharded_params` gives the single-device values without a replicated copy."""
     params, _ = inputs
     mesh = _mesh((1, 4, 2))
-    sharded = S.init_sharded_params(CONFIG, jax.random.key(0), mesh)
+    sharded = models.init_sharded_params(CONFIG, jax.random.key(0), mesh)
     q = sharded["layers"]["attn"]["q_proj"]["kernel"]  # [L, 64, 4, 16]
     assert q.sharding.spec == PS(None, "fsdp", "tensor", None)
     full = np.asarray(params["layers"]["attn"]["q_proj"]["kernel"])
@@ -253,7 +253,7 @@ def test_indivisible_param_dim_is_replicated_with_a_warning(caplog):
     )
     mesh = _mesh((1, 2, 4))
     with caplog.at_level(logging.WARNING):
-        shard = S.param_shardings(config, mesh)
+        shard = models.param_shardings(config, mesh)
     attn = shard["layers"]["attn"]
     assert attn["q_proj"]["kernel"].spec == PS(None, "fsdp", None, None)  # 14 % 4 != 0
     assert attn["k_proj"]["kernel"].spec == PS(None, "fsdp", None, None)  # 2 % 4 != 0
@@ -264,7 +264,7 @@ def test_indivisible_param_dim_is_replicated_with_a_warning(caplog):
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "q_proj" in text and "size 14" in text and "'tensor' (size 4)" in text
     # and the replicated layout still runs (params born sharded, forward agrees with 1 device)
-    params = S.init_sharded_params(config, jax.random.key(0), mesh)
+    params = models.init_sharded_params(config, jax.random.key(0), mesh)
     toks = np.arange(16, dtype=np.int32).reshape(2, 8) % 64
     pos = np.tile(np.arange(8, dtype=np.int32), (2, 1))
     got, _ = models.apply(config, params, toks, pos, np.ones_like(toks))

@@ -119,13 +119,14 @@ def test_multiprocess_checkpoint_restores_on_another_mesh(runs):
     """Both workers wrote their shards into one orbax checkpoint; restore it here on
     (data, fsdp, tensor) = (1, 4, 2) and compare with the one-process final state."""
     from jaxrl_llm import checkpoint as ckpt_lib
+    from jaxrl_llm import models
     from jaxrl_llm.parallel import make_mesh
     from jaxrl_llm.parallel import sharding as S
 
     reference, workers, out = runs
     state = reference["state"]
     mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
-    p_shard = S.param_shardings(_model_config(), mesh)
+    p_shard = models.param_shardings(_model_config(), mesh)
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=S.replicated(mesh)), state
     )
@@ -187,7 +188,7 @@ def test_row_helpers_in_one_process():
     from jaxrl_llm.parallel import sharding as S
 
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    rows = S.batch_sharding(mesh)
+    rows = S.row_sharding(mesh)
     assert mh.process_rows(rows, 8) == (0, 8)
     x = np.arange(24, dtype=np.float32).reshape(8, 3)
     g = mh.make_global(x, rows, 8)

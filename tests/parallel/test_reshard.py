@@ -30,7 +30,7 @@ def _mesh(d, f, t):
 
 
 def _state_shardings(mesh):
-    p_shard = S.param_shardings(CONFIG, mesh)
+    p_shard = models.param_shardings(CONFIG, mesh)
     params = jax.eval_shape(lambda: models.init_params(CONFIG, jax.random.key(0)))
     rep = S.replicated(mesh)
     return TrainState(
@@ -55,7 +55,7 @@ def _make_state(mesh):
     params = (
         models.init_params(CONFIG, jax.random.key(0))
         if mesh is None
-        else S.init_sharded_params(CONFIG, jax.random.key(0), mesh)
+        else models.init_sharded_params(CONFIG, jax.random.key(0), mesh)
     )
     grads = jax.tree.map(lambda p: jnp.sin(100.0 * p), params)  # any non-trivial update
     updates, opt_state = OPT.update(grads, OPT.init(params), params)

@@ -1,6 +1,6 @@
 """A scaling plan on paper: bytes per device and step time of a GRPO step for a mesh.
 
-    python -m jaxrl_llm.parallel.plan            # the tables of docs/scaling.md
+    python -m jaxrl_llm.tools.plan            # the tables of docs/scaling.md
 
 Bytes per device come from the real shardings: the model's logical axes, the rules
 (`axes.DEFAULT_RULES` unless given) and the divisibility rule, applied to each
@@ -30,19 +30,24 @@ N counts matmul parameters (embedding counted once, as the tied / untied LM head
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Mapping
 
 import jax
 
+from jaxrl_llm import models
+from jaxrl_llm.models.presets import QWEN25, param_counts, qwen25_config
 from jaxrl_llm.parallel import axes as A
 
 __all__ = [
     "Hardware",
     "HARDWARE",
     "Workload",
+    "PLAN_SIZES",
     "QWEN25",
     "qwen25_config",
+    "param_counts",
     "device_bytes",
     "step_time",
     "plan_rows",
@@ -92,50 +97,8 @@ class Workload:
         return self.prompt_len + self.new_tokens
 
 
-# Qwen2.5 dense models, from their HF config.json files.
-QWEN25 = {
-    "1.5B": dict(
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
-    "7B": dict(
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    ),
-    "32B": dict(
-        hidden_size=5120,
-        intermediate_size=27648,
-        num_hidden_layers=64,
-        num_attention_heads=40,
-        num_key_value_heads=8,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    ),
-}
-
-
-def qwen25_config(size: str):
-    """`ModelConfig` of a Qwen2.5 size (architecture qwen2: q/k/v biases, bf16 compute)."""
-    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top  (models imports parallel)
-
-    hf = dict(
-        QWEN25[size],
-        model_type="qwen2",
-        rope_theta=1e6,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=32768,
-    )
-    return models.ModelConfig.from_hf(hf, dtype="bfloat16")
+# The Qwen2.5 sizes the plan tabulates (shapes: `models.presets.QWEN25`).
+PLAN_SIZES = ("1.5B", "7B", "32B")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,28 +120,8 @@ def _shard_elems(shape, spec, mesh: _Mesh) -> int:
     return n
 
 
-def param_counts(config) -> tuple[int, int]:
-    """(all parameters, matmul parameters): N for 6 N D counts the embedding once."""
-    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
-
-    shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))
-    total = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
-    vectors = sum(
-        math.prod(x.shape)
-        for path, x in jax.tree_util.tree_flatten_with_path(shapes)[0]
-        if "scale" in jax.tree_util.keystr(path) or "bias" in jax.tree_util.keystr(path)
-    )
-    embed = config.vocab_size * config.hidden_size
-    matmul = total - vectors - (0 if config.tie_embeddings else embed)
-    return total, matmul
-
-
 def device_bytes(config, sizes, work: Workload, rules=None) -> dict[str, float]:
     """Bytes per device of each resident item under `rules` on a mesh of `sizes` (d, f, t)."""
-    import logging  # pylint: disable=g-import-not-at-top
-
-    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
-
     mesh = _mesh(sizes)
     shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))
     names = models.logical_axes(config)
@@ -283,7 +226,7 @@ def main():
         f"P={work.prompt_len}, T={work.new_tokens}; fp32 params/grads/Adam, fp32 reference, "
         f"bf16 KV cache; MFU 40 %, bandwidth efficiency 60 %\n"
     )
-    for size in QWEN25:
+    for size in PLAN_SIZES:
         total, matmul = param_counts(qwen25_config(size))
         print(
             f"### Qwen2.5-{size}: {total / 1e9:.2f} B parameters ({matmul / 1e9:.2f} B in matmuls)\n"

@@ -1,14 +1,11 @@
-"""The paper plan's arithmetic: Qwen2.5 parameter counts and bytes per device by hand."""
+"""The paper plan's arithmetic: bytes per device and step time by hand."""
 
 import logging
+import os
+import subprocess
+import sys
 
-from jaxrl_llm.parallel import plan
-
-
-def test_qwen25_parameter_counts_match_the_released_checkpoints():
-    # Totals of the released safetensors (embedding + tied or untied head, q/k/v biases).
-    assert plan.param_counts(plan.qwen25_config("1.5B"))[0] == 1_543_714_304
-    assert plan.param_counts(plan.qwen25_config("7B"))[0] == 7_615_616_512
+from jaxrl_llm.tools import plan
 
 
 def test_device_bytes_by_hand(caplog):
@@ -38,3 +35,16 @@ def test_step_time_pure_fsdp_decode_is_link_bound():
     per_token = weights * 63 / 64 / hw.link_bw / 0.6
     assert abs(t["sample"] - 1536 * per_token) / t["sample"] < 0.01
     assert t["sample"] > t["update+ref"]
+
+
+def test_runs_as_a_module_and_prints_one_table_per_size():
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxrl_llm.tools.plan"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    ).stdout
+    for size in plan.PLAN_SIZES:
+        assert f"### Qwen2.5-{size}:" in out

@@ -1,7 +1,9 @@
 """Train-step MFU and sampler decode bandwidth utilisation of a random Qwen2.5-shaped model.
 
-    python -m jaxrl_llm.parallel.bench --size=0.5B --rows=64 --seq=1024 --new_tokens=256
-    python -m jaxrl_llm.parallel.bench --size=tiny              # a CPU smoke run
+    python benchmarks/mfu.py --size=0.5B --rows=64 --seq=1024 --new_tokens=256
+    python -m benchmarks.mfu --size=tiny              # a CPU smoke run (from the repository root)
+
+Model shapes: `jaxrl_llm.models.presets.QWEN25` (tiny, 0.5B, 1.5B, 7B, 32B).
 
 Train step: `rl_step.train_step` (PPO-clip, token-mean, one micro-batch, AdamW), jitted with
 explicit in/out shardings over all devices (pure FSDP unless --tensor), bf16 compute and fp32
@@ -19,7 +21,6 @@ average). Timings are the median of `--repeats` runs after a compile run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import time
@@ -28,6 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jaxrl_llm import models, parallel
+from jaxrl_llm import rollout as rollout_lib
+from jaxrl_llm.models import presets
+from jaxrl_llm.trainers import config as config_lib
+from jaxrl_llm.trainers import rl_step
+from jaxrl_llm.trainers.state import TrainState
 
 __all__ = ["PEAKS", "peak_of", "bench_train", "bench_decode", "main"]
 
@@ -41,27 +49,6 @@ PEAKS = {
     "TPU v4": (275e12, 1228e9),
 }
 
-_SIZES = {
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        tie_word_embeddings=True,
-    ),
-    "0.5B": dict(
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
-}
-
 
 def peak_of(device) -> tuple[float, float] | None:
     kind = getattr(device, "device_kind", "")
@@ -72,13 +59,7 @@ def peak_of(device) -> tuple[float, float] | None:
 
 
 def _config(size: str, remat: bool = True):
-    from jaxrl_llm import models  # pylint: disable=g-import-not-at-top
-    from jaxrl_llm.parallel import plan  # pylint: disable=g-import-not-at-top
-
-    if size in plan.QWEN25:
-        return dataclasses.replace(plan.qwen25_config(size), remat=remat)
-    hf = dict(_SIZES[size], model_type="qwen2", rope_theta=1e6, max_position_embeddings=32768)
-    return models.ModelConfig.from_hf(hf, dtype="bfloat16", remat=remat)
+    return presets.qwen25_config(size, remat=remat)
 
 
 def _median_time(fn, repeats):
@@ -93,18 +74,12 @@ def _median_time(fn, repeats):
 
 def bench_train(config, mesh, rows: int, seq: int, repeats: int = 3) -> dict:
     """Seconds per `train_step` on `rows` sequences of `seq` tokens (half prompt, half completion)."""
-    from jaxrl_llm.parallel import plan  # pylint: disable=g-import-not-at-top
-    from jaxrl_llm.parallel import sharding as S  # pylint: disable=g-import-not-at-top
-    from jaxrl_llm.trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-    from jaxrl_llm.trainers import rl_step  # pylint: disable=g-import-not-at-top
-    from jaxrl_llm.trainers.state import TrainState  # pylint: disable=g-import-not-at-top
-
     p_len, t_len = seq // 2, seq - seq // 2
-    p_shard = S.param_shardings(config, mesh)
-    params = S.init_sharded_params(config, jax.random.key(0), mesh)
+    p_shard = models.param_shardings(config, mesh)
+    params = models.init_sharded_params(config, jax.random.key(0), mesh)
     opt = optax.adamw(1e-6)
-    o_shard = S.opt_state_shardings(opt, params, p_shard, mesh)
-    rep = S.replicated(mesh)
+    o_shard = parallel.opt_state_shardings(opt, params, p_shard, mesh)
+    rep = parallel.replicated(mesh)
     state = TrainState(
         step=jax.device_put(jnp.zeros((), jnp.int32), rep),
         params=params,
@@ -113,7 +88,8 @@ def bench_train(config, mesh, rows: int, seq: int, repeats: int = 3) -> dict:
         kl_coef=jax.device_put(jnp.zeros((), jnp.float32), rep),
     )
     state_shard = jax.tree.map(lambda x: x.sharding, state)
-    rows_sh = S.batch_sharding(mesh)
+    parallel.check_batch_divides(rows, mesh, what="--rows")
+    rows_sh = parallel.row_sharding(mesh)
     rng = np.random.default_rng(0)
     batch = rl_step.TrainBatch(
         prompt_tokens=rng.integers(0, config.vocab_size, (rows, p_len)).astype(np.int32),
@@ -142,7 +118,7 @@ def bench_train(config, mesh, rows: int, seq: int, repeats: int = 3) -> dict:
         out_shardings=(state_shard, rep),
     )
     seconds = _median_time(lambda: step(state, batch)[1]["loss/total"], repeats)
-    _, n = plan.param_counts(config)
+    _, n = presets.param_counts(config)
     flops = rows * seq * (6 * n + 12 * config.num_layers * config.num_heads * config.head_dim * seq)
     return {"seconds": seconds, "model_flops": flops, "tokens": rows * seq}
 
@@ -151,10 +127,7 @@ def bench_decode(
     config, mesh, rows: int, prompt_len: int, new_tokens: int, repeats: int = 3
 ) -> dict:
     """Seconds per decode step of `generate` (greedy, no stop: all rows run T steps)."""
-    from jaxrl_llm import rollout as rollout_lib  # pylint: disable=g-import-not-at-top
-    from jaxrl_llm.parallel import sharding as S  # pylint: disable=g-import-not-at-top
-
-    params = S.init_sharded_params(config, jax.random.key(0), mesh)
+    params = models.init_sharded_params(config, jax.random.key(0), mesh)
     rng = np.random.default_rng(0)
     prompts = rollout_lib.PromptBatch(
         tokens=rng.integers(0, config.vocab_size, (rows, prompt_len)).astype(np.int32),
@@ -188,7 +161,7 @@ def bench_decode(
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="0.5B", choices=sorted(_SIZES) + ["1.5B", "7B"])
+    parser.add_argument("--size", default="0.5B", choices=sorted(presets.QWEN25))
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--decode_rows", type=int, default=256)
@@ -203,10 +176,8 @@ def main(argv=None):
         "--only", choices=("train", "decode"), default=None, help="run one of the two"
     )
     args = parser.parse_args(argv)
-    from jaxrl_llm.parallel import make_mesh  # pylint: disable=g-import-not-at-top
-
     config = _config(args.size, remat=not args.no_remat)
-    mesh = make_mesh({"fsdp": -1, "tensor": args.tensor})
+    mesh = parallel.make_mesh({"fsdp": -1, "tensor": args.tensor})
     devices = jax.devices()
     peak = peak_of(devices[0])
     out = {
