@@ -27,7 +27,9 @@ drop-and-warn rule.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 
 import jax
 import optax
@@ -70,19 +72,36 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, params, param_s
     )
 
 
-def batch_axes(mesh: Mesh, rules=None) -> tuple[str, ...]:
+@dataclasses.dataclass(frozen=True)
+class _AxisSizes:
+    """Stands in for a `Mesh` where only axis sizes are known (`logical_to_spec` reads `.shape`)."""
+
+    shape: Mapping[str, int]
+
+
+def _as_mesh(mesh):
+    return _AxisSizes(dict(mesh)) if isinstance(mesh, Mapping) else mesh
+
+
+def batch_axes(mesh: Mesh | Mapping[str, int], rules=None) -> tuple[str, ...]:
     """The mesh axes the logical `batch` axis maps to under `rules` (e.g. `("data", "fsdp")`).
 
-    Axes the mesh lacks are left out; `rules=None` means `axes.DEFAULT_RULES`.
+    `mesh` is a `Mesh`, or a mapping of mesh axis sizes where no devices are needed
+    (config checks: `dict(zip(MESH_AXES, resolve_mesh_shape(sizes, n)))`). Axes the mesh
+    lacks are left out; `rules=None` means `axes.DEFAULT_RULES`.
     """
-    spec = A.logical_to_spec((A.BATCH,), rules, mesh)[0]
+    spec = A.logical_to_spec((A.BATCH,), rules, _as_mesh(mesh))[0]
     if spec is None:
         return ()
     return (spec,) if isinstance(spec, str) else tuple(spec)
 
 
-def batch_shards(mesh: Mesh, rules=None) -> int:
-    """How many ways the rows of a batch are split (product of the batch mesh axes)."""
+def batch_shards(mesh: Mesh | Mapping[str, int], rules=None) -> int:
+    """How many ways the rows of a batch are split (product of the batch mesh axes).
+
+    `mesh`: a `Mesh` or a mapping of axis sizes, as for `batch_axes`.
+    """
+    mesh = _as_mesh(mesh)
     return math.prod(mesh.shape[a] for a in batch_axes(mesh, rules))
 
 
@@ -101,8 +120,14 @@ def row_sharding(mesh: Mesh, rules=None, *, rows: int | None = None) -> NamedSha
 batch_sharding = row_sharding  # the earlier name of `row_sharding`
 
 
-def check_batch_divides(rows: int, mesh: Mesh, rules=None, *, what: str = "batch") -> None:
-    """Refuses (ValueError naming the numbers) a row count the batch shards do not divide."""
+def check_batch_divides(
+    rows: int, mesh: Mesh | Mapping[str, int], rules=None, *, what: str = "batch"
+) -> None:
+    """Refuses (ValueError naming the numbers) a row count the batch shards do not divide.
+
+    `mesh`: a `Mesh` or a mapping of axis sizes, as for `batch_axes`.
+    """
+    mesh = _as_mesh(mesh)
     shards = batch_shards(mesh, rules)
     if rows % shards:
         sizes = " * ".join(f"{a}={mesh.shape[a]}" for a in batch_axes(mesh, rules))

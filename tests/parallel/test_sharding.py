@@ -62,3 +62,20 @@ def test_rows_argument_replicates_along_a_non_dividing_axis_with_a_warning(caplo
 
 def test_earlier_name_is_the_same_function():
     assert S.batch_sharding is S.row_sharding
+
+
+def test_axis_sizes_without_devices_give_the_same_answers_as_the_mesh():
+    """Config checks run before a mesh exists: a mapping of axis sizes stands in for it."""
+    sizes = dict(zip(A.MESH_AXES, parallel.resolve_mesh_shape({"data": 2, "fsdp": -1}, 64)))
+    assert parallel.batch_axes(sizes) == ("data", "fsdp")
+    assert parallel.batch_shards(sizes) == 64
+    assert parallel.batch_shards(sizes, DATA_ONLY) == 2
+    parallel.check_batch_divides(6, sizes, DATA_ONLY)
+    with pytest.raises(
+        ValueError, match=r"over the 64 batch shards of the mesh \(data=2 \* fsdp=32\)"
+    ):
+        parallel.check_batch_divides(6, sizes, what="prompts_per_step")
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    assert parallel.batch_shards(dict(mesh.shape), DATA_ONLY) == parallel.batch_shards(
+        mesh, DATA_ONLY
+    )
