@@ -33,7 +33,13 @@ import orbax.checkpoint as ocp
 
 from jaxrl_llm import workdir as workdir_lib
 
-__all__ = ["Checkpointer", "CheckpointRestoreError", "KILL_IN_SAVE_ENV", "SKIPPED_DIR"]
+__all__ = [
+    "Checkpointer",
+    "CheckpointRestoreError",
+    "KILL_IN_SAVE_ENV",
+    "SKIPPED_DIR",
+    "one_line_error",
+]
 
 KILL_IN_SAVE_ENV = "JAXRL_LLM_KILL_IN_SAVE"
 SKIPPED_DIR = workdir_lib.CHECKPOINT_DIR + ".skipped"
@@ -120,7 +126,7 @@ class Checkpointer:
             return self._restore_step(abstract_state, step)
         except Exception as e:  # noqa: BLE001 - any reader failure becomes one clear error
             raise CheckpointRestoreError(
-                f"checkpoint step {step} in {self.directory} does not restore: {_reason(e)}"
+                f"checkpoint step {step} in {self.directory} does not restore: {one_line_error(e)}"
             ) from e
 
     def restore_latest_good(self, abstract_state, *, move_aside: bool = True):
@@ -141,7 +147,7 @@ class Checkpointer:
             try:
                 state, meta = self._restore_step(abstract_state, step)
             except Exception as e:  # noqa: BLE001 - any reader failure: try the next older step
-                skipped.append((step, _reason(e)))
+                skipped.append((step, one_line_error(e)))
                 logging.warning(
                     "checkpoint step %d in %s does not restore, skipped: %s",
                     step,
@@ -191,7 +197,7 @@ class Checkpointer:
         self._manager.close()
 
 
-def _reason(e: BaseException) -> str:
+def one_line_error(e: BaseException) -> str:
     """One line: the innermost cause's type and the first line of its message (tensorstore's
     outer errors are a long dump of the store's spec; the cause names the file and the fault)."""
     while e.__cause__ is not None:

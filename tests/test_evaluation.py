@@ -147,17 +147,17 @@ def test_summarize_samples_and_eval_json(tmp_path):
     rewards = [[1, 0, 1, 0], [0, 0, 0, 1]]
     out = ev.summarize_samples(examples, completions, rewards, answers, ks=[1, 2, 4])
     assert out["accuracy"] == pytest.approx(3 / 8)
-    assert out["pass@1"] == pytest.approx((0.5 + 0.25) / 2)
-    assert out["pass@2"] == pytest.approx((1 - 1 / 6 + 0.5) / 2)  # c=2: 1 - C(2,2)/C(4,2)
-    assert out["pass@4"] == pytest.approx(1.0)
-    assert out["maj@4"] == pytest.approx((1 + 0) / 2)  # "4" wins; a/b/c/d tie -> "a" wrong
-    assert out["mean@2"] == pytest.approx((0.5 + 0.0) / 2)
+    assert out["pass_at_1"] == pytest.approx((0.5 + 0.25) / 2)
+    assert out["pass_at_2"] == pytest.approx((1 - 1 / 6 + 0.5) / 2)  # c=2: 1 - C(2,2)/C(4,2)
+    assert out["pass_at_4"] == pytest.approx(1.0)
+    assert out["maj_at_4"] == pytest.approx((1 + 0) / 2)  # "4" wins; a/b/c/d tie -> "a" wrong
+    assert out["mean_at_2"] == pytest.approx((0.5 + 0.0) / 2)
     assert out["distinct_correct_answers"] == pytest.approx((1 + 1) / 2)
     assert out["accuracy/difficulty_1"] == 0.5 and out["accuracy/difficulty_2"] == 0.25
     assert out["num_samples"] == 4
     path = ev.write_eval_json(str(tmp_path), out, step=7, n=4)
     back = ev.read_eval_json(str(tmp_path))
-    assert back["step"] == 7 and back["metrics"]["pass@2"] == pytest.approx(out["pass@2"])
+    assert back["step"] == 7 and back["metrics"]["pass_at_2"] == pytest.approx(out["pass_at_2"])
     assert json.load(open(path))["n"] == 4
     with pytest.raises(ValueError, match="every k"):
         ev.summarize_samples(examples, completions, rewards, answers, ks=[8])
@@ -186,8 +186,8 @@ def test_evaluate_task_with_a_fake_sampler():
     c = np.array([0, 1, 2, 3, 4])
     np.testing.assert_array_equal(tables["correct"].sum(axis=1), c)
     for k in (1, 2, 4):
-        assert metrics[f"pass@{k}"] == pytest.approx(np.mean(ev.pass_at_k(n, c, k)))
-    assert metrics["maj@4"] == pytest.approx(3 / 5)  # p=2 ties 2:2 -> first (correct) wins
+        assert metrics[f"pass_at_{k}"] == pytest.approx(np.mean(ev.pass_at_k(n, c, k)))
+    assert metrics["maj_at_4"] == pytest.approx(3 / 5)  # p=2 ties 2:2 -> first (correct) wins
     assert metrics["distinct_correct_answers"] == pytest.approx(4 / 5)
     assert "| 4 | 0.8000 |" in ev.format_table(metrics)
     with pytest.raises(ValueError, match="sample_fn returned"):
@@ -274,11 +274,59 @@ def test_cli_writes_eval_json(run_dir):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| k | pass@k | maj@k | mean@k |" in proc.stdout
+    assert f"evaluating checkpoint step 5 of {workdir}" in proc.stdout
     record = json.load(open(out))
     m = record["metrics"]
     assert (
         record["step"] == 5 and record["n"] == 4 and m["num_prompts"] == 8 and m["num_samples"] == 4
     )
-    assert m["pass@1"] == pytest.approx(m["accuracy"])
-    assert 0.0 <= m["pass@1"] <= m["pass@2"] <= m["pass@4"] <= 1.0
-    assert all(f"{name}@{k}" in m for name in ("pass", "maj", "mean") for k in (1, 2, 4))
+    assert record["checkpoint"] == os.path.abspath(workdir)
+    assert m["pass_at_1"] == pytest.approx(m["accuracy"])
+    assert 0.0 <= m["pass_at_1"] <= m["pass_at_2"] <= m["pass_at_4"] <= 1.0
+    assert all(f"{name}_at_{k}" in m for name in ("pass", "maj", "mean") for k in (1, 2, 4))
+
+
+def test_load_policy_skips_an_unreadable_newest_step(run_dir, tmp_path):
+    """A truncated array file in the newest step: the policy of the previous step is evaluated."""
+    import shutil
+
+    from jaxrl_llm.checkpoint import CheckpointRestoreError
+
+    src, params = run_dir
+    workdir = str(tmp_path / "run")
+    shutil.copytree(src, workdir)
+    ckpt = os.path.join(workdir, "checkpoints")
+    shutil.copytree(os.path.join(ckpt, "5"), os.path.join(ckpt, "9"))
+    data = [
+        os.path.join(root, f)
+        for root, _, names in os.walk(os.path.join(ckpt, "9", "state"))
+        if os.path.basename(root) == "d"
+        for f in names
+    ]
+    for f in data:
+        with open(f, "r+b") as fh:
+            fh.truncate(os.path.getsize(f) // 3)
+    _, restored, _, _, _, step = ev.load_policy(_config(), workdir)
+    assert step == 5
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(CheckpointRestoreError, match="step 9: "):
+        ev.load_policy(_config(), workdir, step=9)
+
+
+def test_eval_sampling_params_follow_the_rollout_truncations(tmp_path):
+    """The trainer's held-out sampler and the CLI's are one function: top-k / top-p / min-p
+    of `rollout` apply to both; temperature and n default to `eval.*`."""
+    from jaxrl_llm.trainers import rl
+
+    c = _config()
+    c.rollout.top_k, c.rollout.top_p, c.rollout.min_p = 7, 0.9, 0.05
+    c.eval.temperature, c.eval.n = 0.7, 3
+    tok = rl.build_tokenizer(c, str(tmp_path))
+    sp = ev.eval_sampling_params(c, tok)
+    assert (sp.top_k, sp.top_p, sp.min_p) == (7, 0.9, 0.05)
+    assert (sp.temperature, sp.greedy, sp.n) == (0.7, False, 3)
+    assert sp.max_new_tokens == c.rollout.max_new_tokens
+    assert sp.stop_token_ids == (tok.eos_token_id,)
+    cli = ev.eval_sampling_params(c, tok, n=64, temperature=0.0)
+    assert (cli.greedy, cli.temperature, cli.n, cli.top_k) == (True, 1.0, 64, 7)
