@@ -1,4 +1,15 @@
-"""Metrics: tensorboardX scalars and text, console lines, a compile counter, provenance."""
+"""Metrics: tensorboardX scalars and text, a JSONL copy of the scalars, a compile counter,
+provenance.
+
+`MetricWriter.scalars(step, values)` writes each value to the TensorBoard event files and
+appends one line to `<workdir>/metrics.jsonl`:
+
+    {"step": 12, "time": 1733390000.5, "scalars": {"train/reward": 0.5, "eval/pass_at_4": 0.9}}
+
+(process 0 only, flushed after every line), which `read_scalars_jsonl` and
+`experiments/collate.py` read without parsing TFRecord files. A resumed run appends to the
+same file; for a step written twice, the line written last wins. Tag names: docs/metrics.md.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +21,14 @@ import platform
 import subprocess
 import sys
 import threading
+import time
 
 import jax
 import numpy as np
 
-__all__ = ["MetricWriter", "CompileCounter", "write_provenance"]
+from jaxrl_llm import workdir as workdir_lib
+
+__all__ = ["MetricWriter", "CompileCounter", "write_provenance", "read_scalars_jsonl"]
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -53,23 +67,38 @@ class CompileCounter:
 
 
 class MetricWriter:
-    """Writes scalars and text to tensorboardX event files in `logdir` (process 0 only)."""
+    """Writes scalars and text to tensorboardX event files in `logdir` and the scalars also to
+    `<logdir>/metrics.jsonl` (process 0 only; `jsonl=False` leaves the JSONL file out).
 
-    def __init__(self, logdir: str | None, *, enabled: bool = True):
+    `history` keeps every scalar in memory on every process: `{tag: [(step, value), ...]}`.
+    """
+
+    def __init__(self, logdir: str | None, *, enabled: bool = True, jsonl: bool = True):
         self._writer = None
+        self._jsonl = None
         self.history = collections.defaultdict(list)
         if logdir and enabled and jax.process_index() == 0:
             from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
             os.makedirs(logdir, exist_ok=True)
             self._writer = SummaryWriter(logdir)
+            if jsonl:
+                self._jsonl = _open_jsonl(workdir_lib.path(logdir, workdir_lib.METRICS_JSONL))
 
     def scalars(self, step: int, values: dict):
+        values = {k: float(np.asarray(v)) for k, v in values.items()}
         for k, v in values.items():
-            v = float(np.asarray(v))
             self.history[k].append((step, v))
             if self._writer is not None:
                 self._writer.add_scalar(k, v, step)
+        if self._jsonl is not None and values:
+            line = {"step": int(step), "time": time.time(), "scalars": values}
+            self._jsonl.write(json.dumps(line) + "\n")
+            self._jsonl.flush()
+
+    def __call__(self, step: int, values: dict):
+        """`writer(step, values)` is `writer.scalars(step, values)` (a `log_fn(step, dict)`)."""
+        self.scalars(step, values)
 
     def text(self, step: int, tag: str, text: str):
         if self._writer is not None:
@@ -78,11 +107,57 @@ class MetricWriter:
     def flush(self):
         if self._writer is not None:
             self._writer.flush()
+        if self._jsonl is not None:
+            self._jsonl.flush()
 
     def close(self):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
+
+def _open_jsonl(path: str):
+    """Opens for appending; a torn last line (a run killed mid-write) is ended first, so the
+    next record starts on a line of its own."""
+    torn = False
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    f = open(path, "a")  # noqa: SIM115 - closed by MetricWriter.close
+    if torn:
+        f.write("\n")
+    return f
+
+
+def read_scalars_jsonl(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """The scalars of `<workdir>/metrics.jsonl`: {tag: (steps int64 [S], values float64 [S])}.
+
+    Steps are sorted and unique; a step written more than once (a resumed run) keeps the
+    value written last. A torn or unparsable line (a run killed mid-write) is skipped.
+    Returns None when the file does not exist (a workdir from before the JSONL file).
+    """
+    path = workdir_lib.path(workdir, workdir_lib.METRICS_JSONL)
+    if not os.path.exists(path):
+        return None
+    series: dict[str, dict[int, float]] = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                step, scalars = int(record["step"]), record["scalars"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            for tag, value in scalars.items():
+                series.setdefault(tag, {})[step] = float(value)
+    out = {}
+    for tag, points in series.items():
+        steps = np.array(sorted(points), np.int64)
+        out[tag] = (steps, np.array([points[s] for s in steps], np.float64))
+    return out
 
 
 def _git_commit() -> str:
@@ -115,8 +190,11 @@ def write_provenance(workdir: str, config) -> None:
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    workdir_lib.write_json_atomic(
+        workdir_lib.path(workdir, workdir_lib.CONFIG_JSON),
+        json.loads(config.to_json_best_effort(sort_keys=True)),
+        sort_keys=True,
+    )
     versions = {}
     for name in (
         "jax",
@@ -144,6 +222,5 @@ def write_provenance(workdir: str, config) -> None:
         process_count=jax.process_count(),
         packages=versions,
     )
-    with open(os.path.join(workdir, "provenance.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    workdir_lib.write_json_atomic(workdir_lib.path(workdir, workdir_lib.PROVENANCE_JSON), info)
     logging.info("provenance written to %s", workdir)
