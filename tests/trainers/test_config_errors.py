@@ -79,8 +79,11 @@ def test_unknown_override_key_fails_at_start(tmp_path):
         text=True,
         timeout=300,
     )
-    assert out.returncode != 0
-    assert "clip_hihg" in out.stderr
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.startswith(
+        "config error: unknown field config.algo.clip_hihg; valid fields of config.algo: "
+    )
+    assert len(out.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
