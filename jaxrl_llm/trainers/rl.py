@@ -28,11 +28,10 @@ from jaxrl_llm import evaluation, models, parallel
 from jaxrl_llm import metrics as metrics_lib
 from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import tasks as tasks_lib
-from jaxrl_llm.losses import kl as kl_lib
 from jaxrl_llm.parallel import multihost
 from jaxrl_llm.parallel import sharding as sharding_lib
 from jaxrl_llm.trainers import config as config_lib
-from jaxrl_llm.trainers import rl_step, sft, text
+from jaxrl_llm.trainers import rl_step, sft, stages, text
 from jaxrl_llm.trainers.state import TrainState, make_optimizer
 
 __all__ = ["Trainer", "train", "TrainingStopped"]
@@ -263,7 +262,7 @@ class Trainer:
         return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
     # ----------------------------------------------------------------------------- rollouts
-    def _prompt_batch(self, examples):
+    def prompt_batch(self, examples):
         ids = text.encode_prompts(self.tokenizer, [e.prompt for e in examples])
         buckets = tuple(self.config.rollout.prompt_buckets)
         if jax.process_count() > 1:  # one bucket on every process: fits the longest prompt anywhere
@@ -284,9 +283,9 @@ class Trainer:
         pad = -b % sharding_lib.batch_shards(self.mesh, self.rules)
         examples = list(examples) + [examples[-1]] * pad
         if single:
-            prompts = self._prompt_batch(examples)
+            prompts = self.prompt_batch(examples)
         else:
-            local = self._prompt_batch(examples[multihost.local_rows(self.row_sharding, b + pad)])
+            local = self.prompt_batch(examples[multihost.local_rows(self.row_sharding, b + pad)])
             prompts = rollout_lib.PromptBatch(
                 tokens=multihost.make_global(local.tokens, self.row_sharding, b + pad),
                 mask=multihost.make_global(local.mask, self.row_sharding, b + pad),
@@ -306,28 +305,11 @@ class Trainer:
         completions = rollout_lib.decode_completions(self.tokenizer, host)
         return ro, completions
 
-    def _score_rows(self, completions, examples):
-        """Rewards of this process's rows (all rows on one process), concatenated over processes."""
-        if jax.process_count() == 1:
-            return self.pool.score(self.task, completions, examples)
-        mine = multihost.local_rows(self.row_sharding, len(completions))
-        rewards, info = self.pool.score(self.task, completions[mine], examples[mine])
-        info = dict(
-            info,
-            components={
-                k: multihost.gather_rows(np.asarray(v))
-                for k, v in info.get("components", {}).items()
-            },
-        )
-        for k in ("errors", "timeouts", "nans"):
-            info[k] = int(multihost.sum_over_processes(info.get(k, 0)))
-        return multihost.gather_rows(np.asarray(rewards, np.float32)), info
-
     def score(self, completions, examples):
-        rewards, info = self._score_rows(completions, examples)
-        comps = info.get("components", {})
-        correct = comps.get("correct", (rewards >= 1.0 - 1e-6).astype(np.float32))
-        return np.asarray(rewards, np.float32), np.asarray(correct, np.float32), info
+        """(rewards, correct, info) of completions, one example per row (`stages.score`)."""
+        return stages.score(
+            self.pool, self.task, completions, examples, row_sharding=self.row_sharding
+        )
 
     def evaluate(self, params, key_seed: int | None = None):
         """Held-out accuracy (greedy by default) on `eval.size` test prompts."""
@@ -466,13 +448,7 @@ class Trainer:
             batch_sharding=batch_sharding,
             replicated=self.replicated,
         )
-        counters = {
-            "bad_steps": 0,
-            "skipped_total": 0,
-            "reward_errors": 0,
-            "reward_timeouts": 0,
-            "reward_nans": 0,
-        }
+        counters = stages.fresh_counters()
         history = []
         start_step = 0
         if self.checkpointer.latest_step() is not None:
@@ -559,31 +535,12 @@ class Trainer:
                 json.dump(summary, f, indent=2)
         return summary
 
-    def shape_rewards(self, rewards, correct, info, mask, truncated):
-        """Length shaping (overlong buffer, LASER, truncation masking) of one step's rewards on the
-        host; adds the shaping components to `info`. Returns (rewards, sample weights, lengths)."""
+    def collect(self, state, source, step, counters):
+        """The collect stage: a batch of prompts sampled and scored (with DAPO dynamic sampling
+        and rollout replay when configured), plus the greedy baseline when the estimator needs
+        one. Returns (examples, rollout, completions, rewards, correct, info, greedy_rewards,
+        data_metrics)."""
         c = self.config
-        lengths = np.asarray(mask).sum(axis=1)
-        shaped, shape_weight, shape_comps = tasks_lib.length.shape_rewards(
-            rewards,
-            lengths,
-            truncated=np.asarray(truncated),
-            correct=correct,
-            max_len=c.rollout.max_new_tokens,
-            overlong_buffer=c.data.overlong_buffer,
-            overlong_penalty_scale=c.data.overlong_penalty,
-            laser_target=c.data.laser_target,
-            laser_alpha=c.data.laser_alpha,
-            mask_truncated=c.data.mask_truncated,
-        )
-        info.setdefault("components", {}).update(shape_comps)
-        return shaped, shape_weight, lengths
-
-    def train_one_step(self, state, source, step, counters):
-        """One RL step (rollout → rewards → advantages → update); returns (state, metrics)."""
-        c = self.config
-        timings = {}
-        t0 = time.time()
         group = c.train.samples_per_prompt
         data_metrics = {}
 
@@ -595,12 +552,7 @@ class Trainer:
             ro, completions = self.rollout(state.params, examples, key, self.sampling)
             rep = [e for e in examples for _ in range(group)]
             rewards, correct, info = self.score(completions, rep)
-            for k_src, k_dst in (
-                ("errors", "reward_errors"),
-                ("timeouts", "reward_timeouts"),
-                ("nans", "reward_nans"),
-            ):
-                counters[k_dst] += int(info.get(k_src, 0))
+            stages.count_reward_failures(counters, info)
             return dict(
                 examples=examples,
                 ro=ro,
@@ -641,83 +593,84 @@ class Trainer:
             examples, ro, completions, rewards, correct, info = self._with_replay(
                 source, examples, ro, completions, rewards, correct, info, data_metrics
             )
+        greedy = None
+        if stages.needs_greedy(c):
+            greedy = self.greedy_rewards(state.params, examples, counters)
+        return examples, ro, completions, rewards, correct, info, greedy, data_metrics
+
+    def greedy_rewards(self, params, examples, counters):
+        """The reward of one greedy completion per prompt, repeated over its G rows (ReMax's
+        baseline): [B * G]. Greedy decoding ignores the key."""
+        ro, completions = self.rollout(
+            params, examples, jax.random.key(0), stages.greedy_sampling(self.sampling)
+        )
+        del ro
+        rewards, _, info = self.score(completions, list(examples))
+        stages.count_reward_failures(counters, info)
+        return np.repeat(rewards, self.config.train.samples_per_prompt)
+
+    def train_one_step(self, state, source, step, counters):
+        """One RL step through the stages (collect → shape → build_batch → update → end);
+        returns (state, metrics)."""
+        c = self.config
+        timings = {}
+        t0 = time.time()
+        examples, ro, completions, rewards, correct, info, greedy, data_metrics = self.collect(
+            state, source, step, counters
+        )
         ro = jax.block_until_ready(ro)
         timings["time/rollout"] = time.time() - t0
 
         ro_mask, ro_truncated = multihost.gather_to_host((ro.mask, ro.truncated))
-        rewards, shape_weight, lengths = self.shape_rewards(
-            rewards, correct, info, ro_mask, ro_truncated
+        rewards, shape_weight, lengths = stages.shape_rewards(
+            c, rewards, correct, info, ro_mask, ro_truncated
         )
 
         t0 = time.time()
-        mask = ro.mask.astype(jnp.float32)
-        old_logp = ro.sampler_logp
-        if c.algo.recompute_old_logp:
-            old_logp = self.programs.logprobs(state.params, ro, self.microbatch)
-        ref_logp = (
-            self.programs.logprobs(state.ref_params, ro, self.microbatch)
-            if (self.needs_ref)
-            else None
-        )
-        values = (
-            self.programs.values(state.critic_params, ro, self.microbatch)
-            if (c.critic.enabled)
-            else None
-        )
-        ro = ro.replace(
-            rewards=jnp.asarray(rewards), old_logp=old_logp, ref_logp=ref_logp, values=values
+        ro, batch = stages.build_batch(
+            c,
+            self.programs,
+            state,
+            ro,
+            rewards,
+            correct,
+            shape_weight,
+            micro_rows=self.microbatch,
+            needs_ref=self.needs_ref,
+            greedy_rewards=greedy,
         )
         timings["time/logprob"] = time.time() - t0
 
-        token_rewards, adv, ret, weight = rl_step.compute_advantages(c, ro, rewards, state.kl_coef)
-        ro = ro.replace(
-            token_rewards=token_rewards, advantages=adv, returns=ret, sample_weight=weight
-        )
-        loss_mask = mask * (weight * jnp.asarray(shape_weight))[:, None]
-        batch = rl_step.TrainBatch(
-            prompt_tokens=ro.prompt_tokens,
-            prompt_mask=ro.prompt_mask,
-            tokens=ro.tokens,
-            mask=loss_mask,
-            old_logp=old_logp,
-            advantages=adv,
-            ref_logp=ref_logp,
-            old_values=values,
-            returns=ret if c.critic.enabled else None,
-            token_mask=mask,
-        )
-
         t0 = time.time()
-        perm_rng = np.random.default_rng([c.train.seed, step])
-        step_metrics = []
-        for _ in range(c.train.num_epochs):
-            for idx in rl_step.sample_indices(perm_rng, self.rows, self.minibatch):
-                idx = np.sort(idx) if self.minibatch == self.rows else idx
-                mb = self.programs.select_rows(batch, idx)
-                state, m = self.programs.train_step(state, mb)
-                step_metrics.append(m)
-        step_metrics = jax.device_get(step_metrics)
+        state, step_metrics = stages.update(
+            self.programs,
+            state,
+            batch,
+            seeds=c.train.seed,
+            step=step,
+            epochs=c.train.num_epochs,
+            rows=self.rows,
+            minibatch=self.minibatch,
+        )
         timings["time/update"] = time.time() - t0
-        new_kl = self.after_update(step_metrics, counters, state.kl_coef)
-        ref_params = state.ref_params
-        if self.resets_ref(step):
-            ref_params = jax.tree.map(jnp.copy, state.params)
-        state = state.replace(
-            step=jax.device_put(state.step + 1, self.replicated),
-            kl_coef=jax.device_put(jnp.asarray(new_kl, jnp.float32), self.replicated),
-            ref_params=ref_params,
+        new_kl = stages.after_update(
+            c, step_metrics, counters, state.kl_coef, rows=self.rows, needs_ref=self.needs_ref
+        )
+        state = stages.advance_state(
+            state,
+            new_kl,
+            reset_ref=stages.resets_ref(c, step, self.needs_ref),
+            replicated=self.replicated,
         )
 
-        adv, loss_mask = multihost.gather_to_host((adv, loss_mask))
-        return state, self.step_summary(
+        adv, loss_mask = multihost.gather_to_host((batch.advantages, batch.mask))
+        return state, stages.step_summary(
+            c,
+            self.writer,
             step,
             source,
             step_metrics,
-            examples,
-            completions,
-            rewards,
-            correct,
-            info,
+            (examples, completions, rewards, correct, info),
             adv,
             loss_mask,
             ro_mask,
@@ -728,84 +681,6 @@ class Trainer:
             data_metrics,
             timings,
         )
-
-    def after_update(self, step_metrics, counters, kl_coef):
-        """NaN-guard counters from the updates' `skipped` flags; the next KL coefficient (adaptive
-        controller when `algo.kl.target > 0`, else `kl_coef` unchanged)."""
-        c = self.config
-        skipped = sum(float(m["skipped"]) for m in step_metrics)
-        counters["skipped_total"] += int(skipped)
-        counters["bad_steps"] = counters["bad_steps"] + 1 if skipped == len(step_metrics) else 0
-        if self.needs_ref and c.algo.kl.target > 0:
-            kl_now = float(np.mean([m.get("kl", 0.0) for m in step_metrics]))
-            ctl = kl_lib.AdaptiveKLController(
-                float(c.algo.kl.coef), float(c.algo.kl.target), float(c.algo.kl.horizon)
-            )
-            return ctl.update(kl_lib.KLControllerState(coef=kl_coef), kl_now, self.rows).coef
-        return kl_coef
-
-    def resets_ref(self, step) -> bool:
-        """Whether the reference policy is reset to the current one after `step`."""
-        every = self.config.algo.kl.ref_reset_every
-        return bool(self.needs_ref and every and (step + 1) % every == 0)
-
-    def step_summary(
-        self,
-        step,
-        source,
-        step_metrics,
-        examples,
-        completions,
-        rewards,
-        correct,
-        info,
-        adv,
-        loss_mask,
-        ro_mask,
-        ro_truncated,
-        lengths,
-        kl_coef,
-        counters,
-        data_metrics,
-        timings,
-    ):
-        """Host side of a step's end: the prompt source's statistics, the `train/*` metrics and
-        the sample text (host arrays of one run's rows)."""
-        group = self.config.train.samples_per_prompt
-        rep = [e for e in examples for _ in range(group)]
-        abs_adv = (np.abs(adv) * np.asarray(ro_mask)).sum(1) / np.maximum(lengths, 1)
-        source.update(tasks_lib.prompt_stats(examples, correct, abs_adv, group))
-        m = {k: float(np.mean([float(x[k]) for x in step_metrics])) for k in step_metrics[0]}
-        out = {f"train/{k}": v for k, v in m.items()}
-        out.update(
-            {
-                "train/reward": float(rewards.mean()),
-                "train/accuracy": float(correct.mean()),
-                "train/response_length": float(lengths.mean()),
-                "train/response_length_max": float(lengths.max()),
-                "train/truncated_frac": float(np.asarray(ro_truncated).mean()),
-                "train/kl_coef": kl_coef,
-                "reward/errors": counters["reward_errors"],
-                "reward/timeouts": counters["reward_timeouts"],
-                "reward/nans": counters["reward_nans"],
-                "train/skipped_total": counters["skipped_total"],
-            }
-        )
-        out.update(rl_step.advantage_stats(adv, loss_mask))
-        out.update(data_metrics)
-        out.update(
-            {f"reward/{k}": float(np.mean(v)) for k, v in info.get("components", {}).items()}
-        )
-        total_time = sum(timings.values())
-        out.update(timings)
-        out["throughput/tokens_per_s"] = float(lengths.sum() / max(total_time, 1e-9))
-        if self.config.log.samples and (step % 10 == 0):
-            sample_text = "\n\n".join(
-                f"{e.prompt} → {comp!r} (reward {r:.2f})"
-                for e, comp, r in zip(rep[: self.config.log.samples], completions, rewards)
-            )
-            self.writer.text(step + 1, "samples", sample_text)
-        return out
 
 
 HISTORY_KEYS = (

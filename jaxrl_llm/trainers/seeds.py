@@ -43,7 +43,7 @@ from jaxrl_llm import metrics as metrics_lib
 from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import tasks as tasks_lib
 from jaxrl_llm.trainers import config as config_lib
-from jaxrl_llm.trainers import rl, rl_step
+from jaxrl_llm.trainers import rl, rl_step, stages
 
 __all__ = ["SeedsTrainer", "train_seeds", "seed_config"]
 
@@ -111,7 +111,7 @@ class SeedsTrainer:
     def rollout(self, params, examples, keys, sampling):
         """`rollout.generate_seeds` on each seed's prompts (one shared bucket); completions as text."""
         lead = self.lead
-        batches = [lead._prompt_batch(ex) for ex in examples]  # pylint: disable=protected-access
+        batches = [lead.prompt_batch(ex) for ex in examples]
         p_len = max(b.tokens.shape[1] for b in batches)  # each seed left-padded to the longest
         widen = lambda x, fill: np.pad(
             np.asarray(x),
@@ -203,14 +203,7 @@ class SeedsTrainer:
         self.programs = rl_step.RLPrograms(
             c, self.lead.model_config, self.lead.optimizer, self.lead.critic_optimizer, seeds=True
         )
-        fresh = {
-            "bad_steps": 0,
-            "skipped_total": 0,
-            "reward_errors": 0,
-            "reward_timeouts": 0,
-            "reward_nans": 0,
-        }
-        counters = [dict(fresh) for _ in self.runs]
+        counters = [stages.fresh_counters() for _ in self.runs]
         histories = [[] for _ in self.runs]
         if metas is not None:
             for s, meta in enumerate(metas):
@@ -292,7 +285,8 @@ class SeedsTrainer:
         return summaries
 
     def train_one_step(self, state, sources, step, counters):
-        """One RL step of every seed: a list of per-seed metric dicts, as `Trainer.train_one_step`."""
+        """One RL step of every seed through the plain trainer's stages, the device work
+        vmapped over seeds: a list of per-seed metric dicts, as `Trainer.train_one_step`."""
         c = self.config
         lead, runs = self.lead, self.runs
         group = c.train.samples_per_prompt
@@ -304,75 +298,56 @@ class SeedsTrainer:
         )(state.rng)  # a separate run's attempt 0
         ro, completions = self.rollout(state.params, examples, keys, lead.sampling)
         rewards, correct, infos = [], [], []
-        for run, cnt, ex, comp in zip(runs, counters, examples, completions):
-            r, ok, info = run.score(comp, [e for e in ex for _ in range(group)])
-            for k_src, k_dst in (
-                ("errors", "reward_errors"),
-                ("timeouts", "reward_timeouts"),
-                ("nans", "reward_nans"),
-            ):
-                cnt[k_dst] += int(info.get(k_src, 0))
+        for cnt, ex, comp in zip(counters, examples, completions):
+            r, ok, info = stages.score(
+                lead.pool, lead.task, comp, [e for e in ex for _ in range(group)]
+            )
+            stages.count_reward_failures(cnt, info)
             rewards.append(r)
             correct.append(ok)
             infos.append(info)
+        greedy = None
+        if stages.needs_greedy(c):
+            greedy = np.stack(self.greedy_rewards(state.params, examples, counters))
         ro = jax.block_until_ready(ro)
         timings["time/rollout"] = time.time() - t0
 
         ro_mask, ro_truncated = jax.device_get((ro.mask, ro.truncated))
         shaped = [
-            run.shape_rewards(rewards[s], correct[s], infos[s], ro_mask[s], ro_truncated[s])
-            for s, run in enumerate(runs)
+            stages.shape_rewards(c, rewards[s], correct[s], infos[s], ro_mask[s], ro_truncated[s])
+            for s in range(len(runs))
         ]
         rewards = [x[0] for x in shaped]
         shape_weight = np.stack([x[1] for x in shaped])
         lengths = [x[2] for x in shaped]
 
         t0 = time.time()
-        micro = lead.microbatch
-        mask = ro.mask.astype(jnp.float32)
-        old_logp = ro.sampler_logp
-        if c.algo.recompute_old_logp:
-            old_logp = self.programs.logprobs(state.params, ro, micro)
-        ref_logp = self.programs.logprobs(state.ref_params, ro, micro) if lead.needs_ref else None
-        values = self.programs.values(state.critic_params, ro, micro) if c.critic.enabled else None
-        ro = ro.replace(
-            rewards=jnp.asarray(np.stack(rewards)),
-            old_logp=old_logp,
-            ref_logp=ref_logp,
-            values=values,
+        ro, batch = stages.build_batch(
+            c,
+            self.programs,
+            state,
+            ro,
+            np.stack(rewards),
+            np.stack(correct),
+            shape_weight,
+            micro_rows=lead.microbatch,
+            needs_ref=lead.needs_ref,
+            greedy_rewards=greedy,
+            stacked=True,
         )
         timings["time/logprob"] = time.time() - t0
 
-        token_rewards, adv, ret, weight = jax.vmap(
-            lambda r, rew, k: rl_step.compute_advantages(c, r, rew, k)
-        )(ro, ro.rewards, state.kl_coef)
-        del token_rewards
-        loss_mask = mask * (weight * jnp.asarray(shape_weight))[..., None]
-        batch = rl_step.TrainBatch(
-            prompt_tokens=ro.prompt_tokens,
-            prompt_mask=ro.prompt_mask,
-            tokens=ro.tokens,
-            mask=loss_mask,
-            old_logp=old_logp,
-            advantages=adv,
-            ref_logp=ref_logp,
-            old_values=values,
-            returns=ret if c.critic.enabled else None,
-            token_mask=mask,
-        )
-
         t0 = time.time()
-        perm_rngs = [np.random.default_rng([run.config.train.seed, step]) for run in runs]
-        step_metrics = []
-        for _ in range(c.train.num_epochs):
-            plans = [rl_step.sample_indices(g, lead.rows, lead.minibatch) for g in perm_rngs]
-            for j in range(len(plans[0])):
-                idx = np.stack(
-                    [np.sort(p[j]) if lead.minibatch == lead.rows else p[j] for p in plans]
-                )
-                state, m = self.programs.train_step(state, self.programs.select_rows(batch, idx))
-                step_metrics.append(m)
-        step_metrics = jax.device_get(step_metrics)
+        state, step_metrics = stages.update(
+            self.programs,
+            state,
+            batch,
+            seeds=[run.config.train.seed for run in runs],
+            step=step,
+            epochs=c.train.num_epochs,
+            rows=lead.rows,
+            minibatch=lead.minibatch,
+        )
         timings["time/update"] = time.time() - t0
         per_seed = [
             [{k: v[s] for k, v in m.items()} for m in step_metrics] for s in range(len(runs))
@@ -380,30 +355,34 @@ class SeedsTrainer:
 
         kl_coef = np.asarray(state.kl_coef)
         new_kl = [
-            float(run.after_update(per_seed[s], counters[s], kl_coef[s]))
-            for s, run in enumerate(runs)
+            float(
+                stages.after_update(
+                    c,
+                    per_seed[s],
+                    counters[s],
+                    kl_coef[s],
+                    rows=lead.rows,
+                    needs_ref=lead.needs_ref,
+                )
+            )
+            for s in range(len(runs))
         ]
-        ref_params = state.ref_params
-        if lead.resets_ref(step):
-            ref_params = jax.tree.map(jnp.copy, state.params)
-        rep = lead.replicated  # the initial state's sharding (one device): no recompiles
-        state = state.replace(
-            step=jax.device_put(state.step + 1, rep),
-            kl_coef=jax.device_put(jnp.asarray(new_kl, jnp.float32), rep),
-            ref_params=ref_params,
+        state = stages.advance_state(
+            state,
+            new_kl,
+            reset_ref=stages.resets_ref(c, step, lead.needs_ref),
+            replicated=lead.replicated,  # the initial state's sharding (one device): no recompiles
         )
 
-        adv, loss_mask = jax.device_get((adv, loss_mask))
+        adv, loss_mask = jax.device_get((batch.advantages, batch.mask))
         return state, [
-            run.step_summary(
+            stages.step_summary(
+                run.config,
+                run.writer,
                 step,
                 sources[s],
                 per_seed[s],
-                examples[s],
-                completions[s],
-                rewards[s],
-                correct[s],
-                infos[s],
+                (examples[s], completions[s], rewards[s], correct[s], infos[s]),
                 adv[s],
                 loss_mask[s],
                 ro_mask[s],
@@ -416,6 +395,21 @@ class SeedsTrainer:
             )
             for s, run in enumerate(runs)
         ]
+
+    def greedy_rewards(self, params, examples, counters):
+        """Each seed's greedy baseline (`Trainer.greedy_rewards`), one vmapped greedy rollout."""
+        keys = jax.random.wrap_key_data(
+            jnp.stack([jax.random.key_data(jax.random.key(0))] * len(self.runs))
+        )
+        _, completions = self.rollout(
+            params, examples, keys, stages.greedy_sampling(self.lead.sampling)
+        )
+        out = []
+        for cnt, ex, comp in zip(counters, examples, completions):
+            rewards, _, info = stages.score(self.lead.pool, self.lead.task, comp, list(ex))
+            stages.count_reward_failures(cnt, info)
+            out.append(np.repeat(rewards, self.config.train.samples_per_prompt))
+        return out
 
 
 def train_seeds(config, workdirs, seeds, log=print):

@@ -111,9 +111,9 @@ def main(argv=None):
     fed = []
 
     class RecordingTrainer(rl.Trainer):
-        def _prompt_batch(self, examples):
+        def prompt_batch(self, examples):
             fed.append([e.prompt for e in examples])
-            return super()._prompt_batch(examples)
+            return super().prompt_batch(examples)
 
     config = trainer_config(args.tokenizer, args.replay_fraction, args.dynamic_sampling)
     summary = RecordingTrainer(config, args.workdir).run(log=lambda *a: None)
