@@ -13,7 +13,6 @@ from jaxrl_llm.rollout.host import (
 )
 from jaxrl_llm.rollout.logprobs import token_logprobs
 from jaxrl_llm.rollout.sampler import (
-    cache_logical_axes,
     generate,
     generate_seeds,
     generate_with_cache,
@@ -37,7 +36,6 @@ __all__ = [
     "generate_with_cache",
     "generate_seeds",
     "init_sampler_cache",
-    "cache_logical_axes",
     "token_logprobs",
     "sample_tokens",
     "sample_from_weights",

@@ -24,11 +24,15 @@ Randomness: step t draws with `fold_in(key, t)`, one uniform per row
 
 Sharding: `params` are used with the shardings they already have (the
 trainer's own pytree: no copy, no second model; their `in_shardings` are
-left to the arrays, explicit `out_shardings` fix the outputs). With a `mesh`, prompts, the
-cache and the outputs are split over the mesh axes that `rules` map the
-logical `batch` axis to, KV heads over those of `kv_heads`, and the model's
-own logical constraints apply inside (run under `jax.sharding.set_mesh` and
-`flax.linen.logical_axis_rules`).
+left to the arrays, explicit `out_shardings` fix the outputs). With a `mesh`, prompts and
+every `Rollout` field take `parallel.row_sharding(mesh, rules, rows=...)` (the mesh axes
+that `rules` map the logical `batch` axis to: the trainer's row sharding, so its batch
+needs no reshard), the KV cache follows `models.cache_logical_axes` under the same rules
+(rows over the batch axes, KV heads over those of `kv_heads`), and the model's own
+logical constraints apply inside (run under `jax.sharding.set_mesh` and
+`flax.linen.logical_axis_rules`). A row count the batch axes do not divide (an
+evaluation's last prompts) is replicated along the axes that do not divide it, with a
+warning, instead of failing.
 """
 
 from __future__ import annotations
@@ -55,16 +59,9 @@ __all__ = [
     "generate_with_cache",
     "generate_seeds",
     "init_sampler_cache",
-    "cache_logical_axes",
 ]
 
 Params = Any
-
-
-def cache_logical_axes() -> dict:
-    """Logical axis names of the KV cache (`models.init_cache` layout)."""
-    kv = (A.LAYERS, A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM)
-    return {"k": kv, "v": kv, "mask": (A.BATCH, A.KV_LENGTH), "index": ()}
 
 
 def _rules_tuple(rules) -> tuple:
@@ -91,24 +88,23 @@ def _cache_shardings(config, rows, max_len, mesh, rules):
     shapes = {"k": kv, "v": kv, "mask": (rows, max_len), "index": ()}
     return {
         name: _named(mesh, rules, names, shapes[name])
-        for name, names in cache_logical_axes().items()
+        for name, names in models.cache_logical_axes(config).items()
     }
 
 
-def _rollout_shardings(rows, prompt_len, max_new, mesh, rules):
+def _rollout_shardings(rows, mesh, rules):
+    """Every `Rollout` field split by rows, exactly as the trainer's `row_sharding` splits them."""
     if mesh is None:
         return None
-    prompt = _named(mesh, rules, (A.BATCH, A.LENGTH), (rows, prompt_len))
-    comp = _named(mesh, rules, (A.BATCH, A.LENGTH), (rows, max_new))
-    vec = _named(mesh, rules, (A.BATCH,), (rows,))
+    sh = sharding_lib.row_sharding(mesh, rules, rows=rows)
     return Rollout(
-        prompt_tokens=prompt,
-        prompt_mask=prompt,
-        tokens=comp,
-        mask=comp,
-        sampler_logp=comp,
-        group_id=vec,
-        truncated=vec,
+        prompt_tokens=sh,
+        prompt_mask=sh,
+        tokens=sh,
+        mask=sh,
+        sampler_logp=sh,
+        group_id=sh,
+        truncated=sh,
     )
 
 
@@ -256,9 +252,7 @@ def _compiled(config, static: tuple, batch: int, prompt_len: int, mesh, rules, u
         rows = batch * n
         cache_sh = _cache_shardings(config, rows, prompt_len + max_new, mesh, rules)
         constrain = {"cache": lambda c: jax.lax.with_sharding_constraint(c, cache_sh)}
-        shardings = {
-            "out_shardings": (_rollout_shardings(rows, prompt_len, max_new, mesh, rules), cache_sh)
-        }
+        shardings = {"out_shardings": (_rollout_shardings(rows, mesh, rules), cache_sh)}
     fn = functools.partial(_program, config, static, unstack, constrain)
     return jax.jit(fn, donate_argnums=(5,), **shardings)
 
@@ -351,7 +345,7 @@ def generate_with_cache(
     program = _compiled(config, sampling.static_key(), b, p, mesh, rules, bool(unstack_layers))
     if mesh is None:
         return program(params, tokens, mask, key, floats, cache)
-    batch_sh = _named(mesh, rules, (A.BATCH, A.LENGTH), (b, p))
+    batch_sh = sharding_lib.row_sharding(mesh, rules, rows=b)
     tokens, mask = jax.device_put((tokens, mask), batch_sh)
     with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(rules):
         return program(params, tokens, mask, key, floats, cache)

@@ -167,6 +167,29 @@ def test_eight_device_mesh_gives_same_tokens_with_sharded_cache_and_params(param
     assert rollout.tokens.addressable_shards[0].data.shape == (rows // 4, T)
 
 
+def test_custom_rules_batch_on_data_only_place_prompts_outputs_and_cache(params):
+    """Rules mapping `batch` to `data` alone: every Rollout field takes exactly
+    `parallel.row_sharding(mesh, rules)` (what the trainer uses for its batch), the cache
+    rows follow the same axes, and the tokens equal the single-device ones."""
+    from jaxrl_llm import parallel
+
+    rules = ((A.BATCH, (A.DATA,)),) + tuple(r for r in A.DEFAULT_RULES if r[0] != A.BATCH)
+    mesh = make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    sp = SamplingParams(T, n=2, temperature=0.9)
+    single = generate(params, CONFIG, group_prompts(), jax.random.key(2), sp)
+    rollout, cache = generate_with_cache(
+        params, CONFIG, group_prompts(), jax.random.key(2), sp, mesh=mesh, rules=rules
+    )
+    np.testing.assert_array_equal(rollout.tokens, single.tokens)
+    rows = parallel.row_sharding(mesh, rules)
+    assert rows.spec == jax.sharding.PartitionSpec("data")
+    for name, x in vars(rollout).items():
+        if x is not None:
+            assert x.sharding.is_equivalent_to(rows, x.ndim), name
+            assert x.addressable_shards[0].data.shape[0] == x.shape[0] // 2, name
+    assert cache["k"].addressable_shards[0].data.shape[1] == cache["k"].shape[1] // 2
+
+
 class CompileCounter:
     """Counts every backend compilation (any function), via jax.monitoring."""
 
