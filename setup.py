@@ -9,8 +9,10 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["jaxrl_llm", "jaxrl_llm.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "jax>=0.6.0",
-        "flax>=0.10.0",
+        # Upper bounds: the newest minor versions the code is known to run on (CI: jax
+        # 0.10.2, flax 0.12.8; a GPU machine: jax 0.11.2). Raise them after a green run.
+        "jax>=0.6.0,<0.13",
+        "flax>=0.10.0,<0.13",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11.0",
         "transformers>=4.50",
