@@ -3,7 +3,12 @@
 from jaxrl_llm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from jaxrl_llm.models.hf_io import load_hf, save_hf
 from jaxrl_llm.models.sharding import init_sharded_params, param_shardings
-from jaxrl_llm.models.tokenizer import build_builtin_tokenizer, chat_prompt, load_tokenizer
+from jaxrl_llm.models.tokenizer import (
+    build_builtin_tokenizer,
+    chat_prompt,
+    check_tokenizer_fits,
+    load_tokenizer,
+)
 from jaxrl_llm.models.transformer import (
     apply,
     apply_hidden,
@@ -24,6 +29,7 @@ __all__ = [
     "apply_value",
     "build_builtin_tokenizer",
     "chat_prompt",
+    "check_tokenizer_fits",
     "load_hf",
     "load_tokenizer",
     "save_hf",

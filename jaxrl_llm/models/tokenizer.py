@@ -3,6 +3,7 @@
     tokenizer = load_tokenizer(path)          # transformers.AutoTokenizer, left padding, pad → eos fallback
     text = chat_prompt(tokenizer, "2+3=?")    # the chat template when the tokenizer has one
     build_builtin_tokenizer(path)             # writes a char-level HF tokenizer folder (vocab < 128)
+    check_tokenizer_fits(tokenizer, config)   # ValueError if an id can reach past the model's vocab
 
 Tokenizers are host-side objects; they never enter jitted code.
 """
@@ -18,6 +19,7 @@ __all__ = [
     "load_tokenizer",
     "chat_prompt",
     "build_builtin_tokenizer",
+    "check_tokenizer_fits",
     "BUILTIN_SPECIAL_TOKENS",
     "BUILTIN_CHARACTERS",
 ]
@@ -52,6 +54,31 @@ def load_tokenizer(path: str | os.PathLike, **kwargs: Any):
             raise ValueError(f"tokenizer at {path} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def check_tokenizer_fits(tokenizer, model_config) -> None:
+    """Raises `ValueError` when `tokenizer` can produce an id `model_config` has no row for.
+
+    That is: more tokens than `model_config.vocab_size` (`len(tokenizer)` counts
+    added tokens), or a bos / eos / pad id >= `vocab_size`. A model whose vocab
+    is larger than its tokenizer (padded embedding tables) fits. Unchecked, an
+    id past the table gathers garbage: losses go NaN and every update is skipped.
+    """
+    vocab = int(model_config.vocab_size)
+    size = len(tokenizer)
+    if size > vocab:
+        raise ValueError(
+            f"the tokenizer has {size} tokens but the model's vocab_size is {vocab}: ids "
+            f"{vocab}..{size - 1} have no embedding (use the tokenizer the model was trained with)"
+        )
+    for name in ("bos", "eos", "pad"):
+        token_id = getattr(tokenizer, f"{name}_token_id", None)
+        if token_id is not None and not 0 <= int(token_id) < vocab:
+            token = getattr(tokenizer, f"{name}_token", None)
+            raise ValueError(
+                f"the tokenizer's {name} token {token!r} has id {token_id}, outside the model's "
+                f"vocab_size = {vocab}"
+            )
 
 
 def chat_prompt(
