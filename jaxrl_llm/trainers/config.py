@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import numbers
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 __all__ = [
     "base_config",
@@ -332,11 +334,15 @@ def _in_range(x, f: Field) -> bool:
 
 def _is(value, kind) -> bool:
     if kind is bool:
-        return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, (bool, np.bool_))
+    if kind is int:  # numpy integers too
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
     if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        return (
+            isinstance(value, numbers.Real)
+            and not isinstance(value, (bool, np.bool_))
+            and value == value
+        )
     return isinstance(value, kind)
 
 

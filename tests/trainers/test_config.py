@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import ml_collections
+import numpy as np
 import pytest
 
 from jaxrl_llm import main as main_lib
@@ -198,6 +199,12 @@ def _loose(**overrides):
 
 def test_loose_base_config_validates():
     config_lib.validate(_loose(), num_devices=8)
+
+
+def test_numpy_scalars_are_accepted():
+    c = _loose(**{"train.seed": np.int64(3), "optim.lr": np.float32(1e-3)})
+    c.log.progress, c.eval.ks = np.bool_(False), (np.int32(1), np.int64(2))
+    config_lib.validate(c, num_devices=8)
 
 
 BAD = [
