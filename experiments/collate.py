@@ -1,10 +1,11 @@
-"""Collate a grid: scalars from each cell's event files -> tables with IQM and CIs, plots, fits.
+"""Collate a grid: scalars from each cell's metrics.jsonl -> tables with IQM and CIs, plots, fits.
 
     python experiments/collate.py --root runs/nsr_grid [--out runs/nsr_grid/results] \\
         [--reduce final|best|last:K] [--curves train/reward,train/entropy] [--fit-tag eval/accuracy]
 
-Cells are the sub-directories of `--root` holding event files
-(`events.out.tfevents.*`, written by tensorboardX in the workdir) and, from
+Cells are the sub-directories of `--root` holding `metrics.jsonl` (one JSON line per logged
+step, written by `metrics.MetricWriter` beside the TensorBoard event files) or, for workdirs
+from before that file, event files (`events.out.tfevents.*`) only; and, from
 `experiments/grid.py`, a `cell.json` with their overrides. Cells whose
 overrides differ only in the seed key form one variant. Per variant and scalar
 tag, each seed's run is reduced to one number (its final value by default) and
@@ -16,7 +17,7 @@ Outputs in `--out` (default `<root>/results`):
   summary.md    Markdown tables: headline metrics (`--metrics`), pass@k, sigmoid and entropy fits
   passk.csv     variant, k, num_seeds, iqm, ci_low, ci_high
                 (pass@k per seed from `<cell>/eval.json` if present, else the reduced
-                `eval/pass@k` scalar; tensorboardX stores that tag as `eval/pass_k`)
+                `eval/pass_at_k` scalar)
   fits.csv      per variant: ScaleRL sigmoid fit of the seed-mean curve of `--fit-tag`
                 against the step (asymptote, midpoint, exponent, r0, r2)
   entropy_fit.csv  per variant: R = -a exp(H) + b (Cui et al. 2025) between the seed-mean
@@ -24,10 +25,16 @@ Outputs in `--out` (default `<root>/results`):
   curve_<tag>.png   seed-mean learning curve with a 95 % bootstrap band per variant
   pass_at_k.png     IQM pass@k against k per variant, with CI bars
 
-Event files are read with the protobuf classes that ship with tensorboardX (no
-TensorFlow or TensorBoard needed, and no reservoir down-sampling). When a run
-was resumed, its workdir holds several event files; for a step logged twice the
-value written last wins.
+Metric names are read in today's spelling and in the older one (`eval/pass@4`, stored by
+tensorboardX as `eval/pass_4`, and `pass@4` in eval.json) alike: both become `eval/pass_at_4`
+(`passk.canonical_metric_name`; docs/metrics.md), so grids run before the rename stay
+readable and the tables use the new names.
+
+Old workdirs: event files are read with the protobuf classes that ship with tensorboardX (no
+TensorFlow or TensorBoard needed, and no reservoir down-sampling). A workdir whose run began
+before metrics.jsonl existed and was resumed after has both; its event files are then read as
+well, and metrics.jsonl wins where both hold a step. When a run was resumed, for a step logged
+twice the value written last wins.
 """
 
 from __future__ import annotations
@@ -36,7 +43,6 @@ import argparse
 import csv
 import dataclasses
 import glob
-import json
 import os
 import re
 import struct
@@ -49,10 +55,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxrl_llm import stats  # noqa: E402
-from jaxrl_llm.evaluation import EVAL_JSON, fit_entropy_performance  # noqa: E402
+from jaxrl_llm import workdir as workdir_lib  # noqa: E402
+from jaxrl_llm.metrics import jsonl_events_files, read_scalars_jsonl  # noqa: E402
+from jaxrl_llm.passk import canonical_metric_name, fit_entropy_performance  # noqa: E402
 
 __all__ = [
     "read_event_scalars",
+    "read_cell_scalars",
     "canonical_tag",
     "CellRun",
     "load_cells",
@@ -65,15 +74,16 @@ __all__ = [
     "main",
 ]
 
-_KTAG = re.compile(r"(pass|maj|mean)_(\d+)$")
+_PASS_AT = re.compile(r"pass_at_(\d+)")
 
 
 # ----------------------------------------------------------------------------- event files
 
 
 def canonical_tag(tag: str) -> str:
-    """tensorboardX rewrites '@' in tags to '_': 'eval/pass_4' -> 'eval/pass@4'."""
-    return _KTAG.sub(r"\1@\2", tag)
+    """Today's name of a tag: 'eval/pass_4' (tensorboardX's rewrite of the old 'eval/pass@4')
+    and 'eval/pass@4' -> 'eval/pass_at_4'; other tags unchanged."""
+    return canonical_metric_name(tag)
 
 
 def _records(path: str):
@@ -99,7 +109,7 @@ def read_event_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
     from tensorboardX.proto import event_pb2
 
     files = []
-    for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    for path in glob.glob(os.path.join(workdir, workdir_lib.EVENTS_GLOB)):
         events = [event_pb2.Event.FromString(r) for r in _records(path)]
         if events:
             files.append((events[0].wall_time, path, events))
@@ -121,6 +131,47 @@ def read_event_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
     for tag, points in series.items():
         steps = np.array(sorted(points), np.int64)
         out[tag] = (steps, np.array([points[s] for s in steps], np.float64))
+    return out
+
+
+def read_cell_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A workdir's scalars, {tag: (steps, values)}, tags in today's names.
+
+    From `metrics.jsonl` when the workdir has it; from the event files when it has not (a
+    workdir from before the JSONL file). A run that began before the JSONL file and was resumed
+    after has event files that the JSONL file's header lines do not name: those are read too
+    and merged (the JSONL value wins at a step both hold).
+    """
+    jsonl = read_scalars_jsonl(workdir)
+    if jsonl is None:
+        return read_event_scalars(workdir)
+    jsonl = _renamed(jsonl)
+    paired = jsonl_events_files(workdir) or set()
+    older = [
+        p
+        for p in glob.glob(os.path.join(workdir, workdir_lib.EVENTS_GLOB))
+        if os.path.basename(p) not in paired
+    ]
+    if not older:
+        return jsonl
+    merged = {
+        tag: dict(zip(s.tolist(), v.tolist()))
+        for tag, (s, v) in read_event_scalars(workdir).items()
+    }
+    for tag, (steps, values) in jsonl.items():
+        merged.setdefault(tag, {}).update(zip(steps.tolist(), values.tolist()))
+    out = {}
+    for tag, points in merged.items():
+        steps = np.array(sorted(points), np.int64)
+        out[tag] = (steps, np.array([points[x] for x in steps], np.float64))
+    return out
+
+
+def _renamed(scalars: dict) -> dict:
+    """Tags in today's names; when an old and a new name both occur, the new one's series wins."""
+    out = {}
+    for tag in sorted(scalars, key=lambda t: canonical_tag(t) == t):  # old names first
+        out[canonical_tag(tag)] = scalars[tag]
     return out
 
 
@@ -156,21 +207,19 @@ class CellRun:
 
 
 def load_cells(root: str, seed_key: str = "train.seed") -> list[CellRun]:
-    """Every sub-directory of `root` with event files, in grid order (then by name)."""
+    """Every sub-directory of `root` with metrics.jsonl or event files, in grid order (then by
+    name)."""
     cells = []
     for workdir in sorted(glob.glob(os.path.join(root, "*"))):
-        if not os.path.isdir(workdir) or not glob.glob(
-            os.path.join(workdir, "events.out.tfevents.*")
+        if not os.path.isdir(workdir) or not (
+            os.path.exists(workdir_lib.path(workdir, workdir_lib.METRICS_JSONL))
+            or glob.glob(os.path.join(workdir, workdir_lib.EVENTS_GLOB))
         ):
             continue
-        meta = {}
-        if os.path.exists(os.path.join(workdir, "cell.json")):
-            with open(os.path.join(workdir, "cell.json")) as f:
-                meta = json.load(f)
-        ev = None
-        if os.path.exists(os.path.join(workdir, EVAL_JSON)):
-            with open(os.path.join(workdir, EVAL_JSON)) as f:
-                ev = json.load(f)
+        meta = workdir_lib.read_cell(workdir) or {}
+        ev = workdir_lib.read_eval(workdir)
+        if ev is not None:
+            ev = dict(ev, metrics={canonical_tag(k): v for k, v in ev.get("metrics", {}).items()})
         cells.append(
             CellRun(
                 name=os.path.basename(workdir),
@@ -178,9 +227,9 @@ def load_cells(root: str, seed_key: str = "train.seed") -> list[CellRun]:
                 index=int(meta.get("index", 1 << 30)),
                 overrides=dict(meta.get("overrides", {})),
                 seed_key=meta.get("seed_key", seed_key),
-                scalars=read_event_scalars(workdir),
+                scalars=read_cell_scalars(workdir),
                 eval=ev,
-                done=os.path.exists(os.path.join(workdir, "done.json")),
+                done=workdir_lib.is_finished(workdir),
             )
         )
     cells.sort(key=lambda c: (c.index, c.name))
@@ -254,11 +303,11 @@ def _cell_pass_at_k(cell: CellRun, reduce: str) -> dict[int, float]:
         return {
             int(m.group(1)): float(v)
             for k, v in metrics.items()
-            if (m := re.fullmatch(r"pass@(\d+)", k))
+            if (m := _PASS_AT.fullmatch(canonical_tag(k)))
         }
     out = {}
     for tag, (_, values) in cell.scalars.items():
-        m = re.fullmatch(r"eval/pass@(\d+)", tag)
+        m = re.fullmatch(r"eval/" + _PASS_AT.pattern, canonical_tag(tag))
         if m and values.size:
             out[int(m.group(1))] = reduce_series(values, reduce)
     return out
@@ -425,7 +474,9 @@ def _fmt(r: dict) -> str:
     return f"{r['iqm']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
 
 
-MAIN_METRICS = re.compile(r"^(train/(reward|accuracy|entropy|kl|response_length)|eval/[^@]*)$")
+MAIN_METRICS = re.compile(
+    r"^(train/(reward|accuracy|entropy|kl|response_length)|eval/(?!.*(@|_at_)\d+$).*)$"
+)
 
 
 def _markdown(
@@ -522,12 +573,17 @@ def collate(
 ) -> dict:
     """Write the tables and plots for the grid under `root`; returns them and the written paths."""
     reduce_series(np.zeros(1), reduce)  # validate the option early
+    # Tags may be given in the old spelling ('eval/pass@4'); the scalars carry today's names.
+    metrics = [canonical_tag(m) for m in metrics] if metrics is not None else None
+    curves = [canonical_tag(t) for t in curves] if curves is not None else None
+    fit_tag = canonical_tag(fit_tag) if fit_tag else fit_tag
+    entropy_tag = canonical_tag(entropy_tag)
     out = out or os.path.join(root, "results")
     cells = load_cells(root, seed_key)
     if only_done:
         cells = [c for c in cells if c.done]
     if not cells:
-        raise SystemExit(f"collate: no cell with event files under {root}")
+        raise SystemExit(f"collate: no cell with metrics.jsonl or event files under {root}")
     incomplete = [c.name for c in cells if not c.done]
     os.makedirs(out, exist_ok=True)
     summary = summarize(cells, reduce=reduce, num_resamples=num_resamples, seed=seed)
@@ -591,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--metrics",
         default=None,
         help="comma-separated tags for the Markdown table (default: train reward, accuracy, "
-        "entropy, kl, response_length and eval/* without @k; the CSV has every tag)",
+        "entropy, kl, response_length and eval/* without _at_k; the CSV has every tag)",
     )
     p.add_argument(
         "--fit-tag",

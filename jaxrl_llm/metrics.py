@@ -6,7 +6,8 @@ appends one line to `<workdir>/metrics.jsonl`:
 
     {"step": 12, "time": 1733390000.5, "scalars": {"train/reward": 0.5, "eval/pass_at_4": 0.9}}
 
-(process 0 only, flushed after every line), which `read_scalars_jsonl` and
+(process 0 only, flushed after every line), after one header line per writer naming the event
+file it writes beside (`{"time": ..., "events_files": ["events.out.tfevents..."]}`), which `read_scalars_jsonl` and
 `experiments/collate.py` read without parsing TFRecord files. A resumed run appends to the
 same file; for a step written twice, the line written last wins. Tag names: docs/metrics.md.
 """
@@ -14,6 +15,7 @@ same file; for a step written twice, the line written last wins. Tag names: docs
 from __future__ import annotations
 
 import collections
+import glob
 import json
 import logging
 import os
@@ -28,7 +30,13 @@ import numpy as np
 
 from jaxrl_llm import workdir as workdir_lib
 
-__all__ = ["MetricWriter", "CompileCounter", "write_provenance", "read_scalars_jsonl"]
+__all__ = [
+    "MetricWriter",
+    "CompileCounter",
+    "write_provenance",
+    "read_scalars_jsonl",
+    "jsonl_events_files",
+]
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -81,9 +89,16 @@ class MetricWriter:
             from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
             os.makedirs(logdir, exist_ok=True)
+            before = set(glob.glob(os.path.join(logdir, workdir_lib.EVENTS_GLOB)))
             self._writer = SummaryWriter(logdir)
             if jsonl:
                 self._jsonl = _open_jsonl(workdir_lib.path(logdir, workdir_lib.METRICS_JSONL))
+                # A header line names the event file this writer fills beside the JSONL file, so
+                # a reader knows which event files hold scalars the JSONL file does not.
+                new = set(glob.glob(os.path.join(logdir, workdir_lib.EVENTS_GLOB))) - before
+                header = {"time": time.time(), "events_files": sorted(map(os.path.basename, new))}
+                self._jsonl.write(json.dumps(header) + "\n")
+                self._jsonl.flush()
 
     def scalars(self, step: int, values: dict):
         values = {k: float(np.asarray(v)) for k, v in values.items()}
@@ -119,6 +134,23 @@ class MetricWriter:
             self._jsonl = None
 
 
+def jsonl_events_files(workdir: str) -> set[str] | None:
+    """Names of the event files whose scalars `<workdir>/metrics.jsonl` also holds (from its
+    header lines); None when there is no metrics.jsonl."""
+    path = workdir_lib.path(workdir, workdir_lib.METRICS_JSONL)
+    if not os.path.exists(path):
+        return None
+    names: set[str] = set()
+    with open(path) as f:
+        for line in f:
+            if '"events_files"' in line:
+                try:
+                    names.update(json.loads(line)["events_files"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return names
+
+
 def _open_jsonl(path: str):
     """Opens for appending; a torn last line (a run killed mid-write) is ended first, so the
     next record starts on a line of its own."""
@@ -137,7 +169,8 @@ def read_scalars_jsonl(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
     """The scalars of `<workdir>/metrics.jsonl`: {tag: (steps int64 [S], values float64 [S])}.
 
     Steps are sorted and unique; a step written more than once (a resumed run) keeps the
-    value written last. A torn or unparsable line (a run killed mid-write) is skipped.
+    value written last. Header lines and a torn or unparsable line (a run killed mid-write)
+    are skipped.
     Returns None when the file does not exist (a workdir from before the JSONL file).
     """
     path = workdir_lib.path(workdir, workdir_lib.METRICS_JSONL)

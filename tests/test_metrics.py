@@ -14,8 +14,11 @@ def test_scalars_are_appended_to_metrics_jsonl_and_flushed(tmp_path):
     w = metrics.MetricWriter(str(tmp_path))
     w.scalars(1, {"train/reward": np.float32(0.25), "train/kl": 0.5})
     # Flushed line by line: readable while the writer is still open (a run killed later).
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    header, *lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
+    events = [os.path.basename(p) for p in glob.glob(str(tmp_path / "events.out.tfevents.*"))]
+    assert json.loads(header)["events_files"] == events and len(events) == 1
+    assert metrics.jsonl_events_files(str(tmp_path)) == set(events)
     record = json.loads(lines[0])
     assert record["step"] == 1 and record["scalars"] == {"train/reward": 0.25, "train/kl": 0.5}
     assert isinstance(record["time"], float)

@@ -1,4 +1,5 @@
-"""Tests for experiments/collate.py on fake event files with known values."""
+"""Tests for experiments/collate.py on fake workdirs with known values: old ones (event files
+only, `pass@k` names) and new ones (metrics.jsonl, `pass_at_k` names)."""
 
 import csv
 import json
@@ -88,7 +89,8 @@ def test_event_reader_merges_resumed_runs(grid_root):
     np.testing.assert_array_equal(steps, STEPS)
     np.testing.assert_allclose(values, _curve("psr", 1), rtol=1e-6)  # the later file wins
     scalars = collate.read_event_scalars(os.path.join(grid_root, "advantage=nsr,seed=0"))
-    assert set(scalars) == {"train/reward", "train/entropy", "eval/pass@1", "eval/pass@4"}
+    # The old tags ('eval/pass@4', stored as 'eval/pass_4') are read under today's names.
+    assert set(scalars) == {"train/reward", "train/entropy", "eval/pass_at_1", "eval/pass_at_4"}
 
 
 def test_summary_csv_numbers(grid_root):
@@ -125,6 +127,8 @@ def test_pass_at_k_fits_markdown_and_plots(grid_root):
         expect = np.mean(p4) if variant == "psr" else np.mean(p4[1:3])
         assert float(passk[(f"advantage={variant}", 4)]["iqm"]) == pytest.approx(expect, rel=1e-5)
     assert sorted({k for _, k in passk}) == [1, 4]
+    metrics = {r["metric"] for r in _rows(os.path.join(out, "summary.csv"))}
+    assert "eval/pass_at_4" in metrics and not any("@" in m or "pass_4" in m for m in metrics)
 
     fits = {r["variant"]: r for r in _rows(os.path.join(out, "fits.csv"))}
     psr = fits["advantage=psr"]  # seed mean = curve + 0.01
@@ -155,7 +159,9 @@ def test_reduce_options():
     assert collate.reduce_series(v, "last:2") == pytest.approx(0.4)
     with pytest.raises(ValueError, match="--reduce"):
         collate.reduce_series(v, "median")
-    assert collate.canonical_tag("eval/pass_16") == "eval/pass@16"
+    assert collate.canonical_tag("eval/pass_16") == "eval/pass_at_16"
+    assert collate.canonical_tag("eval/pass@16") == "eval/pass_at_16"
+    assert collate.canonical_tag("eval/pass_at_16") == "eval/pass_at_16"
     assert collate.canonical_tag("train/kl_2x") == "train/kl_2x"
 
 
@@ -219,3 +225,89 @@ def test_summarize_groups_seeds_and_uses_only_finished_when_asked():
     rows = collate.summarize([c for c in cells if c.done], reduce="last:2", num_resamples=200)
     assert rows[0]["iqm"] == pytest.approx(np.mean([0.15, 0.25, 0.35]))
     assert rows[0]["values"] == "0.15;0.25;0.35"
+
+
+# ----------------------------------------------------------------------------- new workdirs
+
+
+def _write_new_cell(root, variant, seed):
+    """A cell as today's trainer writes it: MetricWriter (event files + metrics.jsonl), new
+    names, eval.json with pass_at_k."""
+    from jaxrl_llm import evaluation, metrics, workdir
+
+    name = f"advantage={variant},seed={seed}"
+    w = os.path.join(root, name)
+    workdir.write_cell(
+        w,
+        {
+            "name": name,
+            "index": 10 * (variant == "nsr") + seed,
+            "seed_key": "train.seed",
+            "overrides": {"algo.advantage": variant, "train.seed": seed},
+        },
+    )
+    y = _curve(variant, seed)
+    writer = metrics.MetricWriter(w)
+    for s, v in zip(STEPS, y):
+        writer.scalars(int(s), {"train/reward": float(v), "train/entropy": 1.0 - 0.01 * s})
+    final = float(y[-1])
+    writer.scalars(int(STEPS[-1]), {f"eval/pass_at_{k}": 1 - (1 - final) ** k for k in (1, 4)})
+    writer.close()
+    if variant == "psr":
+        evaluation.write_eval_json(
+            w, {"pass_at_1": final, "pass_at_4": 1 - (1 - final) ** 4}, step=40, n=4
+        )
+    workdir.write_done(w, {})
+    return w
+
+
+def test_new_workdirs_are_read_from_metrics_jsonl(tmp_path, monkeypatch):
+    new_root, old_root = str(tmp_path / "new"), str(tmp_path / "old")
+    for seed in range(3):
+        _write_new_cell(new_root, "psr", seed)
+        _write_cell(old_root, "psr", seed)
+    for seed in range(4):
+        _write_new_cell(new_root, "nsr", seed)
+        _write_cell(old_root, "nsr", seed)
+    old = collate.collate(old_root, num_resamples=300, curves=[])
+
+    def no_event_files(workdir):
+        raise AssertionError(f"read the event files of {workdir}")
+
+    monkeypatch.setattr(collate, "read_event_scalars", no_event_files)
+    new = collate.collate(new_root, num_resamples=300, curves=[])
+    # The same numbers from the JSONL files as from the old event files and old names.
+    key = lambda rows, *f: {tuple(r[x] for x in f): r for r in rows}
+    for k, r in key(old["summary"], "variant", "metric").items():
+        got = key(new["summary"], "variant", "metric")[k]
+        assert got["iqm"] == pytest.approx(r["iqm"], rel=1e-6), k
+    for k, r in key(old["passk"], "variant", "k").items():
+        assert key(new["passk"], "variant", "k")[k]["iqm"] == pytest.approx(r["iqm"], rel=1e-6)
+    assert {r["k"] for r in new["passk"]} == {1, 4}
+    md = open(new["paths"]["summary.md"]).read()
+    assert "eval/pass_at" not in md.split("pass@k:")[0]  # @k metrics only in the pass@k table
+
+
+def test_run_resumed_across_the_upgrade_merges_old_event_files(tmp_path):
+    """Steps 0..20 logged by an old version (event files, old names), the run resumed from a
+    step-16 checkpoint by today's version (metrics.jsonl): every step is read, JSONL wins."""
+    from jaxrl_llm import metrics
+
+    w = str(tmp_path / "cell")
+    old = SummaryWriter(w, filename_suffix=".old")
+    for s in STEPS[STEPS <= 20]:
+        old.add_scalar("train/reward", 9.0 if s >= 16 else float(s), int(s), walltime=1000.0 + s)
+        old.add_scalar("eval/pass@1", 0.5, int(s), walltime=1000.0 + s)
+    old.close()
+    writer = metrics.MetricWriter(w)
+    for s in STEPS[STEPS >= 16]:
+        writer.scalars(int(s), {"train/reward": float(s), "eval/pass_at_1": 0.75})
+    writer.close()
+    scalars = collate.read_cell_scalars(w)
+    steps, values = scalars["train/reward"]
+    np.testing.assert_array_equal(steps, STEPS)
+    np.testing.assert_array_equal(values, STEPS.astype(float))
+    steps, values = scalars["eval/pass_at_1"]
+    np.testing.assert_array_equal(steps, STEPS)
+    assert set(scalars) == {"train/reward", "eval/pass_at_1"}
+    np.testing.assert_array_equal(values, np.where(STEPS >= 16, 0.75, 0.5))
