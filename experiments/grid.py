@@ -56,6 +56,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jaxrl_llm import workdir as workdir_lib  # noqa: E402
+
 __all__ = [
     "Cell",
     "CellResult",
@@ -75,10 +80,10 @@ __all__ = [
     "main",
 ]
 
-DONE_FILE = "done.json"
-CELL_FILE = "cell.json"
-LOG_FILE = "grid.log"
-EVAL_FILE = "eval.json"
+DONE_FILE = workdir_lib.DONE_JSON
+CELL_FILE = workdir_lib.CELL_JSON
+LOG_FILE = workdir_lib.GRID_LOG
+EVAL_FILE = workdir_lib.EVAL_JSON
 DEFAULT_PROGRAM = "-m jaxrl_llm.main"
 DEFAULT_EVAL_PROGRAM = "-m jaxrl_llm.evaluation"
 DEFAULT_SEED_KEY = "train.seed"
@@ -299,11 +304,11 @@ def build_seeds_command(
 
 
 def is_done(workdir: str) -> bool:
-    return os.path.exists(os.path.join(workdir, DONE_FILE))
+    """Whether the cell's run finished (`workdir.is_finished`: its done.json exists)."""
+    return workdir_lib.is_finished(workdir)
 
 
 def _write_cell_json(cell: Cell, *, config: str, fixed: dict, seed_key: str) -> None:
-    os.makedirs(cell.workdir, exist_ok=True)
     record = {
         "name": cell.name,
         "index": cell.index,
@@ -312,8 +317,7 @@ def _write_cell_json(cell: Cell, *, config: str, fixed: dict, seed_key: str) -> 
         "seed_key": seed_key,
         "config": config,
     }
-    with open(os.path.join(cell.workdir, CELL_FILE), "w") as f:
-        json.dump(record, f, indent=1)
+    workdir_lib.write_cell(cell.workdir, record)
 
 
 def build_eval_command(

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 KILL_IN_SAVE_ENV = "JAXRL_LLM_KILL_IN_SAVE"
-SKIPPED_DIR = workdir_lib.CHECKPOINT_DIR + ".skipped"
+SKIPPED_DIR = workdir_lib.CHECKPOINT_SKIPPED_DIR
 
 
 class CheckpointRestoreError(RuntimeError):

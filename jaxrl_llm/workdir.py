@@ -13,6 +13,8 @@ collation script read it back. The names live here and nowhere else:
 | `done.json` | the trainer, at the end | the finished-run summary (final / initial eval, counters) |
 | `eval.json` | `python -m jaxrl_llm.evaluation` | `{"step", "n", "metrics"}` of a held-out evaluation |
 | `cell.json` | `experiments/grid.py` | the grid cell: name, index, overrides, seed key |
+| `grid.log` | `experiments/grid.py` | the output of the cell's training and evaluation commands |
+| `checkpoints.skipped/` | `checkpoint.Checkpointer` | checkpoint steps that did not restore, moved aside |
 | `sft/` | the trainer's SFT warm start | the warm-started policy as a Hugging Face folder |
 | `tokenizer/` | the trainer (builtin tokenizer) | the tokenizer folder |
 
@@ -36,6 +38,8 @@ __all__ = [
     "DONE_JSON",
     "EVAL_JSON",
     "CELL_JSON",
+    "GRID_LOG",
+    "CHECKPOINT_SKIPPED_DIR",
     "SFT_DIR",
     "TOKENIZER_DIR",
     "path",
@@ -60,6 +64,8 @@ EVENTS_GLOB = "events.out.tfevents.*"
 DONE_JSON = "done.json"
 EVAL_JSON = "eval.json"
 CELL_JSON = "cell.json"
+GRID_LOG = "grid.log"
+CHECKPOINT_SKIPPED_DIR = "checkpoints.skipped"
 SFT_DIR = "sft"
 TOKENIZER_DIR = "tokenizer"
 
