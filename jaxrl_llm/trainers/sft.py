@@ -101,10 +101,23 @@ def sft_train(
     prompt_buckets,
     completion_len: int,
     log_fn=None,
+    writer=None,
+    write_every: int = 10,
+    progress: bool = False,
 ):
-    """Trains `params` on `pairs` for `steps` AdamW steps; returns (params, last loss)."""
+    """Trains `params` on `pairs` for `steps` AdamW steps; returns (params, last loss).
+
+    Reporting, none of which changes the numbers (the same params for the same seed):
+      log_fn: `log_fn(step, loss)` every 50 steps and at the last (step 0-based).
+      writer: a `metrics.MetricWriter` or any `fn(step, dict)`: `{"sft/loss", "sft/lr"}` every
+        `write_every` steps and at the last, at step = steps done (1-based), so TensorBoard
+        shows the warm start's loss curve beside the RL run's.
+      progress: a tqdm bar with the ETA on process 0 (the loss in its postfix when written).
+    """
     if not pairs:
         raise ValueError("sft_train got no (prompt, completion) pairs")
+    if write_every < 1:
+        raise ValueError(f"sft_train: write_every must be >= 1, got {write_every}")
     sched = optax.join_schedules(
         [
             optax.linear_schedule(0.0, lr, max(warmup_steps, 1)),
@@ -122,19 +135,39 @@ def sft_train(
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    write = getattr(writer, "scalars", writer)
+    bar = None
+    if progress and jax.process_index() == 0:
+        from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+        bar = tqdm(total=steps, desc="SFT warm start", unit="step", dynamic_ncols=True)
     rng = np.random.default_rng(seed)
     # Encode once with a common prompt bucket so every step has the same shape.
     pt, pm, ct, cm = _encode_batch(tokenizer, pairs, prompt_buckets, completion_len)
     loss = float("nan")
-    for i in range(steps):
-        idx = rng.choice(len(pairs), size=batch_size, replace=len(pairs) < batch_size)
-        params, opt_state, loss = step(params, opt_state, pt[idx], pm[idx], ct[idx], cm[idx])
-        if i % 32 == 31:
-            # Bound the queue of dispatched steps: hundreds of queued programs with collectives on
-            # many virtual CPU devices can trip XLA's collective time-outs.
-            loss.block_until_ready()
-        if log_fn is not None and (i % 50 == 0 or i == steps - 1):
-            log_fn(i, float(loss))
+    try:
+        for i in range(steps):
+            idx = rng.choice(len(pairs), size=batch_size, replace=len(pairs) < batch_size)
+            params, opt_state, loss = step(params, opt_state, pt[idx], pm[idx], ct[idx], cm[idx])
+            if i % 32 == 31:
+                # Bound the queue of dispatched steps: hundreds of queued programs with collectives
+                # on many virtual CPU devices can trip XLA's collective time-outs.
+                loss.block_until_ready()
+            if log_fn is not None and (i % 50 == 0 or i == steps - 1):
+                log_fn(i, float(loss))
+            if (write is not None or bar is not None) and (
+                (i + 1) % write_every == 0 or i == steps - 1
+            ):
+                value = float(loss)
+                if write is not None:
+                    write(i + 1, {"sft/loss": value, "sft/lr": float(sched(i))})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     loss = float(loss)
     logging.info("SFT finished: %d steps, final loss %.4f", steps, loss)
     return params, loss
