@@ -127,6 +127,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "kwargs": F(dict(digits=(1, 2), ops="+"), "keyword arguments of the task's factory"),
         "reward_workers": F(2, "reward processes; 0: score in this process", ge=0),
         "reward_timeout_s": F(10.0, "seconds before one reward call counts as failed", gt=0),
+        "reward_step_budget_s": F(
+            0.0, "seconds the reward calls of one scoring pass may take in all; 0: no budget", ge=0
+        ),
+        "max_failed_reward_steps": F(
+            3, "stop after this many steps in a row whose rewards all failed; 0: never", ge=0
+        ),
     },
     "rollout": {
         "max_new_tokens": F(6, "T, tokens sampled per completion", gt=0),
@@ -167,6 +173,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "vf_coef": F(0.5, "value loss coefficient", ge=0),
         "value_clip": F(0.2, "value clip range around the old values", ge=0),
         "loss_kwargs": F({}, "extra keywords for the policy loss (e.g. clip_cov ranges)"),
+        "whiten_advantages": F(
+            False, "whiten the advantages over the batch's tokens after the estimator"
+        ),
         "kl": {
             "coef": F(0.0, "KL coefficient (initial one with a target)", ge=0),
             "kind": F("k3", "KL estimator", _kl_kinds),
@@ -409,10 +418,9 @@ def validate(c, num_devices: int | None = None) -> None:
 
     Checks that the keys are the schema's, every field's type and range or
     choice, then the rules between fields; with `num_devices`, that the mesh
-    and the batch divide over that many devices. Last, the loss registry's own
-    `check_config(c)` when it has one.
+    and the batch divide over that many devices. What the configured estimator and policy
+    loss need is checked by the loss registry (`registry.check_config`).
     """
-    from jaxrl_llm.losses import registry  # pylint: disable=g-import-not-at-top
     from jaxrl_llm.tasks import registered_tasks  # pylint: disable=g-import-not-at-top
 
     _check_keys(c, SCHEMA)
@@ -449,27 +457,16 @@ def validate(c, num_devices: int | None = None) -> None:
             f"config.data.overlong_buffer = {c.data.overlong_buffer} must be smaller "
             f"than rollout.max_new_tokens = {c.rollout.max_new_tokens}"
         )
-    if c.data.replay_fraction:
-        if (
-            c.algo.policy_loss == "reinforce"
-            or c.data.dynamic_sampling
-            or c.critic.enabled
-            or c.algo.recompute_old_logp
-        ):
-            raise ConfigError(
-                "config.data.replay_fraction > 0 needs a ratio-based policy loss "
-                "(ppo_clip, gspo, cispo, clip_cov, kl_cov: the ratio to the stored "
-                "behaviour log-probs is the importance correction, so no "
-                "algo.recompute_old_logp), no dynamic sampling and no critic"
-            )
-    if c.algo.advantage == "gae" and not c.critic.enabled:
-        raise ConfigError("config.algo.advantage = 'gae' needs config.critic.enabled = True")
-    if c.algo.advantage in ("grpo", "rloo", "reinforce_pp_baseline", "lite_ppo", "dr_grpo") and (
-        c.train.samples_per_prompt < 2
+    # What the estimator and the policy loss need (a critic, a group size, a ratio to the
+    # behaviour policy) is checked by the registry, from what each entry declares.
+    _check_registry(c)
+    if c.data.replay_fraction and (
+        c.data.dynamic_sampling or c.critic.enabled or c.algo.recompute_old_logp
     ):
         raise ConfigError(
-            f"config.train.samples_per_prompt = {c.train.samples_per_prompt}: "
-            f"'{c.algo.advantage}' needs a group of at least 2"
+            "config.data.replay_fraction > 0 needs the stored behaviour log-probs as the "
+            "importance correction (so no algo.recompute_old_logp), no dynamic sampling and "
+            "no critic"
         )
     s = derived_sizes(c)
     if s["rows"] % s["minibatch"]:
@@ -503,14 +500,14 @@ def validate(c, num_devices: int | None = None) -> None:
                 f"the {batch_shards} batch shards of the mesh (mesh.data * mesh.fsdp)"
             )
 
-    check_config = getattr(registry, "check_config", None)
-    if check_config is not None:
-        try:
-            check_config(c)
-        except ConfigError:
-            raise
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
+
+def _check_registry(c) -> None:
+    from jaxrl_llm.losses import registry
+
+    try:
+        registry.check_config(c)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def _batch_shards(c, num_devices):

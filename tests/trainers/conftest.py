@@ -32,7 +32,19 @@ def sft_checkpoint(tmp_path_factory):
     from jaxrl_llm.trainers import rl
 
     workdir = str(tmp_path_factory.mktemp("sft"))
-    c = small_config(**{"train.steps": 1})
+    # The SFT settings are pinned here, not taken from `runlocal`, so a smaller laptop recipe
+    # never moves the learning tests that start from this checkpoint.
+    c = small_config(
+        **{
+            "train.steps": 1,
+            "sft.steps": 2500,
+            "sft.batch_size": 32,
+            "sft.lr": 1e-3,
+            "sft.warmup_steps": 20,
+            "sft.seed": 0,
+            "sft.flawed_fraction": 0.4,
+        }
+    )
     trainer = rl.Trainer(c, workdir)
     trainer.initial_params(log=lambda *a: None)
     model_dir = os.path.join(workdir, "sft")
