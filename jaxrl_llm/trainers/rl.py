@@ -11,7 +11,6 @@ The device work is in `rl_step`; this file wires the pieces, owns the resume log
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -24,10 +23,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxrl_llm import checkpoint as ckpt_lib
-from jaxrl_llm import evaluation, models, parallel
 from jaxrl_llm import metrics as metrics_lib
+from jaxrl_llm import models, parallel, passk
 from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import tasks as tasks_lib
+from jaxrl_llm import workdir as workdir_lib
 from jaxrl_llm.parallel import multihost
 from jaxrl_llm.parallel import sharding as sharding_lib
 from jaxrl_llm.trainers import config as config_lib
@@ -38,7 +38,8 @@ __all__ = ["Trainer", "train", "TrainingStopped"]
 
 
 class TrainingStopped(RuntimeError):
-    """Raised when the NaN guard stops a run (the last good checkpoint is kept)."""
+    """Raised when a stop rule ends a run (`stages.stop_reason`): the NaN guard or rewards that
+    all fail; the message says which checkpoint is kept."""
 
 
 @dataclasses.dataclass
@@ -55,7 +56,7 @@ class Components:
 def build_tokenizer(config, workdir):
     path = config.tokenizer.path
     if path == "builtin":
-        path = os.path.join(workdir, "tokenizer")
+        path = workdir_lib.tokenizer_dir(workdir)
         if not os.path.exists(os.path.join(path, "tokenizer.json")):
             models.build_builtin_tokenizer(path)
     return models.load_tokenizer(path)
@@ -104,6 +105,12 @@ class Trainer:
         self.tokenizer = build_tokenizer(c, self.workdir)
         self.task = tasks_lib.make_task(c.task.name, **c.task.kwargs.to_dict())
         self.model_config = build_model_config(c, self.tokenizer)
+        try:
+            models.check_tokenizer_fits(self.tokenizer, self.model_config)
+        except ValueError as e:
+            raise config_lib.ConfigError(
+                f"config.tokenizer.path = {c.tokenizer.path!r} does not fit the model: {e}"
+            ) from None
         devices = jax.devices()[: c.mesh.num_devices] if c.mesh.num_devices else None
         self.mesh = parallel.make_mesh(
             {k: c.mesh[k] for k in ("data", "fsdp", "tensor")}, devices=devices
@@ -127,13 +134,7 @@ class Trainer:
             stop_token_ids=text.stop_ids(self.tokenizer),
             n=c.train.samples_per_prompt,
         )
-        self.eval_sampling = rollout_lib.SamplingParams(
-            max_new_tokens=c.rollout.max_new_tokens,
-            temperature=c.eval.temperature if c.eval.temperature > 0 else 1.0,
-            greedy=c.eval.temperature <= 0,
-            stop_token_ids=text.stop_ids(self.tokenizer),
-            n=c.eval.n,
-        )
+        self.eval_sampling = text.eval_sampling_params(c, self.tokenizer)
         self.optimizer = make_optimizer(
             c.optim, c.train.steps * c.train.num_epochs * (self.rows // self.minibatch)
         )
@@ -171,7 +172,7 @@ class Trainer:
                 path, mesh=self.mesh, rules=self.rules, dtype=c.model.param_dtype
             )
             return self._place(params, specs)
-        sft_dir = os.path.join(self.workdir, "sft")
+        sft_dir = workdir_lib.sft_dir(self.workdir)
         if os.path.exists(os.path.join(sft_dir, "config.json")):
             log(f"SFT warm start: reusing {sft_dir}")
             _, params = models.load_hf(sft_dir, mesh=self.mesh, rules=self.rules)
@@ -197,6 +198,9 @@ class Trainer:
                     flawed_fraction=c.sft.flawed_fraction,
                 )
             )
+            pairs, _ = tasks_lib.filter_long_prompts(
+                pairs, self.encode, max(c.rollout.prompt_buckets), source="SFT pairs"
+            )
             params, loss = sft.sft_train(
                 self.model_config,
                 params,
@@ -209,6 +213,8 @@ class Trainer:
                 seed=c.sft.seed,
                 prompt_buckets=c.rollout.prompt_buckets,
                 completion_len=c.rollout.max_new_tokens,
+                writer=self.writer,
+                progress=bool(c.log.progress),
             )
             log(f"SFT done, loss {loss:.4f}")
             host_params = multihost.gather_to_host(params)  # a collective: every process calls it
@@ -262,6 +268,10 @@ class Trainer:
         return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
     # ----------------------------------------------------------------------------- rollouts
+    def encode(self, prompts):
+        """Token ids of prompts, as the sampler sees them (BOS included)."""
+        return text.encode_prompts(self.tokenizer, prompts)
+
     def prompt_batch(self, examples):
         ids = text.encode_prompts(self.tokenizer, [e.prompt for e in examples])
         buckets = tuple(self.config.rollout.prompt_buckets)
@@ -314,11 +324,21 @@ class Trainer:
     def evaluate(self, params, key_seed: int | None = None):
         """Held-out accuracy (greedy by default) on `eval.size` test prompts."""
         c = self.config
-        examples = self.task.examples("test", c.eval.size, c.eval.seed)
+        examples = self.eval_examples()
         key = jax.random.key(c.eval.seed if key_seed is None else key_seed)
         ro, completions = self.rollout(params, examples, key, self.eval_sampling)
         del ro
         return self.eval_summary(examples, completions)
+
+    def eval_examples(self):
+        """The `eval.size` held-out prompts (seed `eval.seed`), those longer than the largest
+        prompt bucket left out (counted and logged)."""
+        c = self.config
+        examples = self.task.examples("test", c.eval.size, c.eval.seed)
+        examples, _ = tasks_lib.filter_long_prompts(
+            examples, self.encode, max(c.rollout.prompt_buckets), source="held-out prompts"
+        )
+        return examples
 
     def eval_summary(self, examples, completions):
         """Scores `eval.n` completions per held-out prompt: the `eval/*` metrics."""
@@ -331,7 +351,7 @@ class Trainer:
         stderr = float(per_prompt.mean(axis=1).std(ddof=1) / np.sqrt(len(examples)))
         ks = [k for k in c.eval.ks if k <= n] or [1]
         table = lambda x: [list(x[i * n : (i + 1) * n]) for i in range(len(examples))]
-        summary = evaluation.summarize_samples(
+        summary = passk.summarize_samples(
             examples, table(completions), table(rewards), ks=ks, correct=per_prompt > 0
         )
         out = {
@@ -394,11 +414,24 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- the loop
     def run(self, log=print):
+        """Trains (or resumes) to `train.steps` and returns the summary written to `done.json`.
+
+        A workdir whose `done.json` already covers `train.steps` is finished: it is left
+        unchanged and its summary returned (evaluate it again with `python -m
+        jaxrl_llm.evaluation --checkpoint=WORKDIR`).
+        """
         c = self.config
+        done = workdir_lib.read_done(self.workdir)
+        if done is not None and done.get("steps", 0) >= c.train.steps:
+            log(
+                f"{self.workdir} is finished ({done['steps']} steps, done.json); nothing to do. "
+                "To evaluate it again: python -m jaxrl_llm.evaluation --config=... "
+                f"--checkpoint={self.workdir}"
+            )
+            self.state = None
+            return done
         metrics_lib.write_provenance(self.workdir, c)
-        self.pool = tasks_lib.RewardPool(
-            num_workers=c.task.reward_workers, timeout_s=c.task.reward_timeout_s
-        )
+        self.pool = make_reward_pool(c)
         try:
             return self._run(log)
         finally:
@@ -419,6 +452,8 @@ class Trainer:
             filter_band=band,
             replay_fraction=d.replay_fraction,
             replay_capacity=d.replay_capacity,
+            encode_fn=self.encode,
+            max_prompt_len=max(c.rollout.prompt_buckets),
         )
 
     def _run(self, log):
@@ -458,7 +493,7 @@ class Trainer:
             history = meta.get("history", [])
             start_step = int(meta["step"])
             log(f"resumed from step {start_step} ({self.checkpointer.directory})")
-        initial_eval = None
+        initial_eval = stages.initial_eval_of(history)  # kept from the run's first life
         if start_step == 0:
             initial_eval = self.evaluate(state.params)
             self.writer.scalars(0, initial_eval)
@@ -484,10 +519,8 @@ class Trainer:
                     reward=f"{m['train/reward']:.3f}", acc=f"{m['train/accuracy']:.3f}"
                 )
                 progress.update(1)
-            if counters["bad_steps"] >= c.train.max_bad_steps:
-                msg = rl_step.nan_guard_message(
-                    counters["bad_steps"], c.train.max_bad_steps, step + 1
-                )
+            msg = stages.stop_reason(c, counters, step + 1, self.checkpointer.latest_step())
+            if msg:
                 logging.error(msg)
                 raise TrainingStopped(msg)
             if c.eval.every and (step + 1) % c.eval.every == 0 and step + 1 < c.train.steps:
@@ -531,8 +564,7 @@ class Trainer:
         )
         log(f"TensorBoard logs: tensorboard --logdir {self.workdir}")
         if jax.process_index() == 0:
-            with open(os.path.join(self.workdir, "done.json"), "w") as f:
-                json.dump(summary, f, indent=2)
+            workdir_lib.write_done(self.workdir, summary)
         return summary
 
     def collect(self, state, source, step, counters):
@@ -552,7 +584,7 @@ class Trainer:
             ro, completions = self.rollout(state.params, examples, key, self.sampling)
             rep = [e for e in examples for _ in range(group)]
             rewards, correct, info = self.score(completions, rep)
-            stages.count_reward_failures(counters, info)
+            stages.count_reward_failures(counters, info, fresh_step=attempt == 0)
             return dict(
                 examples=examples,
                 ro=ro,
@@ -729,6 +761,16 @@ def dict_to_optim(optim, **overrides):
     import ml_collections  # pylint: disable=g-import-not-at-top
 
     return ml_collections.ConfigDict(d)
+
+
+def make_reward_pool(config):
+    """The reward process pool of a run (`task.reward_*` settings)."""
+    t = config.task
+    return tasks_lib.RewardPool(
+        num_workers=t.reward_workers,
+        timeout_s=t.reward_timeout_s,
+        step_budget_s=t.reward_step_budget_s or None,
+    )
 
 
 def train(config, workdir, log=print):

@@ -581,11 +581,3 @@ def advantage_stats(adv, mask):
 def sample_indices(rng: np.random.Generator, n: int, minibatch: int):
     perm = rng.permutation(n)
     return [perm[i : i + minibatch] for i in range(0, n, minibatch)]
-
-
-def nan_guard_message(bad: int, limit: int, step: int) -> str:
-    return (
-        f"stopping: {bad} consecutive steps had a non-finite loss or gradient "
-        f"(limit train.max_bad_steps = {limit}) at step {step}; the last good checkpoint "
-        "is kept in the workdir"
-    )

@@ -41,7 +41,7 @@ import numpy as np
 
 from jaxrl_llm import metrics as metrics_lib
 from jaxrl_llm import rollout as rollout_lib
-from jaxrl_llm import tasks as tasks_lib
+from jaxrl_llm import workdir as workdir_lib
 from jaxrl_llm.trainers import config as config_lib
 from jaxrl_llm.trainers import rl, rl_step, stages
 
@@ -134,7 +134,7 @@ class SeedsTrainer:
     def evaluate(self, params):
         """Each seed's held-out metrics (the prompts and key a separate run uses)."""
         c = self.config
-        examples = self.lead.task.examples("test", c.eval.size, c.eval.seed)
+        examples = self.lead.eval_examples()
         keys = jax.random.wrap_key_data(
             jnp.stack([jax.random.key_data(jax.random.key(c.eval.seed))] * len(self.runs))
         )
@@ -182,11 +182,20 @@ class SeedsTrainer:
     # ----------------------------------------------------------------------------- the loop
     def run(self, log=print):
         c = self.config
+        done = [workdir_lib.read_done(run.workdir) for run in self.runs]
+        finished = [d is not None and d.get("steps", 0) >= c.train.steps for d in done]
+        if all(finished):
+            log(f"all {len(self.runs)} seeds are finished (done.json); nothing to do")
+            self.state = None
+            return done
+        if any(finished):
+            names = [run.workdir for run, f in zip(self.runs, finished) if f]
+            raise config_lib.ConfigError(
+                f"vmapped seeds: {names} are finished (done.json); leave them out of the group"
+            )
         for run in self.runs:
             metrics_lib.write_provenance(run.workdir, run.config)
-        self.lead.pool = tasks_lib.RewardPool(
-            num_workers=c.task.reward_workers, timeout_s=c.task.reward_timeout_s
-        )
+        self.lead.pool = rl.make_reward_pool(c)
         for run in self.runs[1:]:
             run.pool = self.lead.pool
         try:
@@ -210,7 +219,7 @@ class SeedsTrainer:
                 sources[s].load_state_dict(meta["source"])
                 counters[s].update(meta["counters"])
                 histories[s] = meta.get("history", [])
-        initial = [None] * len(self.runs)
+        initial = [stages.initial_eval_of(h) for h in histories]  # kept from the first life
         if start_step == 0:
             initial = self.evaluate(state.params)
             for run, ev, hist in zip(self.runs, initial, histories):
@@ -240,18 +249,13 @@ class SeedsTrainer:
                 log(
                     f"step {step + 1}: reward " + " ".join(f"{m['train/reward']:.3f}" for m in outs)
                 )
-            bad = [
-                s
-                for s, cnt in zip(self.seeds, counters)
-                if cnt["bad_steps"] >= c.train.max_bad_steps
+            reasons = [
+                (seed, stages.stop_reason(c, cnt, step + 1, run.checkpointer.latest_step()))
+                for seed, cnt, run in zip(self.seeds, counters, self.runs)
             ]
+            bad = [(seed, why) for seed, why in reasons if why]
             if bad:
-                msg = (
-                    rl_step.nan_guard_message(
-                        c.train.max_bad_steps, c.train.max_bad_steps, step + 1
-                    )
-                    + f" (seeds {bad} of the vmapped group {self.seeds})"
-                )
+                msg = f"{bad[0][1]} (seeds {[s for s, _ in bad]} of the vmapped group {self.seeds})"
                 logging.error(msg)
                 raise rl.TrainingStopped(msg)
             if c.eval.every and (step + 1) % c.eval.every == 0 and step + 1 < c.train.steps:
@@ -302,7 +306,7 @@ class SeedsTrainer:
             r, ok, info = stages.score(
                 lead.pool, lead.task, comp, [e for e in ex for _ in range(group)]
             )
-            stages.count_reward_failures(cnt, info)
+            stages.count_reward_failures(cnt, info, fresh_step=True)
             rewards.append(r)
             correct.append(ok)
             infos.append(info)

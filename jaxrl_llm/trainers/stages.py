@@ -31,6 +31,8 @@ from jaxrl_llm.trainers import rl_step
 
 __all__ = [
     "COUNTERS",
+    "initial_eval_of",
+    "stop_reason",
     "fresh_counters",
     "correct_from",
     "score",
@@ -45,7 +47,15 @@ __all__ = [
     "step_summary",
 ]
 
-COUNTERS = ("bad_steps", "skipped_total", "reward_errors", "reward_timeouts", "reward_nans")
+COUNTERS = (
+    "bad_steps",
+    "skipped_total",
+    "reward_errors",
+    "reward_timeouts",
+    "reward_nans",
+    "reward_budget_skipped",
+    "reward_fail_streak",  # steps in a row whose rewards all failed
+)
 
 
 def fresh_counters() -> dict:
@@ -75,7 +85,7 @@ def _score_rows(pool, task, completions, examples, row_sharding):
             k: multihost.gather_rows(np.asarray(v)) for k, v in info.get("components", {}).items()
         },
     )
-    for k in ("errors", "timeouts", "nans"):
+    for k in ("errors", "timeouts", "nans", "budget_skipped"):
         info[k] = int(multihost.sum_over_processes(info.get(k, 0)))
     return multihost.gather_rows(np.asarray(rewards, np.float32)), info
 
@@ -83,17 +93,25 @@ def _score_rows(pool, task, completions, examples, row_sharding):
 def score(pool, task, completions, examples, *, row_sharding=None):
     """(rewards [N], correct [N], info) of completions against their examples (one per row)."""
     rewards, info = _score_rows(pool, task, completions, examples, row_sharding)
+    info["num_rows"] = len(rewards)
     return np.asarray(rewards, np.float32), correct_from(rewards, info), info
 
 
-def count_reward_failures(counters: dict, info: dict) -> None:
-    """Adds a scoring call's errors, time-outs and NaN rewards to the run's counters."""
+def count_reward_failures(counters: dict, info: dict, *, fresh_step: bool = False) -> None:
+    """Adds a scoring call's errors, time-outs, NaN rewards and completions left unscored by
+    the step budget to the run's counters. `fresh_step`: this call scored the step's first
+    batch of rows, which decides whether the step counts towards `reward_fail_streak`."""
     for k_src, k_dst in (
         ("errors", "reward_errors"),
         ("timeouts", "reward_timeouts"),
         ("nans", "reward_nans"),
+        ("budget_skipped", "reward_budget_skipped"),
     ):
-        counters[k_dst] += int(info.get(k_src, 0))
+        counters[k_dst] = counters.get(k_dst, 0) + int(info.get(k_src, 0))
+    if fresh_step:
+        counters["reward_fail_streak"] = tasks_lib.reward_failure_streak(
+            counters.get("reward_fail_streak", 0), info, int(info.get("num_rows", 0))
+        )
 
 
 def needs_greedy(config) -> bool:
@@ -208,6 +226,41 @@ def update(programs, state, batch, *, seeds, step: int, epochs: int, rows: int, 
 
 
 # ----------------------------------------------------------------------------- end_step
+def initial_eval_of(history) -> dict | None:
+    """The evaluation before RL (the step-0 entry of a run's history), or None."""
+    for h in history:
+        if h.get("step") == 0 and "eval/accuracy" in h:
+            return {k: v for k, v in h.items() if k != "step"}
+    return None
+
+
+def stop_reason(config, counters, step: int, last_checkpoint: int | None) -> str | None:
+    """Why the run must stop after `step` (None: it goes on): the NaN guard
+    (`train.max_bad_steps` non-finite updates in a row) or rewards that all failed for
+    `task.max_failed_reward_steps` steps in a row. Says which checkpoint is kept."""
+    kept = (
+        f"the last good checkpoint (step {last_checkpoint}) is kept in the workdir"
+        if last_checkpoint is not None
+        else "no checkpoint had been written yet (the run stopped before its first save)"
+    )
+    if counters["bad_steps"] >= config.train.max_bad_steps:
+        return (
+            f"stopping at step {step}: {counters['bad_steps']} consecutive steps had a "
+            f"non-finite loss or gradient (limit train.max_bad_steps = "
+            f"{config.train.max_bad_steps}); {kept}"
+        )
+    limit = config.task.max_failed_reward_steps
+    if limit and counters.get("reward_fail_streak", 0) >= limit:
+        return (
+            f"stopping at step {step}: every reward call failed (error, time-out, NaN or out of "
+            f"budget) in {counters['reward_fail_streak']} steps in a row (limit "
+            f"task.max_failed_reward_steps = {limit}; totals: {counters['reward_errors']} "
+            f"errors, {counters['reward_timeouts']} time-outs, {counters['reward_nans']} NaN, "
+            f"{counters['reward_budget_skipped']} out of budget); {kept}"
+        )
+    return None
+
+
 def after_update(config, step_metrics, counters, kl_coef, *, rows: int, needs_ref: bool):
     """NaN-guard counters from the updates' `skipped` flags; the next KL coefficient (adaptive
     controller when `algo.kl.target > 0`, else `kl_coef` unchanged)."""
@@ -279,6 +332,7 @@ def step_summary(
             "reward/errors": counters["reward_errors"],
             "reward/timeouts": counters["reward_timeouts"],
             "reward/nans": counters["reward_nans"],
+            "reward/budget_skipped": counters["reward_budget_skipped"],
             "train/skipped_total": counters["skipped_total"],
         }
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["encode_prompts", "encode_completions", "bucket_for", "stop_ids"]
+__all__ = ["encode_prompts", "encode_completions", "bucket_for", "stop_ids", "eval_sampling_params"]
 
 
 def _bos(tokenizer):
@@ -46,3 +46,26 @@ def bucket_for(length: int, buckets) -> int:
 
 def stop_ids(tokenizer):
     return (int(tokenizer.eos_token_id),)
+
+
+def eval_sampling_params(config, tokenizer, *, n: int | None = None, temperature=None):
+    """The held-out `rollout.SamplingParams` of `config`.
+
+    Temperature `eval.temperature` (<= 0: greedy) and `eval.n` samples per prompt unless given;
+    top-k, top-p and min-p from `rollout`, as in training; `rollout.max_new_tokens`; the
+    tokenizer's stop ids. The trainer's evaluations and the evaluation CLI both use this, so
+    `eval/accuracy` in TensorBoard and `eval.json` come from the same sampler.
+    """
+    from jaxrl_llm import rollout as rollout_lib
+
+    temperature = config.eval.temperature if temperature is None else float(temperature)
+    return rollout_lib.SamplingParams(
+        max_new_tokens=config.rollout.max_new_tokens,
+        temperature=temperature if temperature > 0 else 1.0,
+        greedy=temperature <= 0,
+        top_k=config.rollout.top_k,
+        top_p=config.rollout.top_p,
+        min_p=config.rollout.min_p,
+        stop_token_ids=stop_ids(tokenizer),
+        n=config.eval.n if n is None else int(n),
+    )
