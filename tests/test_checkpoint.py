@@ -27,6 +27,22 @@ def _state(step: int) -> TrainState:
     )
 
 
+@pytest.fixture(autouse=True)
+def _close_checkpointers(monkeypatch):
+    """Closes every Checkpointer a test opens (an open orbax manager warns when collected)."""
+    opened = []
+    init = Checkpointer.__init__
+
+    def tracked(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(Checkpointer, "__init__", tracked)
+    yield
+    for c in opened:
+        c.close()
+
+
 def _abstract():
     return jax.eval_shape(lambda: _state(0))
 
