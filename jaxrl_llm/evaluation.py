@@ -6,9 +6,10 @@ in `jaxrl_llm.passk`, which imports nothing from the trainers; it is re-exported
 
 - `evaluate_task`: sample n completions per held-out prompt (through a given sampling
   function), score them with the task, summarise.
-- `eval_sampling_params`: the held-out `SamplingParams` of a config, used by the CLI and by
-  the trainer's periodic evaluation, so that `eval/accuracy` and `eval.json` sample alike
-  (temperature `eval.temperature`, top-k / top-p / min-p of `rollout`).
+- `eval_sampling_params` (defined in `trainers/text.py`, re-exported): the held-out
+  `SamplingParams` of a config, used by the CLI and by the trainer's periodic evaluation, so
+  that `eval/accuracy` and `eval.json` sample alike (temperature `eval.temperature`, top-k /
+  top-p / min-p of `rollout`).
 - `write_eval_json` / `read_eval_json`: `<workdir>/eval.json`.
 
 The CLI samples from a trained policy and prints / writes the metrics:
@@ -52,6 +53,7 @@ from jaxrl_llm.passk import (
     per_difficulty_accuracy,
     summarize_samples,
 )
+from jaxrl_llm.trainers.text import eval_sampling_params  # one definition, shared with the trainer
 
 __all__ = [
     "pass_at_k",
@@ -206,30 +208,6 @@ def evaluate_task(
 
 
 # ----------------------------------------------------------------------------- the CLI
-
-
-def eval_sampling_params(config, tokenizer, *, n: int | None = None, temperature=None):
-    """The held-out `rollout.SamplingParams` of `config`.
-
-    Temperature `eval.temperature` (<= 0: greedy) and `eval.n` samples per prompt unless given;
-    top-k, top-p and min-p from `rollout`, as in training; `rollout.max_new_tokens`; the
-    tokenizer's stop ids. The evaluation CLI and the trainer's periodic evaluation both call
-    this, so `eval/accuracy` in TensorBoard and `eval.json` come from the same sampler.
-    """
-    from jaxrl_llm import rollout as rollout_lib
-    from jaxrl_llm.trainers import text
-
-    temperature = config.eval.temperature if temperature is None else float(temperature)
-    return rollout_lib.SamplingParams(
-        max_new_tokens=config.rollout.max_new_tokens,
-        temperature=temperature if temperature > 0 else 1.0,
-        greedy=temperature <= 0,
-        top_k=config.rollout.top_k,
-        top_p=config.rollout.top_p,
-        min_p=config.rollout.min_p,
-        stop_token_ids=text.stop_ids(tokenizer),
-        n=config.eval.n if n is None else int(n),
-    )
 
 
 def load_policy(config, checkpoint: str, *, step: int | None = None):

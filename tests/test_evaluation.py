@@ -317,8 +317,9 @@ def test_load_policy_skips_an_unreadable_newest_step(run_dir, tmp_path):
 def test_eval_sampling_params_follow_the_rollout_truncations(tmp_path):
     """The trainer's held-out sampler and the CLI's are one function: top-k / top-p / min-p
     of `rollout` apply to both; temperature and n default to `eval.*`."""
-    from jaxrl_llm.trainers import rl
+    from jaxrl_llm.trainers import rl, text
 
+    assert ev.eval_sampling_params is text.eval_sampling_params  # one function, not two copies
     c = _config()
     c.rollout.top_k, c.rollout.top_p, c.rollout.min_p = 7, 0.9, 0.05
     c.eval.temperature, c.eval.n = 0.7, 3
