@@ -46,6 +46,7 @@ __all__ = [
     "checkpoint_dir",
     "sft_dir",
     "tokenizer_dir",
+    "has_sft_model",
     "write_json_atomic",
     "read_json",
     "read_done",
@@ -86,6 +87,16 @@ def sft_dir(workdir: str) -> str:
 
 def tokenizer_dir(workdir: str) -> str:
     return os.path.join(workdir, TOKENIZER_DIR)
+
+
+def has_sft_model(workdir: str) -> bool:
+    """Whether `<workdir>/sft/` holds a saved warm-start model: its Hugging Face `config.json`
+    and `*.safetensors` weights. (Existence only: `models.save_hf` writes config.json before the
+    weights, so a save killed midway can leave config.json beside truncated weights.)"""
+    folder = sft_dir(workdir)
+    return os.path.exists(os.path.join(folder, "config.json")) and any(
+        n.endswith(".safetensors") for n in (os.listdir(folder) if os.path.isdir(folder) else ())
+    )
 
 
 def write_json_atomic(file: str, obj: Any, *, indent: int | None = 2, **dump_kwargs) -> str:

@@ -21,6 +21,16 @@ def test_names_are_the_documented_ones():
     assert wd.tokenizer_dir("w") == os.path.join("w", "tokenizer")
 
 
+def test_has_sft_model(tmp_path):
+    assert not wd.has_sft_model(str(tmp_path))
+    os.makedirs(tmp_path / "sft")
+    assert not wd.has_sft_model(str(tmp_path))
+    (tmp_path / "sft" / "config.json").write_text("{}")
+    assert not wd.has_sft_model(str(tmp_path))  # config.json without weights: a cut save
+    (tmp_path / "sft" / "model.safetensors").write_bytes(b"x")
+    assert wd.has_sft_model(str(tmp_path))
+
+
 def test_done_round_trip_and_is_finished(tmp_path):
     w = str(tmp_path / "run")
     assert wd.read_done(w) is None and not wd.is_finished(w)
