@@ -91,8 +91,8 @@ def tokenizer_dir(workdir: str) -> str:
 
 def has_sft_model(workdir: str) -> bool:
     """Whether `<workdir>/sft/` holds a saved warm-start model: its Hugging Face `config.json`
-    and `*.safetensors` weights. (Existence only: `models.save_hf` writes config.json before the
-    weights, so a save killed midway can leave config.json beside truncated weights.)"""
+    and `*.safetensors` weights. `models.save_hf` writes the weights first and config.json last,
+    each through a temporary name, so a save killed midway leaves no config.json."""
     folder = sft_dir(workdir)
     return os.path.exists(os.path.join(folder, "config.json")) and any(
         n.endswith(".safetensors") for n in (os.listdir(folder) if os.path.isdir(folder) else ())

@@ -369,6 +369,11 @@ def save_hf(path: str | os.PathLike, config: ModelConfig, params: dict) -> None:
         only = dtypes.pop()
         name = "bfloat16" if only == np.dtype(ml_dtypes.bfloat16) else only.name
         hf["torch_dtype"] = hf["dtype"] = name
-    with open(os.path.join(path, "config.json"), "w") as f:
+    # Weights first, each file through a temporary name: a save killed midway never leaves a
+    # folder whose config.json announces weights that are not all there.
+    weights = os.path.join(path, "model.safetensors")
+    _write_safetensors(weights + ".tmp", tensors)
+    os.replace(weights + ".tmp", weights)
+    with open(os.path.join(path, "config.json.tmp"), "w") as f:
         json.dump(hf, f, indent=2)
-    _write_safetensors(os.path.join(path, "model.safetensors"), tensors)
+    os.replace(os.path.join(path, "config.json.tmp"), os.path.join(path, "config.json"))

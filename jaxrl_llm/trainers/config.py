@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -492,12 +493,12 @@ def validate(c, num_devices: int | None = None) -> None:
         if s["microbatch"] % batch_shards:
             raise ConfigError(
                 f"config.train.microbatch_size = {s['microbatch']} rows do not divide over the "
-                f"{batch_shards} batch shards of the mesh (mesh.data * mesh.fsdp)"
+                f"{batch_shards} batch shards of the mesh (the mesh axes config.mesh.rules map `batch` to)"
             )
         if c.train.prompts_per_step % batch_shards:
             raise ConfigError(
                 f"config.train.prompts_per_step = {c.train.prompts_per_step} does not divide over "
-                f"the {batch_shards} batch shards of the mesh (mesh.data * mesh.fsdp)"
+                f"the {batch_shards} batch shards of the mesh (the mesh axes config.mesh.rules map `batch` to)"
             )
 
 
@@ -511,17 +512,17 @@ def _check_registry(c) -> None:
 
 
 def _batch_shards(c, num_devices):
+    """How many ways the rows split on the configured mesh, by the configured rules (the
+    same function the trainer and the sampler use)."""
+    from jaxrl_llm import parallel
+
     sizes = {k: c.mesh[k] for k in ("data", "fsdp", "tensor")}
-    known = 1
-    for v in sizes.values():
-        if v != -1:
-            known *= v
+    known = math.prod(v for v in sizes.values() if v != -1)
     if num_devices % known:
         raise ConfigError(f"config.mesh sizes {sizes} do not divide the {num_devices} devices")
-    for k, v in sizes.items():
-        if v == -1:
-            sizes[k] = num_devices // known
-    return sizes["data"] * sizes["fsdp"]
+    sizes = {k: num_devices // known if v == -1 else v for k, v in sizes.items()}
+    rules = tuple(tuple(r) for r in c.mesh.rules) or parallel.DEFAULT_RULES
+    return parallel.batch_shards(sizes, rules)
 
 
 def describe(config=None) -> str:

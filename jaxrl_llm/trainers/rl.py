@@ -18,9 +18,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from jaxrl_llm import checkpoint as ckpt_lib
 from jaxrl_llm import metrics as metrics_lib
@@ -29,7 +26,6 @@ from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import tasks as tasks_lib
 from jaxrl_llm import workdir as workdir_lib
 from jaxrl_llm.parallel import multihost
-from jaxrl_llm.parallel import sharding as sharding_lib
 from jaxrl_llm.trainers import config as config_lib
 from jaxrl_llm.trainers import rl_step, sft, stages, text
 from jaxrl_llm.trainers.state import TrainState, make_optimizer
@@ -116,9 +112,10 @@ class Trainer:
             {k: c.mesh[k] for k in ("data", "fsdp", "tensor")}, devices=devices
         )
         self.rules = tuple(tuple(r) for r in c.mesh.rules) or parallel.DEFAULT_RULES
-        self.batch_axes = ("data", "fsdp")
-        self.replicated = NamedSharding(self.mesh, P())
-        self.row_sharding = NamedSharding(self.mesh, P(self.batch_axes))
+        # Shardings come from the logical rules, as in the sampler (one layout everywhere).
+        self.batch_axes = parallel.batch_axes(self.mesh, self.rules)
+        self.replicated = parallel.replicated(self.mesh)
+        self.row_sharding = parallel.row_sharding(self.mesh, self.rules)
         sizes = config_lib.derived_sizes(c)
         self.rows, self.minibatch, self.microbatch = (
             sizes["rows"],
@@ -173,7 +170,7 @@ class Trainer:
             )
             return self._place(params, specs)
         sft_dir = workdir_lib.sft_dir(self.workdir)
-        if os.path.exists(os.path.join(sft_dir, "config.json")):
+        if workdir_lib.has_sft_model(self.workdir):
             log(f"SFT warm start: reusing {sft_dir}")
             _, params = models.load_hf(sft_dir, mesh=self.mesh, rules=self.rules)
             return self._place(params, specs)
@@ -256,14 +253,8 @@ class Trainer:
 
     def _sharded_opt_init(self, optimizer, params):
         """Optimiser state created directly in the shardings of the params it mirrors."""
-        abstract = jax.eval_shape(optimizer.init, params)
-        param_shardings = jax.tree.map(lambda x: x.sharding, params)
-        shardings = optax.tree_map_params(
-            optimizer,
-            lambda _, s: s,
-            abstract,
-            param_shardings,
-            transform_non_params=lambda _: self.replicated,
+        shardings = parallel.opt_state_shardings(
+            optimizer, params, jax.tree.map(lambda x: x.sharding, params), self.mesh
         )
         return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
@@ -290,7 +281,7 @@ class Trainer:
         batch) is padded with copies of the last prompt, whose rows are dropped afterwards.
         """
         b, single = len(examples), jax.process_count() == 1
-        pad = -b % sharding_lib.batch_shards(self.mesh, self.rules)
+        pad = -b % parallel.batch_shards(self.mesh, self.rules)
         examples = list(examples) + [examples[-1]] * pad
         if single:
             prompts = self.prompt_batch(examples)

@@ -148,10 +148,13 @@ class SeedsTrainer:
         """Stacked initial train states: one shared initial policy, per-seed RNG / critic init."""
         lead = self.lead
         params = lead.initial_params(log)
-        sft_dir = os.path.join(lead.workdir, "sft")
+        sft_dir = workdir_lib.sft_dir(lead.workdir)
         for run in self.runs[1:]:  # the SFT warm start is the same for every seed: copy it
-            dst = os.path.join(run.workdir, "sft")
-            if os.path.exists(os.path.join(sft_dir, "config.json")) and not os.path.exists(dst):
+            dst = workdir_lib.sft_dir(run.workdir)
+            if workdir_lib.has_sft_model(lead.workdir) and not workdir_lib.has_sft_model(
+                run.workdir
+            ):
+                shutil.rmtree(dst, ignore_errors=True)  # a copy cut short by a kill
                 shutil.copytree(sft_dir, dst)
         return [run.init_state(params) for run in self.runs]
 

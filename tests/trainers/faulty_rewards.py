@@ -12,6 +12,7 @@ from jaxrl_llm.tasks import Example
 class FaultyPromptTask:
     name: str = "faulty_prompts"
     difficulties: tuple = (0,)
+    always_raise: bool = False  # every reward call raises (the stop-rule test)
 
     def examples(self, split, n, seed):
         return [
@@ -24,7 +25,7 @@ class FaultyPromptTask:
 
     def reward_details(self, completion, example):
         kind = int(example.prompt.split("+")[0])
-        if kind == 0:
+        if kind == 0 or self.always_raise:
             raise ValueError("reward function failed on purpose")
         if kind == 1:
             time.sleep(120)
