@@ -21,6 +21,7 @@ setuptools.setup(
         "ml-collections>=1.0",
         "absl-py>=2.0",
         "tensorboardX>=2.6",
+        "tensorboard>=2.15",  # the viewer the trainer's last line points to
         "chex>=0.1.88",
         "safetensors>=0.4.5",
         "numpy>=1.26",

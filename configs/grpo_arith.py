@@ -3,7 +3,7 @@
 Command:   python -m jaxrl_llm.main --config=configs/grpo_arith.py --workdir=runs/grpo_arith
 Laptop:    python -m jaxrl_llm.main --config=configs/grpo_arith.py:runlocal --workdir=runs/x
 Hardware:  a 2-core CPU; a few minutes (see BENCHMARKS.md for the measured time).
-Expected:  held-out greedy accuracy rises by >= 20 points over the SFT model.
+Expected:  held-out sampled accuracy (eval.n = 4 samples at temperature 1) rises by >= 20 points over the SFT model.
 """
 
 from jaxrl_llm.trainers.config import base_config

@@ -3,7 +3,7 @@
 Command:   python -m jaxrl_llm.main --config=configs/rloo_arith.py --workdir=runs/rloo_arith
 Laptop:    python -m jaxrl_llm.main --config=configs/rloo_arith.py:runlocal --workdir=runs/rloo_arith_local
 Hardware:  a 2-core CPU, a few minutes (SFT warm start included).
-Expected:  held-out greedy accuracy on the arithmetic task rises over the SFT model
+Expected:  held-out sampled accuracy (eval.n = 4 samples at temperature 1) on the arithmetic task rises over the SFT model
            (the test suite checks >= 5 points and > 2 standard errors in runlocal mode).
 """
 
