@@ -107,3 +107,30 @@ def test_a_corrupted_newest_checkpoint_resumes_from_the_one_before(tmp_path):
     summary = rl.train(_config(**{"train.steps": 3, "checkpoint.every": 1}), wd, log=lines.append)
     assert summary["steps"] == 3
     assert any("resumed from step 1" in line for line in lines), lines
+
+
+def test_a_save_cut_short_leaves_no_sft_model(tmp_path, monkeypatch):
+    import jax
+
+    from jaxrl_llm import models
+    from jaxrl_llm import workdir as workdir_lib
+    from jaxrl_llm.models import hf_io
+
+    cfg = models.ModelConfig(
+        vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
+        intermediate_size=32,
+    )  # fmt: skip
+    params = models.init_params(cfg, jax.random.key(0))
+    real = hf_io._write_safetensors
+
+    def killed(path, tensors):
+        real(path, dict(list(tensors.items())[:1]))  # part of the weights, then the kill
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hf_io, "_write_safetensors", killed)
+    with pytest.raises(KeyboardInterrupt):
+        models.save_hf(workdir_lib.sft_dir(str(tmp_path)), cfg, params)
+    assert not workdir_lib.has_sft_model(str(tmp_path))
+    monkeypatch.setattr(hf_io, "_write_safetensors", real)
+    models.save_hf(workdir_lib.sft_dir(str(tmp_path)), cfg, params)
+    assert workdir_lib.has_sft_model(str(tmp_path))
