@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -11,6 +12,7 @@ import optax
 
 from jaxrl_llm import models
 from jaxrl_llm.losses import entropy as entropy_lib
+from jaxrl_llm.models.blocked_head import lm_head_logprobs
 from jaxrl_llm.rollout import token_logprobs
 
 __all__ = [
@@ -104,12 +106,20 @@ def completion_logprobs(
     temperature=1.0,
     chunk: int = 0,
     with_entropy: bool = False,
+    vocab_block: int = 0,
 ):
     """log π(token_t | prefix) for each completion token, [N, T] float32 (and entropies).
 
     The backbone runs once; the LM head, log-softmax and entropy run over `chunk`
     completion positions at a time under `jax.checkpoint`, so at most one
     `[N, chunk, V]` float32 block of logits is alive (forward and backward).
+
+    `vocab_block > 0` also splits the vocabulary: each sequence chunk goes through
+    `models.blocked_head.lm_head_logprobs` (online log-sum-exp over `vocab_block`
+    columns, a custom VJP that recomputes each block), so at most one
+    `[N, chunk, vocab_block]` float32 block is alive and no `jax.checkpoint` is
+    needed. Equal to the default path within float32 rounding; `vocab_block=0`
+    is the default path unchanged.
     """
     n, p = prompt_tokens.shape
     t = tokens.shape[1]
@@ -118,14 +128,28 @@ def completion_logprobs(
     hidden = hidden[:, p - 1 : p + t - 1]
     chunk = t if not chunk or chunk >= t else int(chunk)
 
-    @jax.checkpoint
-    def head(h, targets):
-        logits = models.lm_head(config, params, h).astype(jnp.float32)
-        lp = token_logprobs(logits, targets, temperature)
-        ent = (
-            entropy_lib.token_entropy(logits / temperature) if with_entropy else jnp.zeros_like(lp)
+    if vocab_block:
+        # The custom VJP recomputes each vocabulary block; nothing to checkpoint.
+        head = functools.partial(
+            lm_head_logprobs,
+            config,
+            params,
+            temperature=temperature,
+            vocab_block=int(vocab_block),
+            with_entropy=with_entropy,
         )
-        return lp, ent
+    else:
+
+        @jax.checkpoint
+        def head(h, targets):
+            logits = models.lm_head(config, params, h).astype(jnp.float32)
+            lp = token_logprobs(logits, targets, temperature)
+            ent = (
+                entropy_lib.token_entropy(logits / temperature)
+                if with_entropy
+                else jnp.zeros_like(lp)
+            )
+            return lp, ent
 
     lps, ents = [], []
     for s in range(0, t, chunk):
