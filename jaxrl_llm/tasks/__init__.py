@@ -38,7 +38,6 @@ from jaxrl_llm.tasks.selection import (
     DifficultyFilter,
     ReplayItem,
     ReplaySource,
-    importance_weights,
     make_prompt_source,
     prompt_stats,
 )
@@ -70,7 +69,6 @@ __all__ = [
     "datafiles",
     "dynamic_sampling",
     "filter_long_prompts",
-    "importance_weights",
     "informative_groups",
     "length",
     "load_examples",

@@ -19,7 +19,7 @@ import random
 from collections.abc import Sequence
 
 from jaxrl_llm.tasks import expr
-from jaxrl_llm.tasks.base import Example, check_split, split_of, split_rng
+from jaxrl_llm.tasks.base import Example, draw_examples
 from jaxrl_llm.tasks.rewards import exact_match, is_integer_format
 
 __all__ = ["ArithTask"]
@@ -80,22 +80,7 @@ class ArithTask:
 
         `n=None` means 10 000.
         """
-        check_split(split)
-        n = 10_000 if n is None else int(n)
-        rng = split_rng(seed, split)
-        out, seen = [], set()
-        misses = 0
-        for _ in range(50 * n + 1000):
-            if len(out) == n or misses > 5000:  # the split is (nearly) exhausted
-                break
-            misses += 1
-            ex = self._sample(rng)
-            if ex.id in seen or split_of(ex.id, self.test_fraction) != split:
-                continue
-            seen.add(ex.id)
-            out.append(ex)
-            misses = 0
-        return out
+        return draw_examples(split, n, seed, self._sample, test_fraction=self.test_fraction)
 
     def sft_target(self, example: Example) -> str:
         return example.answer

@@ -40,6 +40,7 @@ __all__ = [
     "per_difficulty_accuracy",
     "check_split",
     "split_rng",
+    "draw_examples",
 ]
 
 SPLITS = ("train", "test")
@@ -109,6 +110,41 @@ def split_rng(seed: int, split: str) -> random.Random:
     """The generator of a synthetic task's `split` for `seed` (Python's Mersenne Twister, fast per draw)."""
     check_split(split)
     return random.Random(stable_hash(f"{int(seed)}:{split}"))
+
+
+def draw_examples(
+    split: str,
+    n: int | None,
+    seed: int,
+    sample,
+    *,
+    test_fraction: float,
+    split_key=lambda ex: ex.id,
+    tries_per_example: int = 50,
+) -> list:
+    """Up to `n` distinct examples of `split` from a synthetic generator (`n=None`: 10 000).
+
+    Rejection sampling from `sample(rng) -> Example | None` with `split_rng(seed, split)`:
+    an example is kept when it is new (by `id`) and `split_of(split_key(ex))` is `split`.
+    Stops after `tries_per_example * n + 1000` draws, or after 5000 draws in a row without
+    a new example (the split is nearly exhausted): fewer than `n` only then.
+    """
+    check_split(split)
+    n = 10_000 if n is None else int(n)
+    rng = split_rng(seed, split)
+    out, seen = [], set()
+    misses = 0
+    for _ in range(tries_per_example * n + 1000):
+        if len(out) == n or misses > 5000:
+            break
+        misses += 1
+        ex = sample(rng)
+        if ex is None or ex.id in seen or split_of(split_key(ex), test_fraction) != split:
+            continue
+        seen.add(ex.id)
+        out.append(ex)
+        misses = 0
+    return out
 
 
 def split_of(key: str, test_fraction: float) -> str:

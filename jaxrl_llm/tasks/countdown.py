@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from jaxrl_llm.tasks import expr
-from jaxrl_llm.tasks.base import Example, check_split, split_of, split_rng
+from jaxrl_llm.tasks.base import Example, draw_examples
 from jaxrl_llm.tasks.rewards import first_line
 
 __all__ = ["CountdownTask", "check_solution"]
@@ -114,25 +114,15 @@ class CountdownTask:
 
     def examples(self, split: str, n: int | None, seed: int) -> list[Example]:
         """Up to `n` distinct problems of `split` (n=None: 10 000)."""
-        check_split(split)
-        n = 10_000 if n is None else int(n)
-        rng = split_rng(seed, split)
-        out, seen = [], set()
-        misses = 0
-        for _ in range(100 * n + 1000):
-            if len(out) == n or misses > 5000:  # the split is (nearly) exhausted
-                break
-            misses += 1
-            ex = self._sample(rng)
-            if ex is None or ex.id in seen:
-                continue
-            key = f"{sorted(ex.meta_dict()['numbers'])}:{ex.answer}"
-            if split_of(key, self.test_fraction) != split:
-                continue
-            seen.add(ex.id)
-            out.append(ex)
-            misses = 0
-        return out
+        return draw_examples(
+            split,
+            n,
+            seed,
+            self._sample,
+            test_fraction=self.test_fraction,
+            split_key=lambda ex: f"{sorted(ex.meta_dict()['numbers'])}:{ex.answer}",
+            tries_per_example=100,
+        )
 
     def sft_target(self, example: Example) -> str:
         return example.meta_dict()["solution"]

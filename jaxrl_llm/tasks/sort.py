@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from jaxrl_llm.tasks.base import Example, check_split, split_of, split_rng
+from jaxrl_llm.tasks.base import Example, draw_examples
 from jaxrl_llm.tasks.rewards import first_line
 
 __all__ = ["SortTask"]
@@ -44,25 +44,21 @@ class SortTask:
 
     def examples(self, split: str, n: int | None, seed: int) -> list[Example]:
         """Up to `n` distinct lists of `split` (n=None: 10 000)."""
-        check_split(split)
-        n = 10_000 if n is None else int(n)
-        rng = split_rng(seed, split)
-        out, seen = [], set()
-        misses = 0
-        for _ in range(50 * n + 1000):
-            if len(out) == n or misses > 5000:  # the split is (nearly) exhausted
-                break
-            misses += 1
-            k = rng.choice(self.length)
-            values = [rng.randint(0, self.max_value) for _ in range(k)]
-            prompt = f"sort {','.join(map(str, values))}="
-            if prompt in seen or split_of(prompt, self.test_fraction) != split:
-                continue
-            seen.add(prompt)
-            misses = 0
-            answer = ",".join(map(str, sorted(values, reverse=self.descending)))
-            out.append(Example(id=f"sort:{prompt}", prompt=prompt, answer=answer, difficulty=k))
-        return out
+        return draw_examples(
+            split,
+            n,
+            seed,
+            self._sample,
+            test_fraction=self.test_fraction,
+            split_key=lambda ex: ex.prompt,
+        )
+
+    def _sample(self, rng) -> Example:
+        k = rng.choice(self.length)
+        values = [rng.randint(0, self.max_value) for _ in range(k)]
+        prompt = f"sort {','.join(map(str, values))}="
+        answer = ",".join(map(str, sorted(values, reverse=self.descending)))
+        return Example(id=f"sort:{prompt}", prompt=prompt, answer=answer, difficulty=k)
 
     def sft_target(self, example: Example) -> str:
         return example.answer
