@@ -64,3 +64,31 @@ def test_remax_trains_against_its_greedy_baseline(tmp_path, sft_checkpoint, monk
     # a partly skilled model: the greedy baseline is neither always right nor always wrong
     all_greedy = np.concatenate([g for _, g, _ in seen])
     assert 0.0 < all_greedy.mean() < 1.0
+
+
+def test_whiten_advantages_reaches_the_estimator():
+    import jax.numpy as jnp
+
+    from jaxrl_llm.losses import advantages as A
+    from jaxrl_llm.rollout import Rollout
+    from jaxrl_llm.trainers import rl_step
+
+    rng = np.random.default_rng(0)
+    n, t = 8, 5
+    mask = (np.arange(t)[None] < rng.integers(1, t + 1, size=n)[:, None]).astype(np.float32)
+    ro = Rollout(
+        prompt_tokens=np.zeros((n, 2), np.int32),
+        prompt_mask=np.ones((n, 2), np.int32),
+        tokens=np.zeros((n, t), np.int32),
+        mask=mask,
+        sampler_logp=np.zeros((n, t), np.float32),
+        group_id=np.arange(n) // 4,
+        truncated=np.zeros(n, bool),
+    )
+    rewards = rng.integers(0, 2, size=n).astype(np.float32)
+    plain = small_config(**{"train.samples_per_prompt": 4})
+    whitened = small_config(**{"train.samples_per_prompt": 4, "algo.whiten_advantages": True})
+    _, adv, _, _ = rl_step.compute_advantages(plain, ro, rewards)
+    _, adv_w, _, _ = rl_step.compute_advantages(whitened, ro, rewards)
+    np.testing.assert_allclose(adv_w, A.whiten(jnp.asarray(adv), mask), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(adv_w, adv)
