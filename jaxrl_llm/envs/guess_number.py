@@ -1,0 +1,88 @@
+"""`guess_number`: find a secret integer from higher/lower feedback; fewer guesses earn more.
+
+The first observation says the range ("... an integer between 1 and 100 ..."). Each action is
+one guess, `<answer>50</answer>`:
+
+- too small → observation "Higher.", too large → "Lower."; reward `turn_reward` (0.0); the
+  episode goes on.
+- right at turn t → observation "Correct.", reward 1 − (t − 1)/max_turns (1.0 at the first
+  turn, 1/max_turns at the last), `info["correct"] = 1`, the episode ends.
+- not an integer in the range → observation "Error: ...", reward `invalid_reward`,
+  `info["invalid_call"] = 1` (the turn is used). The env has no tools: a `<tool>` call is
+  invalid too.
+- no right guess within `max_turns` (default 8; binary search needs at most 7 for 1..100):
+  reward `timeout_reward` (0.0), `info["max_turns"] = 1`.
+
+`examples(split, n, seed)`: secrets drawn uniformly from [low, high], deterministic per seed;
+train and test hold disjoint secrets (stable hash), so a split has about
+(1 − test_fraction)·(high − low + 1) distinct examples at most.
+"""
+
+from __future__ import annotations
+
+import random
+
+from jaxrl_llm.envs.base import AnswerOutcome, ToolEnv
+from jaxrl_llm.tasks.base import Example, draw_examples
+
+__all__ = ["GuessNumberEnv"]
+
+
+class GuessNumberEnv(ToolEnv):
+    """Guess a secret integer in [low, high] with higher/lower feedback."""
+
+    name = "guess_number"
+    tools = ()
+
+    def __init__(
+        self,
+        *,
+        low: int = 1,
+        high: int = 100,
+        test_fraction: float = 0.2,
+        max_turns: int = 8,
+        **kwargs,
+    ):
+        super().__init__(max_turns=max_turns, **kwargs)
+        if high <= low:
+            raise ValueError(f"need low < high, got {low}, {high}")
+        self.low, self.high, self.test_fraction = int(low), int(high), test_fraction
+
+    def _sample(self, rng: random.Random) -> Example:
+        secret = rng.randint(self.low, self.high)
+        return Example(
+            id=f"guess_number:{self.low}-{self.high}:{secret}",
+            prompt=f"I am thinking of an integer between {self.low} and {self.high}. Guess it.",
+            answer=str(secret),
+        )
+
+    def examples(self, split: str, n: int, seed: int) -> list[Example]:
+        return draw_examples(split, n, seed, self._sample, test_fraction=self.test_fraction)
+
+    def instructions(self) -> str:
+        return (
+            f"Guess with {self.parser.format_answer('NUMBER')}. After each wrong guess you are "
+            f"told 'Higher.' or 'Lower.'. You have {self.max_turns} guesses; fewer is better."
+        )
+
+    def on_answer(self, answer: str) -> AnswerOutcome:
+        try:
+            guess = int(answer.strip())
+        except ValueError:
+            guess = None
+        if guess is None or not self.low <= guess <= self.high:
+            return AnswerOutcome(
+                reward=self.invalid_reward,
+                done=False,
+                observation=f"Error: a guess is an integer between {self.low} and {self.high}",
+                info={"invalid_call": 1},
+            )
+        secret = int(self.example.answer)
+        if guess == secret:
+            reward = 1.0 - (self.turn - 1) / self.max_turns
+            return AnswerOutcome(reward=reward, observation="Correct.", info={"correct": 1})
+        return AnswerOutcome(
+            reward=self.turn_reward,
+            done=False,
+            observation="Higher." if secret > guess else "Lower.",
+        )
