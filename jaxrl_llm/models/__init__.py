@@ -1,5 +1,6 @@
 """Decoder-only transformer (Llama / Qwen2 / Qwen3), value model, HF IO and tokenizers."""
 
+from jaxrl_llm.models.build import build_model_config, build_tokenizer
 from jaxrl_llm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from jaxrl_llm.models.hf_io import load_hf, save_hf
 from jaxrl_llm.models.sharding import init_sharded_params, param_shardings
@@ -44,4 +45,7 @@ __all__ = [
     # model-aware shardings (models/sharding.py)
     "init_sharded_params",
     "param_shardings",
+    # a run's tokenizer and model config from its config groups (models/build.py)
+    "build_tokenizer",
+    "build_model_config",
 ]

@@ -38,53 +38,14 @@ class TrainingStopped(RuntimeError):
     all fail; the message says which checkpoint is kept."""
 
 
-@dataclasses.dataclass
-class Components:
-    """The host objects a run is built from (returned by `Trainer.setup` for reuse)."""
-
-    tokenizer: object
-    task: object
-    model_config: models.ModelConfig
-    mesh: object
-    rules: tuple
-
-
 def build_tokenizer(config, workdir):
-    path = config.tokenizer.path
-    if path == "builtin":
-        path = workdir_lib.tokenizer_dir(workdir)
-        if not os.path.exists(os.path.join(path, "tokenizer.json")):
-            models.build_builtin_tokenizer(path)
-    return models.load_tokenizer(path)
+    """The run's tokenizer (`models.build_tokenizer` of `config.tokenizer.path`)."""
+    return models.build_tokenizer(config.tokenizer.path, workdir)
 
 
 def build_model_config(config, tokenizer):
-    m = config.model
-    if m.hf_path:
-        return models.ModelConfig.from_hf(
-            m.hf_path, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat
-        )
-    return models.ModelConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=m.hidden_size,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        num_kv_heads=m.num_kv_heads,
-        head_dim=m.head_dim,
-        intermediate_size=m.intermediate_size,
-        rope_theta=m.rope_theta,
-        tie_embeddings=m.tie_embeddings,
-        qkv_bias=m.architecture == "qwen2",
-        qk_norm=m.architecture == "qwen3",
-        dtype=m.dtype,
-        param_dtype=m.param_dtype,
-        remat=m.remat,
-        architecture=m.architecture,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    """The run's `ModelConfig` (`models.build_model_config` of `config.model`)."""
+    return models.build_model_config(config.model, tokenizer)
 
 
 class Trainer:
