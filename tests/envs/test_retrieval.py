@@ -1,0 +1,63 @@
+"""retrieval: the corpus answers every question; a hand-checked episode."""
+
+from jaxrl_llm.envs.retrieval import CORPUS, QUESTIONS, RetrievalEnv, normalize_answer, search
+
+
+def quillon_example():
+    env = RetrievalEnv(test_fraction=0.0)
+    (ex,) = [e for e in env.examples("train", 100, 0) if "Quillon bridge?" in e.prompt]
+    return env, ex
+
+
+def test_every_question_is_answered_by_its_search_result():
+    for question, answers, idx in QUESTIONS:
+        assert search(question) == idx, question
+        passage = normalize_answer(" ".join(CORPUS[idx]))
+        assert normalize_answer(answers[0]) in passage, question
+
+
+def test_search_scores_by_word_overlap():
+    assert search("Quillon bridge builder") == 1
+    assert search("which lake") == 0
+    assert search("zebra xylophone") is None
+    assert search("the of in") is None  # stop words only
+
+
+def test_scripted_episode():
+    env, ex = quillon_example()
+    assert env.reset(ex).endswith("Question: Who built the Quillon bridge?")
+    steps = [
+        env.step('<tool name="search">zebra xylophone</tool>'),
+        env.step('<tool name="search">Quillon bridge builder</tool>'),
+        env.step("<answer>The ada  Brenning.</answer>"),
+    ]
+    assert steps[0].observation == "No passage matches."
+    assert steps[1].observation == (
+        "Quillon bridge: The Quillon bridge crosses the river Sel at Marrow. It was completed "
+        "in 1887 and was built by the engineer Ada Brenning."
+    )
+    assert [s.reward for s in steps] == [0.0, 0.0, 1.0]
+    assert [s.done for s in steps] == [False, False, True]
+    assert [s.info["invalid_call"] for s in steps] == [0, 0, 0]
+
+
+def test_wrong_answer_invalid_call_and_turn_limit():
+    env, ex = quillon_example()
+    env.reset(ex)
+    assert env.step("<answer>Brenning</answer>").reward == 0.0
+    env.reset(ex)
+    bad = env.step("<tool name=search>bridge</tool>")
+    assert bad.info["invalid_call"] == 1 and bad.observation.startswith("Error: <tool> needs")
+    env.step('<tool name="search">bridge</tool>')
+    last = env.step('<tool name="search">bridge</tool>')
+    assert last.done and last.info["max_turns"] == 1 and env.episode_stats()["invalid_calls"] == 1
+
+
+def test_examples_split_and_shuffle():
+    env = RetrievalEnv()
+    train, test = env.examples("train", 100, 0), env.examples("test", 100, 0)
+    assert len(train) + len(test) == len(QUESTIONS) and test
+    assert not {e.id for e in train} & {e.id for e in test}
+    assert env.examples("train", 100, 1) != train
+    assert sorted(e.id for e in env.examples("train", 100, 1)) == sorted(e.id for e in train)
+    assert env.examples("train", 3, 0) == train[:3]
