@@ -5,21 +5,25 @@
 It isolates, then executes the untrusted program:
 
 1. `unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC)`: a private mount
-   table, a network namespace with only a downed loopback device, a new PID namespace.
-2. fork: the child is PID 1 of the new PID namespace, so when it dies the kernel kills
-   every process it left behind (a `setsid` cannot escape this, unlike a process group).
-3. In the child, still root: mount propagation private; a fresh `/proc` (shows only the
-   sandbox's processes); a size- and inode-limited tmpfs, owned by the sandbox uid, as the
-   working directory; every other mount remounted read-only and nosuid.
-4. rlimits (CPU, address space, file size, process count, open files, no core files),
-   `setgroups([])`, `setgid`, `setuid` to the unprivileged ids, checked not reversible;
-   `PR_SET_NO_NEW_PRIVS`; `PR_SET_PDEATHSIG(SIGKILL)` so the program dies with this launcher.
-5. `execve(python, [python, -I, -B, main.py], env={})`.
+   table, a network namespace with only a downed loopback device, new PID and IPC namespaces.
+2. fork: the child is PID 1 ("init") of the new PID namespace and stays root; when it dies
+   the kernel kills every process left in the namespace (a `setsid` cannot escape this,
+   unlike a process group). The program cannot signal or trace it (different uid).
+3. init, still root: mount propagation private; the whole mount tree read-only and nosuid
+   in one recursive `mount_setattr` (Linux >= 5.12); then a size- and inode-limited tmpfs,
+   owned by the sandbox uid, as the working directory; then a fresh read-only `/proc` (shows
+   only the sandbox's processes). `PR_SET_PDEATHSIG(SIGKILL)`: init dies with the launcher.
+4. init forks the program: rlimits (CPU, address space, file size, process count, open
+   files, no core files), `setgroups([])`, `setgid`, `setuid` to the unprivileged ids
+   (checked not reversible), `PR_SET_NO_NEW_PRIVS`, then
+   `execve(python, [python, -I, -B, main.py], env={})` in the working directory.
+5. init reaps orphans until the program exits, reports its status and exits (killing the rest).
 
-The parent half waits with a wall-clock timer; on expiry it SIGKILLs PID 1 (and with it the
-namespace). It writes JSON lines to the status fd: `{"setup_error": "..."}` when any isolation
-step failed (the program is then never run: the sandbox fails closed), and last
-`{"exit_code", "signal", "timed_out", "cpu_s", "wall_s"}`.
+The launcher waits with a wall-clock timer; on expiry it SIGKILLs init (and with it the
+namespace). JSON lines go to the status fd (closed on exec, so the program cannot write it):
+`{"setup_error": "..."}` when any isolation step failed (the program is then never run: the
+sandbox fails closed); `{"exit_code", "signal", "cpu_s"}` from init when the program ended;
+last `{"timed_out", "wall_s"}` from the launcher.
 
 Imports only the standard library (it runs with -I -S, outside the package).
 """
@@ -40,26 +44,16 @@ MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
-MS_REMOUNT = 32
-MS_NOATIME = 1024
-MS_NODIRATIME = 2048
-MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
-MS_RELATIME = 1 << 21
-MS_STRICTATIME = 1 << 24
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture (new system-call table)
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 SETUP_FAILED = 97
-
-_OPT_FLAGS = {
-    "nodev": MS_NODEV,
-    "noexec": MS_NOEXEC,
-    "noatime": MS_NOATIME,
-    "nodiratime": MS_NODIRATIME,
-    "relatime": MS_RELATIME,
-    "strictatime": MS_STRICTATIME,
-}
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
@@ -76,46 +70,40 @@ def _mount(src, target, fstype, flags, data=None) -> None:
     _check(libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
-def _unescape(path: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    out, i = [], 0
-    while i < len(path):
-        if path[i] == "\\" and path[i + 1 : i + 4].isdigit():
-            out.append(chr(int(path[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(path[i])
-            i += 1
-    return "".join(out)
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
-def _mounts() -> list[tuple[str, int]]:
-    """(mount point, per-mount flags to keep) for every mount of this namespace."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            flags = 0
-            for opt in fields[5].split(","):
-                flags |= _OPT_FLAGS.get(opt, 0)
-            out.append((_unescape(fields[4]), flags))
-    return out
+def _all_read_only() -> None:
+    """Every mount of this namespace read-only and nosuid, recursively, in one system call."""
+    attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
+    c_long = ctypes.c_long
+    ret = libc.syscall(
+        c_long(SYS_MOUNT_SETATTR),
+        c_long(AT_FDCWD),
+        ctypes.c_char_p(b"/"),
+        c_long(AT_RECURSIVE),
+        ctypes.byref(attr),
+        c_long(ctypes.sizeof(attr)),
+    )
+    _check(ret, "mount_setattr(/, recursive read-only; needs Linux >= 5.12)")
 
 
 def _isolate_filesystem(work: str, source: bytes, cfg: dict) -> None:
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
+    _all_read_only()
     opts = f"size={cfg['tmpfs_bytes']},nr_inodes={cfg['tmpfs_inodes']},mode=0700,uid={cfg['uid']},gid={cfg['gid']}"
     _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, opts)
     main = os.path.join(work, "main.py")
     with open(main, "wb") as f:
         f.write(source)
     os.chown(main, cfg["uid"], cfg["gid"])
-    for target, flags in _mounts():
-        if target == work:
-            continue
-        # A stacked mount point repeats; remounting the visible one twice is harmless.
-        _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | flags)
+    _mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def _drop_privileges(cfg: dict) -> None:
@@ -141,7 +129,39 @@ def _drop_privileges(cfg: dict) -> None:
     else:
         raise OSError("could regain uid 0 after dropping privileges")
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
-    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+
+
+def _namespace_init(cfg: dict, source: bytes, report) -> None:
+    """PID 1 of the sandbox: isolate, start the program, reap, report. Never returns."""
+    try:
+        _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+        _isolate_filesystem(cfg["work"], source, cfg)
+    except BaseException as e:  # noqa: BLE001 - any failure means: do not run the program
+        report({"setup_error": f"filesystem: {type(e).__name__}: {e}"})
+        os._exit(SETUP_FAILED)
+    prog = os.fork()
+    if prog == 0:
+        stage = "privileges"
+        try:
+            _drop_privileges(cfg)
+            stage = "exec"
+            os.chdir(cfg["work"])
+            os.execve(cfg["python"], [cfg["python"], "-I", "-B", "main.py"], {})
+        except BaseException as e:  # noqa: BLE001
+            report({"setup_error": f"{stage}: {type(e).__name__}: {e}"})
+            os._exit(SETUP_FAILED)
+    while True:  # reap orphans until the program itself exits
+        pid, status, usage = os.wait4(-1, 0)
+        if pid == prog:
+            break
+    report(
+        {
+            "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+        }
+    )
+    os._exit(0)  # init exits: the kernel kills whatever the program left running
 
 
 def main() -> None:
@@ -152,7 +172,6 @@ def main() -> None:
     def report(obj: dict) -> None:
         os.write(status_fd, (json.dumps(obj) + "\n").encode())
 
-    work = cfg["work"]
     try:
         with open(cfg["source"], "rb") as f:
             source = f.read()
@@ -160,45 +179,27 @@ def main() -> None:
             libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC),
             "unshare(mount, network, pid, ipc namespaces)",
         )
-    except Exception as e:  # noqa: BLE001 - any failure means: do not run the program
+    except Exception as e:  # noqa: BLE001
         report({"setup_error": f"{type(e).__name__}: {e}"})
         os._exit(SETUP_FAILED)
 
     pid = os.fork()
-    if pid == 0:  # PID 1 of the new namespace
-        stage = "filesystem"
-        try:
-            _isolate_filesystem(work, source, cfg)
-            stage = "privileges"
-            _drop_privileges(cfg)
-            stage = "exec"
-            os.chdir(work)
-            os.execve(cfg["python"], [cfg["python"], "-I", "-B", "main.py"], {})
-        except BaseException as e:  # noqa: BLE001
-            report({"setup_error": f"{stage}: {type(e).__name__}: {e}"})
-            os._exit(SETUP_FAILED)
+    if pid == 0:
+        _namespace_init(cfg, source, report)
 
     timed_out = False
 
     def on_alarm(signum, frame):
         nonlocal timed_out
         timed_out = True
-        os.kill(pid, signal.SIGKILL)  # PID 1 dies, the kernel kills the rest of the namespace
+        os.kill(pid, signal.SIGKILL)  # init dies, the kernel kills the rest of the namespace
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, cfg["timeout_s"])
     t0 = time.monotonic()
-    _, status, usage = os.wait4(pid, 0)
+    os.waitpid(pid, 0)
     signal.setitimer(signal.ITIMER_REAL, 0)
-    report(
-        {
-            "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            "timed_out": timed_out,
-            "cpu_s": usage.ru_utime + usage.ru_stime,
-            "wall_s": time.monotonic() - t0,
-        }
-    )
+    report({"timed_out": timed_out, "wall_s": time.monotonic() - t0})
     os._exit(0)
 
 

@@ -183,8 +183,6 @@ class Sandbox:
         python = self.python()
         lim = self.limits
         tmp = tempfile.mkdtemp(prefix="jaxrl_sandbox_")
-        status_r, status_w = os.pipe()
-        self._status_w_open = True
         try:
             os.chmod(tmp, 0o711)  # the sandbox uid traverses to work/, reads nothing else
             work = os.path.join(tmp, "work")
@@ -193,7 +191,6 @@ class Sandbox:
             with open(src_path, "w", encoding="utf-8") as f:
                 f.write(source)
             cfg = {
-                "status_fd": status_w,
                 "work": work,
                 "source": src_path,
                 "python": python,
@@ -210,30 +207,73 @@ class Sandbox:
                     "nofile": int(lim.max_open_files),
                 },
             }
-            return self._launch(cfg, stdin, status_r, status_w, tmp)
+            return self._launch(cfg, stdin, tmp)
         finally:
-            os.close(status_r)
-            if self._status_w_open:
-                os.close(status_w)
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _launch(self, cfg, stdin, status_r, status_w, tmp) -> SandboxResult:
-        lim = self.limits
+    def _launch(self, cfg: dict, stdin: str, tmp: str) -> SandboxResult:
         t0 = time.monotonic()
+        status_r, status_w = os.pipe()
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", _LAUNCHER, json.dumps(cfg)],
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(status_w,),
-                start_new_session=True,
-                env={},
-                cwd=tmp,
-            )
+            try:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-I",
+                        "-S",
+                        _LAUNCHER,
+                        json.dumps({**cfg, "status_fd": status_w}),
+                    ],
+                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=(status_w,),
+                    start_new_session=True,
+                    env={},
+                    cwd=tmp,
+                )
+            finally:
+                os.close(status_w)
+            try:
+                bufs, truncated, killed_here = self._collect(proc, stdin, status_r, t0)
+            except BaseException:
+                os.killpg(proc.pid, signal.SIGKILL)  # never leave a program running
+                raise
+            finally:
+                proc.wait()
+                for f in (proc.stdin, proc.stdout, proc.stderr):
+                    if f is not None:
+                        f.close()
         finally:
-            os.close(status_w)
-            self._status_w_open = False
+            os.close(status_r)
+        statuses = [json.loads(line) for line in bufs["status"].decode().splitlines() if line]
+        errors = [s["setup_error"] for s in statuses if "setup_error" in s]
+        if errors:
+            raise SandboxUnavailable(f"sandbox isolation failed, program not run: {errors[0]}")
+        final: dict = {}
+        for s in statuses:  # the program's status from init, then the launcher's
+            final.update(s)
+        if "timed_out" not in final and not killed_here:
+            raise SandboxUnavailable(
+                f"sandbox launcher exited {proc.returncode} without a status: "
+                + bufs["stderr"].decode(errors="replace")[-500:]
+            )
+        timed_out = killed_here or bool(final.get("timed_out"))
+        return SandboxResult(
+            stdout=bufs["stdout"].decode(errors="replace"),
+            stderr=bufs["stderr"].decode(errors="replace"),
+            exit_code=final.get("exit_code"),
+            timed_out=timed_out,
+            killed_reason=self._killed_reason(final, timed_out),
+            truncated=truncated,
+            cpu_s=float(final.get("cpu_s", 0.0)),
+            wall_s=time.monotonic() - t0,
+        )
+
+    def _collect(self, proc, stdin: str, status_r: int, t0: float):
+        """Reads stdout, stderr (each capped) and the status pipe until all close or the
+        fallback deadline passes (then the launcher's process group is killed)."""
+        lim = self.limits
         if stdin:  # at most one pipe buffer, so writing cannot block on a full stdout
             try:
                 proc.stdin.write(stdin.encode()[:65536])
@@ -241,61 +281,39 @@ class Sandbox:
             except OSError:
                 pass
         bufs = {"stdout": bytearray(), "stderr": bytearray(), "status": bytearray()}
-        truncated = False
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-        sel.register(status_r, selectors.EVENT_READ, "status")
+        truncated = killed_here = False
         deadline = t0 + lim.wall_s + lim.grace_s
-        killed_here = False
-        while sel.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                os.killpg(proc.pid, signal.SIGKILL)  # the launcher; PDEATHSIG takes the program
-                killed_here = True
-                break
-            for key, _ in sel.select(timeout=min(remaining, 1.0)):
-                fd = key.fileobj if isinstance(key.fileobj, int) else key.fileobj.fileno()
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    sel.unregister(key.fileobj)
-                    continue
-                buf = bufs[key.data]
-                cap = 65536 if key.data == "status" else lim.max_output_bytes
-                keep = max(0, cap - len(buf))
-                buf += chunk[:keep]
-                truncated |= len(chunk) > keep and key.data != "status"
-        sel.close()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-        statuses = [json.loads(line) for line in bufs["status"].decode().splitlines() if line]
-        errors = [s["setup_error"] for s in statuses if "setup_error" in s]
-        if errors:
-            raise SandboxUnavailable(f"sandbox isolation failed, program not run: {errors[0]}")
-        final = statuses[-1] if statuses else {}
-        if not final and not killed_here:
-            raise SandboxUnavailable(
-                f"sandbox launcher exited {proc.returncode} without a status: "
-                + bufs["stderr"].decode(errors="replace")[-500:]
-            )
-        timed_out = killed_here or bool(final.get("timed_out"))
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+            sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+            sel.register(status_r, selectors.EVENT_READ, "status")
+            while sel.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    os.killpg(proc.pid, signal.SIGKILL)  # launcher and init: the namespace dies
+                    killed_here = True
+                    break
+                for key, _ in sel.select(timeout=min(remaining, 1.0)):
+                    fd = key.fileobj if isinstance(key.fileobj, int) else key.fileobj.fileno()
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    buf = bufs[key.data]
+                    cap = 65536 if key.data == "status" else lim.max_output_bytes
+                    keep = max(0, cap - len(buf))
+                    buf += chunk[:keep]
+                    truncated |= len(chunk) > keep and key.data != "status"
+        return bufs, truncated, killed_here
+
+    def _killed_reason(self, final: dict, timed_out: bool) -> str | None:
         sig = final.get("signal")
         if timed_out:
-            reason = "timeout"
-        elif sig is not None:
-            reason = _SIGNAL_REASONS.get(sig) or f"signal:{signal.Signals(sig).name}"
-            if sig == signal.SIGKILL and final.get("cpu_s", 0) >= lim.cpu_s:
-                reason = "cpu_time"  # past the hard RLIMIT_CPU the kernel sends SIGKILL
-        else:
-            reason = None
-        return SandboxResult(
-            stdout=bufs["stdout"].decode(errors="replace"),
-            stderr=bufs["stderr"].decode(errors="replace"),
-            exit_code=final.get("exit_code"),
-            timed_out=timed_out,
-            killed_reason=reason,
-            truncated=truncated,
-            cpu_s=float(final.get("cpu_s", 0.0)),
-            wall_s=time.monotonic() - t0,
-        )
+            return "timeout"
+        if "exit_code" not in final:
+            return "sandbox_error"  # init ended without reporting (e.g. the OOM killer)
+        if sig is None:
+            return None
+        if sig == signal.SIGKILL and final.get("cpu_s", 0) >= self.limits.cpu_s:
+            return "cpu_time"  # past the hard RLIMIT_CPU the kernel sends SIGKILL
+        return _SIGNAL_REASONS.get(sig) or f"signal:{signal.Signals(sig).name}"

@@ -32,7 +32,14 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs roo
 @pytest.fixture(scope="module")
 def sandbox():
     sb = Sandbox(SandboxLimits(wall_s=10.0, cpu_s=10))
-    sb.check()
+    try:
+        sb.check()
+    except SandboxUnavailable as e:
+        # Root without CAP_SYS_ADMIN (an unprivileged container): the mechanism is missing
+        # and the sandbox correctly refuses. Any other set-up failure is a bug: fail.
+        if "unshare" in str(e) and "Operation not permitted" in str(e):
+            pytest.skip(f"namespaces unavailable here: {e}")
+        raise
     return sb
 
 
@@ -133,7 +140,7 @@ def test_writes_outside_the_working_directory_fail(sandbox, open_dir):
 
 
 @needs_root
-def test_fork_bomb_is_stopped_by_the_process_limit():
+def test_fork_bomb_is_stopped_by_the_process_limit(sandbox):
     code = (
         "import os, time\n"
         "n = 0\n"
@@ -180,7 +187,7 @@ def _marked_processes(marker: str) -> list[int]:
 
 
 @needs_root
-def test_infinite_loop_times_out_and_nothing_survives():
+def test_infinite_loop_times_out_and_nothing_survives(sandbox):
     marker = f"sandbox-marker-{uuid.uuid4().hex}"
     # A detached child (new session: outside the process group) that sleeps, and a busy loop.
     code = (
@@ -211,10 +218,10 @@ def test_infinite_loop_times_out_and_nothing_survives():
 
 
 @needs_root
-def test_cpu_time_limit_kills():
+def test_cpu_time_limit_kills(sandbox):
     result = Sandbox(SandboxLimits(wall_s=20.0, cpu_s=1)).run("while True:\n    pass\n")
     assert not result.timed_out and result.killed_reason == "cpu_time"
-    assert result.cpu_s >= 1.0
+    assert 0.8 <= result.cpu_s < 5.0  # the kernel accounts CPU time in ticks
 
 
 @needs_root
@@ -239,6 +246,8 @@ def test_privileges_are_dropped(sandbox):
 def test_crash_and_output_limit_are_results(sandbox):
     crash = sandbox.run("import ctypes; ctypes.string_at(0)")
     assert crash.killed_reason == "signal:SIGSEGV" and not crash.timed_out
+    term = sandbox.run("import os, signal; os.kill(os.getpid(), signal.SIGTERM); print('alive')")
+    assert term.killed_reason == "signal:SIGTERM" and term.stdout == ""
     big = Sandbox(SandboxLimits(max_output_bytes=100)).run("print('x' * 100000)")
     assert big.truncated and big.stdout == "x" * 100 and big.exit_code == 0
     echo = sandbox.run("print(input()[::-1])", stdin="abc\n")
@@ -264,7 +273,7 @@ def test_fails_closed_without_a_readable_interpreter(tmp_path):
 
 
 @needs_root
-def test_fails_closed_when_an_isolation_step_fails(open_dir):
+def test_fails_closed_when_an_isolation_step_fails(sandbox, open_dir):
     marker = open_dir / "ran"
     sb = Sandbox(SandboxLimits(disk_bytes=-1))  # the tmpfs mount fails
     with pytest.raises(SandboxUnavailable, match="program not run"):
