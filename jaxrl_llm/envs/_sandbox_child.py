@@ -10,9 +10,10 @@ It isolates, then executes the untrusted program:
    the kernel kills every process left in the namespace (a `setsid` cannot escape this,
    unlike a process group). The program cannot signal or trace it (different uid).
 3. init, still root: mount propagation private; the whole mount tree read-only and nosuid
-   in one recursive `mount_setattr` (Linux >= 5.12); then a size- and inode-limited tmpfs,
-   owned by the sandbox uid, as the working directory; then a fresh read-only `/proc` (shows
-   only the sandbox's processes). `PR_SET_PDEATHSIG(SIGKILL)`: init dies with the launcher.
+   in one recursive `mount_setattr` (Linux >= 5.12); empty read-only tmpfs mounts over
+   /tmp, /var/tmp, /run and /dev/shm; a size- and inode-limited tmpfs owned by the sandbox
+   uid at /tmp/sandbox, the working directory; a fresh read-only `/proc` (shows only the
+   sandbox's processes). `PR_SET_PDEATHSIG(SIGKILL)`: init dies with the launcher.
 4. init forks the program: rlimits (CPU, address space, file size, process count, open
    files, no core files), `setgroups([])`, `setgid`, `setuid` to the unprivileged ids
    (checked not reversible), `PR_SET_NO_NEW_PRIVS`, then
@@ -44,6 +45,7 @@ MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
+MS_REMOUNT = 32
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (new system-call table)
@@ -94,15 +96,34 @@ def _all_read_only() -> None:
     _check(ret, "mount_setattr(/, recursive read-only; needs Linux >= 5.12)")
 
 
-def _isolate_filesystem(work: str, source: bytes, cfg: dict) -> None:
+# Shared scratch and runtime directories: hidden behind empty read-only tmpfs mounts, so the
+# program sees neither other users' files there nor the Unix sockets they hold (connecting to a
+# socket is not a write: a read-only mount alone does not stop it).
+MASKED = ("/tmp", "/var/tmp", "/run", "/dev/shm")
+WORK = "/tmp/sandbox"  # the working directory, as the program sees it
+
+
+def _isolate_filesystem(source: bytes, cfg: dict) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
     _all_read_only()
+    masked = []
+    for path in MASKED:
+        real = os.path.realpath(path)
+        if os.path.isdir(real) and real not in masked:
+            _mount("tmpfs", real, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=16k,mode=0755")
+            masked.append(real)
+    if os.path.realpath("/tmp") != "/tmp":
+        raise OSError("/tmp is not a directory")
+    os.mkdir(WORK, 0o700)
     opts = f"size={cfg['tmpfs_bytes']},nr_inodes={cfg['tmpfs_inodes']},mode=0700,uid={cfg['uid']},gid={cfg['gid']}"
-    _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    main = os.path.join(work, "main.py")
+    _mount("tmpfs", WORK, "tmpfs", MS_NOSUID | MS_NODEV, opts)
+    main = os.path.join(WORK, "main.py")
     with open(main, "wb") as f:
         f.write(source)
     os.chown(main, cfg["uid"], cfg["gid"])
+    for real in masked:  # the masks themselves read-only (WORK is a mount of its own)
+        flags = MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+        _mount(None, real, None, flags, "size=16k,mode=0755")
     _mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
@@ -135,7 +156,7 @@ def _namespace_init(cfg: dict, source: bytes, report) -> None:
     """PID 1 of the sandbox: isolate, start the program, reap, report. Never returns."""
     try:
         _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
-        _isolate_filesystem(cfg["work"], source, cfg)
+        _isolate_filesystem(source, cfg)
     except BaseException as e:  # noqa: BLE001 - any failure means: do not run the program
         report({"setup_error": f"filesystem: {type(e).__name__}: {e}"})
         os._exit(SETUP_FAILED)
@@ -145,7 +166,7 @@ def _namespace_init(cfg: dict, source: bytes, report) -> None:
         try:
             _drop_privileges(cfg)
             stage = "exec"
-            os.chdir(cfg["work"])
+            os.chdir(WORK)
             os.execve(cfg["python"], [cfg["python"], "-I", "-B", "main.py"], {})
         except BaseException as e:  # noqa: BLE001
             report({"setup_error": f"{stage}: {type(e).__name__}: {e}"})

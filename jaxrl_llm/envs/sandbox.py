@@ -7,18 +7,19 @@
     result.as_observation()               # the text a tool environment shows the model
 
 What holds, and by which mechanism (set up by `_sandbox_child.py`, a root launcher process,
-before it executes the program):
+before it executes the program; details there):
 
 | guarantee | mechanism |
 |---|---|
-| no network | new network namespace (only a downed loopback device) |
-| no writes outside the working directory | new mount namespace; every mount remounted read-only |
-| working directory is fresh, bounded, removed | a tmpfs (size and inode limits) owned by the sandbox uid, mounted over a fresh `tempfile.mkdtemp` directory that is deleted afterwards |
-| root's bypasses do not apply | `setgroups([])`, `setgid`/`setuid` to `uid`/`gid` (65534, nobody), `PR_SET_NO_NEW_PRIVS`, mounts `nosuid` |
-| bounded CPU, memory, file size, processes, files | `RLIMIT_CPU`, `RLIMIT_AS`, `RLIMIT_FSIZE`, `RLIMIT_NPROC`, `RLIMIT_NOFILE`, `RLIMIT_CORE` = 0 |
-| bounded wall-clock time, nothing left running | the program is PID 1 of a new PID namespace: killing it kills every process it started (`setsid` cannot escape); the launcher kills it at `wall_s`, this process kills the launcher's group at `wall_s + grace_s`, and `PR_SET_PDEATHSIG` kills the program if the launcher dies |
+| no network | new network namespace (only a downed loopback device; abstract Unix sockets are per namespace too) |
+| no writes outside the working directory | new mount namespace; the whole mount tree made read-only and nosuid by one recursive `mount_setattr` |
+| shared scratch directories hidden | empty read-only tmpfs over /tmp, /var/tmp, /run, /dev/shm (their files and Unix sockets are out of reach) |
+| working directory fresh, bounded, removed | a tmpfs (size and inode limits) owned by the sandbox uid at /tmp/sandbox, gone with the namespace; the host-side `tempfile.mkdtemp` directory (the source file) is deleted after the run |
+| root's bypasses do not apply | `setgroups([])`, `setgid`/`setuid` to `uid`/`gid` (65534, nobody), checked irreversible; `PR_SET_NO_NEW_PRIVS`; nosuid everywhere |
+| bounded CPU, memory, file size, processes, open files | `RLIMIT_CPU`, `RLIMIT_AS`, `RLIMIT_FSIZE`, `RLIMIT_NPROC`, `RLIMIT_NOFILE`, `RLIMIT_CORE` = 0 |
+| bounded wall-clock time, nothing left running | a root init is PID 1 of a new PID namespace and the program its child: when init exits or is killed, the kernel kills every process in the namespace (`setsid` cannot escape; the program cannot signal init). The launcher kills init at `wall_s`; this process kills the launcher's process group at `wall_s + grace_s`; `PR_SET_PDEATHSIG` kills init if the launcher dies |
 | no secrets from the parent's environment | `execve` with an empty environment, `python -I` |
-| no view of other processes | a fresh `/proc` for the new PID namespace; a new IPC namespace |
+| no view of other processes | a fresh read-only `/proc` for the new PID namespace; a new IPC namespace |
 | bounded output | stdout and stderr are read here, keeping at most `max_output_bytes` each |
 
 It fails closed: when not root, when no Python interpreter is readable by `uid`, or when any
@@ -26,9 +27,11 @@ namespace, mount, rlimit or uid step fails, `run` and `check` raise `SandboxUnav
 and the program is not run. Everything the program itself does (exceptions, crashes, time-outs,
 `MemoryError`) is a `SandboxResult`, never an exception here.
 
-Not covered: `RLIMIT_NPROC` counts processes per uid across the machine, so concurrent
-sandboxes share one count; there is no seccomp filter (the kernel's full system-call surface
-is reachable) and no cgroup (the tmpfs counts against the machine's memory).
+Not covered: world-readable files elsewhere on the host stay readable (no chroot), and a
+Unix socket outside the masked directories that lets "others" write can still be connected
+to; `RLIMIT_NPROC` counts processes per uid across the machine, so concurrent sandboxes share
+one count; there is no seccomp filter (the kernel's full system-call surface is reachable)
+and no cgroup (memory is bounded per process by `RLIMIT_AS`, not in total).
 """
 
 from __future__ import annotations
@@ -184,14 +187,10 @@ class Sandbox:
         lim = self.limits
         tmp = tempfile.mkdtemp(prefix="jaxrl_sandbox_")
         try:
-            os.chmod(tmp, 0o711)  # the sandbox uid traverses to work/, reads nothing else
-            work = os.path.join(tmp, "work")
-            os.mkdir(work, 0o700)
             src_path = os.path.join(tmp, "main.py")
             with open(src_path, "w", encoding="utf-8") as f:
                 f.write(source)
             cfg = {
-                "work": work,
                 "source": src_path,
                 "python": python,
                 "uid": self.uid,

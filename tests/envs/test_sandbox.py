@@ -116,8 +116,8 @@ def open_dir():
 
 
 @needs_root
-def test_writes_outside_the_working_directory_fail(sandbox, open_dir):
-    target_dir = open_dir  # writable by everyone: only the read-only mount can stop it
+def test_writes_outside_the_working_directory_fail(sandbox, open_dir, monkeypatch):
+    target_dir = open_dir  # writable by everyone: only the sandbox's mounts can stop it
     code = (
         "import os\n"
         "open('local.txt', 'w').write('mine'); print(open('local.txt').read(), os.getcwd())\n"
@@ -128,15 +128,43 @@ def test_writes_outside_the_working_directory_fail(sandbox, open_dir):
     )
     assert "wrote" in res.stdout and (target_dir / "outside.txt").read_text() == "escaped"
 
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(
+        tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1]
+    )
     result = sandbox.run(code.format(path=str(target_dir / "inside.txt")))
-    assert result.stdout.startswith("mine ") and "wrote" not in result.stdout
-    assert "Read-only file system" in result.stderr
+    assert result.stdout == "mine /tmp/sandbox\n" and "wrote" not in result.stdout
     assert not (target_dir / "inside.txt").exists()
-    workdir = result.stdout.split()[1]
-    assert not os.path.exists(os.path.dirname(workdir))  # the fresh directory is removed
-    for path in ("/tmp/escape_probe", "/var/tmp/escape_probe", "/dev/shm/escape_probe"):
+    assert len(made) == 1 and not os.path.exists(made[0])  # the fresh directory is removed
+    for path in ("/tmp/escape_probe", "/var/tmp/escape_probe", "/dev/shm/escape_probe", "/etc/x"):
         r = sandbox.run(f"open({path!r}, 'w')")
-        assert r.exit_code == 1 and not os.path.exists(path), path
+        assert r.exit_code == 1 and "Read-only file system" in r.stderr, path
+        assert not os.path.exists(path), path
+
+
+@needs_root
+def test_shared_scratch_directories_and_their_sockets_are_hidden(sandbox, open_dir):
+    path = str(open_dir / "service.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    os.chmod(path, 0o777)
+    server.listen(1)
+    server.settimeout(5)
+    code = (
+        "import os, socket\n"
+        f"print(sorted(os.listdir({str(open_dir)!r})))\n"
+        f"socket.socket(socket.AF_UNIX).connect({path!r}); print('connected')\n"
+    )
+    try:
+        res = run_outside(code, as_nobody=True)
+        assert res.stdout.split("\n")[:2] == ["['service.sock']", "connected"]
+        server.accept()[0].close()
+        result = sandbox.run(code)
+        assert result.stdout == "" and "FileNotFoundError" in result.stderr
+        assert sandbox.run("import os; print(os.listdir('/tmp'))").stdout == "['sandbox']\n"
+    finally:
+        server.close()
 
 
 @needs_root
