@@ -10,6 +10,8 @@ pass@k differences, the entropy-performance fit. Host-side numpy, no JAX.
 - `paired_difference_per_k`: variant minus base pass@k per k with a 95 % percentile-bootstrap
   interval (`jaxrl_llm.stats.mean_ci` where the data are one level of units; a two-level
   bootstrap over seeds and prompts otherwise).
+- `headroom_acceptance`: the pilot's pre-registered rule for the base model (pass@1 in
+  [0.10, 0.30], upper 95 % bound of pass@n below 0.95), docs/reproductions/nsr_headroom.md.
 - `fit_entropy_performance`, `fit_entropy_performance_runs`: R = -a * exp(H) + b (Cui et al.
   2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models"),
   `jaxrl_llm.passk.fit_entropy_performance` with a check that the fit is identifiable.
@@ -34,6 +36,7 @@ __all__ = [
     "crossover_k",
     "crossover_interval",
     "paired_difference_per_k",
+    "headroom_acceptance",
     "fit_entropy_performance",
     "fit_entropy_performance_runs",
 ]
@@ -230,6 +233,57 @@ def paired_difference_per_k(
         )
     sign = np.where(lo > 0, 1, np.where(hi < 0, -1, 0))
     return {"diff": diff, "ci_low": lo, "ci_high": hi, "sign": sign}
+
+
+# ----------------------------------------------------------------------------- pilot rule
+
+
+def headroom_acceptance(
+    pass_at_1: float,
+    coverage: float,
+    num_prompts: int,
+    *,
+    pass_at_1_range: tuple[float, float] = (0.10, 0.30),
+    max_coverage_upper: float = 0.95,
+    num_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """The base-model pilot's acceptance rule (docs/reproductions/nsr_headroom.md).
+
+    Accept the task when the base model's pass@1 lies in `pass_at_1_range` and the upper end
+    of the 95 % percentile-bootstrap interval (over prompts, `stats.mean_ci`) of its coverage
+    is below `max_coverage_upper`. `coverage` must be pass@k at k = n (every sample used), the
+    fraction of prompts with at least one correct sample; that per-prompt value is 0 or 1, so
+    the per-prompt vector, and its bootstrap, follow from the mean and `num_prompts` alone
+    (the evaluation CLI's `eval.json` holds only means).
+
+    Returns:
+      {"accept": bool, "pass_at_1", "coverage", "coverage_ci": (lo, hi), "reasons": [str]}
+      with one reason per failed condition.
+    """
+    covered = coverage * num_prompts
+    if num_prompts < 1 or abs(covered - round(covered)) > 1e-6 * num_prompts:
+        raise ValueError(
+            f"headroom_acceptance: coverage {coverage} is not a fraction of {num_prompts} "
+            "prompts; pass coverage = pass@n at k = n"
+        )
+    m = int(round(covered))
+    x = np.r_[np.ones(m), np.zeros(num_prompts - m)]
+    _, lo, hi = stats.mean_ci(x, num_resamples=num_resamples, seed=seed)
+    reasons = []
+    if not pass_at_1_range[0] <= pass_at_1 <= pass_at_1_range[1]:
+        reasons.append(
+            f"pass@1 {pass_at_1:.3f} outside [{pass_at_1_range[0]}, {pass_at_1_range[1]}]"
+        )
+    if hi >= max_coverage_upper:
+        reasons.append(f"coverage upper bound {hi:.3f} >= {max_coverage_upper}")
+    return {
+        "accept": not reasons,
+        "pass_at_1": float(pass_at_1),
+        "coverage": m / num_prompts,
+        "coverage_ci": (lo, hi),
+        "reasons": reasons,
+    }
 
 
 # ----------------------------------------------------------------------------- entropy fit

@@ -188,6 +188,24 @@ def test_per_prompt_pass_at_k_matches_passk():
         ra.per_prompt_pass_at_k(counts, 8, [1, 16])
 
 
+# ----------------------------------------------------------------------------- pilot rule
+
+
+def test_headroom_acceptance_rule():
+    ok = ra.headroom_acceptance(0.2, 100 / 128, 128)
+    assert ok["accept"] and ok["reasons"] == []
+    assert ok["coverage_ci"][0] < 100 / 128 < ok["coverage_ci"][1] < 0.95
+    # with 128 prompts a coverage of 115/128 = 0.898 passes, 116/128 = 0.906 does not
+    assert ra.headroom_acceptance(0.2, 115 / 128, 128)["accept"]
+    high = ra.headroom_acceptance(0.2, 116 / 128, 128)
+    assert not high["accept"] and "coverage upper bound" in high["reasons"][0]
+    both = ra.headroom_acceptance(0.35, 1.0, 128)
+    assert not both["accept"] and len(both["reasons"]) == 2
+    assert not ra.headroom_acceptance(0.05, 0.5, 128)["accept"]
+    with pytest.raises(ValueError, match="not a fraction"):
+        ra.headroom_acceptance(0.2, 0.333, 128)
+
+
 # ----------------------------------------------------------------------------- entropy fit
 
 
