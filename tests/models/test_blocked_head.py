@@ -152,6 +152,38 @@ def test_vmap_and_jit_agree_with_unbatched_calls():
         _assert_close((batched[0][i], batched[1][i]), one, rtol=1e-6, atol=1e-6)
 
 
+def test_same_numbers_on_an_8_device_mesh():
+    """W sharded along the vocabulary, h along rows: the blocked path gives the 1-device numbers."""
+    devices = jax.devices()
+    if len(devices) < 8:
+        pytest.skip("needs the 8 virtual CPU devices of tests/conftest.py")
+    mesh = jax.sharding.Mesh(np.array(devices[:8]).reshape(2, 4), ("data", "tensor"))
+    named = functools.partial(jax.sharding.NamedSharding, mesh)
+    P = jax.sharding.PartitionSpec
+    h, w, targets, c_lp, c_ent = _inputs(40, "vd")
+    h, targets = jnp.concatenate([h, h[:1]]), jnp.concatenate([targets, targets[:1]])  # N = 4
+    c_lp, c_ent = jnp.concatenate([c_lp, c_lp[:1]]), jnp.concatenate([c_ent, c_ent[:1]])
+
+    def loss(h, w, targets):
+        lp, ent = blocked_token_logprobs(
+            h, w, targets, 0.7, vocab_block=16, with_entropy=True, w_layout="vd"
+        )
+        return jnp.sum(c_lp * lp + c_ent * ent), (lp, ent)
+
+    step = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    want = jax.jit(step)(h, w, targets)
+    sharded = jax.jit(
+        step,
+        in_shardings=(named(P("data")), named(P("tensor")), named(P("data"))),
+    )(
+        jax.device_put(h, named(P("data"))),
+        jax.device_put(w, named(P("tensor"))),
+        jax.device_put(targets, named(P("data"))),
+    )
+    for g, r in zip(jax.tree_util.tree_leaves(sharded), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-6)
+
+
 def _tiny_model(tie):
     cfg = models.ModelConfig.tiny(tie_embeddings=tie, num_layers=1)  # V = 64
     return cfg, models.init_params(cfg, jax.random.PRNGKey(0))
