@@ -139,6 +139,7 @@ def find_python(uid: int = 65534, gid: int = 65534) -> str:
     )
 
 
+_CHECKED: set[tuple[int, int, str]] = set()
 _SIGNAL_REASONS = {signal.SIGXCPU: "cpu_time", signal.SIGXFSZ: "file_size"}
 
 
@@ -158,7 +159,6 @@ class Sandbox:
         if self.uid == 0 or self.gid == 0:
             raise ValueError("the sandbox uid and gid must not be 0")
         self._python = python
-        self._checked = False
 
     def python(self) -> str:
         if self._python is None:
@@ -167,22 +167,30 @@ class Sandbox:
             raise SandboxUnavailable(f"uid {self.uid} cannot execute {self._python}")
         return self._python
 
-    def check(self) -> None:
-        """Raises SandboxUnavailable unless a trivial program runs fully isolated."""
-        if self._checked:
-            return
-        result = self.run("import os; print(os.getuid())")
-        if result.stdout.strip() != str(self.uid):
-            raise SandboxUnavailable(f"sandbox self-test failed: {result}")
-        self._checked = True
-
-    def run(self, source: str, *, stdin: str = "") -> SandboxResult:
-        """Runs `source` as `main.py` in a fresh working directory; never raises for what it does."""
+    def _require_root(self) -> None:
         if os.geteuid() != 0:
             raise SandboxUnavailable(
                 f"the sandbox needs root to create namespaces and drop to uid {self.uid} "
                 f"(running as uid {os.geteuid()}); refusing to run code without isolation"
             )
+
+    def check(self) -> None:
+        """Raises SandboxUnavailable unless a trivial program runs fully isolated.
+
+        A success is remembered per process for these ids and interpreter (so building one
+        environment per episode does not probe each time); a failure is not."""
+        self._require_root()  # on every call, like `run`
+        key = (self.uid, self.gid, self.python())
+        if key in _CHECKED:
+            return
+        result = self.run("import os; print(os.getuid())")
+        if result.stdout.strip() != str(self.uid):
+            raise SandboxUnavailable(f"sandbox self-test failed: {result}")
+        _CHECKED.add(key)
+
+    def run(self, source: str, *, stdin: str = "") -> SandboxResult:
+        """Runs `source` as `main.py` in a fresh working directory; never raises for what it does."""
+        self._require_root()
         python = self.python()
         lim = self.limits
         tmp = tempfile.mkdtemp(prefix="jaxrl_sandbox_")
