@@ -4,6 +4,7 @@ Needs root (namespaces, mounts, dropping to uid 65534): skipped otherwise, excep
 fail-closed tests, which run everywhere.
 """
 
+import concurrent.futures
 import os
 import pathlib
 import shutil
@@ -307,3 +308,11 @@ def test_fails_closed_when_an_isolation_step_fails(sandbox, open_dir):
     with pytest.raises(SandboxUnavailable, match="program not run"):
         sb.run(f"open({str(marker)!r}, 'w')")
     assert not marker.exists()
+
+
+@needs_root
+def test_concurrent_runs_are_independent(sandbox):
+    codes = [f"open('n', 'w').write('{i}'); print(open('n').read())" for i in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(sandbox.run, codes))
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(4)]
