@@ -201,6 +201,10 @@ def paired_difference_per_k(
     - `base [P, K]`, `variant [S, P, K]`: the difference averaged over seeds and prompts;
       two-level bootstrap: seeds of the variant and prompts (the same prompt draw for base and
       variant: paired by prompt) resampled independently in each replicate.
+    - `base [S_b, P, K]`, `variant [S, P, K]`: two trained variants (e.g. W-REINFORCE against
+      GRPO): seed-mean of variant minus seed-mean of base; each side's seeds are drawn
+      independently (different runs), the prompts once for both (paired by prompt). A per-run
+      scalar (final entropy, say) is the case P = K = 1.
 
     Returns:
       {"diff", "ci_low", "ci_high"}: `[K]` float arrays, and "sign": `[K]` int, +1 where the
@@ -215,21 +219,23 @@ def paired_difference_per_k(
         d = v - b  # [U, K]
         rows = [stats.mean_ci(d[:, k], **kw) for k in range(d.shape[1])]
         diff, lo, hi = (np.array(x) for x in zip(*rows))
-    elif v.ndim == 3 and b.shape == v.shape[1:]:
+    elif v.ndim == 3 and (b.shape == v.shape[1:] or (b.ndim == 3 and b.shape[1:] == v.shape[1:])):
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-        d = v - b[None]  # [S, P, K]
+        b = b[None] if b.ndim == 2 else b  # one base model: one "seed"
         rng = np.random.default_rng(seed)
-        ws = _multinomial_weights(rng, num_resamples, d.shape[0])
-        wp = _multinomial_weights(rng, num_resamples, d.shape[1])
-        reps = np.einsum("rs,spk,rp->rk", ws, d, wp)
+        wv = _multinomial_weights(rng, num_resamples, v.shape[0])
+        wb = _multinomial_weights(rng, num_resamples, b.shape[0])
+        wp = _multinomial_weights(rng, num_resamples, v.shape[1])
+        reps = np.einsum("rs,spk,rp->rk", wv, v, wp) - np.einsum("rs,spk,rp->rk", wb, b, wp)
         alpha = (1.0 - confidence) / 2.0
-        diff = d.mean((0, 1))
+        diff = v.mean((0, 1)) - b.mean((0, 1))
         lo, hi = np.quantile(reps, [alpha, 1.0 - alpha], axis=0)
     else:
         raise ValueError(
             "paired_difference_per_k: need base [U, K] & variant [U, K], base [K] & variant "
-            f"[S, K], or base [P, K] & variant [S, P, K]; got {b.shape} and {v.shape}"
+            f"[S, K], or base [P, K] or [S_b, P, K] & variant [S, P, K]; got {b.shape} and "
+            f"{v.shape}"
         )
     sign = np.where(lo > 0, 1, np.where(hi < 0, -1, 0))
     return {"diff": diff, "ci_low": lo, "ci_high": hi, "sign": sign}

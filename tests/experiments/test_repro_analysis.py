@@ -178,6 +178,26 @@ def test_paired_difference_two_level_seeds_and_prompts():
         ra.paired_difference_per_k(base[:5], variant)
 
 
+def test_paired_difference_two_trained_variants():
+    # Two variants with seeds: per-prompt curves [S, P, K]; the variant is 0.05 above at k
+    # index 0 in every seed and prompt, equal at index 1 up to seed noise of mean zero.
+    rng = np.random.default_rng(1)
+    prompts = rng.uniform(0.2, 0.7, size=(30, 2))
+    noise = rng.normal(0.0, 0.02, size=(4, 1, 2))
+    other = prompts[None] + noise - noise.mean(0)  # [4, P, K]
+    noise = rng.normal(0.0, 0.02, size=(5, 1, 2))
+    variant = prompts[None] + np.array([0.05, 0.0]) + noise - noise.mean(0)  # [5, P, K]
+    out = ra.paired_difference_per_k(other, variant, num_resamples=500)
+    np.testing.assert_allclose(out["diff"], [0.05, 0.0], atol=1e-12)
+    assert out["sign"].tolist() == [1, 0]
+    # a per-run scalar (P = K = 1): final entropy 0.9 +- 0.01 vs 0.5 +- 0.01
+    hi_h = np.array([0.89, 0.90, 0.91, 0.90, 0.90])[:, None, None]
+    lo_h = np.array([0.49, 0.51, 0.50])[:, None, None]
+    out = ra.paired_difference_per_k(lo_h, hi_h, num_resamples=500)
+    assert out["diff"][0] == pytest.approx(0.4) and out["sign"][0] == 1
+    assert 0.38 < out["ci_low"][0] < 0.4 < out["ci_high"][0] < 0.42
+
+
 def test_per_prompt_pass_at_k_matches_passk():
     counts = np.array([[0, 3, 8], [1, 2, 8]])
     got = ra.per_prompt_pass_at_k(counts, 8, [1, 4, 8])
