@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_llm import checkpoint as ckpt_lib
 from jaxrl_llm import metrics as metrics_lib
 from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import workdir as workdir_lib
@@ -172,15 +173,23 @@ class SeedsTrainer:
                     "killed between its seeds' saves needs checkpoint.keep >= 2 to resume)"
                 )
             return _stack(states), None, 0
-        step = max(common)
-        restored, metas = [], []
-        for run, state in zip(self.runs, states):
-            run.checkpointer.discard_after(step)
-            st, meta = run.checkpointer.restore(state, step=step)
-            restored.append(st)
-            metas.append(meta)
-        log(f"resumed {len(self.runs)} seeds from step {step}")
-        return _stack(restored), metas, step
+        for step in sorted(common, reverse=True):  # newest first; an unreadable one is skipped
+            try:
+                loaded = [
+                    run.checkpointer.restore(state, step=step)
+                    for run, state in zip(self.runs, states)
+                ]
+            except ckpt_lib.CheckpointRestoreError as e:
+                log(f"vmapped seeds: step {step} does not restore for every seed, skipped: {e}")
+                continue
+            for run in self.runs:
+                run.checkpointer.discard_after(step)
+            log(f"resumed {len(self.runs)} seeds from step {step}")
+            return _stack([st for st, _ in loaded]), [meta for _, meta in loaded], step
+        raise ckpt_lib.CheckpointRestoreError(
+            f"vmapped seeds: none of the common checkpoint steps {sorted(common)} restores for "
+            "every seed; resume the seeds as separate runs"
+        )
 
     # ----------------------------------------------------------------------------- the loop
     def run(self, log=print):
