@@ -134,3 +134,33 @@ def test_a_save_cut_short_leaves_no_sft_model(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_io, "_write_safetensors", real)
     models.save_hf(workdir_lib.sft_dir(str(tmp_path)), cfg, params)
     assert workdir_lib.has_sft_model(str(tmp_path))
+
+
+def test_stop_reason_names_the_checkpoint_it_keeps():
+    from jaxrl_llm.trainers import stages
+
+    c = _config(**{"train.max_bad_steps": 2})
+    counters = {**stages.fresh_counters(), "bad_steps": 2}
+    assert "(step 3) is kept" in stages.stop_reason(c, counters, 4, 3)
+    assert "no checkpoint had been written yet" in stages.stop_reason(c, counters, 2, None)
+    assert stages.stop_reason(c, stages.fresh_counters(), 2, None) is None
+
+
+def test_nan_params_stop_the_run_and_say_no_checkpoint_was_written(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxrl_llm import models
+    from jaxrl_llm.trainers import rl
+
+    c = _config(**{"train.max_bad_steps": 2, "train.steps": 5, "checkpoint.every": 10})
+    tok = models.build_tokenizer("builtin", str(tmp_path))
+    cfg = models.build_model_config(c.model, tok)
+    params = jax.tree.map(
+        lambda x: jnp.full_like(x, jnp.nan), models.init_params(cfg, jax.random.key(0))
+    )
+    models.save_hf(str(tmp_path / "nan_model"), cfg, params)
+    c.model.init_checkpoint = str(tmp_path / "nan_model")
+    with pytest.raises(rl.TrainingStopped, match="no checkpoint had been written yet"):
+        rl.train(c, str(tmp_path / "run"), log=_quiet)
+    assert not os.path.exists(tmp_path / "run" / "done.json")
