@@ -22,6 +22,7 @@ Functional entry points (everything else in the library calls these):
     logits = lm_head(config, params, hidden)                           # float32 [..., V]
     cache = init_cache(config, batch, max_len, dtype=None)
     specs = logical_axes(config)
+    dparams = fuse_decode_params(config, params)   # decode copy: one qkv and one gate/up matmul
 
 Masking conventions: prompts are left-padded, `positions = clip(cumsum(mask) - 1, 0)`.
 Without a cache a query attends causally (by slot) to keys whose mask is 1.
@@ -66,6 +67,8 @@ __all__ = [
     "apply",
     "apply_hidden",
     "unstack_layers",
+    "fuse_decode_params",
+    "fused_logical_axes",
     "lm_head",
     "logical_axes",
 ]
@@ -157,19 +160,28 @@ class Attention(nn.Module):
     """Grouped-query attention (Ainslie et al. 2023) with RoPE and an optional KV cache."""
 
     config: ModelConfig
+    fused: bool = False  # one `qkv_proj` kernel (`fuse_decode_params`) instead of q/k/v
 
     @nn.compact
     def __call__(self, x, cos, sin, allowed, kv, layer, index):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         h, nh, nkv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q = Proj(cfg, (h, nh, d), (A.EMBED, A.HEADS, A.HEAD_DIM), cfg.qkv_bias, name="q_proj")(x)
-        k = Proj(cfg, (h, nkv, d), (A.EMBED, A.KV_HEADS, A.HEAD_DIM), cfg.qkv_bias, name="k_proj")(
-            x
-        )
-        v = Proj(cfg, (h, nkv, d), (A.EMBED, A.KV_HEADS, A.HEAD_DIM), cfg.qkv_bias, name="v_proj")(
-            x
-        )
+        if self.fused:  # [N, S, kv_heads, groups + 2, head_dim]: a group's q heads, then k, v
+            g = nh // nkv
+            qkv = Proj(cfg, (h, nkv, g + 2, d), FUSED_QKV_AXES, cfg.qkv_bias, name=FUSED_QKV)(x)
+            q = qkv[:, :, :, :g, :].reshape(*x.shape[:2], nh, d)
+            k, v = qkv[:, :, :, g, :], qkv[:, :, :, g + 1, :]
+        else:
+            q = Proj(cfg, (h, nh, d), (A.EMBED, A.HEADS, A.HEAD_DIM), cfg.qkv_bias, name="q_proj")(
+                x
+            )
+            k = Proj(
+                cfg, (h, nkv, d), (A.EMBED, A.KV_HEADS, A.HEAD_DIM), cfg.qkv_bias, name="k_proj"
+            )(x)
+            v = Proj(
+                cfg, (h, nkv, d), (A.EMBED, A.KV_HEADS, A.HEAD_DIM), cfg.qkv_bias, name="v_proj"
+            )(x)
         if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim, per head, before RoPE
             q = RMSNorm(cfg, d, A.HEAD_DIM, name="q_norm")(q)
             k = RMSNorm(cfg, d, A.HEAD_DIM, name="k_norm")(k)
@@ -210,13 +222,18 @@ class MLP(nn.Module):
     """SwiGLU feed-forward: `W_down (silu(W_gate x) * W_up x)`."""
 
     config: ModelConfig
+    fused: bool = False  # one `gate_up_proj` kernel `[embed, 2, mlp]` instead of gate / up
 
     @nn.compact
     def __call__(self, x):
         cfg = self.config
         h, m = cfg.hidden_size, cfg.intermediate_size
-        g = Proj(cfg, (h, m), (A.EMBED, A.MLP), False, name="gate_proj")(x)
-        u = Proj(cfg, (h, m), (A.EMBED, A.MLP), False, name="up_proj")(x)
+        if self.fused:
+            gu = Proj(cfg, (h, 2, m), FUSED_GATE_UP_AXES, False, name=FUSED_GATE_UP)(x)
+            g, u = gu[:, :, 0, :], gu[:, :, 1, :]
+        else:
+            g = Proj(cfg, (h, m), (A.EMBED, A.MLP), False, name="gate_proj")(x)
+            u = Proj(cfg, (h, m), (A.EMBED, A.MLP), False, name="up_proj")(x)
         a = _constrain(jax.nn.silu(g) * u, (A.BATCH, A.LENGTH, A.MLP))
         return Proj(cfg, (m, h), (A.MLP, A.EMBED), False, name="down_proj")(a)
 
@@ -226,16 +243,17 @@ class Block(nn.Module):
     `xs = layer index` (which slice of the stacked cache is this layer's)."""
 
     config: ModelConfig
+    fused: bool = False
 
     @nn.compact
     def __call__(self, carry, layer, cos, sin, allowed, index):
         cfg = self.config
         x, kv = carry
         h = RMSNorm(cfg, cfg.hidden_size, name="attn_norm")(x)
-        a, kv = Attention(cfg, name="attn")(h, cos, sin, allowed, kv, layer, index)
+        a, kv = Attention(cfg, self.fused, name="attn")(h, cos, sin, allowed, kv, layer, index)
         x = x + a
         h = RMSNorm(cfg, cfg.hidden_size, name="mlp_norm")(x)
-        x = x + MLP(cfg, name="mlp")(h)
+        x = x + MLP(cfg, self.fused, name="mlp")(h)
         x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
         return (x, kv), None
 
@@ -263,6 +281,7 @@ class Backbone(nn.Module):
     """Embedding → scanned blocks → final RMSNorm. Returns `(hidden [N, S, H], new_kv)`."""
 
     config: ModelConfig
+    fused: bool = False  # layers hold `fuse_decode_params` kernels
 
     @nn.compact
     def __call__(self, tokens, positions, mask, kv=None, cache_mask=None, index=None):
@@ -283,7 +302,7 @@ class Backbone(nn.Module):
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: A.LAYERS},
-        )(cfg, name="layers")
+        )(cfg, self.fused, name="layers")
         (x, new_kv), _ = layers(
             (x, kv), jnp.arange(cfg.num_layers, dtype=jnp.int32), cos, sin, allowed, index
         )
@@ -425,6 +444,83 @@ def unstack_layers(params: Params) -> Params:
     return dict(params, layers=tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(n)))
 
 
+# Names and logical axes of the kernels that `fuse_decode_params` makes.
+FUSED_QKV = "qkv_proj"  # kernel [embed, kv_heads, groups + 2, head_dim] (+ bias without embed)
+FUSED_GATE_UP = "gate_up_proj"  # kernel [embed, 2, mlp]
+FUSED_QKV_AXES = (A.EMBED, A.KV_HEADS, None, A.HEAD_DIM)
+FUSED_GATE_UP_AXES = (A.EMBED, None, A.MLP)
+
+
+def _first_layer(params: Params) -> Params:
+    layers = params["layers"]
+    return layers[0] if isinstance(layers, (tuple, list)) else layers
+
+
+def _is_fused(params: Params) -> bool:
+    return FUSED_QKV in _first_layer(params)["attn"]
+
+
+def _fuse_layer(config: ModelConfig, layer: Params) -> Params:
+    """One layer tree (any leading axes, e.g. the stacked `layers` axis) with fused kernels."""
+    nkv, g = config.num_kv_heads, config.num_heads // config.num_kv_heads
+    attn, mlp = dict(layer["attn"]), dict(layer["mlp"])
+    q, k, v = (attn.pop(name) for name in ("q_proj", "k_proj", "v_proj"))
+
+    def group(qx, kx, vx):  # q [..., heads, d] -> [..., kv_heads, groups, d]; k, v as 1 group
+        qx = qx.reshape(*qx.shape[:-2], nkv, g, qx.shape[-1])
+        return jnp.concatenate([qx, kx[..., None, :], vx[..., None, :]], axis=-2)
+
+    attn[FUSED_QKV] = {"kernel": group(q["kernel"], k["kernel"], v["kernel"])}
+    if config.qkv_bias:
+        attn[FUSED_QKV]["bias"] = group(q["bias"], k["bias"], v["bias"])
+    gate, up = mlp.pop("gate_proj"), mlp.pop("up_proj")
+    mlp[FUSED_GATE_UP] = {"kernel": jnp.stack([gate["kernel"], up["kernel"]], axis=-2)}
+    return dict(layer, attn=attn, mlp=mlp)
+
+
+def fuse_decode_params(config: ModelConfig, params: Params) -> Params:
+    """`params` with each layer's q/k/v kernels fused into one `qkv_proj` and gate/up into one
+    `gate_up_proj` kernel, so a layer runs one matmul for each instead of three and two.
+
+    Layouts (the query head of kv head `j`, group member `i`, is head `j * groups + i`, as in
+    `Attention`):
+      `qkv_proj.kernel [H, kv_heads, groups + 2, head_dim]`: slot `< groups` of kv head `j` is
+        its group's query heads, slot `groups` its key, `groups + 1` its value; `bias`
+        (qwen2) `[kv_heads, groups + 2, head_dim]` likewise;
+      `gate_up_proj.kernel [H, 2, mlp]`: `[:, 0]` gate, `[:, 1]` up.
+    Grouping by KV head keeps the `kv_heads` and `mlp` axes whole, so a tensor-parallel split
+    of either axis still holds whole q/k/v (gate/up) pieces on each shard.
+
+    A copy for decoding only: `apply` / `apply_hidden` recognise the fused layers (stacked or
+    `unstack_layers`-unstacked, before or after fusing) and compute the same function up to
+    float rounding (one matmul sums in its own order). The trainer's parameters, their names
+    and checkpoints are untouched; fused params are not what `logical_axes(config)` describes
+    (`fused_logical_axes` does). Already fused params are returned as they are.
+    """
+    if _is_fused(params):
+        return params
+    layers = params["layers"]
+    if isinstance(layers, (tuple, list)):
+        fused = tuple(_fuse_layer(config, layer) for layer in layers)
+    else:
+        fused = _fuse_layer(config, layers)
+    return dict(params, layers=fused)
+
+
+def fused_logical_axes(config: ModelConfig) -> Params:
+    """`logical_axes(config)` for `fuse_decode_params(config, params)` (stacked layers)."""
+    specs = logical_axes(config)
+    layers = specs["layers"]
+    attn, mlp = dict(layers["attn"]), dict(layers["mlp"])
+    lead = attn.pop("q_proj")["kernel"][:-3]  # the stacked `layers` axis
+    attn.pop("k_proj"), attn.pop("v_proj"), mlp.pop("gate_proj"), mlp.pop("up_proj")
+    attn[FUSED_QKV] = {"kernel": lead + FUSED_QKV_AXES}
+    if config.qkv_bias:
+        attn[FUSED_QKV]["bias"] = lead + FUSED_QKV_AXES[1:]
+    mlp[FUSED_GATE_UP] = {"kernel": lead + FUSED_GATE_UP_AXES}
+    return dict(specs, layers=dict(layers, attn=attn, mlp=mlp))
+
+
 def _backbone_unstacked(config, params, tokens, positions, mask, kv, cache_mask, index):
     """`Backbone` with per-layer parameter trees: the same modules, unrolled over layers."""
     if len(params["layers"]) != config.num_layers:
@@ -437,8 +533,9 @@ def _backbone_unstacked(config, params, tokens, positions, mask, kv, cache_mask,
     cos, sin = rope_cos_sin(config, positions)
     allowed = attention_mask(mask, cache_mask, index)
     block = nn.remat(Block, prevent_cse=False) if config.remat else Block
+    fused = _is_fused(params)
     for i, layer in enumerate(params["layers"]):
-        (x, kv), _ = block(config).apply(
+        (x, kv), _ = block(config, fused).apply(
             {"params": layer}, (x, kv), jnp.asarray(i, jnp.int32), cos, sin, allowed, index
         )
     x = RMSNorm(config, config.hidden_size).apply({"params": params["final_norm"]}, x)
@@ -457,7 +554,9 @@ def _forward(config, params, tokens, positions, mask, cache):
             return _backbone_unstacked(config, body, tokens, positions, mask, None, None, None)[
                 0
             ], None
-        hidden, _ = Backbone(config).apply({"params": body}, tokens, positions, mask)
+        hidden, _ = Backbone(config, _is_fused(body)).apply(
+            {"params": body}, tokens, positions, mask
+        )
         return hidden, None
     index = jnp.asarray(cache["index"], jnp.int32)
     cache_mask = lax.dynamic_update_slice(
@@ -468,7 +567,7 @@ def _forward(config, params, tokens, positions, mask, cache):
             config, body, tokens, positions, mask, (cache["k"], cache["v"]), cache_mask, index
         )
     else:
-        hidden, (k, v) = Backbone(config).apply(
+        hidden, (k, v) = Backbone(config, _is_fused(body)).apply(
             {"params": body}, tokens, positions, mask, (cache["k"], cache["v"]), cache_mask, index
         )
     new_cache = {"k": k, "v": v, "mask": cache_mask, "index": index + tokens.shape[1]}

@@ -3,8 +3,10 @@
 prompts = pad_prompts(token_id_lists, bucket_lengths=(16, 32, 64), pad_id=0)
 rollout = generate(params, config, prompts, key, SamplingParams(max_new_tokens=64, n=8))
 logp = token_logprobs(logits, targets, temperature)   # shared with the trainer
+rollout = generate(..., fused=True)                    # opt-in fused q/k/v and gate/up decode
 """
 
+from jaxrl_llm.models.transformer import fuse_decode_params
 from jaxrl_llm.rollout.host import (
     DEFAULT_BUCKETS,
     apply_stop_strings,
@@ -36,6 +38,7 @@ __all__ = [
     "generate_with_cache",
     "generate_seeds",
     "init_sampler_cache",
+    "fuse_decode_params",
     "token_logprobs",
     "sample_tokens",
     "sample_from_weights",

@@ -48,6 +48,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxrl_llm import models
+from jaxrl_llm.models.transformer import fuse_decode_params
 from jaxrl_llm.parallel import axes as A
 from jaxrl_llm.parallel import sharding as sharding_lib
 from jaxrl_llm.rollout.logprobs import token_logprobs
@@ -205,12 +206,25 @@ def _decode(config, static, truncate, params, key, floats, logits, cache, plen, 
 
 
 def _program(
-    config, static, unstack, constrain, params, prompt_tokens, prompt_mask, key, floats, cache
+    config,
+    static,
+    unstack,
+    constrain,
+    params,
+    prompt_tokens,
+    prompt_mask,
+    key,
+    floats,
+    cache,
+    *,
+    fused=False,
 ):
     max_new, n, stop_ids, top_k, greedy = static
     b, p = prompt_tokens.shape
     if unstack:  # one copy of the layer weights per call, none per decode step
         params = models.unstack_layers(params)
+    if fused:  # one copy of the q/k/v and gate/up kernels per call, fused (opt-in)
+        params = fuse_decode_params(config, params)
 
     logits, cache, plen, empty = _prefill(config, params, prompt_tokens, prompt_mask, n, cache)
     cache = constrain["cache"](cache)
@@ -242,7 +256,9 @@ def _program(
 
 
 @functools.cache
-def _compiled(config, static: tuple, batch: int, prompt_len: int, mesh, rules, unstack: bool):
+def _compiled(
+    config, static: tuple, batch: int, prompt_len: int, mesh, rules, unstack: bool, *, fused=False
+):
     """The jitted program for one (config, static sampling fields, shape, mesh, rules, layout)."""
     max_new, n = static[0], static[1]
     if mesh is None:
@@ -253,7 +269,7 @@ def _compiled(config, static: tuple, batch: int, prompt_len: int, mesh, rules, u
         cache_sh = _cache_shardings(config, rows, prompt_len + max_new, mesh, rules)
         constrain = {"cache": lambda c: jax.lax.with_sharding_constraint(c, cache_sh)}
         shardings = {"out_shardings": (_rollout_shardings(rows, mesh, rules), cache_sh)}
-    fn = functools.partial(_program, config, static, unstack, constrain)
+    fn = functools.partial(_program, config, static, unstack, constrain, fused=fused)
     return jax.jit(fn, donate_argnums=(5,), **shardings)
 
 
@@ -297,6 +313,7 @@ def generate_with_cache(
     mesh=None,
     rules=None,
     unstack_layers: bool | None = None,
+    fused: bool = False,
 ) -> tuple[Rollout, dict]:
     """`generate`, also returning the final KV cache.
 
@@ -304,6 +321,7 @@ def generate_with_cache(
     is donated: its buffers are reused in place and must not be used after
     the call; pass the returned cache to the next call of the same shape to
     avoid a new allocation. None allocates a fresh one.
+    `unstack_layers` and `fused` are as in `generate`.
     """
     _check(config, prompts, sampling)
     rules = _rules_tuple(rules)
@@ -342,7 +360,9 @@ def generate_with_cache(
     if unstack_layers is None:  # rows per device decide whether a step is weight-bound
         shards = sharding_lib.batch_shards(mesh, rules) if mesh is not None else 1
         unstack_layers = (rows // shards if rows % shards == 0 else rows) <= UNSTACK_MAX_ROWS
-    program = _compiled(config, sampling.static_key(), b, p, mesh, rules, bool(unstack_layers))
+    program = _compiled(
+        config, sampling.static_key(), b, p, mesh, rules, bool(unstack_layers), fused=bool(fused)
+    )
     if mesh is None:
         return program(params, tokens, mask, key, floats, cache)
     batch_sh = sharding_lib.row_sharding(mesh, rules, rows=b)
@@ -352,11 +372,13 @@ def generate_with_cache(
 
 
 @functools.cache
-def _compiled_seeds(config, static: tuple, seeds: int, batch: int, prompt_len: int, unstack: bool):
+def _compiled_seeds(
+    config, static: tuple, seeds: int, batch: int, prompt_len: int, unstack: bool, fused=False
+):
     """`_program` vmapped over a leading seed axis of params, prompts, keys and cache."""
     rows, max_len = batch * static[1], prompt_len + static[0]
     fn = jax.vmap(
-        functools.partial(_program, config, static, unstack, {"cache": lambda c: c}),
+        functools.partial(_program, config, static, unstack, {"cache": lambda c: c}, fused=fused),
         in_axes=(0, 0, 0, 0, None, 0),
     )
 
@@ -375,6 +397,7 @@ def generate_seeds(
     sampling: SamplingParams,
     *,
     unstack_layers: bool | None = None,
+    fused: bool = False,
 ) -> Rollout:
     """`generate` for S models at once, as one program vmapped over a leading seed axis.
 
@@ -383,6 +406,7 @@ def generate_seeds(
     `generate(params[s], config, prompts[s], keys[s], sampling)` up to float rounding (one
     device, no mesh: the use is many small runs, e.g. seeds of a tiny model, on one chip).
     The decode loop runs until every row of every seed has stopped.
+    `unstack_layers` and `fused` are as in `generate`.
     """
     tokens, mask = np.asarray(prompts.tokens, np.int32), np.asarray(prompts.mask, np.int32)
     if tokens.ndim != 3 or tokens.shape != mask.shape:
@@ -403,7 +427,9 @@ def generate_seeds(
             for x in (sampling.temperature, sampling.top_p, sampling.min_p)
         ]
     )
-    program = _compiled_seeds(config, sampling.static_key(), s, b, p, bool(unstack_layers))
+    program = _compiled_seeds(
+        config, sampling.static_key(), s, b, p, bool(unstack_layers), bool(fused)
+    )
     return program(params, tokens, mask, key_data, floats)
 
 
@@ -417,6 +443,7 @@ def generate(
     mesh=None,
     rules: Sequence | None = None,
     unstack_layers: bool | None = None,
+    fused: bool = False,
 ) -> Rollout:
     """Sample `sampling.n` completions for each prompt: a `Rollout` of N = B·n rows.
 
@@ -432,6 +459,14 @@ def generate(
         (default) does so when the rows per device (B·n over the mesh's batch shards) are
         at most `UNSTACK_MAX_ROWS`, where decoding is bound by reading the weights. Costs one extra copy of the layer weights in memory during
         the call. Same tokens and log-probs either way.
+      fused: decode (and prefill) with `models.transformer.fuse_decode_params(config, params)`,
+        made once per call inside the program: one q/k/v and one gate/up matmul per layer
+        instead of five (fewer kernels per decode step, see BENCHMARKS.md "Decode kernels").
+        Costs a copy of those kernels (about 2/3 of the layer weights) while it runs; params
+        that are already fused are used as they are (no copy). Off by default. The same
+        function up to float rounding (logits within ~1e-6 of the unfused ones in float32),
+        so greedy tokens match, and sampled tokens match unless a draw lands within that
+        rounding of a category boundary.
     Returns:
       `Rollout` with prompt_tokens/prompt_mask [N, P], tokens/mask/sampler_logp
       [N, T], group_id [N] (row r ↔ prompt r // n), truncated [N].
@@ -445,5 +480,6 @@ def generate(
         mesh=mesh,
         rules=rules,
         unstack_layers=unstack_layers,
+        fused=fused,
     )
     return rollout
