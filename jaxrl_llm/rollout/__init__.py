@@ -4,9 +4,11 @@ prompts = pad_prompts(token_id_lists, bucket_lengths=(16, 32, 64), pad_id=0)
 rollout = generate(params, config, prompts, key, SamplingParams(max_new_tokens=64, n=8))
 logp = token_logprobs(logits, targets, temperature)   # shared with the trainer
 rollout = generate(..., fused=True)                    # opt-in fused q/k/v and gate/up decode
+logits, cache = extend_rows(config, params, cache, tokens, counts)   # append to live rows
 """
 
 from jaxrl_llm.models.transformer import fuse_decode_params
+from jaxrl_llm.rollout.extend import extend_rows, row_lengths
 from jaxrl_llm.rollout.host import (
     DEFAULT_BUCKETS,
     apply_stop_strings,
@@ -39,6 +41,8 @@ __all__ = [
     "generate_seeds",
     "init_sampler_cache",
     "fuse_decode_params",
+    "extend_rows",
+    "row_lengths",
     "token_logprobs",
     "sample_tokens",
     "sample_from_weights",
