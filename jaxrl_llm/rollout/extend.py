@@ -12,7 +12,12 @@ order, and a row's token positions are `0, 1, 2, ...` over those slots (the libr
 `positions = cumsum(mask) - 1` convention). So a row's next position is its number of
 valid slots, `row_lengths(cache)`, and masked slots ("holes") inside a row are never
 attended to and change nothing. Caches filled by `models.apply` (prefill, decode steps)
-and by the sampler keep this contract; so does `extend_rows`.
+and by the sampler keep this contract; so does `extend_rows`. Two things to know about the
+cache `generate_with_cache` returns: its last drawn token of each row is not in it (as with
+any decode loop), and a row that stopped before the loop ended holds the tokens fed after
+its stop (the loop writes every row until all stop); continue such a row only after a
+`reset`, or build the loop on `extend_rows` itself. Its `P + T` slots also leave at most
+`T` minus the steps run for appends: a continuing caller allocates a longer cache.
 
 A row is *live* when its cache holds its sequence so far and the caller holds what comes
 next: usually the token just drawn from the last logits (not yet in the cache, as in the

@@ -127,3 +127,26 @@ def test_generate_fused_sampled_same_tokens(qwen2_setup):
     np.testing.assert_array_equal(prefused.tokens, base.tokens)
     np.testing.assert_allclose(fused.sampler_logp, base.sampler_logp, atol=1e-5)
     assert len(np.unique(np.asarray(base.tokens))) > 5  # really sampled, not one token
+
+
+def test_generate_fused_on_a_mesh(qwen2_setup):
+    """FSDP/tensor-sharded trainer params fused inside the program, and params fused once and
+    placed by `fused_logical_axes`: the single-device greedy tokens on a 2x2x2 mesh."""
+    from jaxrl_llm.parallel import axes as A
+    from jaxrl_llm.parallel.mesh import make_mesh
+
+    config, p, prompts = qwen2_setup
+    sp = SamplingParams(max_new_tokens=6, greedy=True, n=2)
+    base = generate(p, config, prompts, jax.random.key(0), sp, unstack_layers=False)
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    kw = dict(mesh=mesh, rules=A.DEFAULT_RULES, unstack_layers=False)
+    sharded = jax.device_put(p, A.logical_to_sharding(models.logical_axes(config), mesh, shapes=p))
+    got = generate(sharded, config, prompts, jax.random.key(0), sp, fused=True, **kw)
+    np.testing.assert_array_equal(got.tokens, base.tokens)
+    f = fuse_decode_params(config, p)
+    f = jax.device_put(f, A.logical_to_sharding(fused_logical_axes(config), mesh, shapes=f))
+    qkv = f["layers"]["attn"]["qkv_proj"]["kernel"]  # [layers, embed, kv_heads, g + 2, d]
+    assert qkv.addressable_shards[0].data.shape[1:3] == (config.hidden_size // 2, 1)
+    got = generate(f, config, prompts, jax.random.key(0), sp, **kw)
+    np.testing.assert_array_equal(got.tokens, base.tokens)
+    np.testing.assert_allclose(got.sampler_logp, base.sampler_logp, atol=1e-5)
