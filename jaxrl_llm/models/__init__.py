@@ -1,5 +1,6 @@
 """Decoder-only transformer (Llama / Qwen2 / Qwen3), value model, HF IO and tokenizers."""
 
+from jaxrl_llm.models.blocked_head import blocked_token_logprobs, lm_head_logprobs
 from jaxrl_llm.models.build import build_model_config, build_tokenizer
 from jaxrl_llm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from jaxrl_llm.models.hf_io import load_hf, save_hf
@@ -48,4 +49,7 @@ __all__ = [
     # a run's tokenizer and model config from its config groups (models/build.py)
     "build_tokenizer",
     "build_model_config",
+    # log-probs over vocabulary blocks, no [N, T, V] logits (models/blocked_head.py)
+    "blocked_token_logprobs",
+    "lm_head_logprobs",
 ]

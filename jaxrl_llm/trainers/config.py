@@ -198,6 +198,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "steps": F(150, "RL steps", gt=0),
         "seed": F(0, "run seed", ge=0),
         "logprob_chunk": F(0, "sequence chunk of the log-prob pass; 0: one chunk", ge=0),
+        "vocab_block": F(
+            0,
+            "vocabulary columns per block of the log-prob pass (online log-sum-exp, no "
+            "[N, T, V] logits in forward or backward); 0: the whole vocabulary at once",
+            ge=0,
+        ),
         "max_bad_steps": F(5, "stop after this many non-finite updates in a row", ge=1),
     },
     "optim": {

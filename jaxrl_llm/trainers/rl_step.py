@@ -69,6 +69,7 @@ class LossSettings:
     forking_tokens: float
     temperature: float
     logprob_chunk: int
+    vocab_block: int
     vf_coef: float
     value_clip: float
     loss_kwargs: tuple
@@ -89,6 +90,7 @@ class LossSettings:
             forking_tokens=float(c.algo.forking_tokens),
             temperature=float(c.rollout.temperature),
             logprob_chunk=int(c.train.logprob_chunk),
+            vocab_block=int(c.train.vocab_block),
             vf_coef=float(c.algo.vf_coef),
             value_clip=float(c.algo.value_clip),
             loss_kwargs=tuple(sorted(c.algo.loss_kwargs.to_dict().items())),
@@ -134,6 +136,7 @@ def policy_micro_loss(
         mb.tokens,
         temperature=s.temperature,
         chunk=s.logprob_chunk,
+        vocab_block=s.vocab_block,
         with_entropy=True,
     )
     mask = mb.mask
@@ -237,6 +240,7 @@ def train_step(
                 mb.tokens,
                 temperature=s.temperature,
                 chunk=s.logprob_chunk,
+                vocab_block=s.vocab_block,
                 with_entropy=True,
             )
             return None, ent
@@ -394,6 +398,7 @@ class RLPrograms:
                 donate_argnums=(0,),
             )
         chunk = self.settings.logprob_chunk
+        vocab_block = self.settings.vocab_block
         temp = self.settings.temperature
 
         def logp_fn(params, prompt_tokens, prompt_mask, tokens):
@@ -405,6 +410,7 @@ class RLPrograms:
                 tokens,
                 temperature=temp,
                 chunk=chunk,
+                vocab_block=vocab_block,
                 with_entropy=False,
             )[0]
 
