@@ -2,9 +2,11 @@
 
 Command:   python -m jaxrl_llm.trainers.reward_model --config=configs/rm_arith.py --workdir=runs/rm
 Laptop:    python -m jaxrl_llm.trainers.reward_model --config=configs/rm_arith.py:runlocal --workdir=runs/x
-Hardware:  a 2-core CPU; the tiny model of the RL recipes (hidden 128, 2 layers), random init.
+Hardware:  a 2-core CPU; the tiny model of the RL recipes (hidden 128, 2 layers) after a
+           300-step SFT warm start; about 3 minutes (runlocal: about 1 minute).
 Expected:  held-out pairwise accuracy on clean, length-balanced pairs rises from about 0.5
-           (untrained) to >= 0.85; see docs/reward_models.md for the measured numbers and time.
+           (untrained) to about 0.85 (measured 0.852; runlocal 0.871); same-length wrong
+           answers are the hard part (0.71). Measured numbers: docs/reward_models.md.
 
 The pairs come from `tasks.preference_data.ArithPreferenceTask` (or from preference files:
 `data.train_file` / `data.heldout_file`, any layout `load_preference_pairs` reads). The

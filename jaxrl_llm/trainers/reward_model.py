@@ -56,6 +56,8 @@ __all__ = [
     "make_score_fn",
     "encode_pairs",
     "evaluate_pairs",
+    "make_optimizer",
+    "make_update",
     "train_reward_model",
     "save_reward_model",
     "load_reward_model",
