@@ -438,11 +438,13 @@ class Trainer:
         counters = stages.fresh_counters()
         history = []
         start_step = 0
+        earlier_seconds = 0.0  # training time of the run's earlier lives (resume)
         if self.checkpointer.latest_step() is not None:
             state, meta = self.checkpointer.restore(state)
             source.load_state_dict(meta["source"])
             counters.update(meta["counters"])
             history = meta.get("history", [])
+            earlier_seconds = float(meta.get("seconds", 0.0))
             start_step = int(meta["step"])
             log(f"resumed from step {start_step} ({self.checkpointer.directory})")
         initial_eval = stages.initial_eval_of(history)  # kept from the run's first life
@@ -485,13 +487,23 @@ class Trainer:
                     self.checkpointer.save(
                         step + 1,
                         state,
-                        {"source": source.state_dict(), "counters": counters, "history": history},
+                        {
+                            "source": source.state_dict(),
+                            "counters": counters,
+                            "history": history,
+                            "seconds": earlier_seconds + time.time() - t_start,
+                        },
                     )
         if progress is not None:
             progress.close()
         final_eval = self.evaluate(state.params)
         summary = self.finish(
-            final_eval, initial_eval, counters, history, time.time() - t_start, log
+            final_eval,
+            initial_eval,
+            counters,
+            history,
+            earlier_seconds + time.time() - t_start,
+            log,
         )
         self.state = state
         return summary
