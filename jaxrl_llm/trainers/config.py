@@ -171,6 +171,25 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "recompute_old_logp": F(
             False, "recompute old log-probs with a forward pass instead of the sampler's"
         ),
+        "rollout_correction": F(
+            "",
+            "correct for the sampler's log-probs differing from the recomputed old ones: tis "
+            "(truncated IS weights), mis (masked IS); empty: off (needs recompute_old_logp)",
+            ("", "tis", "mis"),
+        ),
+        "rollout_correction_level": F(
+            "token",
+            "ratio of the rollout correction: per token, per sequence, or geometric mean",
+            ("token", "sequence", "geometric"),
+        ),
+        "rollout_correction_threshold": F(
+            2.0,
+            "C of the rollout correction: tis truncates the ratio at C, mis drops above C",
+            gt=0,
+        ),
+        "rollout_correction_low": F(
+            0.0, "mis: drop ratios below this; 0: 1 / rollout_correction_threshold", ge=0
+        ),
         "vf_coef": F(0.5, "value loss coefficient", ge=0),
         "value_clip": F(0.2, "value clip range around the old values", ge=0),
         "loss_kwargs": F({}, "extra keywords for the policy loss (e.g. clip_cov ranges)"),
@@ -463,6 +482,20 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ConfigError(
             f"config.data.overlong_buffer = {c.data.overlong_buffer} must be smaller "
             f"than rollout.max_new_tokens = {c.rollout.max_new_tokens}"
+        )
+    if c.algo.rollout_correction and not c.algo.recompute_old_logp:
+        raise ConfigError(
+            f"config.algo.rollout_correction = {c.algo.rollout_correction!r} needs "
+            "config.algo.recompute_old_logp = True (the correction weighs the sampler's "
+            "log-probs against the trainer's recomputed old ones)"
+        )
+    if (
+        c.algo.rollout_correction == "mis"
+        and c.algo.rollout_correction_low > c.algo.rollout_correction_threshold
+    ):
+        raise ConfigError(
+            f"config.algo.rollout_correction_low = {c.algo.rollout_correction_low} must be "
+            f"<= rollout_correction_threshold = {c.algo.rollout_correction_threshold}"
         )
     # What the estimator and the policy loss need (a critic, a group size, a ratio to the
     # behaviour policy) is checked by the registry, from what each entry declares.
