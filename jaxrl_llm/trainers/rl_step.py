@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_llm.losses import aggregation as agg_lib
+from jaxrl_llm.losses import importance as importance_lib
 from jaxrl_llm.losses import kl as kl_lib
 from jaxrl_llm.losses import registry
 from jaxrl_llm.losses import value as value_lib
@@ -46,6 +47,9 @@ class TrainBatch:
     old_values: Any = None
     returns: Any = None
     token_mask: Any = None  # completion mask of every sampled token (diagnostics); None: mask
+    # The sampler's log-probs when a rollout correction is configured (`old_logp` is then the
+    # trainer's recomputed pass); None: no correction.
+    rollout_logp: Any = None
 
 
 def batch_counts(mask):
@@ -73,6 +77,10 @@ class LossSettings:
     vf_coef: float
     value_clip: float
     loss_kwargs: tuple
+    rollout_correction: str = ""  # "", "tis" or "mis"
+    correction_level: str = "token"
+    correction_threshold: float = 2.0
+    correction_low: float | None = None  # mis only; None: 1 / threshold
 
     @classmethod
     def from_config(cls, c):
@@ -94,6 +102,14 @@ class LossSettings:
             vf_coef=float(c.algo.vf_coef),
             value_clip=float(c.algo.value_clip),
             loss_kwargs=tuple(sorted(c.algo.loss_kwargs.to_dict().items())),
+            rollout_correction=c.algo.rollout_correction,
+            correction_level=c.algo.rollout_correction_level,
+            correction_threshold=float(c.algo.rollout_correction_threshold),
+            correction_low=(
+                float(c.algo.rollout_correction_low)
+                if c.algo.rollout_correction == "mis" and c.algo.rollout_correction_low
+                else None
+            ),
         )
 
 
@@ -120,13 +136,15 @@ def policy_micro_loss(
     num_tokens,
     num_seqs,
     num_sampled,
+    pg_weight=None,
 ):
     """Loss of one micro-batch, normalised by the minibatch's global counts.
 
     Returns (loss, (pg_metrics, sums)): `pg_metrics` are this micro-batch's token means (merged
     with `registry.merge_metrics`), `sums` are already divided by global counts (added).
     Entropy and KL diagnostics are means over every sampled token (`token_mask`), so PSR / NSR
-    runs log comparable entropies.
+    runs log comparable entropies. `pg_weight` [n, T] (TIS rollout-correction weights, or None)
+    multiplies the per-token policy-gradient loss.
     """
     logp, ent = completion_logprobs(
         model_config,
@@ -144,6 +162,13 @@ def policy_micro_loss(
     extra = dict(s.loss_kwargs)
     if s.forking_tokens > 0:
         extra.update(entropy=jax.lax.stop_gradient(ent), forking_top_fraction=s.forking_tokens)
+    if pg_weight is not None:
+        # TIS: the truncated weight multiplies the per-token loss ℓ_t after clipping, as a
+        # stop-gradient factor (`pg_mask`), and the normaliser (num_tokens) is unchanged: verl's
+        # `pg_losses * rollout_is_weights` before `agg_loss` over the unchanged response mask.
+        # Not folded into the advantages, which batch statistics (Clip-Cov, KL-Cov) read.
+        w = jax.lax.stop_gradient(pg_weight)
+        extra["pg_mask"] = w if extra.get("pg_mask") is None else extra["pg_mask"] * w
     pg_loss, pg_metrics = registry.compute_policy_loss(
         s.policy_loss,
         logp,
@@ -221,8 +246,29 @@ def train_step(
     policy_warmup: int,
 ):
     """One optimiser update on a minibatch: scan over micro-batches, exact accumulation."""
-    num_tokens, num_seqs = batch_counts(batch.mask)
     token_mask = batch.mask if batch.token_mask is None else batch.token_mask
+    pg_weight, corr_metrics = None, {}
+    if s.rollout_correction:
+        # On the whole minibatch (ratio quantiles are batch statistics; the weights and the keep
+        # mask are per row, so computing them before the micro-batch split changes nothing).
+        w, keep, corr_metrics = importance_lib.rollout_correction(
+            batch.old_logp,
+            batch.rollout_logp,
+            batch.mask,
+            level=s.correction_level,
+            mode="truncate" if s.rollout_correction == "tis" else "mask",
+            threshold=s.correction_threshold,
+            low_threshold=s.correction_low,
+        )
+        if s.rollout_correction == "tis":
+            pg_weight = w
+        else:
+            # MIS: as verl (`response_mask * rejection mask` replaces the response mask), the
+            # dropped tokens leave the loss mask, so the normaliser counts the kept tokens only;
+            # the KL, entropy and value terms use the same mask. Diagnostics over every
+            # sampled token (entropy, KL) keep the original `token_mask`.
+            batch = batch.replace(mask=batch.mask * keep, token_mask=token_mask)
+    num_tokens, num_seqs = batch_counts(batch.mask)
     num_sampled = jnp.sum(token_mask)
     key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 7)
     micro = _split_micro(batch, num_micro)
@@ -257,6 +303,7 @@ def train_step(
         else {}
     )
     micro_stats = registry.split_stats(stats, num_micro)
+    micro_w = None if pg_weight is None else _split_micro(pg_weight, num_micro)
 
     grad_fn = jax.value_and_grad(policy_micro_loss, has_aux=True)
     loss_kw = dict(
@@ -269,8 +316,10 @@ def train_step(
 
     def body(carry, xs):
         grads, pg_acc, sums_acc = carry
-        mb, st = xs
-        (_, (pg_m, sums)), g = grad_fn(state.params, mb, st, state.kl_coef, key, **loss_kw)
+        mb, st, w = xs
+        (_, (pg_m, sums)), g = grad_fn(
+            state.params, mb, st, state.kl_coef, key, pg_weight=w, **loss_kw
+        )
         weight = jnp.sum(mb.mask) / jnp.maximum(num_tokens, 1.0)
         pg_acc = registry.merge_metrics(pg_acc, pg_m, weight=weight)
         return (
@@ -279,17 +328,20 @@ def train_step(
             jax.tree.map(jnp.add, sums_acc, sums),
         ), None
 
-    first = (jax.tree.map(lambda x: x[0], micro), jax.tree.map(lambda x: x[0], micro_stats))
+    first = jax.tree.map(lambda x: x[0], (micro, micro_stats, micro_w))
     _, (pg_shape, sums_shape) = jax.eval_shape(
-        lambda: grad_fn(state.params, first[0], first[1], state.kl_coef, key, **loss_kw)
+        lambda: grad_fn(
+            state.params, first[0], first[1], state.kl_coef, key, pg_weight=first[2], **loss_kw
+        )
     )[0]
     init = (
         jax.tree.map(jnp.zeros_like, state.params),
         registry.init_metrics(pg_shape),
         jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), sums_shape),
     )
-    (grads, pg_metrics, metrics), _ = jax.lax.scan(body, init, (micro, micro_stats))
+    (grads, pg_metrics, metrics), _ = jax.lax.scan(body, init, (micro, micro_stats, micro_w))
     metrics = dict(metrics, **pg_metrics)
+    metrics.update({f"correction/{k}": v for k, v in corr_metrics.items()})
 
     grad_norm = _global_norm(grads)
     finite = jnp.isfinite(metrics["loss/total"]) & jnp.isfinite(grad_norm)
@@ -378,6 +430,13 @@ class RLPrograms:
                 _rows(config) // config.train.microbatch_size if config.train.microbatch_size else 1
             )
         )
+        if (
+            self.settings.rollout_correction
+            and batch_sharding is not None
+            and batch_sharding.rollout_logp is None
+        ):
+            # the sampler's log-probs travel with the batch, laid out like the old ones
+            batch_sharding = batch_sharding.replace(rollout_logp=batch_sharding.old_logp)
         self.batch_sharding = batch_sharding
         step_fn = functools.partial(
             train_step,

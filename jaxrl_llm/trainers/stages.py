@@ -200,6 +200,8 @@ def build_batch(
         old_values=values,
         returns=ret if c.critic.enabled else None,
         token_mask=mask,
+        # rollout correction: the sampler's log-probs against the recomputed `old_logp`
+        rollout_logp=ro.sampler_logp if c.algo.rollout_correction else None,
     )
     return ro, batch
 

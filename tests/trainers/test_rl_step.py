@@ -163,3 +163,88 @@ def test_vocab_blocked_log_probs_give_the_same_update(setup):
     for k in ("loss/total", "loss/kl", "entropy", "grad_norm"):
         np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-6, err_msg=k)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
+
+
+# ----------------------------------------------------------------------------- rollout correction
+def _corrected(s, kind, level="token", threshold=2.0, low=None):
+    return dataclasses.replace(
+        s,
+        rollout_correction=kind,
+        correction_level=level,
+        correction_threshold=threshold,
+        correction_low=low,
+    )
+
+
+@pytest.mark.parametrize(
+    "kind,level", [("tis", "token"), ("tis", "sequence"), ("mis", "token"), ("mis", "geometric")]
+)
+def test_rollout_correction_on_policy_is_the_plain_update(setup, kind, level):
+    """Sampler log-probs equal to the trainer's: every weight is 1 and nothing is dropped, so the
+    corrected update is the uncorrected one, bit for bit."""
+    mc, params, batch = setup
+    s = _settings("token-mean", kl=0.05, entropy=0.01)
+    g0, m0 = _step(mc, params, batch, s, 2)
+    g1, m1 = _step(
+        mc, params, batch.replace(rollout_logp=batch.old_logp), _corrected(s, kind, level), 2
+    )
+    jax.tree.map(np.testing.assert_array_equal, g1, g0)
+    for k in m0:
+        np.testing.assert_array_equal(m1[k], m0[k], err_msg=k)
+    assert float(m1["correction/logp_gap_abs"]) == 0.0
+    assert float(m1["correction/weight_mean"]) == 1.0
+
+
+def _hand_ppo_terms(mc, params, batch):
+    lp = np.asarray(
+        completion_logprobs(mc, params, batch.prompt_tokens, batch.prompt_mask, batch.tokens)[0],
+        np.float64,
+    )
+    old, adv = np.asarray(batch.old_logp, np.float64), np.asarray(batch.advantages, np.float64)
+    r = np.exp(lp - old)
+    return np.maximum(-adv * r, -adv * np.clip(r, 0.8, 1.2))  # ppo_clip, ε = 0.2
+
+
+@pytest.mark.parametrize("num_micro", [1, 2])
+def test_tis_loss_equals_hand_computed_truncated_weights(setup, num_micro):
+    """ρ_t = π_old / π_rollout from a constructed gap; TIS loss = Σ m·min(ρ, C)·ℓ_t / Σ m (the
+    normaliser is unchanged)."""
+    mc, params, batch = setup
+    rng = np.random.default_rng(3)
+    gap = rng.normal(scale=0.8, size=batch.old_logp.shape).astype(np.float32)
+    b = batch.replace(ref_logp=None, rollout_logp=batch.old_logp - gap)
+    s = _settings("token-mean")
+    C = 1.5
+    _, m = _step(mc, params, b, _corrected(s, "tis", threshold=C), num_micro)
+    mask = np.asarray(b.mask, np.float64)
+    w = np.minimum(np.exp(gap.astype(np.float64)), C)
+    assert 0 < ((w == C) & (mask > 0)).sum() < (mask > 0).sum()  # some, not all, truncated
+    ell = _hand_ppo_terms(mc, params, b)
+    expected = np.sum(mask * w * ell) / np.sum(mask)
+    np.testing.assert_allclose(float(m["loss/total"]), expected, rtol=1e-5)
+    _, m_plain = _step(mc, params, b, s, num_micro)
+    assert abs(float(m_plain["loss/total"]) - expected) > 1e-4  # the weights did something
+    np.testing.assert_allclose(
+        m["correction/truncated_frac"], np.sum(mask * (w == C)) / np.sum(mask), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        m["correction/logp_gap"], np.sum(mask * gap) / np.sum(mask), rtol=1e-5, atol=1e-7
+    )
+
+
+def test_mis_drops_tokens_from_the_loss_and_its_normaliser(setup):
+    """MIS (token level, keep 1/C ≤ ρ ≤ C): loss = Σ m·keep·ℓ_t / Σ m·keep (verl's convention)."""
+    mc, params, batch = setup
+    rng = np.random.default_rng(4)
+    gap = rng.normal(scale=0.8, size=batch.old_logp.shape).astype(np.float32)
+    b = batch.replace(ref_logp=None, rollout_logp=batch.old_logp - gap)
+    _, m = _step(mc, params, b, _corrected(_settings("token-mean"), "mis", threshold=1.5), 2)
+    mask = np.asarray(b.mask, np.float64)
+    keep = (np.abs(gap) <= np.log(1.5)).astype(np.float64)
+    assert 0 < np.sum(mask * keep) < np.sum(mask)
+    ell = _hand_ppo_terms(mc, params, b)
+    expected = np.sum(mask * keep * ell) / np.sum(mask * keep)
+    np.testing.assert_allclose(float(m["loss/total"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        m["correction/masked_frac"], np.sum(mask * (1 - keep)) / np.sum(mask), rtol=1e-5
+    )
