@@ -26,10 +26,11 @@ def build_tokenizer(path: str, workdir: str):
 
 
 def build_model_config(m, tokenizer) -> ModelConfig:
-    """The `ModelConfig` of the `model` config group `m` (an HF folder, or the inline model)."""
+    """The `ModelConfig` of the `model` config group `m` (an HF folder, or the inline model;
+    a group without `remat` means no remat)."""
     if m.hf_path:
         return ModelConfig.from_hf(
-            m.hf_path, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat
+            m.hf_path, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.get("remat", False)
         )
     return ModelConfig(
         vocab_size=len(tokenizer),
@@ -45,7 +46,7 @@ def build_model_config(m, tokenizer) -> ModelConfig:
         qk_norm=m.architecture == "qwen3",
         dtype=m.dtype,
         param_dtype=m.param_dtype,
-        remat=m.remat,
+        remat=m.get("remat", False),
         architecture=m.architecture,
         max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,

@@ -356,37 +356,11 @@ def load_reward_model(path, *, dtype=None):
 # ------------------------------------------------------------------ the recipe runner
 def build_model_config(m: ml_collections.ConfigDict, tokenizer) -> models.ModelConfig:
     """The inline tiny model of a recipe's `model` group (or `model.hf_path`'s config)."""
-    if m.hf_path:
-        return models.ModelConfig.from_hf(m.hf_path, dtype=m.dtype, param_dtype=m.param_dtype)
-    return models.ModelConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=m.hidden_size,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        num_kv_heads=m.num_kv_heads,
-        head_dim=m.head_dim,
-        intermediate_size=m.intermediate_size,
-        rope_theta=m.rope_theta,
-        tie_embeddings=m.tie_embeddings,
-        qkv_bias=m.architecture == "qwen2",
-        qk_norm=m.architecture == "qwen3",
-        dtype=m.dtype,
-        param_dtype=m.param_dtype,
-        architecture=m.architecture,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    return models.build_model_config(m, tokenizer)
 
 
 def _tokenizer(c, workdir):
-    if c.tokenizer.path != "builtin":
-        return models.load_tokenizer(c.tokenizer.path)
-    path = os.path.join(workdir, "tokenizer")
-    if not os.path.exists(os.path.join(path, "tokenizer.json")):
-        models.build_builtin_tokenizer(path)
-    return models.load_tokenizer(path)
+    return models.build_tokenizer(c.tokenizer.path, workdir)
 
 
 def _pairs(c):
