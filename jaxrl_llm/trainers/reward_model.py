@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 from jaxrl_llm import models
+from jaxrl_llm import workdir as workdir_lib
 from jaxrl_llm.losses.reward import bradley_terry
 from jaxrl_llm.tasks import preference_data
 from jaxrl_llm.trainers import text
@@ -459,8 +460,9 @@ def run(c: ml_collections.ConfigDict, workdir: str, *, log_fn=print) -> dict:
         tokenizer=tokenizer,
         meta={"heldout_accuracy": after["accuracy"], "config": c.to_dict()},
     )
-    with open(os.path.join(workdir, "rm_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    workdir_lib.write_json_atomic(
+        workdir_lib.path(workdir, "rm_summary.json"), summary, default=str
+    )
     log_fn(
         f"held-out pairwise accuracy: before {before['accuracy']:.3f}, "
         f"after {after['accuracy']:.3f} ({len(heldout_pairs)} pairs)"
