@@ -118,9 +118,18 @@ class Rollout:
     | old_logp, ref_logp, values | [N, T] | trainer (None when not needed) |
     | advantages, returns | [N, T] | estimator |
     | sample_weight | [N] | estimator |
+    | loss_mask | [N, T] | multi-turn sampler: 1 on policy tokens only (None: `mask`) |
+    | turn_ids | [N, T] int32 | multi-turn sampler: 0-based turn of each token (an action and the observation after it), -1 past the end |
+    | turn_rewards | [N, T] float32 | multi-turn sampler: each turn's reward on the last token of its action |
 
     Fields not yet filled are None. Completion positions past the end hold
     token 0 with mask 0.
+
+    Multi-turn rows (`rollout/multiturn.py`) interleave policy and environment tokens in the
+    completion: `mask` covers both, `loss_mask` only the policy tokens (sampled ids, never
+    re-tokenised), and `sampler_logp` is 0 on environment tokens. Everything that trains or
+    normalises reads `policy_mask()` (= `loss_mask`, or `mask` when `loss_mask` is None, so a
+    single-turn rollout behaves exactly as before).
     """
 
     prompt_tokens: Array
@@ -138,6 +147,9 @@ class Rollout:
     advantages: Array | None = None
     returns: Array | None = None
     sample_weight: Array | None = None
+    loss_mask: Array | None = None
+    turn_ids: Array | None = None
+    turn_rewards: Array | None = None
 
     @property
     def num_rows(self) -> int:
@@ -146,3 +158,11 @@ class Rollout:
     def lengths(self) -> Any:
         """Number of valid completion tokens per row, [N]."""
         return self.mask.sum(axis=-1)
+
+    def policy_mask(self) -> Any:
+        """The mask of the tokens the policy produced, [N, T]: `loss_mask`, else `mask`."""
+        return self.mask if self.loss_mask is None else self.loss_mask
+
+    def policy_lengths(self) -> Any:
+        """Number of policy tokens per row, [N] (`lengths()` for a single-turn rollout)."""
+        return self.policy_mask().sum(axis=-1)
