@@ -34,6 +34,7 @@ setuptools.setup(
             "pytest>=8.0",
             "pytest-timeout>=2.3",
             "torch==2.13.0",
+            "peft==0.21.2",  # LoRA parity test: our PEFT-layout adapters load in PEFT
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",

@@ -4,6 +4,9 @@ from jaxrl_llm.models.blocked_head import blocked_token_logprobs, lm_head_logpro
 from jaxrl_llm.models.build import build_model_config, build_tokenizer
 from jaxrl_llm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from jaxrl_llm.models.hf_io import load_hf, save_hf
+from jaxrl_llm.models.lora import LoraAdapters, init_lora, lora_logical_axes
+from jaxrl_llm.models.lora import merge as merge_lora
+from jaxrl_llm.models.peft_io import load_peft, save_merged_hf, save_peft
 from jaxrl_llm.models.sharding import init_sharded_params, param_shardings
 from jaxrl_llm.models.tokenizer import (
     build_builtin_tokenizer,
@@ -52,4 +55,12 @@ __all__ = [
     # log-probs over vocabulary blocks, no [N, T, V] logits (models/blocked_head.py)
     "blocked_token_logprobs",
     "lm_head_logprobs",
+    # LoRA adapters beside the frozen params, PEFT files (models/lora.py, models/peft_io.py)
+    "LoraAdapters",
+    "init_lora",
+    "merge_lora",
+    "lora_logical_axes",
+    "save_peft",
+    "load_peft",
+    "save_merged_hf",
 ]
