@@ -29,6 +29,8 @@ Without a cache a query attends causally (by slot) to keys whose mask is 1.
 With a cache the S new tokens are written at slots `[index, index + S)`; query
 `i` (slot `index + i`) attends to slots `<= index + i` whose cache mask is 1.
 Fully masked query rows get a uniform (finite) attention, never NaN.
+Ragged caches (continuous batching): `index` may be a per-row int32 `[N]` cursor, and
+`apply(..., kv_len=k)` reads only the first `k` cache slots (the filled prefix).
 
 Activations carry logical axis names (`batch`, `length`, `kv_length`, `embed`,
 `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, `layers`) through
@@ -94,8 +96,11 @@ def _param(module: nn.Module, name: str, shape, names, init, cfg: ModelConfig):
 def attention_mask(mask: jax.Array, cache_mask: jax.Array | None = None, index=None) -> jax.Array:
     """Boolean `[N, S, K]`: may query i attend to key slot j.
 
-    No cache: `j <= i and mask[j]` (K = S). With a cache (K = max_len) whose
-    mask already holds the new tokens: `j <= index + i and cache_mask[j]`.
+    No cache: `j <= i and mask[j]` (K = S). With a cache whose mask already holds
+    the new tokens: `j <= index + i and cache_mask[j]`, K = `cache_mask.shape[1]`
+    (the cache's max_len, or a shorter `kv_len` prefix of it). `index` is a scalar
+    (all rows share one slot cursor) or int32 `[N]` (row n's queries sit at slots
+    `index[n] + i`).
     """
     n, s = mask.shape
     q_slot = jnp.arange(s)[:, None]
@@ -103,6 +108,9 @@ def attention_mask(mask: jax.Array, cache_mask: jax.Array | None = None, index=N
         k_slot = jnp.arange(s)[None, :]
         return (k_slot <= q_slot)[None] & (mask[:, None, :] > 0)
     k_slot = jnp.arange(cache_mask.shape[1])[None, :]
+    if jnp.ndim(index) == 1:  # per-row cursors
+        causal = k_slot[None] <= q_slot[None] + index[:, None, None]
+        return causal & (cache_mask[:, None, :] > 0)
     return (k_slot <= q_slot + index)[None] & (cache_mask[:, None, :] > 0)
 
 
@@ -193,15 +201,31 @@ class Attention(nn.Module):
             # through the layer scan: the S new keys/values are written in place at
             # (layer, :, index), and this layer's slice is read back. (Scanning the cache
             # as per-layer input/output instead makes XLA copy all of it every step.)
+            # A per-row cursor `index [N]` scatters row n's S entries to its own slots
+            # `[index[n], index[n] + S)`. When `allowed` covers only a `kv_len` prefix of
+            # the slots, only that prefix is read (prefix-bucketed attention).
             k_all, v_all = kv
-            at = (layer, 0, index, 0, 0)
-            k_all = lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
-            v_all = lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
+            if jnp.ndim(index) == 1:
+                rows = jnp.arange(k.shape[0])[:, None]
+                slots = index[:, None] + jnp.arange(k.shape[1])[None, :]
+                k_all = k_all.at[layer, rows, slots].set(k.astype(k_all.dtype), mode="drop")
+                v_all = v_all.at[layer, rows, slots].set(v.astype(v_all.dtype), mode="drop")
+            else:
+                at = (layer, 0, index, 0, 0)
+                k_all = lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
+                v_all = lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
             k_all = _constrain(k_all, _CACHE_AXES)
             v_all = _constrain(v_all, _CACHE_AXES)
             kv = (k_all, v_all)
-            k = lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(dtype)
-            v = lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(dtype)
+            kv_len = allowed.shape[-1]
+            if kv_len < k_all.shape[2]:
+                size = (1, *k_all.shape[1:2], kv_len, *k_all.shape[3:])
+                at = (layer, 0, 0, 0, 0)
+                k = lax.dynamic_slice(k_all, at, size)[0].astype(dtype)
+                v = lax.dynamic_slice(v_all, at, size)[0].astype(dtype)
+            else:
+                k = lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(dtype)
+                v = lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(dtype)
         k = _constrain(k, (A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM))
         v = _constrain(v, (A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM))
 
@@ -403,7 +427,7 @@ def cache_logical_axes(config: ModelConfig) -> dict:
     return {"k": _CACHE_AXES, "v": _CACHE_AXES, "mask": (A.BATCH, A.KV_LENGTH), "index": ()}
 
 
-def _check_inputs(config, tokens, positions, mask, cache):
+def _check_inputs(config, tokens, positions, mask, cache, kv_len=None):
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [N, S], got shape {tokens.shape}")
     if positions.shape != tokens.shape or mask.shape != tokens.shape:
@@ -423,6 +447,21 @@ def _check_inputs(config, tokens, positions, mask, cache):
         if tokens.shape[1] > cache["k"].shape[2]:
             raise ValueError(
                 f"{tokens.shape[1]} new tokens exceed cache max_len {cache['k'].shape[2]}"
+            )
+        if jnp.ndim(cache["index"]) not in (0, 1) or (
+            jnp.ndim(cache["index"]) == 1 and cache["index"].shape[0] != tokens.shape[0]
+        ):
+            raise ValueError(
+                f"cache index has shape {jnp.shape(cache['index'])}; expected () or "
+                f"({tokens.shape[0]},)"
+            )
+    if kv_len is not None:
+        if cache is None:
+            raise ValueError("kv_len needs a cache: it limits attention to cache slots")
+        if not tokens.shape[1] <= kv_len <= cache["k"].shape[2]:
+            raise ValueError(
+                f"kv_len={kv_len} must be in [{tokens.shape[1]}, cache max_len "
+                f"{cache['k'].shape[2]}]"
             )
 
 
@@ -542,8 +581,8 @@ def _backbone_unstacked(config, params, tokens, positions, mask, kv, cache_mask,
     return x, kv
 
 
-def _forward(config, params, tokens, positions, mask, cache):
-    _check_inputs(config, tokens, positions, mask, cache)
+def _forward(config, params, tokens, positions, mask, cache, kv_len=None):
+    _check_inputs(config, tokens, positions, mask, cache, kv_len)
     body = {k: params[k] for k in _BACKBONE_KEYS}
     tokens = tokens.astype(jnp.int32)
     positions = positions.astype(jnp.int32)
@@ -559,16 +598,25 @@ def _forward(config, params, tokens, positions, mask, cache):
         )
         return hidden, None
     index = jnp.asarray(cache["index"], jnp.int32)
-    cache_mask = lax.dynamic_update_slice(
-        cache["mask"], mask.astype(cache["mask"].dtype), (0, index)
-    )
+    if index.ndim == 1:  # per-row cursors: row n's new tokens go to its own slots
+        rows = jnp.arange(tokens.shape[0])[:, None]
+        slots = index[:, None] + jnp.arange(tokens.shape[1])[None, :]
+        cache_mask = (
+            cache["mask"].at[rows, slots].set(mask.astype(cache["mask"].dtype), mode="drop")
+        )
+    else:
+        cache_mask = lax.dynamic_update_slice(
+            cache["mask"], mask.astype(cache["mask"].dtype), (0, index)
+        )
+    # Attention reads the first `kv_len` slots only; the mask's width tells the layers.
+    attend = cache_mask if kv_len is None else cache_mask[:, :kv_len]
     if unstacked:
         hidden, (k, v) = _backbone_unstacked(
-            config, body, tokens, positions, mask, (cache["k"], cache["v"]), cache_mask, index
+            config, body, tokens, positions, mask, (cache["k"], cache["v"]), attend, index
         )
     else:
         hidden, (k, v) = Backbone(config, _is_fused(body)).apply(
-            {"params": body}, tokens, positions, mask, (cache["k"], cache["v"]), cache_mask, index
+            {"params": body}, tokens, positions, mask, (cache["k"], cache["v"]), attend, index
         )
     new_cache = {"k": k, "v": v, "mask": cache_mask, "index": index + tokens.shape[1]}
     return hidden, new_cache
@@ -592,9 +640,17 @@ def lm_head(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array
     return logits.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("last_only",))
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("last_only", "kv_len"))
 def apply(
-    config: ModelConfig, params: Params, tokens, positions, mask, cache=None, *, last_only=False
+    config: ModelConfig,
+    params: Params,
+    tokens,
+    positions,
+    mask,
+    cache=None,
+    *,
+    last_only=False,
+    kv_len=None,
 ):
     """Forward pass: `(logits float32 [N, S, V] (or [N, 1, V] if last_only), new cache or None)`.
 
@@ -605,8 +661,18 @@ def apply(
     share this path. `last_only=True` applies the head to the last position only.
     The caller keeps `index + S <= max_len` (a traced index cannot be checked;
     `dynamic_update_slice` would clamp the write).
+
+    Ragged caches: `cache["index"]` may be an int32 `[N]` vector of per-row cursors; row
+    n's S tokens then go to its slots `[index[n], index[n] + S)` and its query i attends
+    to slots `<= index[n] + i` (writes past max_len are dropped). A scalar index keeps
+    the shared-cursor program exactly as it was.
+    `kv_len` (static int, optional): attention reads only cache slots `[0, kv_len)`, so a
+    decode step costs the filled prefix, not all max_len slots; the new tokens are still
+    written at their slots, and the caller keeps them (every `index + S`) `<= kv_len`.
+    Equal, up to float rounding, to full attention whenever no attended slot lies past
+    `kv_len`.
     """
-    hidden, new_cache = _forward(config, params, tokens, positions, mask, cache)
+    hidden, new_cache = _forward(config, params, tokens, positions, mask, cache, kv_len)
     if last_only:
         hidden = hidden[:, -1:, :]
     return lm_head(config, params, hidden), new_cache
