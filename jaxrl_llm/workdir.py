@@ -17,6 +17,7 @@ collation script read it back. The names live here and nowhere else:
 | `checkpoints.skipped/` | `checkpoint.Checkpointer` | checkpoint steps that did not restore, moved aside |
 | `sft/` | the trainer's SFT warm start | the warm-started policy as a Hugging Face folder |
 | `tokenizer/` | the trainer (builtin tokenizer) | the tokenizer folder |
+| `pending_rollouts/<step>.pkl` | the trainer with `rollout.async_steps > 0` | the batches sampled ahead of checkpoint `<step>` |
 
 JSON files are written atomically (a temporary file in the same folder, then `os.replace`),
 so a reader never sees half a file, even when the writer is killed mid-write.
@@ -42,10 +43,12 @@ __all__ = [
     "CHECKPOINT_SKIPPED_DIR",
     "SFT_DIR",
     "TOKENIZER_DIR",
+    "PENDING_ROLLOUTS_DIR",
     "path",
     "checkpoint_dir",
     "sft_dir",
     "tokenizer_dir",
+    "pending_rollouts_file",
     "has_sft_model",
     "write_json_atomic",
     "read_json",
@@ -69,6 +72,7 @@ GRID_LOG = "grid.log"
 CHECKPOINT_SKIPPED_DIR = "checkpoints.skipped"
 SFT_DIR = "sft"
 TOKENIZER_DIR = "tokenizer"
+PENDING_ROLLOUTS_DIR = "pending_rollouts"
 
 
 def path(workdir: str, name: str) -> str:
@@ -87,6 +91,11 @@ def sft_dir(workdir: str) -> str:
 
 def tokenizer_dir(workdir: str) -> str:
     return os.path.join(workdir, TOKENIZER_DIR)
+
+
+def pending_rollouts_file(workdir: str, step: int) -> str:
+    """The batches an asynchronous run had sampled ahead when it saved checkpoint `step`."""
+    return os.path.join(workdir, PENDING_ROLLOUTS_DIR, f"{int(step)}.pkl")
 
 
 def has_sft_model(workdir: str) -> bool:

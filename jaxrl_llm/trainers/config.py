@@ -148,6 +148,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
             ge=1,
             nonempty=True,
         ),
+        "async_steps": F(
+            0,
+            "k: step t trains on a batch sampled with the parameters of step t - k, sampled "
+            "while earlier updates run; 0: synchronous",
+            ge=0,
+            le=8,
+        ),
     },
     "algo": {
         "advantage": F("grpo", "advantage estimator (losses.registry.ADVANTAGES)", _advantages),
@@ -507,6 +514,12 @@ def validate(c, num_devices: int | None = None) -> None:
             "config.data.replay_fraction > 0 needs the stored behaviour log-probs as the "
             "importance correction (so no algo.recompute_old_logp), no dynamic sampling and "
             "no critic"
+        )
+    if c.rollout.async_steps and (c.data.dynamic_sampling or c.data.replay_fraction):
+        raise ConfigError(
+            f"config.rollout.async_steps = {c.rollout.async_steps} does not combine with "
+            "data.dynamic_sampling or data.replay_fraction > 0 (both resample or replay "
+            "inside the collect stage); set rollout.async_steps = 0 or turn them off"
         )
     s = derived_sizes(c)
     if s["rows"] % s["minibatch"]:

@@ -10,6 +10,7 @@ The device work is in `rl_step`; this file wires the pieces, owns the resume log
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -26,6 +27,7 @@ from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import tasks as tasks_lib
 from jaxrl_llm import workdir as workdir_lib
 from jaxrl_llm.parallel import multihost
+from jaxrl_llm.trainers import async_rollouts as async_lib
 from jaxrl_llm.trainers import config as config_lib
 from jaxrl_llm.trainers import rl_step, sft, stages, text
 from jaxrl_llm.trainers.state import TrainState, make_optimizer
@@ -240,7 +242,13 @@ class Trainer:
 
         A prompt count the mesh's batch shards do not divide (e.g. the fresh part of a replay
         batch) is padded with copies of the last prompt, whose rows are dropped afterwards.
+        Returns (rollout, completions): `finish_rollout(launch_rollout(...))`.
         """
+        return self.finish_rollout(self.launch_rollout(params, examples, key, sampling))
+
+    def launch_rollout(self, params, examples, key, sampling):
+        """Tokenises the prompts and dispatches the sampler; returns a handle for
+        `finish_rollout` while the device works (asynchronous dispatch)."""
         b, single = len(examples), jax.process_count() == 1
         pad = -b % parallel.batch_shards(self.mesh, self.rules)
         examples = list(examples) + [examples[-1]] * pad
@@ -255,7 +263,13 @@ class Trainer:
         ro = rollout_lib.generate(
             params, self.model_config, prompts, key, sampling, mesh=self.mesh, rules=self.rules
         )
-        keep = b * sampling.n
+        return ro, b * sampling.n, pad
+
+    def finish_rollout(self, handle):
+        """(rollout, completions) of a `launch_rollout` handle: padded rows dropped, the
+        completions decoded to text (waits for the sampler)."""
+        ro, keep, pad = handle
+        single = jax.process_count() == 1
         if single:  # padded rows dropped on the device: no round trip through the host
             ro = jax.tree.map(lambda x: x[:keep], ro) if pad else ro
             host = ro
@@ -457,11 +471,21 @@ class Trainer:
             )
             history.append({"step": 0, **initial_eval})
 
+        queue = None
+        if c.rollout.async_steps:
+            queue = collections.deque()
+            if start_step:
+                saved = async_lib.load_pending(self.workdir, start_step, self.row_sharding)
+                if saved is None:
+                    counters["async_pending_lost"] = counters.get("async_pending_lost", 0) + 1
+                queue.extend(saved or ())
+            self.fill_queue(queue, state, source, start_step, counters)
+
         progress = _progress(c, start_step)
         step = start_step
         t_start = time.time()
         for step in range(start_step, c.train.steps):
-            state, m = self.train_one_step(state, source, step, counters)
+            state, m = self.train_one_step(state, source, step, counters, queue)
             m["compiles"] = float(self.compiles.count)
             if log_every(step + 1, c.log.every):
                 self.writer.scalars(step + 1, m)
@@ -484,6 +508,8 @@ class Trainer:
             last = step + 1 == c.train.steps
             if (c.checkpoint.every and (step + 1) % c.checkpoint.every == 0) or last:
                 if counters["bad_steps"] == 0:
+                    if queue is not None:  # first, so a committed checkpoint has its queue
+                        async_lib.save_pending(self.workdir, step + 1, queue)
                     self.checkpointer.save(
                         step + 1,
                         state,
@@ -494,6 +520,8 @@ class Trainer:
                             "seconds": earlier_seconds + time.time() - t_start,
                         },
                     )
+                    if queue is not None:
+                        async_lib.prune_pending(self.workdir, self.checkpointer.all_steps())
         if progress is not None:
             progress.close()
         final_eval = self.evaluate(state.params)
@@ -594,6 +622,59 @@ class Trainer:
             greedy = self.greedy_rewards(state.params, examples, counters)
         return examples, ro, completions, rewards, correct, info, greedy, data_metrics
 
+    def launch_collect(self, state, source, step: int, params_step: int):
+        """Asynchronous collect, first half: draws step `step`'s prompts and dispatches the
+        sampler (and the greedy baseline when the estimator needs one) with `state.params`,
+        under the key the synchronous collect of `step` uses. Returns a handle for
+        `finish_collect`; the state may be donated to an update meanwhile."""
+        c = self.config
+        examples = source.next(c.train.prompts_per_step)
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), step), 0)
+        handle = self.launch_rollout(state.params, examples, key, self.sampling)
+        greedy = None
+        if stages.needs_greedy(c):
+            greedy = self.launch_rollout(
+                state.params, examples, jax.random.key(0), stages.greedy_sampling(self.sampling)
+            )
+        return step, params_step, examples, handle, greedy
+
+    def finish_collect(self, launched, counters) -> async_lib.Collected:
+        """Asynchronous collect, second half: waits for the completions and scores them (the
+        same scoring and failure counting as `collect`)."""
+        step, params_step, examples, handle, greedy_handle = launched
+        group = self.config.train.samples_per_prompt
+        ro, completions = self.finish_rollout(handle)
+        rewards, correct, info = self.score(
+            completions, [e for e in examples for _ in range(group)]
+        )
+        stages.count_reward_failures(counters, info, fresh_step=True)
+        greedy = None
+        if greedy_handle is not None:
+            _, greedy_completions = self.finish_rollout(greedy_handle)
+            greedy, _, greedy_info = self.score(greedy_completions, list(examples))
+            stages.count_reward_failures(counters, greedy_info)
+            greedy = np.repeat(greedy, group)
+        return async_lib.Collected(
+            step=step,
+            params_step=params_step,
+            examples=examples,
+            ro=ro,
+            completions=completions,
+            rewards=rewards,
+            correct=correct,
+            info=info,
+            greedy=greedy,
+            data_metrics={},
+        )
+
+    def fill_queue(self, queue, state, source, step: int, counters) -> None:
+        """Collects, with `state`'s parameters (those of `step`), the batches the queue lacks for
+        steps `step .. step + async_steps - 1` (the run's start, or a lost queue on resume)."""
+        c = self.config
+        first = queue[-1].step + 1 if queue else step
+        for s in range(first, min(step + c.rollout.async_steps, c.train.steps)):
+            queue.append(self.finish_collect(self.launch_collect(state, source, s, step), counters))
+
     def greedy_rewards(self, params, examples, counters):
         """The reward of one greedy completion per prompt, repeated over its G rows (ReMax's
         baseline): [B * G]. Greedy decoding ignores the key."""
@@ -605,16 +686,35 @@ class Trainer:
         stages.count_reward_failures(counters, info)
         return np.repeat(rewards, self.config.train.samples_per_prompt)
 
-    def train_one_step(self, state, source, step, counters):
+    def train_one_step(self, state, source, step, counters, queue=None):
         """One RL step through the stages (collect → shape → build_batch → update → end);
-        returns (state, metrics)."""
+        returns (state, metrics).
+
+        queue: with `rollout.async_steps = k > 0`, the batches collected ahead
+        (`async_rollouts.Collected`, the first one for `step`): the step launches the sampler
+        for step `step + k` with the current parameters, trains on the queue's first batch, and
+        scores the new completions while the update runs.
+        """
         c = self.config
         timings = {}
         t0 = time.time()
-        examples, ro, completions, rewards, correct, info, greedy, data_metrics = self.collect(
-            state, source, step, counters
-        )
-        ro = jax.block_until_ready(ro)
+        launched = None
+        if queue is None:
+            examples, ro, completions, rewards, correct, info, greedy, data_metrics = self.collect(
+                state, source, step, counters
+            )
+            ro = jax.block_until_ready(ro)
+        else:
+            if step + c.rollout.async_steps < c.train.steps:
+                launched = self.launch_collect(
+                    state, source, step + c.rollout.async_steps, params_step=step
+                )
+            item = queue.popleft()
+            if item.step != step:
+                raise RuntimeError(f"async rollouts: step {step} got the batch of step {item.step}")
+            examples, ro, completions = item.examples, item.ro, item.completions
+            rewards, correct, info = item.rewards, item.correct, item.info
+            greedy, data_metrics = item.greedy, {"rollout/staleness": float(item.staleness)}
         timings["time/rollout"] = time.time() - t0
 
         ro_mask, ro_truncated = multihost.gather_to_host((ro.mask, ro.truncated))
@@ -647,8 +747,14 @@ class Trainer:
             epochs=c.train.num_epochs,
             rows=self.rows,
             minibatch=self.minibatch,
+            fetch=launched is None,
         )
-        timings["time/update"] = time.time() - t0
+        if launched is not None:  # the host scores step + k while the device runs the update
+            t1 = time.time()
+            queue.append(self.finish_collect(launched, counters))
+            timings["time/rollout_ahead"] = time.time() - t1
+            step_metrics = jax.device_get(step_metrics)
+        timings["time/update"] = time.time() - t0 - timings.get("time/rollout_ahead", 0.0)
         new_kl = stages.after_update(
             c, step_metrics, counters, state.kl_coef, rows=self.rows, needs_ref=self.needs_ref
         )

@@ -80,6 +80,11 @@ def _check(config, workdirs, seeds):
             "cannot run as vmapped seeds (batch sizes differ per seed); run "
             "the seeds as separate runs"
         )
+    if config.rollout.async_steps:
+        raise config_lib.ConfigError(
+            f"config.rollout.async_steps = {config.rollout.async_steps} cannot run as vmapped "
+            "seeds (the vmapped loop samples synchronously); run the seeds as separate runs"
+        )
     if jax.process_count() > 1:
         raise config_lib.ConfigError(
             f"vmapped seeds run in one process; got {jax.process_count()} processes"

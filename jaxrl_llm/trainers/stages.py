@@ -207,12 +207,25 @@ def build_batch(
 
 
 # ----------------------------------------------------------------------------- update
-def update(programs, state, batch, *, seeds, step: int, epochs: int, rows: int, minibatch: int):
+def update(
+    programs,
+    state,
+    batch,
+    *,
+    seeds,
+    step: int,
+    epochs: int,
+    rows: int,
+    minibatch: int,
+    fetch: bool = True,
+):
     """`epochs` passes over the batch in minibatches of `minibatch` rows (a permutation per
     epoch from `default_rng([seed, step])`, sorted when one minibatch holds every row).
 
     seeds: the run's `train.seed` (an int), or a list of them for a stacked (vmapped) batch,
-    whose minibatch indices are stacked [S, M]. Returns (state, per-update metrics on the host).
+    whose minibatch indices are stacked [S, M]. Returns (state, per-update metrics on the host);
+    with `fetch=False` the metrics stay on the device (the updates may still be running: the
+    caller can do host work meanwhile and `jax.device_get` them later).
     """
     stacked = isinstance(seeds, list | tuple)
     rngs = [np.random.default_rng([s, step]) for s in (seeds if stacked else [seeds])]
@@ -224,7 +237,7 @@ def update(programs, state, batch, *, seeds, step: int, epochs: int, rows: int, 
             idx = np.stack(idx) if stacked else idx[0]
             state, m = programs.train_step(state, programs.select_rows(batch, idx))
             step_metrics.append(m)
-    return state, jax.device_get(step_metrics)
+    return state, (jax.device_get(step_metrics) if fetch else step_metrics)
 
 
 # ----------------------------------------------------------------------------- end_step

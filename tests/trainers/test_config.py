@@ -103,6 +103,7 @@ FROZEN_DEFAULTS = {
     "optim.weight_decay": 0.0,
     "rollout.max_new_tokens": 6,
     "rollout.min_p": 0.0,
+    "rollout.async_steps": 0,
     "rollout.prompt_buckets": (16, 32, 64, 128, 256, 512),
     "rollout.temperature": 1.0,
     "rollout.top_k": 0,
