@@ -135,6 +135,40 @@ SCHEMA: dict[str, dict[str, Any]] = {
             3, "stop after this many steps in a row whose rewards all failed; 0: never", ge=0
         ),
     },
+    "env": {
+        "name": F(
+            "",
+            'a multi-turn environment (envs registry name or "my_pkg.my_mod:make"); it replaces '
+            "task.name and collect plays episodes (rollout/multiturn.py); empty: single-turn",
+        ),
+        "kwargs": F({}, "keyword arguments of the environment's factory"),
+        "max_turns": F(4, "actions per episode at most (the environment may end it sooner)", ge=1),
+        "max_action_tokens": F(
+            0, "tokens of one action at most; 0: up to rollout.max_new_tokens", ge=0
+        ),
+        "max_observation_tokens": F(
+            32, "tokens of one observation at most (longer ones are cut)", ge=0
+        ),
+        "stop_strings": F(
+            ("</tool>", "</answer>"),
+            "texts that end an action (tokenised once, matched on token ids), besides EOS",
+            item_type=str,
+        ),
+        "step_timeout_s": F(
+            10.0, "seconds one env step may take; past it the episode ends, counted", gt=0
+        ),
+        "workers": F(16, "environment steps run at once (threads)", ge=1),
+        "credit": F(
+            "episode",
+            "episode: the estimator on the episode return; turn: per-turn rewards (grpo / "
+            "dr_grpo: each turn's return minus the group baseline; gae: rewards at action ends)",
+            ("episode", "turn"),
+        ),
+        "turn_gamma": F(1.0, "discount between turns (env.credit = turn)", ge=0, le=1),
+        "gae_over_observations": F(
+            False, "GAE runs through observation tokens (their values bootstrap); False: skipped"
+        ),
+    },
     "rollout": {
         "max_new_tokens": F(6, "T, tokens sampled per completion", gt=0),
         "temperature": F(1.0, "sampling temperature", gt=0),
@@ -446,6 +480,24 @@ def _get(c, path: str):
     return c
 
 
+def _validate_env(c) -> None:
+    """The multi-turn fields: a known environment, and a credit mode the estimator supports."""
+    if not c.env.name:
+        return
+    from jaxrl_llm.envs import registered_envs  # pylint: disable=g-import-not-at-top
+
+    if ":" not in c.env.name and c.env.name not in registered_envs():
+        raise ConfigError(
+            f"config.env.name = {c.env.name!r} is not one of {sorted(registered_envs())} "
+            "(or 'my_pkg.my_mod:make')"
+        )
+    if c.env.credit == "turn" and c.algo.advantage not in ("grpo", "dr_grpo", "gae"):
+        raise ConfigError(
+            f"config.env.credit = 'turn' needs algo.advantage in ['dr_grpo', 'gae', 'grpo'], "
+            f"not {c.algo.advantage!r}"
+        )
+
+
 def validate(c, num_devices: int | None = None) -> None:
     """Fails with a one-line `ConfigError` naming the field and the allowed values.
 
@@ -465,6 +517,7 @@ def validate(c, num_devices: int | None = None) -> None:
             f"config.task.name = {c.task.name!r} is not one of {sorted(registered_tasks())} "
             "(or 'my_pkg.my_mod:make')"
         )
+    _validate_env(c)
     if not c.model.hf_path and c.model.num_heads % c.model.num_kv_heads:
         raise ConfigError(
             f"config.model.num_kv_heads = {c.model.num_kv_heads} does not divide "

@@ -717,7 +717,8 @@ class Trainer:
             greedy, data_metrics = item.greedy, {"rollout/staleness": float(item.staleness)}
         timings["time/rollout"] = time.time() - t0
 
-        ro_mask, ro_truncated = multihost.gather_to_host((ro.mask, ro.truncated))
+        # policy tokens: the lengths of length shaping and of the step's metrics
+        ro_mask, ro_truncated = multihost.gather_to_host((ro.policy_mask(), ro.truncated))
         rewards, shape_weight, lengths = stages.shape_rewards(
             c, rewards, correct, info, ro_mask, ro_truncated
         )

@@ -26,6 +26,7 @@ from jaxrl_llm.losses import aggregation as agg_lib
 from jaxrl_llm.losses import importance as importance_lib
 from jaxrl_llm.losses import kl as kl_lib
 from jaxrl_llm.losses import registry
+from jaxrl_llm.losses import turns as turns_lib
 from jaxrl_llm.losses import value as value_lib
 from jaxrl_llm.losses.advantages import to_token_rewards
 from jaxrl_llm.trainers.state import TrainState, completion_logprobs, completion_values
@@ -571,10 +572,15 @@ class AdvantageSettings:
     kl_kind: str
     whiten: bool
     hparams: tuple
+    # Multi-turn rollouts (`env.*`; ignored when the rollout has no `turn_ids`).
+    credit: str = "episode"
+    turn_gamma: float = 1.0
+    gae_over_observations: bool = False
 
     @classmethod
     def from_config(cls, c, *, has_ref: bool):
         a = c.algo
+        e = c.get("env")
         entry = registry.ADVANTAGES[a.advantage]
         hparams = tuple(
             (k, type(default)(a[k]) if k in a else default) for k, default in entry.hparams.items()
@@ -586,19 +592,45 @@ class AdvantageSettings:
             kl_kind=a.kl.kind,
             whiten=bool(a.get("whiten_advantages", False)),
             hparams=hparams,
+            credit=str(e.credit) if e is not None else "episode",
+            turn_gamma=float(e.turn_gamma) if e is not None else 1.0,
+            gae_over_observations=bool(e.gae_over_observations) if e is not None else False,
         )
 
 
 @functools.partial(jax.jit, static_argnames=("s",))
-def _advantages(rewards, mask, old_logp, ref_logp, values, greedy_rewards, correct, kl_coef, *, s):
+def _advantages(
+    rewards, mask, old_logp, ref_logp, values, greedy_rewards, correct, kl_coef, turns=None, *, s
+):
+    """`mask` is the policy mask; `turns` (multi-turn rollouts, else None) holds the rollout's
+    `mask` (policy + environment tokens), `turn_ids` and `turn_rewards`."""
     kl = kl_lib.kl_estimate(old_logp, ref_logp, kind=s.kl_kind) if s.kl_in_reward else None
+    turn_credit = turns is not None and s.credit == "turn"
     token_rewards = to_token_rewards(
-        rewards, mask, kl=kl, kl_coef=kl_coef if s.kl_in_reward else 0.0
+        jnp.zeros_like(rewards) if turn_credit else rewards,
+        mask,
+        kl=kl,
+        kl_coef=kl_coef if s.kl_in_reward else 0.0,
     )
+    if turn_credit:  # each turn's reward on the last token of its action
+        token_rewards = token_rewards + jnp.where(mask > 0, turns["turn_rewards"], 0.0)
+    if turn_credit and not registry.ADVANTAGES[s.name].needs_critic:
+        adv = turns_lib.turn_advantages(
+            turns["turn_rewards"],
+            turns["turn_ids"],
+            mask,
+            s.group_size,
+            gamma=s.turn_gamma,
+            scale="none" if s.name == "dr_grpo" else "group",
+        )
+        return token_rewards, adv, adv, jnp.ones_like(rewards)
+    critic_mask = mask
+    if turns is not None and s.gae_over_observations:  # GAE runs through observation tokens
+        critic_mask = turns["mask"]
     adv, ret, weight = registry.compute_advantages(
         s.name,
         rewards=rewards,
-        mask=mask,
+        mask=critic_mask if registry.ADVANTAGES[s.name].needs_critic else mask,
         group_size=s.group_size,
         token_rewards=token_rewards,
         values=values,
@@ -618,15 +650,23 @@ def compute_advantages(config, rollout, rewards, kl_coef=0.0, greedy_rewards=Non
     """
     s = AdvantageSettings.from_config(config, has_ref=rollout.ref_logp is not None)
     rewards = jnp.asarray(rewards, jnp.float32)
+    turns = None
+    if rollout.turn_ids is not None:  # a multi-turn rollout (`Rollout.loss_mask` is set)
+        turns = {
+            "mask": rollout.mask.astype(jnp.float32),
+            "turn_ids": rollout.turn_ids,
+            "turn_rewards": rollout.turn_rewards,
+        }
     return _advantages(
         rewards,
-        rollout.mask.astype(jnp.float32),
+        rollout.policy_mask().astype(jnp.float32),
         rollout.old_logp,
         rollout.ref_logp,
         rollout.values,
         None if greedy_rewards is None else jnp.asarray(greedy_rewards, jnp.float32),
         (rewards > 0.5).astype(jnp.float32) if correct is None else jnp.asarray(correct),
         jnp.asarray(kl_coef, jnp.float32),
+        turns,
         s=s,
     )
 

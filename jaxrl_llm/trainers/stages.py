@@ -172,7 +172,9 @@ def build_batch(
     likewise or None. Returns (rollout with the trainer's fields filled, `TrainBatch`).
     """
     c = config
-    mask = ro.mask.astype(jnp.float32)
+    # Policy tokens only (`Rollout.loss_mask` of a multi-turn rollout, else its `mask`): every
+    # normaliser, the KL, entropy and value terms and the diagnostics read this mask.
+    mask = ro.policy_mask().astype(jnp.float32)
     old_logp = ro.sampler_logp
     if c.algo.recompute_old_logp:
         old_logp = programs.logprobs(state.params, ro, micro_rows)
