@@ -5,9 +5,11 @@ rollout = generate(params, config, prompts, key, SamplingParams(max_new_tokens=6
 logp = token_logprobs(logits, targets, temperature)   # shared with the trainer
 rollout = generate(..., fused=True)                    # opt-in fused q/k/v and gate/up decode
 logits, cache = extend_rows(config, params, cache, tokens, counts)   # append to live rows
+rollout = generate_continuous(params, config, prompts, key, sampling, slots=16)  # continuous batching
 """
 
 from jaxrl_llm.models.transformer import fuse_decode_params
+from jaxrl_llm.rollout.continuous import generate_continuous, kv_buckets_for
 from jaxrl_llm.rollout.extend import extend_rows, row_lengths
 from jaxrl_llm.rollout.host import (
     DEFAULT_BUCKETS,
@@ -21,6 +23,7 @@ from jaxrl_llm.rollout.sampler import (
     generate_seeds,
     generate_with_cache,
     init_sampler_cache,
+    row_step_keys,
 )
 from jaxrl_llm.rollout.sampling import (
     TOP_P_CANDIDATES,
@@ -40,6 +43,9 @@ __all__ = [
     "generate_with_cache",
     "generate_seeds",
     "init_sampler_cache",
+    "generate_continuous",
+    "kv_buckets_for",
+    "row_step_keys",
     "fuse_decode_params",
     "extend_rows",
     "row_lengths",

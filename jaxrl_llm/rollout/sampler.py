@@ -56,6 +56,7 @@ from jaxrl_llm.rollout.sampling import sample_tokens
 from jaxrl_llm.rollout.types import PromptBatch, Rollout, SamplingParams
 
 __all__ = [
+    "row_step_keys",
     "generate",
     "generate_with_cache",
     "generate_seeds",
@@ -122,15 +123,35 @@ def init_sampler_cache(config, rows: int, max_len: int, *, mesh=None, rules=None
 
 
 # ----------------------------------------------------------------------- program
-def _prefill(config, params, tokens, mask, n, cache):
-    """Prefill B prompts, write them n times into the N-row cache. Returns (logits [N, V], cache, plen [N])."""
+def row_step_keys(key: jax.Array, rows: jax.Array, steps) -> jax.Array:
+    """Per-row keys: `fold_in(fold_in(key, rows[i]), steps[i])` for each i, typed keys [N].
+
+    The per-row key scheme (`generate(..., row_keys=True)`, `generate_continuous`): row
+    r = b·n + j (prompt b, sample j) draws its token t with `row_step_keys(key, r, t)`,
+    whatever batch, slot or step of the loop it runs in.
+    """
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    steps = jnp.broadcast_to(jnp.asarray(steps, jnp.int32), rows.shape)
+    return jax.vmap(lambda r, t: jax.random.fold_in(jax.random.fold_in(key, r), t))(rows, steps)
+
+
+def _prefill_prompts(config, params, tokens, mask, dtype):
+    """Prefill B prompts into a [L, B, P] cache: (last logits [B, 1, V], cache, mask, empty [B])."""
     b, p = tokens.shape
     # A fully padded row (batch padding) gets one valid slot so attention stays finite.
     empty = mask.sum(axis=-1) == 0
     mask = mask.at[:, -1].set(jnp.where(empty, 1, mask[:, -1]))
     positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-    small = models.init_cache(config, b, p, cache["k"].dtype)
+    small = models.init_cache(config, b, p, dtype)
     logits, small = models.apply(config, params, tokens, positions, mask, small, last_only=True)
+    return logits, small, mask, empty
+
+
+def _prefill(config, params, tokens, mask, n, cache):
+    """Prefill B prompts, write them n times into the N-row cache. Returns (logits [N, V], cache, plen [N])."""
+    b, p = tokens.shape
+    logits, small, mask, empty = _prefill_prompts(config, params, tokens, mask, cache["k"].dtype)
     rep = lambda x: jnp.repeat(x, n, axis=1) if n > 1 else x  # noqa: E731
     zero = jnp.zeros((), jnp.int32)
     k = jax.lax.dynamic_update_slice(cache["k"], rep(small["k"]), (zero,) * 5)
@@ -152,15 +173,34 @@ def _is_stop(tokens, stop_ids):
     return jnp.isin(tokens, jnp.asarray(stop_ids, tokens.dtype))
 
 
-def _decode(config, static, truncate, params, key, floats, logits, cache, plen, empty):
-    """Draw token 0 from the prefill logits, then the while_loop over steps 1..T-1."""
+def _decode(
+    config,
+    static,
+    truncate,
+    params,
+    key,
+    floats,
+    logits,
+    cache,
+    plen,
+    empty,
+    limits=None,
+    *,
+    row_keys=False,
+):
+    """Draw token 0 from the prefill logits, then the while_loop over steps 1..T-1.
+
+    `limits` (optional int [N]): row r ends after `limits[r]` tokens (as truncated).
+    `row_keys`: token t of row r is drawn with `row_step_keys(key, r, t)`.
+    """
     max_new, n, stop_ids, top_k, greedy = static
     temperature, top_p, min_p = floats[0], floats[1], floats[2]
     rows = logits.shape[0]
+    row_ids = jnp.arange(rows, dtype=jnp.int32)
 
     def draw(t, logits):
         tok = sample_tokens(
-            jax.random.fold_in(key, t),
+            row_step_keys(key, row_ids, t) if row_keys else jax.random.fold_in(key, t),
             logits,
             temperature,
             top_p,
@@ -177,6 +217,8 @@ def _decode(config, static, truncate, params, key, floats, logits, cache, plen, 
     out_logp = jnp.zeros((rows, max_new), jnp.float32).at[:, 0].set(jnp.where(alive, lp, 0.0))
     length = alive.astype(jnp.int32)
     done = empty | _is_stop(tok, stop_ids)
+    if limits is not None:
+        done = done | (limits <= 1)
     ones = jnp.ones((rows, 1), jnp.int32)
     zero = jnp.zeros((), jnp.int32)
 
@@ -198,6 +240,8 @@ def _decode(config, static, truncate, params, key, floats, logits, cache, plen, 
         )
         length = length + alive
         done = done | _is_stop(tok, stop_ids)
+        if limits is not None:
+            done = done | (t + 1 >= limits)
         return t + 1, cache, tok, done, out_tokens, out_logp, length
 
     state = (jnp.asarray(1, jnp.int32), cache, tok, done, out_tokens, out_logp, length)
@@ -216,8 +260,10 @@ def _program(
     key,
     floats,
     cache,
+    limits=None,
     *,
     fused=False,
+    row_keys=False,
 ):
     max_new, n, stop_ids, top_k, greedy = static
     b, p = prompt_tokens.shape
@@ -228,21 +274,25 @@ def _program(
 
     logits, cache, plen, empty = _prefill(config, params, prompt_tokens, prompt_mask, n, cache)
     cache = constrain["cache"](cache)
-    operands = (params, key, floats, logits, cache, plen, empty)
+    operands = (params, key, floats, logits, cache, plen, empty, limits)
+    decode = functools.partial(_decode, row_keys=row_keys)
     if greedy or top_k:
-        outs = _decode(config, static, True, *operands)
+        outs = decode(config, static, True, *operands)
     else:  # one branch per call: the untruncated fast path unless top_p < 1 or min_p > 0
         truncate = (floats[1] < 1.0) | (floats[2] > 0.0)
         outs = jax.lax.cond(
             truncate,
-            functools.partial(_decode, config, static, True),
-            functools.partial(_decode, config, static, False),
+            functools.partial(decode, config, static, True),
+            functools.partial(decode, config, static, False),
             *operands,
         )
     cache, done, out_tokens, out_logp, length = outs
     cache = constrain["cache"](cache)
 
     mask = (jnp.arange(max_new)[None, :] < length[:, None]).astype(jnp.int32)
+    if limits is not None:  # a row cut by its limit is truncated, not done
+        hit = _is_stop(out_tokens, stop_ids) & (mask > 0)
+        done = empty | jnp.any(hit, axis=1)
     rollout = Rollout(
         prompt_tokens=jnp.repeat(prompt_tokens, n, axis=0),
         prompt_mask=jnp.repeat(prompt_mask, n, axis=0),
@@ -257,7 +307,16 @@ def _program(
 
 @functools.cache
 def _compiled(
-    config, static: tuple, batch: int, prompt_len: int, mesh, rules, unstack: bool, *, fused=False
+    config,
+    static: tuple,
+    batch: int,
+    prompt_len: int,
+    mesh,
+    rules,
+    unstack: bool,
+    *,
+    fused=False,
+    row_keys=False,
 ):
     """The jitted program for one (config, static sampling fields, shape, mesh, rules, layout)."""
     max_new, n = static[0], static[1]
@@ -269,7 +328,9 @@ def _compiled(
         cache_sh = _cache_shardings(config, rows, prompt_len + max_new, mesh, rules)
         constrain = {"cache": lambda c: jax.lax.with_sharding_constraint(c, cache_sh)}
         shardings = {"out_shardings": (_rollout_shardings(rows, mesh, rules), cache_sh)}
-    fn = functools.partial(_program, config, static, unstack, constrain, fused=fused)
+    fn = functools.partial(
+        _program, config, static, unstack, constrain, fused=fused, row_keys=row_keys
+    )
     return jax.jit(fn, donate_argnums=(5,), **shardings)
 
 
@@ -314,6 +375,8 @@ def generate_with_cache(
     rules=None,
     unstack_layers: bool | None = None,
     fused: bool = False,
+    row_keys: bool = False,
+    max_tokens=None,
 ) -> tuple[Rollout, dict]:
     """`generate`, also returning the final KV cache.
 
@@ -321,7 +384,7 @@ def generate_with_cache(
     is donated: its buffers are reused in place and must not be used after
     the call; pass the returned cache to the next call of the same shape to
     avoid a new allocation. None allocates a fresh one.
-    `unstack_layers` and `fused` are as in `generate`.
+    `unstack_layers`, `fused`, `row_keys` and `max_tokens` are as in `generate`.
     """
     _check(config, prompts, sampling)
     rules = _rules_tuple(rules)
@@ -361,14 +424,35 @@ def generate_with_cache(
         shards = sharding_lib.batch_shards(mesh, rules) if mesh is not None else 1
         unstack_layers = (rows // shards if rows % shards == 0 else rows) <= UNSTACK_MAX_ROWS
     program = _compiled(
-        config, sampling.static_key(), b, p, mesh, rules, bool(unstack_layers), fused=bool(fused)
+        config,
+        sampling.static_key(),
+        b,
+        p,
+        mesh,
+        rules,
+        bool(unstack_layers),
+        fused=bool(fused),
+        row_keys=bool(row_keys),
     )
+    extra = () if max_tokens is None else (_check_limits(max_tokens, rows, "generate"),)
     if mesh is None:
-        return program(params, tokens, mask, key, floats, cache)
+        return program(params, tokens, mask, key, floats, cache, *extra)
     batch_sh = sharding_lib.row_sharding(mesh, rules, rows=b)
     tokens, mask = jax.device_put((tokens, mask), batch_sh)
+    if extra:
+        extra = (jax.device_put(extra[0], sharding_lib.row_sharding(mesh, rules, rows=rows)),)
     with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(rules):
-        return program(params, tokens, mask, key, floats, cache)
+        return program(params, tokens, mask, key, floats, cache, *extra)
+
+
+def _check_limits(max_tokens, rows: int, who: str) -> jax.Array:
+    """Per-row token limits as int32 [rows]; a wrong shape or a limit < 1 fails here."""
+    limits = np.asarray(max_tokens)
+    if limits.shape != (rows,):
+        raise ValueError(f"{who}: max_tokens has shape {limits.shape}; expected ({rows},) = (B·n,)")
+    if limits.size and limits.min() < 1:
+        raise ValueError(f"{who}: max_tokens must be >= 1, got min {limits.min()}")
+    return jnp.asarray(limits, jnp.int32)
 
 
 @functools.cache
@@ -444,6 +528,8 @@ def generate(
     rules: Sequence | None = None,
     unstack_layers: bool | None = None,
     fused: bool = False,
+    row_keys: bool = False,
+    max_tokens=None,
 ) -> Rollout:
     """Sample `sampling.n` completions for each prompt: a `Rollout` of N = B·n rows.
 
@@ -467,6 +553,15 @@ def generate(
         function up to float rounding (logits within ~1e-6 of the unfused ones in float32),
         so greedy tokens match, and sampled tokens match unless a draw lands within that
         rounding of a category boundary.
+      row_keys: draw row r's token t with `row_step_keys(key, r, t)` (row r = b·n + j is
+        sample j of prompt b) instead of the default one key per step `fold_in(key, t)`
+        shared by the rows. A row's tokens then do not depend on the batch it runs in: this
+        is the scheme `generate_continuous` uses, and its reference. Off by default (the
+        default keys are unchanged).
+      max_tokens: optional int [N] per-row limits (each >= 1; those past max_new_tokens act
+        as max_new_tokens): row r ends after `max_tokens[r]` tokens, as truncated, unless a
+        stop id came first. Fixes completion lengths (the long-tail benchmark) or gives rows
+        their own budgets. None (default): every row may run to max_new_tokens.
     Returns:
       `Rollout` with prompt_tokens/prompt_mask [N, P], tokens/mask/sampler_logp
       [N, T], group_id [N] (row r ↔ prompt r // n), truncated [N].
@@ -481,5 +576,7 @@ def generate(
         rules=rules,
         unstack_layers=unstack_layers,
         fused=fused,
+        row_keys=row_keys,
+        max_tokens=max_tokens,
     )
     return rollout

@@ -69,7 +69,9 @@ def sample_from_weights(key: jax.Array, weights: jax.Array) -> jax.Array:
     """Draw i with probability weights[r, i] / sum_i weights[r, i], per row.
 
     Args:
-      key: PRNG key.
+      key: PRNG key (the N uniforms are `uniform(key, (N,))`), or a vector of N typed
+        keys (`jax.random.key`), one per row: row r's uniform is `uniform(key[r], ())`,
+        so its draw does not depend on the other rows (per-row keys).
       weights: float32 [N, V], non-negative, each row with a positive sum.
     Returns:
       int32 [N].
@@ -83,7 +85,10 @@ def sample_from_weights(key: jax.Array, weights: jax.Array) -> jax.Array:
         weights = jnp.pad(weights, ((0, 0), (0, pad)))
     blocks = weights.reshape(n, -1, block)  # [N, nb, C]
     block_cum = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # [N, nb]
-    u = jax.random.uniform(key, (n,), jnp.float32)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1:
+        u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(key)
+    else:
+        u = jax.random.uniform(key, (n,), jnp.float32)
     target = u * block_cum[:, -1]
     b = _first_above(block_cum, target)  # [N]
     before = jnp.where(
@@ -229,6 +234,7 @@ def sample_tokens(
 ) -> jax.Array:
     """Next tokens int32 [N] from logits [N, V].
 
+    `key` is one PRNG key or N typed keys, one per row (`sample_from_weights`).
     `greedy`, `top_k` and `truncate` are static; `temperature`, `top_p`,
     `min_p` may be traced scalars. Greedy is the arg-max of the logits (first
     index on ties, as torch.argmax in HF `generate`). `truncate=False` skips
