@@ -21,6 +21,10 @@ static sampling fields, mesh, rules):
 
 Randomness: step t draws with `fold_in(key, t)`, one uniform per row
 (`sampling.sample_tokens`), so the same key gives the same rollout, on any mesh.
+With `row_keys=True`, row r draws its token t with `row_step_keys(key, r, t)` instead,
+so a row's tokens do not depend on the batch it runs in: the scheme of
+`generate_continuous` (continuous.py), which equals this sampler row for row.
+`max_tokens` (per-row limits) ends rows early, as truncated.
 
 Sharding: `params` are used with the shardings they already have (the
 trainer's own pytree: no copy, no second model; their `in_shardings` are
