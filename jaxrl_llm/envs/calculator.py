@@ -95,6 +95,13 @@ class CalculatorEnv(ToolEnv):
     def call_tool(self, name: str, argument: str) -> str:
         return str(calculate(argument))
 
+    def demonstration(self, example: Example, *, use_tool: bool = True) -> list[str]:
+        """Expert actions for `example` (SFT warm starts): the `calc` call on the problem, then
+        the answer; with `use_tool=False` the answer alone."""
+        problem = example.id.split(":", 1)[1]
+        answer = self.parser.format_answer(example.answer)
+        return [self.parser.format_call("calc", problem), answer] if use_tool else [answer]
+
     def on_answer(self, answer: str) -> AnswerOutcome:
         correct = answer.strip() == self.example.answer
         return AnswerOutcome(

@@ -491,6 +491,11 @@ def _validate_env(c) -> None:
             f"config.env.name = {c.env.name!r} is not one of {sorted(registered_envs())} "
             "(or 'my_pkg.my_mod:make')"
         )
+    if c.rollout.get("async_steps", 0):
+        raise ConfigError(
+            f"config.env.name = {c.env.name!r} does not combine with rollout.async_steps = "
+            f"{c.rollout.async_steps} yet (episodes are played in the collect stage); set it to 0"
+        )
     if c.env.credit == "turn" and c.algo.advantage not in ("grpo", "dr_grpo", "gae"):
         raise ConfigError(
             f"config.env.credit = 'turn' needs algo.advantage in ['dr_grpo', 'gae', 'grpo'], "

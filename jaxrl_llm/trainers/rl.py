@@ -27,6 +27,7 @@ from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import tasks as tasks_lib
 from jaxrl_llm import workdir as workdir_lib
 from jaxrl_llm.parallel import multihost
+from jaxrl_llm.trainers import agent as agent_lib
 from jaxrl_llm.trainers import async_rollouts as async_lib
 from jaxrl_llm.trainers import config as config_lib
 from jaxrl_llm.trainers import rl_step, sft, stages, text
@@ -62,7 +63,13 @@ class Trainer:
 
         c = config
         self.tokenizer = build_tokenizer(c, self.workdir)
-        self.task = tasks_lib.make_task(c.task.name, **c.task.kwargs.to_dict())
+        # An environment (env.name) is the task of a multi-turn run: collect plays episodes.
+        self.agent = agent_lib.Agent(c, self.tokenizer) if c.env.name else None
+        self.task = (
+            self.agent.task
+            if self.agent is not None
+            else tasks_lib.make_task(c.task.name, **c.task.kwargs.to_dict())
+        )
         self.model_config = build_model_config(c, self.tokenizer)
         try:
             models.check_tokenizer_fits(self.tokenizer, self.model_config)
@@ -151,6 +158,12 @@ class Trainer:
             pairs = (
                 sft.load_jsonl_pairs(c.sft.data_file)
                 if c.sft.data_file
+                else self.agent.task.sft_pairs(
+                    max(4000, c.sft.batch_size),
+                    c.sft.seed,
+                    no_tool_fraction=c.sft.flawed_fraction,
+                )
+                if self.agent is not None
                 else sft.sft_pairs(
                     self.task,
                     max(4000, c.sft.batch_size),
@@ -222,6 +235,11 @@ class Trainer:
         return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
     # ----------------------------------------------------------------------------- rollouts
+    def _policy(self, params):
+        """The params the multi-turn sampler runs (LoRA adapters merged when present)."""
+        merge = getattr(self, "sampler_params", None)
+        return params if merge is None else merge(params)
+
     def encode(self, prompts):
         """Token ids of prompts, as the sampler sees them (BOS included)."""
         return text.encode_prompts(self.tokenizer, prompts)
@@ -292,6 +310,15 @@ class Trainer:
         c = self.config
         examples = self.eval_examples()
         key = jax.random.key(c.eval.seed if key_seed is None else key_seed)
+        if self.agent is not None:  # episodes: success, turns, tool calls, invalid calls
+            return self.agent.evaluate(
+                self._policy(params),
+                self.model_config,
+                examples,
+                key,
+                self.eval_sampling,
+                ks=tuple(c.eval.ks),
+            )
         ro, completions = self.rollout(params, examples, key, self.eval_sampling)
         del ro
         return self.eval_summary(examples, completions)
@@ -573,9 +600,19 @@ class Trainer:
             key = jax.random.fold_in(
                 jax.random.fold_in(jax.random.wrap_key_data(state.rng), step), attempt
             )
-            ro, completions = self.rollout(state.params, examples, key, self.sampling)
-            rep = [e for e in examples for _ in range(group)]
-            rewards, correct, info = self.score(completions, rep)
+            if self.agent is not None:  # multi-turn episodes (`trainers/agent.py`)
+                ro, completions, rewards, correct, info = self.agent.play(
+                    self._policy(state.params),
+                    self.model_config,
+                    examples,
+                    key,
+                    self.sampling,
+                )
+                ro = jax.device_put(ro, self.row_sharding)
+            else:
+                ro, completions = self.rollout(state.params, examples, key, self.sampling)
+                rep = [e for e in examples for _ in range(group)]
+                rewards, correct, info = self.score(completions, rep)
             stages.count_reward_failures(counters, info, fresh_step=attempt == 0)
             return dict(
                 examples=examples,
