@@ -121,6 +121,18 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "init_checkpoint": F(
             "", "params to start RL from (an SFT checkpoint folder); empty: SFT warm start below"
         ),
+        "lora_rank": F(
+            0, "LoRA rank: train adapters on the frozen model (docs/lora.md); 0: full weights", ge=0
+        ),
+        "lora_alpha": F(
+            16.0, "LoRA scale numerator: the update is (lora_alpha / lora_rank) A B", gt=0
+        ),
+        "lora_targets": F(
+            ("q_proj", "k_proj", "v_proj", "o_proj"),
+            "projections that get adapters (q/k/v/o_proj, gate/up/down_proj)",
+            item_type=str,
+            nonempty=True,
+        ),
     },
     "tokenizer": {"path": F("builtin", "a local HF tokenizer folder, or 'builtin' (char-level)")},
     "task": {
@@ -528,6 +540,15 @@ def validate(c, num_devices: int | None = None) -> None:
             f"config.model.num_kv_heads = {c.model.num_kv_heads} does not divide "
             f"model.num_heads = {c.model.num_heads}"
         )
+    if c.model.lora_rank:
+        from jaxrl_llm.models import lora  # pylint: disable=g-import-not-at-top
+
+        try:
+            lora.check_targets(c.model.lora_targets)
+        except ValueError as e:
+            raise ConfigError(
+                f"config.model.lora_targets = {tuple(c.model.lora_targets)}: {e}"
+            ) from None
     if c.algo.dual_clip and not c.algo.dual_clip > 1:
         raise ConfigError(f"config.algo.dual_clip = {c.algo.dual_clip!r} must be 0 (off) or > 1")
     sizes = {k: c.mesh[k] for k in ("data", "fsdp", "tensor")}

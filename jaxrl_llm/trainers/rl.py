@@ -118,6 +118,8 @@ class Trainer:
         self.writer = metrics_lib.MetricWriter(self.workdir)
         self.pool = None
         self.programs = None
+        self.lora_base = None  # LoRA (model.lora_rank > 0): the frozen model, set by init_state
+        self._lora_merge = None
 
     # ----------------------------------------------------------------------------- set-up
     def _param_shardings(self, specs, shapes):
@@ -196,7 +198,13 @@ class Trainer:
         return params
 
     def init_state(self, params) -> TrainState:
+        """The train state from the initial params. With LoRA (`model.lora_rank > 0`) the params
+        become the frozen `self.lora_base` (outside the state: never donated, never checkpointed)
+        and the state's params, optimiser and reference are over fresh adapters (B = 0)."""
         c = self.config
+        base = params
+        if c.model.lora_rank:
+            self.lora_base, params = base, self.init_adapters(base)
         opt_state = self._sharded_opt_init(self.optimizer, params)
         ref = jax.tree.map(jnp.copy, params) if self.needs_ref else None
         critic_params = critic_opt = None
@@ -207,13 +215,11 @@ class Trainer:
                 out_shardings=self._param_shardings(
                     vspecs,
                     jax.eval_shape(
-                        lambda: models.init_value_params(
-                            self.model_config, jax.random.key(0), params
-                        )
+                        lambda: models.init_value_params(self.model_config, jax.random.key(0), base)
                     ),
                 ),
             )
-            critic_params = init_v(jax.random.key(c.train.seed + 1), params)
+            critic_params = init_v(jax.random.key(c.train.seed + 1), base)
             critic_opt = self._sharded_opt_init(self.critic_optimizer, critic_params)
         rep = lambda x: jax.device_put(x, self.replicated)
         return TrainState(
@@ -226,6 +232,31 @@ class Trainer:
             critic_params=critic_params,
             critic_opt_state=critic_opt,
         )
+
+    def init_adapters(self, base):
+        """LoRA adapters for `base` (seed `train.seed`), created in their shardings: A like the
+        kernels' input axes, B like their output axes."""
+        m = self.config.model
+        init = lambda key, p: models.init_lora(  # noqa: E731
+            self.model_config, p, key, rank=m.lora_rank, alpha=m.lora_alpha, targets=m.lora_targets
+        )
+        key = jax.random.fold_in(jax.random.key(self.config.train.seed), 0x10A)
+        shapes = jax.eval_shape(init, key, base)
+        specs = models.lora_logical_axes(self.model_config, shapes)
+        return jax.jit(init, out_shardings=self._param_shardings(specs, shapes))(key, base)
+
+    def sampler_params(self, params):
+        """The full params the sampler runs: `params` itself, or with LoRA adapters merged into
+        the frozen base once per call (`models.merge_lora`, laid out like the base)."""
+        if not isinstance(params, models.LoraAdapters):
+            return params
+        if self._lora_merge is None:
+            shardings = jax.tree.map(lambda x: x.sharding, self.lora_base)
+            self._lora_merge = jax.jit(
+                lambda base, ad: models.merge_lora(self.model_config, base, ad),
+                out_shardings=shardings,
+            )
+        return self._lora_merge(self.lora_base, params)
 
     def _sharded_opt_init(self, optimizer, params):
         """Optimiser state created directly in the shardings of the params it mirrors."""
@@ -279,7 +310,13 @@ class Trainer:
                 mask=multihost.make_global(local.mask, self.row_sharding, b + pad),
             )
         ro = rollout_lib.generate(
-            params, self.model_config, prompts, key, sampling, mesh=self.mesh, rules=self.rules
+            self.sampler_params(params),
+            self.model_config,
+            prompts,
+            key,
+            sampling,
+            mesh=self.mesh,
+            rules=self.rules,
         )
         return ro, b * sampling.n, pad
 
@@ -475,6 +512,7 @@ class Trainer:
             state_shardings=state_shardings,
             batch_sharding=batch_sharding,
             replicated=self.replicated,
+            lora_base=self.lora_base,
         )
         counters = stages.fresh_counters()
         history = []

@@ -29,6 +29,7 @@ from jaxrl_llm.losses import registry
 from jaxrl_llm.losses import turns as turns_lib
 from jaxrl_llm.losses import value as value_lib
 from jaxrl_llm.losses.advantages import to_token_rewards
+from jaxrl_llm.models import lora as lora_lib
 from jaxrl_llm.trainers.state import TrainState, completion_logprobs, completion_values
 
 __all__ = ["TrainBatch", "RLPrograms", "batch_counts"]
@@ -138,6 +139,7 @@ def policy_micro_loss(
     num_seqs,
     num_sampled,
     pg_weight=None,
+    base=None,
 ):
     """Loss of one micro-batch, normalised by the minibatch's global counts.
 
@@ -145,8 +147,11 @@ def policy_micro_loss(
     with `registry.merge_metrics`), `sums` are already divided by global counts (added).
     Entropy and KL diagnostics are means over every sampled token (`token_mask`), so PSR / NSR
     runs log comparable entropies. `pg_weight` [n, T] (TIS rollout-correction weights, or None)
-    multiplies the per-token policy-gradient loss.
+    multiplies the per-token policy-gradient loss. `base`: LoRA's frozen model, `params` are
+    then the adapters, merged into it here (gradients reach the adapters only).
     """
+    if base is not None:
+        params = lora_lib.merge(model_config, base, params)
     logp, ent = completion_logprobs(
         model_config,
         params,
@@ -238,6 +243,7 @@ def _tree_where(pred, a, b):
 def train_step(
     state: TrainState,
     batch: TrainBatch,
+    base=None,
     *,
     model_config,
     s: LossSettings,
@@ -246,7 +252,11 @@ def train_step(
     critic_optimizer,
     policy_warmup: int,
 ):
-    """One optimiser update on a minibatch: scan over micro-batches, exact accumulation."""
+    """One optimiser update on a minibatch: scan over micro-batches, exact accumulation.
+
+    `base`: LoRA's frozen model (not donated, not updated); `state.params` are then the
+    adapters, merged into `base` inside each micro-batch's loss (`models.lora.merge`).
+    """
     token_mask = batch.mask if batch.token_mask is None else batch.token_mask
     pg_weight, corr_metrics = None, {}
     if s.rollout_correction:
@@ -281,7 +291,9 @@ def train_step(
         def fwd(_, mb):
             _, ent = completion_logprobs(
                 model_config,
-                state.params,
+                lora_lib.merge(model_config, base, state.params)
+                if base is not None
+                else state.params,
                 mb.prompt_tokens,
                 mb.prompt_mask,
                 mb.tokens,
@@ -319,7 +331,7 @@ def train_step(
         grads, pg_acc, sums_acc = carry
         mb, st, w = xs
         (_, (pg_m, sums)), g = grad_fn(
-            state.params, mb, st, state.kl_coef, key, pg_weight=w, **loss_kw
+            state.params, mb, st, state.kl_coef, key, pg_weight=w, base=base, **loss_kw
         )
         weight = jnp.sum(mb.mask) / jnp.maximum(num_tokens, 1.0)
         pg_acc = registry.merge_metrics(pg_acc, pg_m, weight=weight)
@@ -332,7 +344,14 @@ def train_step(
     first = jax.tree.map(lambda x: x[0], (micro, micro_stats, micro_w))
     _, (pg_shape, sums_shape) = jax.eval_shape(
         lambda: grad_fn(
-            state.params, first[0], first[1], state.kl_coef, key, pg_weight=first[2], **loss_kw
+            state.params,
+            first[0],
+            first[1],
+            state.kl_coef,
+            key,
+            pg_weight=first[2],
+            base=base,
+            **loss_kw,
         )
     )[0]
     init = (
@@ -421,8 +440,14 @@ class RLPrograms:
         batch_sharding=None,
         replicated=None,
         seeds: bool = False,
+        lora_base=None,
     ):
         self.settings = LossSettings.from_config(config)
+        # LoRA: the frozen base model, an argument of every program (never donated); the
+        # state's params and reference are then adapters.
+        self.lora_base = lora_base
+        if seeds and lora_base is not None:
+            raise ValueError("LoRA does not run as vmapped seeds")
         self.model_config = model_config
         self.num_micro = (
             config.train.minibatch_size // config.train.microbatch_size
@@ -450,6 +475,15 @@ class RLPrograms:
         )
         if seeds:
             self.train_step = jax.jit(jax.vmap(step_fn), donate_argnums=(0,))
+        elif lora_base is not None:
+            base_shardings = jax.tree.map(lambda x: x.sharding, lora_base)
+            lora_step = jax.jit(
+                step_fn,
+                in_shardings=(state_shardings, batch_sharding, base_shardings),
+                out_shardings=(state_shardings, replicated),
+                donate_argnums=(0,),
+            )
+            self.train_step = lambda state, batch: lora_step(state, batch, self.lora_base)
         else:
             self.train_step = jax.jit(
                 step_fn,
@@ -492,6 +526,11 @@ class RLPrograms:
         rows = batch_sharding.mask  # [N, T] outputs split by rows, like the batch
         self._logp = jax.jit(_in_chunks(logp_fn), static_argnums=0, out_shardings=rows)
         self._values = jax.jit(_in_chunks(value_fn), static_argnums=0, out_shardings=rows)
+
+        def lora_logp(rows, adapters, base, *xs):  # the merge once, outside the row chunks
+            return _in_chunks(logp_fn)(rows, lora_lib.merge(model_config, base, adapters), *xs)
+
+        self._lora_logp = jax.jit(lora_logp, static_argnums=0, out_shardings=rows)
         # One SPMD program picks a minibatch's rows (a cross-process gather when rows live on
         # several hosts), rather than eager per-field indexing plus a device_put: eager
         # multi-process ops are separate computations whose collectives can interleave
@@ -506,7 +545,17 @@ class RLPrograms:
         return self._select(batch, np.asarray(idx, np.int32))
 
     def logprobs(self, params, rollout, micro_rows: int):
-        """Sampled-token log-probs [N, T] of `rollout` under `params`, `micro_rows` rows at a time."""
+        """Sampled-token log-probs [N, T] of `rollout` under `params`, `micro_rows` rows at a time
+        (with LoRA, `params` are adapters on `lora_base`)."""
+        if self.lora_base is not None:
+            return self._lora_logp(
+                micro_rows,
+                params,
+                self.lora_base,
+                rollout.prompt_tokens,
+                rollout.prompt_mask,
+                rollout.tokens,
+            )
         return self._logp(
             micro_rows, params, rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens
         )

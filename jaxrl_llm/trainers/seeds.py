@@ -80,6 +80,12 @@ def _check(config, workdirs, seeds):
             "cannot run as vmapped seeds (batch sizes differ per seed); run "
             "the seeds as separate runs"
         )
+    if config.model.lora_rank:
+        raise config_lib.ConfigError(
+            f"config.model.lora_rank = {config.model.lora_rank} cannot run as vmapped seeds (the "
+            "vmapped programs do not take the shared frozen base yet); run the seeds as separate "
+            "runs"
+        )
     if config.rollout.async_steps:
         raise config_lib.ConfigError(
             f"config.rollout.async_steps = {config.rollout.async_steps} cannot run as vmapped "
