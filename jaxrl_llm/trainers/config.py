@@ -25,6 +25,7 @@ import ast
 import dataclasses
 import math
 import numbers
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -287,6 +288,43 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "eps": F(1e-8, "Adam epsilon", ge=0),
         "weight_decay": F(0.0, "AdamW decoupled weight decay", ge=0),
         "clip_norm": F(1.0, "global gradient norm clip; 0: off", ge=0),
+    },
+    "reward_model": {
+        "path": F(
+            "",
+            "a reward-model folder (python -m jaxrl_llm.trainers.reward_model) scored on device "
+            "in the collect stage; empty: none",
+        ),
+        "weight": F(1.0, "weight of the reward model's score in the combined reward", ge=0),
+        "normalize": F(
+            "none", "batch: whiten the reward model's score over the batch first", ("none", "batch")
+        ),
+    },
+    "judge": {
+        "path": F(
+            "", "an LLM-as-judge model folder (HF, with its tokenizer) scoring each completion"
+        ),
+        "weight": F(1.0, "weight of the judge's verdict in the combined reward", ge=0),
+        "template": F(
+            "Question: {prompt}\nAnswer: {completion}\nIs the answer correct? Reply yes or "
+            "no.\nVerdict:",
+            "the judge's prompt, with {prompt} and {completion}",
+        ),
+        "verdict": F(
+            "yes_no", "how a verdict reads: yes/no, or a score n/m or n/10", ("yes_no", "score")
+        ),
+        "malformed_reward": F(0.0, "the reward of a verdict that does not parse (counted)"),
+        "max_new_tokens": F(8, "verdict tokens at most", ge=1),
+    },
+    "reward_terms": {
+        "task_weight": F(
+            1.0, "weight of the task's (verifiable) reward; 0: the learned terms alone", ge=0
+        ),
+        "combine": F(
+            "sum",
+            "how terms combine: sum (weighted), gdpo (each normalised within its group first)",
+            ("sum", "gdpo"),
+        ),
     },
     "critic": {
         "enabled": F(False, "train a value model (needed by gae)"),
@@ -586,6 +624,7 @@ def validate(c, num_devices: int | None = None) -> None:
     # What the estimator and the policy loss need (a critic, a group size, a ratio to the
     # behaviour policy) is checked by the registry, from what each entry declares.
     _check_registry(c)
+    _check_reward_model(c)
     if c.data.replay_fraction and (
         c.data.dynamic_sampling or c.critic.enabled or c.algo.recompute_old_logp
     ):
@@ -631,6 +670,69 @@ def validate(c, num_devices: int | None = None) -> None:
                 f"config.train.prompts_per_step = {c.train.prompts_per_step} does not divide over "
                 f"the {batch_shards} batch shards of the mesh (the mesh axes config.mesh.rules map `batch` to)"
             )
+
+
+def _check_reward_model(c) -> None:
+    """The reward terms: folders that exist, a term left with weight, a combination the
+    estimator can use. Fields set without the folder they belong to are an error."""
+    from jaxrl_llm.rewards import learned  # pylint: disable=g-import-not-at-top
+
+    r, j, t = c.reward_model, c.judge, c.reward_terms
+    for group, defaults in (
+        ("reward_model", {"weight": 1.0, "normalize": "none"}),
+        ("judge", {"weight": 1.0}),
+    ):
+        g = c[group]
+        changed = [f"{k} = {g[k]!r}" for k, v in defaults.items() if g[k] != v]
+        if changed and not g.path:
+            raise ConfigError(
+                f"config.{group}: {', '.join(changed)} set but no {group}.path; give the "
+                "path, or leave the group at its defaults"
+            )
+    if r.path:
+        try:
+            learned.check_folder(r.path)
+        except ValueError as e:
+            raise ConfigError(f"config.reward_model.path: {e}") from None
+    if j.path:
+        if not os.path.isfile(os.path.join(j.path, "config.json")):
+            raise ConfigError(
+                f"config.judge.path = {j.path!r} is not a model folder (no config.json)"
+            )
+        if "{prompt}" not in j.template or "{completion}" not in j.template:
+            raise ConfigError(
+                f"config.judge.template = {j.template!r} must contain {{prompt}} and {{completion}}"
+            )
+    learned_on = bool(r.path or j.path)
+    if not learned_on:
+        if (t.task_weight, t.combine) != (1.0, "sum"):
+            raise ConfigError(
+                f"config.reward_terms = (task_weight {t.task_weight}, combine {t.combine!r}) "
+                "set but no reward_model.path or judge.path: the task's reward is the only term"
+            )
+        return
+    weights = [t.task_weight] + [r.weight] * bool(r.path) + [j.weight] * bool(j.path)
+    if not any(weights):
+        raise ConfigError(
+            "config.reward_terms.task_weight, reward_model.weight and judge.weight are all 0: "
+            "nothing would be rewarded"
+        )
+    if t.combine == "gdpo" and c.train.samples_per_prompt < 2:
+        raise ConfigError(
+            "config.reward_terms.combine = 'gdpo' normalises within groups: it needs "
+            f"train.samples_per_prompt >= 2, got {c.train.samples_per_prompt}"
+        )
+    from jaxrl_llm.losses import registry  # pylint: disable=g-import-not-at-top
+
+    if (t.combine, r.normalize) != ("sum", "none") and registry.ADVANTAGES[
+        c.algo.advantage
+    ].needs_greedy:
+        raise ConfigError(
+            f"config.reward_terms.combine = {t.combine!r} / reward_model.normalize = "
+            f"{r.normalize!r} do not combine with algo.advantage = {c.algo.advantage!r}: its "
+            "greedy baseline is one sample per prompt, normalised apart from the batch; use "
+            "combine = 'sum', normalize = 'none'"
+        )
 
 
 def _check_registry(c) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from jaxrl_llm import checkpoint as ckpt_lib
 from jaxrl_llm import metrics as metrics_lib
 from jaxrl_llm import models, parallel, passk
+from jaxrl_llm import rewards as rewards_lib
 from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import tasks as tasks_lib
 from jaxrl_llm import workdir as workdir_lib
@@ -114,6 +115,26 @@ class Trainer:
             else None
         )
         self.needs_ref = c.algo.kl.coef > 0 or c.algo.kl.log
+        self.learned_reward = self.judge = None  # learned reward terms (RLHF), on request
+        try:
+            if c.reward_model.path:  # a reward model scored on device in the collect stage
+                self.learned_reward = rewards_lib.LearnedReward(
+                    c.reward_model.path,
+                    vocab=self.tokenizer.get_vocab(),
+                    mesh=self.mesh,
+                    rules=self.rules,
+                )
+            if c.judge.path:
+                self.judge = rewards_lib.JudgeReward(
+                    c.judge.path,
+                    template=c.judge.template,
+                    verdict=c.judge.verdict,
+                    malformed_reward=c.judge.malformed_reward,
+                    max_new_tokens=c.judge.max_new_tokens,
+                )
+        except ValueError as e:
+            group = "reward_model" if self.learned_reward is None else "judge"
+            raise config_lib.ConfigError(f"config.{group}.path: {e}") from None
         self.checkpointer = ckpt_lib.Checkpointer(self.workdir, keep=c.checkpoint.keep)
         self.writer = metrics_lib.MetricWriter(self.workdir)
         self.pool = None
@@ -341,6 +362,36 @@ class Trainer:
         return stages.score(
             self.pool, self.task, completions, examples, row_sharding=self.row_sharding
         )
+
+    def with_reward_terms(self, ro, prompts, completions, rewards, info, group: int):
+        """The combined reward of a scored rollout (`config.reward_terms`): the task's reward
+        with the reward model's score on `ro` (on device) and the judge's verdicts on
+        (prompts, completions), combined by `rewards.combine`. Each term is logged as a reward
+        component (`reward/task`, `reward/learned`, `reward/judge`); malformed verdicts are
+        counted (`info["judge_malformed"]`). `rewards` unchanged without learned terms; the
+        verifier's `correct` is never touched."""
+        if self.learned_reward is None and self.judge is None:
+            return rewards
+        c = self.config
+        terms, weights = {"task": rewards}, {"task": c.reward_terms.task_weight}
+        if self.learned_reward is not None:
+            terms["learned"], weights["learned"] = (
+                self.learned_reward.rewards(ro),
+                c.reward_model.weight,
+            )
+        if self.judge is not None:
+            terms["judge"], judge_info = self.judge.score(prompts, completions)
+            weights["judge"] = c.judge.weight
+            info["judge_malformed"] = judge_info["malformed"]
+        total, _ = rewards_lib.combine(
+            terms,
+            weights,
+            mode=c.reward_terms.combine,
+            group=group,
+            normalize=c.reward_model.normalize,
+        )
+        info.setdefault("components", {}).update({k: np.asarray(v) for k, v in terms.items()})
+        return total
 
     def evaluate(self, params, key_seed: int | None = None):
         """Held-out accuracy (greedy by default) on `eval.size` test prompts."""
@@ -651,6 +702,9 @@ class Trainer:
                 ro, completions = self.rollout(state.params, examples, key, self.sampling)
                 rep = [e for e in examples for _ in range(group)]
                 rewards, correct, info = self.score(completions, rep)
+            rewards = self.with_reward_terms(
+                ro, [e.prompt for e in rep], completions, rewards, info, group
+            )
             stages.count_reward_failures(counters, info, fresh_step=attempt == 0)
             return dict(
                 examples=examples,
@@ -722,11 +776,27 @@ class Trainer:
         rewards, correct, info = self.score(
             completions, [e for e in examples for _ in range(group)]
         )
+        rewards = self.with_reward_terms(
+            ro,
+            [e.prompt for e in examples for _ in range(group)],
+            completions,
+            rewards,
+            info,
+            group,
+        )
         stages.count_reward_failures(counters, info, fresh_step=True)
         greedy = None
         if greedy_handle is not None:
-            _, greedy_completions = self.finish_rollout(greedy_handle)
+            greedy_ro, greedy_completions = self.finish_rollout(greedy_handle)
             greedy, _, greedy_info = self.score(greedy_completions, list(examples))
+            greedy = self.with_reward_terms(
+                greedy_ro,
+                [e.prompt for e in examples],
+                greedy_completions,
+                greedy,
+                greedy_info,
+                1,
+            )
             stages.count_reward_failures(counters, greedy_info)
             greedy = np.repeat(greedy, group)
         return async_lib.Collected(
@@ -756,8 +826,10 @@ class Trainer:
         ro, completions = self.rollout(
             params, examples, jax.random.key(0), stages.greedy_sampling(self.sampling)
         )
-        del ro
         rewards, _, info = self.score(completions, list(examples))
+        rewards = self.with_reward_terms(
+            ro, [e.prompt for e in examples], completions, rewards, info, 1
+        )
         stages.count_reward_failures(counters, info)
         return np.repeat(rewards, self.config.train.samples_per_prompt)
 

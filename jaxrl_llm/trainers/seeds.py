@@ -86,6 +86,12 @@ def _check(config, workdirs, seeds):
             "vmapped programs do not take the shared frozen base yet); run the seeds as separate "
             "runs"
         )
+    if config.reward_model.path:
+        raise config_lib.ConfigError(
+            f"config.reward_model.path = {config.reward_model.path!r} cannot run as vmapped "
+            "seeds yet (the vmapped collect scores with the task only); run the seeds as "
+            "separate runs"
+        )
     if config.rollout.async_steps:
         raise config_lib.ConfigError(
             f"config.rollout.async_steps = {config.rollout.async_steps} cannot run as vmapped "

@@ -108,6 +108,8 @@ def count_reward_failures(counters: dict, info: dict, *, fresh_step: bool = Fals
         ("budget_skipped", "reward_budget_skipped"),
     ):
         counters[k_dst] = counters.get(k_dst, 0) + int(info.get(k_src, 0))
+    if "judge_malformed" in info:  # only runs with a judge carry this counter
+        counters["judge_malformed"] = counters.get("judge_malformed", 0) + info["judge_malformed"]
     if fresh_step:
         counters["reward_fail_streak"] = tasks_lib.reward_failure_streak(
             counters.get("reward_fail_streak", 0), info, int(info.get("num_rows", 0))

@@ -53,6 +53,25 @@ def sft_checkpoint(tmp_path_factory):
     return model_dir, tok_dir
 
 
+@pytest.fixture(scope="session")
+def reward_model_checkpoint(tmp_path_factory):
+    """(summary, folder) of the `rm_arith:runlocal` reward model (trained once per session)."""
+    import importlib.util
+
+    from jaxrl_llm.trainers import reward_model as rm
+
+    spec = importlib.util.spec_from_file_location(
+        "rm_arith", os.path.join(REPO, "configs/rm_arith.py")
+    )
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    workdir = tmp_path_factory.mktemp("reward_model")
+    lines = []
+    summary = rm.run(recipe.get_config("runlocal"), str(workdir), log_fn=lines.append)
+    summary["log"] = lines
+    return summary, str(workdir / "reward_model")
+
+
 def recipe_overrides(sft):
     model_dir, tok_dir = sft
     return {"model.init_checkpoint": model_dir, "tokenizer.path": tok_dir, "mesh.num_devices": 1}

@@ -82,6 +82,12 @@ FROZEN_DEFAULTS = {
     "eval.seed": 12345,
     "eval.size": 200,
     "eval.temperature": 1.0,
+    "judge.malformed_reward": 0.0,
+    "judge.max_new_tokens": 8,
+    "judge.path": "",
+    "judge.template": "Question: {prompt}\nAnswer: {completion}\nIs the answer correct? Reply yes or no.\nVerdict:",
+    "judge.verdict": "yes_no",
+    "judge.weight": 1.0,
     "log.every": 1,
     "log.progress": True,
     "log.samples": 4,
@@ -117,6 +123,11 @@ FROZEN_DEFAULTS = {
     "optim.weight_decay": 0.0,
     "rollout.max_new_tokens": 6,
     "rollout.min_p": 0.0,
+    "reward_model.normalize": "none",
+    "reward_model.path": "",
+    "reward_model.weight": 1.0,
+    "reward_terms.combine": "sum",
+    "reward_terms.task_weight": 1.0,
     "rollout.async_steps": 0,
     "rollout.prompt_buckets": (16, 32, 64, 128, 256, 512),
     "rollout.temperature": 1.0,
@@ -190,13 +201,18 @@ def _recipes():
             continue
         if os.path.basename(path) == "grpo_hf_gsm8k.py":
             out += [(path, "/ckpt/model,data=/data/gsm8k"), (path, "/ckpt/model,runlocal")]
+        elif os.path.basename(path) == "rlhf_arith.py":  # the reward-model folder is made below
+            out += [(path, "{rm}"), (path, "{rm},runlocal")]
         else:
             out += [(path, None), (path, "runlocal")]
     return out
 
 
 @pytest.mark.parametrize("path, arg", _recipes(), ids=lambda x: os.path.basename(str(x)))
-def test_every_shipped_recipe_validates(path, arg):
+def test_every_shipped_recipe_validates(path, arg, tmp_path):
+    if arg and "{rm}" in arg:  # a folder that passes the reward-model check (not loaded here)
+        (tmp_path / "reward_model.json").write_text("{}")
+        arg = arg.format(rm=tmp_path)
     spec = importlib.util.spec_from_file_location("recipe", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

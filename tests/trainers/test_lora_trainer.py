@@ -3,6 +3,7 @@ update through the merge; a LoRA GRPO run learns on the arithmetic task (the rec
 learning test) with adapter-only state, a frozen base and a reference with the adapter off."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -132,3 +133,54 @@ def test_lora_grpo_learns(recipe, tmp_path, sft_checkpoint):
         {k: v["b"] for g in state.ref_params.layers.values() for k, v in g.items()}
     ):
         assert not np.asarray(x).any()
+
+
+def _dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def test_lora_checkpoints_hold_adapters_and_resume_exactly(tmp_path, sft_checkpoint):
+    """Checkpoints hold the adapters only (far smaller than the base); a run stopped at step 2
+    and resumed (the base read again from its folder) continues with the same metrics as an
+    uninterrupted one."""
+    from jaxrl_llm import workdir as workdir_lib
+    from jaxrl_llm.trainers import rl
+    from tests.trainers.conftest import small_config
+
+    def config(steps):
+        c = small_config(
+            **recipe_overrides(sft_checkpoint),
+            **{
+                "train.steps": steps,
+                "train.prompts_per_step": 8,
+                "train.samples_per_prompt": 4,
+                "checkpoint.every": 2,
+                "checkpoint.keep": 10,
+                "eval.size": 16,
+                "task.reward_workers": 1,
+                "model.lora_rank": 4,
+                "model.lora_targets": ("q_proj", "v_proj", "up_proj"),
+                "optim.lr": 1e-3,
+                "optim.warmup_steps": 0,  # the schedule must not depend on train.steps
+                "algo.kl.coef": 0.01,  # the reference pass and a KL term in the loss
+            },
+        )
+        return c
+
+    keys = ("train/reward", "train/loss/total", "train/grad_norm", "train/kl")
+    hist = lambda s: {h["step"]: h for h in s["history"] if "train/reward" in h}  # noqa: E731
+    straight = hist(rl.train(config(4), str(tmp_path / "a"), log=lambda *a: None))
+    rl.train(config(2), str(tmp_path / "b"), log=lambda *a: None)
+    resumed = hist(rl.train(config(4), str(tmp_path / "b"), log=lambda *a: None))
+    for step in (3, 4):
+        for k in keys:
+            assert resumed[step][k] == straight[step][k], (step, k)
+    assert straight[4]["train/grad_norm"] > 0
+
+    _, base = models.load_hf(sft_checkpoint[0])
+    base_bytes = sum(x.nbytes for x in jax.tree.leaves(base))
+    ckpt = os.path.join(workdir_lib.checkpoint_dir(str(tmp_path / "a")))
+    steps = [d for d in os.listdir(ckpt) if d.isdigit()]
+    assert steps, os.listdir(ckpt)
+    for d in steps:
+        assert _dir_bytes(os.path.join(ckpt, d)) < base_bytes / 4, d

@@ -3,7 +3,6 @@ jitted update, a length-only scorer at chance, and a CPU run that learns the syn
 
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -134,28 +133,14 @@ def test_length_only_scorer_is_at_chance_on_the_heldout_split(tokenizer, same_le
     assert pairwise_accuracy(-length["chosen"], -length["rejected"]) == pytest.approx(0.5, abs=0.01)
 
 
-def test_reward_model_learns_the_synthetic_preferences(tmp_path):
+def test_reward_model_learns_the_synthetic_preferences(reward_model_checkpoint):
     """Untrained: ≈ 0.5 held-out accuracy; after a CPU-sized run: ≥ 0.85 (docs/reward_models.md)."""
-    import importlib.util
-
-    from ml_collections import config_flags  # noqa: F401 - the recipe's dependency
-
-    spec = importlib.util.spec_from_file_location(
-        "rm_arith", os.path.join(REPO, "configs/rm_arith.py")
-    )
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    c = recipe.get_config("runlocal")
-    lines = []
-    t0 = time.perf_counter()
-    summary = rm.run(c, str(tmp_path), log_fn=lines.append)
-    seconds = time.perf_counter() - t0
-    print("\n".join(lines), f"\nwall {seconds:.0f} s", summary)
+    summary, folder = reward_model_checkpoint
+    print("\n".join(summary["log"]), summary)
     assert abs(summary["heldout_accuracy_before"] - 0.5) < 0.12, summary
     assert summary["heldout_accuracy_after"] >= 0.85, summary
     # the checkpoint scores like the trained model
-    config, params = rm.load_reward_model(tmp_path / "reward_model")
-    assert json.loads((tmp_path / "reward_model" / rm.META_FILE).read_text())[
-        "heldout_accuracy"
-    ] == pytest.approx(summary["heldout_accuracy_after"])
+    config, params = rm.load_reward_model(folder)
+    meta = json.loads(open(os.path.join(folder, rm.META_FILE)).read())
+    assert meta["heldout_accuracy"] == pytest.approx(summary["heldout_accuracy_after"])
     assert config.hidden_size == 128 and config.num_layers == 2
