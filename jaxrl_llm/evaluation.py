@@ -217,6 +217,8 @@ def load_policy(config, checkpoint: str, *, step: int | None = None):
     restores (an unreadable newer step is logged, one line each, and skipped; nothing is
     moved). Only the policy parameters are kept. A folder with `*.safetensors` is read with
     `models.load_hf` (step None). Parameters are placed with the config's mesh and rules.
+    A LoRA run (`model.lora_rank > 0`) checkpoints adapters: they are merged into the run's
+    base (`_lora_base`), and the merged params are returned.
     """
     import glob
     import tempfile
@@ -255,6 +257,23 @@ def load_policy(config, checkpoint: str, *, step: int | None = None):
         raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
     shardings = parallel.logical_to_sharding(models.logical_axes(model_config), mesh, rules)
     abstract = jax.eval_shape(models.init_params, model_config, jax.random.key(0))
+    base = None
+    if config.model.lora_rank:
+        base = _lora_base(config, checkpoint, model_config, mesh, rules)
+        m = config.model
+        abstract = jax.eval_shape(
+            lambda p: models.init_lora(
+                model_config,
+                p,
+                jax.random.key(0),
+                rank=m.lora_rank,
+                alpha=m.lora_alpha,
+                targets=m.lora_targets,
+            ),
+            base,
+        )
+        specs = models.lora_logical_axes(model_config, abstract)
+        shardings = parallel.logical_to_sharding(specs, mesh, rules, shapes=abstract)
     item = {
         "params": jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
@@ -279,12 +298,37 @@ def load_policy(config, checkpoint: str, *, step: int | None = None):
                 failures.append(f"step {s}: {one_line_error(e)}")
                 logging.warning("checkpoint %s does not restore, skipped", failures[-1])
                 continue
-            return model_config, restored.state["params"], tokenizer, mesh, rules, s
+            params = restored.state["params"]
+            if base is not None:
+                params = models.merge_lora(model_config, base, params)
+            return model_config, params, tokenizer, mesh, rules, s
     finally:
         manager.close()
     raise CheckpointRestoreError(
         f"no checkpoint in {ckpt_dir} restores the policy:\n  " + "\n  ".join(failures)
     )
+
+
+def _lora_base(config, workdir, model_config, mesh, rules):
+    """The frozen base of a LoRA run, found as its trainer found it: `model.init_checkpoint` /
+    `model.hf_path`, else the run's SFT folder, else the random init of seed `sft.seed`."""
+    import jax
+
+    from jaxrl_llm import models, parallel
+
+    path = config.model.init_checkpoint or config.model.hf_path
+    if not path and workdir_lib.has_sft_model(workdir):
+        path = workdir_lib.sft_dir(workdir)
+    if path:
+        return models.load_hf(path, mesh=mesh, rules=rules, dtype=config.model.param_dtype)[1]
+    if config.sft.steps > 0:
+        raise FileNotFoundError(
+            f"the LoRA run {workdir} has no SFT folder ({workdir_lib.sft_dir(workdir)}): its "
+            "frozen base cannot be rebuilt"
+        )
+    shardings = parallel.logical_to_sharding(models.logical_axes(model_config), mesh, rules)
+    init = jax.jit(models.init_params, static_argnums=0, out_shardings=shardings)
+    return init(model_config, jax.random.key(config.sft.seed))
 
 
 def _make_sample_fn(config, model_config, params, tokenizer, mesh, rules, *, sampling, seed):

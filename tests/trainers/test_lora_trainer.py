@@ -142,7 +142,7 @@ def _dir_bytes(path):
 def test_lora_checkpoints_hold_adapters_and_resume_exactly(tmp_path, sft_checkpoint):
     """Checkpoints hold the adapters only (far smaller than the base); a run stopped at step 2
     and resumed (the base read again from its folder) continues with the same metrics as an
-    uninterrupted one."""
+    uninterrupted one; the evaluation CLI's loader gives the merged policy."""
     from jaxrl_llm import workdir as workdir_lib
     from jaxrl_llm.trainers import rl
     from tests.trainers.conftest import small_config
@@ -169,7 +169,8 @@ def test_lora_checkpoints_hold_adapters_and_resume_exactly(tmp_path, sft_checkpo
 
     keys = ("train/reward", "train/loss/total", "train/grad_norm", "train/kl")
     hist = lambda s: {h["step"]: h for h in s["history"] if "train/reward" in h}  # noqa: E731
-    straight = hist(rl.train(config(4), str(tmp_path / "a"), log=lambda *a: None))
+    trainer = rl.Trainer(config(4), str(tmp_path / "a"))
+    straight = hist(trainer.run(log=lambda *a: None))
     rl.train(config(2), str(tmp_path / "b"), log=lambda *a: None)
     resumed = hist(rl.train(config(4), str(tmp_path / "b"), log=lambda *a: None))
     for step in (3, 4):
@@ -184,3 +185,15 @@ def test_lora_checkpoints_hold_adapters_and_resume_exactly(tmp_path, sft_checkpo
     assert steps, os.listdir(ckpt)
     for d in steps:
         assert _dir_bytes(os.path.join(ckpt, d)) < base_bytes / 4, d
+
+    # the evaluation CLI's loader merges the checkpoint's adapters into the run's base
+    from jaxrl_llm import evaluation
+
+    _, params, *_, step = evaluation.load_policy(config(4), str(tmp_path / "a"))
+    assert step == 4
+    want = lora.merge(trainer.model_config, trainer.lora_base, trainer.state.params)
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    q = ("layers", "attn", "q_proj", "kernel")
+    get = lambda t: t[q[0]][q[1]][q[2]][q[3]]  # noqa: E731
+    assert not np.array_equal(np.asarray(get(params)), np.asarray(get(base)))
