@@ -18,6 +18,7 @@ collation script read it back. The names live here and nowhere else:
 | `sft/` | the trainer's SFT warm start | the warm-started policy as a Hugging Face folder |
 | `tokenizer/` | the trainer (builtin tokenizer) | the tokenizer folder |
 | `pending_rollouts/<step>.pkl` | the trainer with `rollout.async_steps > 0` | the batches sampled ahead of checkpoint `<step>` |
+| `lora_adapter/` | the trainer with `model.lora_rank > 0`, at the end | the final adapters as a PEFT folder (docs/lora.md) |
 
 JSON files are written atomically (a temporary file in the same folder, then `os.replace`),
 so a reader never sees half a file, even when the writer is killed mid-write.
@@ -44,11 +45,13 @@ __all__ = [
     "SFT_DIR",
     "TOKENIZER_DIR",
     "PENDING_ROLLOUTS_DIR",
+    "LORA_ADAPTER_DIR",
     "path",
     "checkpoint_dir",
     "sft_dir",
     "tokenizer_dir",
     "pending_rollouts_file",
+    "lora_adapter_dir",
     "has_sft_model",
     "write_json_atomic",
     "read_json",
@@ -73,6 +76,7 @@ CHECKPOINT_SKIPPED_DIR = "checkpoints.skipped"
 SFT_DIR = "sft"
 TOKENIZER_DIR = "tokenizer"
 PENDING_ROLLOUTS_DIR = "pending_rollouts"
+LORA_ADAPTER_DIR = "lora_adapter"
 
 
 def path(workdir: str, name: str) -> str:
@@ -91,6 +95,11 @@ def sft_dir(workdir: str) -> str:
 
 def tokenizer_dir(workdir: str) -> str:
     return os.path.join(workdir, TOKENIZER_DIR)
+
+
+def lora_adapter_dir(workdir: str) -> str:
+    """The final LoRA adapters of a run, in PEFT's layout (`models.save_peft`)."""
+    return os.path.join(workdir, LORA_ADAPTER_DIR)
 
 
 def pending_rollouts_file(workdir: str, step: int) -> str:

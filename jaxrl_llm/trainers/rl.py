@@ -266,6 +266,18 @@ class Trainer:
         specs = models.lora_logical_axes(self.model_config, shapes)
         return jax.jit(init, out_shardings=self._param_shardings(specs, shapes))(key, base)
 
+    def export_adapters(self, adapters):
+        """Writes `adapters` as a PEFT folder, `<workdir>/lora_adapter/` (process 0)."""
+        c = self.config
+        host = multihost.gather_to_host(adapters)  # a collective: every process calls it
+        if jax.process_index() == 0:
+            models.save_peft(
+                workdir_lib.lora_adapter_dir(self.workdir),
+                self.model_config,
+                host,
+                base_model_name_or_path=c.model.init_checkpoint or c.model.hf_path or None,
+            )
+
     def sampler_params(self, params):
         """The full params the sampler runs: `params` itself, or with LoRA adapters merged into
         the frozen base once per call (`models.merge_lora`, laid out like the base)."""
@@ -640,6 +652,8 @@ class Trainer:
                         async_lib.prune_pending(self.workdir, self.checkpointer.all_steps())
         if progress is not None:
             progress.close()
+        if self.lora_base is not None:
+            self.export_adapters(state.params)
         final_eval = self.evaluate(state.params)
         summary = self.finish(
             final_eval,

@@ -128,6 +128,13 @@ def test_lora_grpo_learns(recipe, tmp_path, sft_checkpoint):
     _, sft_params = models.load_hf(sft_checkpoint[0])
     for x, y in zip(jax.tree.leaves(trainer.lora_base), jax.tree.leaves(sft_params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # the final adapters are exported in PEFT's layout
+    from jaxrl_llm import workdir as workdir_lib
+
+    exported = models.load_peft(workdir_lib.lora_adapter_dir(str(tmp_path)), trainer.model_config)
+    assert exported.alpha == 16.0 and exported.targets == lora.TARGETS
+    for x, y in zip(jax.tree.leaves(exported), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # the reference is the base exactly (B = 0; no reset configured)
     for x in jax.tree.leaves(
         {k: v["b"] for g in state.ref_params.layers.values() for k, v in g.items()}
