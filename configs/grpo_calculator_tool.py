@@ -3,8 +3,9 @@
 Command:   python -m jaxrl_llm.main --config=configs/grpo_calculator_tool.py --workdir=runs/calc
 Laptop:    python -m jaxrl_llm.main --config=configs/grpo_calculator_tool.py:runlocal --workdir=runs/x
 Hardware:  a 2-core CPU (tiny inline model, char-level tokenizer).
-Task:      two-operand products of 2-3 digit numbers (env `calculator`), at most 3 actions of
-           <= 32 tokens, observations <= 8 tokens; reward 1 for the exact `<answer>`.
+Task:      products of two 2-digit numbers (env `calculator`, the question alone as the prompt:
+           `instructions=False`), at most 3 actions of <= 32 tokens, observations <= 8 tokens;
+           reward 1 for the exact `<answer>`.
 SFT:       transcripts of the environment's demonstrations, half of them answering without the
            tool (`sft.flawed_fraction` = 0.5 is the no-tool share), so the warm start calls the
            tool on about half of the problems and cannot multiply in its head.
@@ -21,13 +22,13 @@ def get_config(arg=None):
     runlocal = arg == "runlocal"
     c = base_config(runlocal=runlocal)
     c.env.name = "calculator"
-    c.env.kwargs = {"digits": (2, 3), "ops": "*"}
+    c.env.kwargs = {"digits": (2,), "ops": "*", "instructions": False}
     c.env.max_turns = 3
     c.env.max_action_tokens = 32
     c.env.max_observation_tokens = 8
     c.env.credit = "episode"
     c.rollout.max_new_tokens = 64
-    c.rollout.prompt_buckets = (256,)
+    c.rollout.prompt_buckets = (32, 256)
     c.algo.advantage = "grpo"
     c.algo.policy_loss = "ppo_clip"
     c.algo.aggregation = "seq-mean-token-mean"
@@ -35,7 +36,7 @@ def get_config(arg=None):
     c.train.samples_per_prompt = 4
     c.train.steps = 40 if runlocal else 100
     c.optim.lr = 2e-4
-    c.sft.steps = 400 if runlocal else 800
+    c.sft.steps = 1500 if runlocal else 2500
     c.sft.flawed_fraction = 0.5
     c.eval.size = 100 if runlocal else 200
     c.eval.n = 2

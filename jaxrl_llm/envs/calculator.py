@@ -57,9 +57,11 @@ class CalculatorEnv(ToolEnv):
         num_terms: int = 2,
         test_fraction: float = 0.1,
         max_turns: int = 4,
+        instructions: bool = True,
         **kwargs,
     ):
         super().__init__(max_turns=max_turns, **kwargs)
+        self.show_instructions = bool(instructions)
         self.digits = tuple(sorted({int(d) for d in digits}))
         if not self.digits or min(self.digits) < 1:
             raise ValueError(f"digits must be positive, got {digits!r}")
@@ -85,6 +87,8 @@ class CalculatorEnv(ToolEnv):
         return draw_examples(split, n, seed, self._sample, test_fraction=self.test_fraction)
 
     def instructions(self) -> str:
+        if not self.show_instructions:  # the question alone (short prompts for small models)
+            return ""
         call = self.parser.format_call("calc", "EXPRESSION")
         return (
             f"Solve the arithmetic problem. You may use a calculator: {call} "

@@ -84,3 +84,9 @@ def test_collect_plays_episodes_and_evaluates_agents(tmp_path):
         assert k in ev
     assert 1.0 <= ev["eval/turns"] <= 2.0
     assert 0.0 <= ev["eval/invalid_call_rate"] <= 1.0
+
+
+def test_calculator_without_instructions_prompts_with_the_question_alone():
+    task = agent_lib.EnvTask(EnvSpec("calculator", {"instructions": False}))
+    (e,) = task.examples("train", 1, 3)
+    assert e.prompt == task.original(e).prompt and e.prompt.startswith("Question: ")
