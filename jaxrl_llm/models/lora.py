@@ -50,6 +50,7 @@ __all__ = [
     "lora_delta",
     "lora_logical_axes",
     "lora_param_count",
+    "kernel_shapes",
     "num_params",
     "check_targets",
 ]
@@ -221,19 +222,27 @@ def num_params(adapters: LoraAdapters) -> int:
     return int(sum(x.size for x in jax.tree.leaves(adapters)))
 
 
+def kernel_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Per-layer `(in, out)` axis shapes of each target's kernel (`kernel = [*in, *out]`)."""
+    c = config
+    h, m = c.hidden_size, c.intermediate_size
+    nh, nkv, d = c.num_heads, c.num_kv_heads, c.head_dim
+    return {
+        "q_proj": ((h,), (nh, d)),
+        "k_proj": ((h,), (nkv, d)),
+        "v_proj": ((h,), (nkv, d)),
+        "o_proj": ((nh, d), (h,)),
+        "gate_proj": ((h,), (m,)),
+        "up_proj": ((h,), (m,)),
+        "down_proj": ((m,), (h,)),
+    }
+
+
 def lora_param_count(config: ModelConfig, *, rank: int, targets) -> int:
     """Adapter entries for `targets` at `rank` without building anything:
     `L · Σ_targets r · (in + out)`."""
-    c = config
-    h, m = c.hidden_size, c.intermediate_size
-    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    sizes = {
-        "q_proj": (h, q),
-        "k_proj": (h, kv),
-        "v_proj": (h, kv),
-        "o_proj": (q, h),
-        "gate_proj": (h, m),
-        "up_proj": (h, m),
-        "down_proj": (m, h),
-    }
-    return int(c.num_layers * sum(rank * sum(sizes[t]) for t in check_targets(targets)))
+    shapes = kernel_shapes(config)
+    per_layer = sum(
+        rank * (math.prod(shapes[t][0]) + math.prod(shapes[t][1])) for t in check_targets(targets)
+    )
+    return int(config.num_layers * per_layer)

@@ -36,7 +36,7 @@ from jaxrl_llm.models.hf_io import (
     read_safetensors_header,
     save_hf,
 )
-from jaxrl_llm.models.lora import _TARGET_INFO, LoraAdapters, check_targets, merge
+from jaxrl_llm.models.lora import _TARGET_INFO, LoraAdapters, check_targets, kernel_shapes, merge
 
 __all__ = ["save_peft", "load_peft", "save_merged_hf", "peft_tensor_names", "ADAPTER_CONFIG"]
 
@@ -149,11 +149,10 @@ def load_peft(path: str | os.PathLike, config: ModelConfig, *, dtype=jnp.float32
     tensors = _read_tensors(os.path.join(path, ADAPTER_WEIGHTS))
     expected: set[str] = set()
     layers: dict = {}
-    kernels = _kernel_shapes(config)
+    kernels = kernel_shapes(config)
     for target in targets:
-        group, n_in = _TARGET_INFO[target]
-        shape = kernels[target]
-        ins, outs = shape[:n_in], shape[n_in:]
+        group, _ = _TARGET_INFO[target]
+        ins, outs = kernels[target]
         name_a, name_b = peft_tensor_names(config, target)
         a_list, b_list = [], []
         for i in range(config.num_layers):
@@ -177,21 +176,6 @@ def load_peft(path: str | os.PathLike, config: ModelConfig, *, dtype=jnp.float32
     if unexpected:
         raise ValueError(f"{path}: unexpected adapter tensors {unexpected[:8]}")
     return LoraAdapters(layers=layers, alpha=alpha)
-
-
-def _kernel_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Per-layer kernel shape `(*in, *out)` of each target."""
-    h, m = config.hidden_size, config.intermediate_size
-    nh, nkv, d = config.num_heads, config.num_kv_heads, config.head_dim
-    return {
-        "q_proj": (h, nh, d),
-        "k_proj": (h, nkv, d),
-        "v_proj": (h, nkv, d),
-        "o_proj": (nh, d, h),
-        "gate_proj": (h, m),
-        "up_proj": (h, m),
-        "down_proj": (m, h),
-    }
 
 
 def save_merged_hf(
