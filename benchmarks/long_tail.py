@@ -19,7 +19,8 @@ with exactly the same lengths, which the script checks.
   ends hands its slot to the next job inside the same compiled loop; each decode step
   reads only a bucketed prefix of the cache.
 
-Timing: one warm-up call of each arm (compiles), then `--reps` timed calls, best kept;
+Timing: one warm-up call of each arm (compiles), then `--reps` rounds, each timing the
+static then the continuous arm (interleaved, so a shared machine's load hits both), best kept;
 `tokens/s` = tokens produced (the sum of the fixed lengths) / wall time, prefill included.
 
 CPU proxy (`--proxy`, on by default): one decode step of the model as each sampler runs it
@@ -129,14 +130,17 @@ def run_continuous(params, config, prompts, key, sp, lengths, slots, buckets):
     return np.asarray(r.mask.sum(axis=1)), {k: int(v) for k, v in stats.items()}
 
 
-def timed(fn, reps):
-    out = fn()  # warm-up: compiles
-    best = math.inf
+def timed(fns, reps):
+    """Best wall time of each of `fns` over `reps` rounds, the arms interleaved in every
+    round (a shared machine's load then weighs on both alike); one warm-up call each."""
+    outs = [fn() for fn in fns]  # warm-up: compiles
+    best = [math.inf] * len(fns)
     for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best, outs
 
 
 def proxy(config, slots: int, max_len: int, kv_lens, fused_options=(False, True)) -> list[dict]:
@@ -213,11 +217,13 @@ def main(argv=None) -> dict:
     key = jax.random.key(args.seed + 2)
     tokens = int(lengths.sum())
 
-    s_time, s_len = timed(
-        lambda: run_static(params, config, prompts, key, sp, lengths, args.slots), args.reps
-    )
-    c_time, (c_len, stats) = timed(
-        lambda: run_continuous(params, config, prompts, key, sp, lengths, args.slots, args.buckets),
+    (s_time, c_time), (s_len, (c_len, stats)) = timed(
+        [
+            lambda: run_static(params, config, prompts, key, sp, lengths, args.slots),
+            lambda: run_continuous(
+                params, config, prompts, key, sp, lengths, args.slots, args.buckets
+            ),
+        ],
         args.reps,
     )
     if not (np.array_equal(s_len, lengths) and np.array_equal(c_len, lengths)):

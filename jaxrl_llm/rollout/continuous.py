@@ -16,7 +16,7 @@ layout, truncation on/off):
 
 1. Prefill the B prompts once (last logits only) into a small `[L, B, P]` cache. Each
    prompt is prefilled exactly once for its n samples.
-2. One `lax.while_loop`. Each iteration runs one decode step of the model on the `slots`
+2. One loop (`lax.while_loop`s, below). Each iteration runs one decode step of the model on the `slots`
    rows, draws each busy slot's next token, ends the rows that stop, and refills the free
    slots with the next jobs. A refill is no model compute: it copies the prompt's KV from
    the small cache into the slot (slots `[0, P)`), resets the slot's cache mask, and draws
@@ -29,8 +29,10 @@ layout, truncation on/off):
 Decode attention over the filled prefix: each step reads only the first `kv_len` cache
 slots, `kv_len` the smallest of a few static lengths ("buckets") that covers every busy
 slot's cursor. The buckets are `P + ceil(T / 2^i)` for i = `kv_buckets - 1, ..., 0`,
-rounded up to a multiple of 8 and capped at `P + T`; the step is a `lax.switch` over one
-model step per bucket, so the one program holds `len(buckets)` decode steps (compile
+rounded up to a multiple of 8 and capped at `P + T`. The loop runs in phases: an inner
+`while_loop` of decode steps with one static `kv_len` while the bucket stays the same,
+picked by a `lax.switch` when it changes (so the cache passes through a conditional once
+per phase, not once per step). The one program holds `len(buckets)` decode steps (compile
 time grows with it; `kv_buckets=1` is full attention). Memory is the same as a static
 batch of `slots` rows: one `[L, slots, P + T]` cache, plus the small prompt cache.
 
@@ -162,7 +164,9 @@ def _program(
             m = jnp.where(take[:, None], row, c["mask"])
             return {"k": k, "v": v, "mask": m, "index": jnp.where(take, p, c["index"])}
 
-        s["cache"] = jax.lax.cond(jnp.any(take), copy, lambda c: c, s["cache"])
+        # Unconditional: the scatter drops the rows that take nothing, and updates the loop's
+        # cache in place (a `lax.cond` around it made XLA copy the whole cache per step).
+        s["cache"] = copy(s["cache"])
         s["slot_job"] = jnp.where(live, job, jnp.where(free, none, s["slot_job"]))
         s["slot_t"] = jnp.where(take, 1, s["slot_t"])
         s["prev"] = jnp.where(take, tok, s["prev"])
@@ -171,26 +175,26 @@ def _program(
         s["fills"] = s["fills"] + taken
         return s
 
-    def step_at(kv_len, cache, tok, pos, m):
-        return models.apply(config, params, tok, pos, m, cache, kv_len=kv_len)
-
-    branches = [functools.partial(step_at, kv) for kv in buckets]
-
     def cond(s):
         return jnp.any(s["slot_job"] < jobs) | (s["next_job"] < jobs)
 
-    def body(s):
+    def bucket(s):
+        """Index of the smallest bucket that holds every busy slot's next write."""
+        need = jnp.max(jnp.where(s["slot_job"] < jobs, s["cache"]["index"] + 1, 1))
+        return jnp.sum(jnp.asarray(buckets, jnp.int32) < need)
+
+    def body(kv_len, s):
         s = dict(s)
         active = s["slot_job"] < jobs
         job = s["slot_job"]
         t = s["slot_t"]
         old_index = s["cache"]["index"]
-        need = jnp.max(jnp.where(active, old_index + 1, 1))
-        which = jnp.sum(jnp.asarray(buckets, jnp.int32) < need)
         prompt = jnp.clip(job // n, 0, b - 1)
         pos = (plen[prompt] + t - 1)[:, None]
         m = active.astype(jnp.int32)[:, None]
-        logits, cache = jax.lax.switch(which, branches, s["cache"], s["prev"][:, None], pos, m)
+        logits, cache = models.apply(
+            config, params, s["prev"][:, None], pos, m, s["cache"], kv_len=kv_len
+        )
         s["cache"] = dict(cache, index=jnp.where(active, cache["index"], old_index))
         tok, lp = draw(job, t, logits[:, 0, :])
         s["out_tokens"] = s["out_tokens"].at[job, t].set(tok, mode="drop")
@@ -223,7 +227,17 @@ def _program(
     }
     state = refill(state, jnp.ones((slots,), bool))
     first_fills = state["fills"]
-    state = jax.lax.while_loop(cond, body, state)
+
+    # Steps run in phases of one attention bucket: an inner loop of decode steps with a
+    # static kv_len while the bucket stays the same, chosen by a `lax.switch` only when it
+    # changes (a switch per step would pass the cache through a conditional every step).
+    def phase(i, s):
+        return jax.lax.while_loop(
+            lambda s: cond(s) & (bucket(s) == i), functools.partial(body, buckets[i]), s
+        )
+
+    phases = [functools.partial(phase, i) for i in range(len(buckets))]
+    state = jax.lax.while_loop(cond, lambda s: jax.lax.switch(bucket(s), phases, s), state)
 
     mask_out = (jnp.arange(max_new)[None, :] < state["length"][:, None]).astype(jnp.int32)
     rollout = Rollout(
