@@ -48,8 +48,13 @@ bits (about 1e-6 relative in float32); a token can therefore differ only if a dr
 within that rounding of a category boundary (for greedy: an arg-max tie within rounding),
 after which that row diverges. The tests check tokens equal and log-probs within 1e-5.
 
-Meshes: `mesh=None` only (one device). A `mesh` is refused with a one-line error: the
-per-row scatters into the slot cache and the outputs would need their own sharding plan.
+Meshes: with a `mesh`, the program runs under it and the logical `rules` (as `generate`),
+the params are used with the shardings they have, the slot cache follows the model's own
+logical constraints, and every `Rollout` field comes back split by rows like the
+trainer's batch (`parallel.row_sharding`); the tokens are those of one device (tested on
+the 8-device CPU mesh). The per-job scatters and the refill gathers are left to the
+compiler's partitioner, so this is correct rather than tuned: the sharded slot loop is not
+yet measured or optimised for many devices.
 """
 
 from __future__ import annotations
@@ -58,9 +63,11 @@ import functools
 import math
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxrl_llm import models
 from jaxrl_llm.models.transformer import fuse_decode_params
@@ -71,6 +78,8 @@ from jaxrl_llm.rollout.sampler import (
     _check_limits,
     _is_stop,
     _prefill_prompts,
+    _rollout_shardings,
+    _rules_tuple,
     row_step_keys,
 )
 from jaxrl_llm.rollout.sampling import sample_tokens
@@ -79,6 +88,7 @@ from jaxrl_llm.rollout.types import PromptBatch, Rollout, SamplingParams
 __all__ = ["generate_continuous", "kv_buckets_for"]
 
 Params = Any
+_STATS = ("steps", "refills", "busy_slot_steps")
 
 
 def kv_buckets_for(prompt_len: int, max_new_tokens: int, buckets: int) -> tuple[int, ...]:
@@ -249,7 +259,7 @@ def _program(
         group_id=jnp.repeat(jnp.arange(b, dtype=jnp.int32), n),
         truncated=~state["stopped"],
     )
-    stats = {
+    stats = {  # keys: _STATS
         "steps": state["steps"],
         "refills": state["fills"] - first_fills,
         "busy_slot_steps": state["busy"],
@@ -258,10 +268,16 @@ def _program(
 
 
 @functools.cache
-def _compiled(config, static, truncate, unstack, fused, slots, buckets, batch, prompt_len):
-    del batch, prompt_len  # part of the cache key: one program per shape
+def _compiled(
+    config, static, truncate, unstack, fused, slots, buckets, batch, prompt_len, mesh, rules
+):
+    """The jitted program for one (config, sampling, layout, slots, buckets, shape, mesh)."""
     fn = functools.partial(_program, config, static, truncate, unstack, fused, slots, buckets)
-    return jax.jit(fn)
+    if mesh is None:
+        return jax.jit(fn)
+    stats = NamedSharding(mesh, PartitionSpec())
+    out = (_rollout_shardings(batch * static[1], mesh, rules), {k: stats for k in _STATS})
+    return jax.jit(fn, out_shardings=out)
 
 
 def generate_continuous(
@@ -288,7 +304,7 @@ def generate_continuous(
       kv_buckets: number of static attention lengths (module docstring); 1 = attention
         over all `P + T` cache slots.
       max_tokens: optional int [B·n] per-job limits, as in `generate`.
-      mesh, rules: a mesh is refused (one device only, module docstring).
+      mesh, rules: optional device mesh and logical-axis rules, as in `generate`.
       unstack_layers, fused: as in `generate` (`unstack_layers=None`: by `slots`).
       return_stats: also return `{"steps", "refills", "busy_slot_steps"}` (int scalars):
         loop iterations (one model decode step each), slot refills after the first fill,
@@ -300,11 +316,6 @@ def generate_continuous(
       `(rollout, stats)` with `return_stats=True`.
     """
     _check(config, prompts, sampling)
-    if mesh is not None:
-        raise ValueError(
-            "generate_continuous: a device mesh is not supported (one device only); "
-            "use generate(..., mesh=...) for sharded sampling"
-        )
     if isinstance(slots, bool) or not isinstance(slots, (int, np.integer)) or slots < 1:
         raise ValueError(f"generate_continuous: slots must be an int >= 1, got {slots!r}")
     if isinstance(kv_buckets, bool) or not isinstance(kv_buckets, int) or kv_buckets < 1:
@@ -336,6 +347,12 @@ def generate_continuous(
         kv_buckets_for(p, max_new, kv_buckets),
         b,
         p,
+        mesh,
+        _rules_tuple(rules) if mesh is not None else None,
     )
-    rollout, stats = program(params, tokens, mask, key, floats, limits)
+    if mesh is None:
+        rollout, stats = program(params, tokens, mask, key, floats, limits)
+    else:
+        with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(_rules_tuple(rules)):
+            rollout, stats = program(params, tokens, mask, key, floats, limits)
     return (rollout, stats) if return_stats else rollout

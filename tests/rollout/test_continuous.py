@@ -1,12 +1,13 @@
 """generate_continuous: for every (prompt, sample) the same tokens as the static sampler with
 per-row keys (log-probs within float rounding), with refills, groups, stops, truncation,
-per-row limits, batch padding, and every slot count; input checks."""
+per-row limits, batch padding, every slot count and the 8-device mesh; input checks."""
 
 import jax
 import numpy as np
 import pytest
 
-from jaxrl_llm import models
+from jaxrl_llm import models, parallel
+from jaxrl_llm.parallel import axes as A
 from jaxrl_llm.parallel.mesh import make_mesh
 from jaxrl_llm.rollout import (
     SamplingParams,
@@ -160,6 +161,26 @@ def test_bad_inputs_fail_with_one_line_messages(params, prompts):
         generate_continuous(
             params, CONFIG, prompts, jax.random.key(0), GREEDY, slots=2, max_tokens=[0] * 10
         )
-    with pytest.raises(ValueError, match="a device mesh is not supported"):
-        mesh = make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
-        generate_continuous(params, CONFIG, prompts, jax.random.key(0), GREEDY, slots=2, mesh=mesh)
+
+
+def test_eight_device_mesh_gives_the_single_device_rollout(params, prompts, static_sampled):
+    """Params sharded over data x fsdp x tensor, rows split like the trainer's batch."""
+    assert jax.device_count() == 8
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = jax.device_put(
+        params, A.logical_to_sharding(models.logical_axes(CONFIG), mesh, shapes=params)
+    )
+    got = generate_continuous(
+        sharded,
+        CONFIG,
+        prompts,
+        jax.random.key(4),
+        SAMPLED,
+        slots=4,
+        max_tokens=LIMITS,
+        mesh=mesh,
+        rules=A.DEFAULT_RULES,
+    )
+    _assert_same(got, static_sampled)
+    rows = parallel.row_sharding(mesh, A.DEFAULT_RULES, rows=15)
+    assert got.tokens.sharding.is_equivalent_to(rows, 2)
