@@ -703,6 +703,7 @@ class Trainer:
             key = jax.random.fold_in(
                 jax.random.fold_in(jax.random.wrap_key_data(state.rng), step), attempt
             )
+            rep = [e for e in examples for _ in range(group)]
             if self.agent is not None:  # multi-turn episodes (`trainers/agent.py`)
                 ro, completions, rewards, correct, info = self.agent.play(
                     self._policy(state.params),
@@ -714,7 +715,6 @@ class Trainer:
                 ro = jax.device_put(ro, self.row_sharding)
             else:
                 ro, completions = self.rollout(state.params, examples, key, self.sampling)
-                rep = [e for e in examples for _ in range(group)]
                 rewards, correct, info = self.score(completions, rep)
             rewards = self.with_reward_terms(
                 ro, [e.prompt for e in rep], completions, rewards, info, group
