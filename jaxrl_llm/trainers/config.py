@@ -202,6 +202,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
             ge=0,
             le=8,
         ),
+        "continuous_slots": F(
+            0,
+            "rows decoding at a time with continuous batching (rollout.generate_continuous, "
+            "per-row keys; the plain RL trainer's rollouts and evaluations, one process); "
+            "0: the static sampler",
+            ge=0,
+        ),
     },
     "algo": {
         "advantage": F("grpo", "advantage estimator (losses.registry.ADVANTAGES)", _advantages),

@@ -342,7 +342,14 @@ class Trainer:
                 tokens=multihost.make_global(local.tokens, self.row_sharding, b + pad),
                 mask=multihost.make_global(local.mask, self.row_sharding, b + pad),
             )
-        ro = rollout_lib.generate(
+        slots = self.config.rollout.get("continuous_slots", 0)
+        if slots and not single:
+            raise ValueError(
+                "config.rollout.continuous_slots does not combine with several processes yet; "
+                "set it to 0"
+            )
+        sample = rollout_lib.generate_continuous if slots else rollout_lib.generate
+        ro = sample(
             self.sampler_params(params),
             self.model_config,
             prompts,
@@ -350,6 +357,7 @@ class Trainer:
             sampling,
             mesh=self.mesh,
             rules=self.rules,
+            **({"slots": slots} if slots else {}),
         )
         return ro, b * sampling.n, pad
 
