@@ -16,11 +16,14 @@ layout, truncation on/off):
 
 1. Prefill the B prompts once (last logits only) into a small `[L, B, P]` cache. Each
    prompt is prefilled exactly once for its n samples.
-2. One loop (`lax.while_loop`s, below). Each iteration runs one decode step of the model on the `slots`
-   rows, draws each busy slot's next token, ends the rows that stop, and refills the free
-   slots with the next jobs. A refill is no model compute: it copies the prompt's KV from
-   the small cache into the slot (slots `[0, P)`), resets the slot's cache mask, and draws
-   the job's token 0 from the prompt's prefill logits. The loop ends when every job is done.
+2. One loop (nested `lax.while_loop`s, below). Each iteration runs one decode step of the
+   model on the `slots` rows, draws each busy slot's next token, ends the rows that stop,
+   and refills the free slots with the next jobs. A refill is no model compute: it copies
+   the prompt's KV from the small cache into the slot (slots `[0, P)`), resets the slot's
+   cache mask, and draws the job's token 0 from the prompt's prefill logits. The loop ends
+   when every job is done, so a group is returned only with all its n samples complete.
+   (The decode step is the same one-token `models.apply` the static sampler runs, and a
+   refill is a copy, not an append: `extend_rows` is not needed here.)
 3. The slot cache is `[L, slots, P + T]` with per-row cursors (`cache["index"]` is
    int32 `[slots]`, `models.apply` writes each row at its own slot). A job's cache row has
    exactly the layout of its row in `generate`: prompt at `[0, P)`, its token t - 1 fed at
