@@ -446,8 +446,6 @@ class RLPrograms:
         # LoRA: the frozen base model, an argument of every program (never donated); the
         # state's params and reference are then adapters.
         self.lora_base = lora_base
-        if seeds and lora_base is not None:
-            raise ValueError("LoRA does not run as vmapped seeds")
         self.model_config = model_config
         self.num_micro = (
             config.train.minibatch_size // config.train.microbatch_size
@@ -473,7 +471,10 @@ class RLPrograms:
             critic_optimizer=critic_optimizer,
             policy_warmup=int(config.critic.warmup_steps) if config.critic.enabled else 0,
         )
-        if seeds:
+        if seeds and lora_base is not None:  # adapters carry the seed axis, the base is shared
+            seeds_step = jax.jit(jax.vmap(step_fn, in_axes=(0, 0, None)), donate_argnums=(0,))
+            self.train_step = lambda state, batch: seeds_step(state, batch, self.lora_base)
+        elif seeds:
             self.train_step = jax.jit(jax.vmap(step_fn), donate_argnums=(0,))
         elif lora_base is not None:
             base_shardings = jax.tree.map(lambda x: x.sharding, lora_base)
@@ -520,6 +521,12 @@ class RLPrograms:
                 return lambda rows, *args: jax.vmap(functools.partial(fn, rows))(*args)
 
             self._logp = jax.jit(per_seed(_in_chunks(logp_fn)), static_argnums=0)
+
+            def lora_logp_seeds(rows, adapters, base, *xs):
+                merged = jax.vmap(lambda a: lora_lib.merge(model_config, base, a))(adapters)
+                return jax.vmap(functools.partial(_in_chunks(logp_fn), rows))(merged, *xs)
+
+            self._lora_logp = jax.jit(lora_logp_seeds, static_argnums=0)
             self._values = jax.jit(per_seed(_in_chunks(value_fn)), static_argnums=0)
             self._select = jax.jit(jax.vmap(select))
             return

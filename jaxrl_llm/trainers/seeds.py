@@ -19,6 +19,8 @@ seed s up to float rounding (`tests/trainers/test_seeds.py`): the same tokens ar
 until, over a long run, rounding flips one draw (after ~42 steps in the NSR reproduction),
 from where the two runs are different samples of the same experiment.
 
+LoRA runs too: the seeds' adapters carry the seed axis, the frozen base is shared.
+
 What a separate run does that this mode cannot (a `ConfigError` names the field): dynamic
 sampling and rollout replay (their per-seed control flow differs between seeds), several
 processes; it always runs on one device (`mesh.num_devices` is set to 1). The seeds share the
@@ -41,6 +43,7 @@ import numpy as np
 
 from jaxrl_llm import checkpoint as ckpt_lib
 from jaxrl_llm import metrics as metrics_lib
+from jaxrl_llm import models
 from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import workdir as workdir_lib
 from jaxrl_llm.trainers import config as config_lib
@@ -80,12 +83,6 @@ def _check(config, workdirs, seeds):
             "cannot run as vmapped seeds (batch sizes differ per seed); run "
             "the seeds as separate runs"
         )
-    if config.model.lora_rank:
-        raise config_lib.ConfigError(
-            f"config.model.lora_rank = {config.model.lora_rank} cannot run as vmapped seeds (the "
-            "vmapped programs do not take the shared frozen base yet); run the seeds as separate "
-            "runs"
-        )
     if config.reward_model.path:
         raise config_lib.ConfigError(
             f"config.reward_model.path = {config.reward_model.path!r} cannot run as vmapped "
@@ -124,6 +121,11 @@ class SeedsTrainer:
         self.config = self.lead.config
         self.compiles = metrics_lib.CompileCounter()
         self.programs = None
+        mc = self.lead.model_config
+        # LoRA: the seeds' adapters merged into the one shared base (a stacked copy for sampling)
+        self._merge_seeds = jax.jit(
+            lambda base, ad: jax.vmap(lambda a: models.merge_lora(mc, base, a))(ad)
+        )
 
     # ----------------------------------------------------------------------------- device work
     def rollout(self, params, examples, keys, sampling):
@@ -141,6 +143,8 @@ class SeedsTrainer:
             tokens=np.stack([widen(b.tokens, pad_id) for b in batches]),
             mask=np.stack([widen(b.mask, 0) for b in batches]),
         )
+        if isinstance(params, models.LoraAdapters):  # LoRA: each seed's adapters on the base
+            params = self._merge_seeds(lead.lora_base, params)
         ro = rollout_lib.generate_seeds(params, lead.model_config, prompts, keys, sampling)
         host = jax.device_get(ro)
         completions = [
@@ -239,7 +243,12 @@ class SeedsTrainer:
         sources = [run.make_source() for run in self.runs]
         state, metas, start_step = self._restore(self.initial_state(log), log)
         self.programs = rl_step.RLPrograms(
-            c, self.lead.model_config, self.lead.optimizer, self.lead.critic_optimizer, seeds=True
+            c,
+            self.lead.model_config,
+            self.lead.optimizer,
+            self.lead.critic_optimizer,
+            seeds=True,
+            lora_base=self.lead.lora_base,
         )
         counters = [stages.fresh_counters() for _ in self.runs]
         histories = [[] for _ in self.runs]
@@ -304,6 +313,9 @@ class SeedsTrainer:
                                 "history": histories[s],
                             },
                         )
+        if self.lead.lora_base is not None:
+            for s, run in enumerate(self.runs):
+                run.export_adapters(_seed(state.params, s))
         finals = self.evaluate(state.params)
         seconds = time.time() - t_start
         summaries = [

@@ -41,6 +41,13 @@ VARIANTS = {
         "train.minibatch_size": 16,
         "algo.lam": 0.95,
     },
+    # LoRA: per-seed adapters (the seed axis) on one shared frozen base; KL to the base
+    "lora": {
+        "model.lora_rank": 4,
+        "model.lora_targets": ("q_proj", "o_proj", "up_proj"),
+        "optim.lr": 1e-3,
+        "algo.kl.coef": 0.05,
+    },
 }
 
 
