@@ -13,6 +13,10 @@ Memory (per device):
   KV cache                 2 (k, v) × L × rows × (P + T) × kv_heads × head_dim × 2 (bf16) / shards
   activations (remat)      L × micro_rows × S × H × 2 (bf16 layer inputs) / batch shards
                            + micro_rows × chunk × V × 4 (one fp32 logits chunk) / batch shards
+  with LoRA (`Workload.lora_rank > 0`; docs/lora.md): params = the frozen base (param_bytes)
+                           + adapters (lora_bytes); grads, Adam and the reference cover the
+                           adapters only; `lora_merge` = the merge-in-forward temporaries, a
+                           merged copy (param_bytes) and an fp32 gradient of each targeted kernel
 
 Time per step (Kaplan et al. 2020; Chowdhery et al. 2022 for the attention term):
   model FLOPs / token      6 N + 12 L n_heads d_head S      (update: forward + backward)
@@ -87,6 +91,17 @@ class Workload:
     param_bytes: int = 4  # fp32 master params (and grads, Adam moments)
     ref_bytes: int = 4  # the reference is a copy of the policy at its dtype
     kv_bytes: int = 2
+    lora_rank: int = 0  # > 0: LoRA adapters on a frozen base of `param_bytes`
+    lora_targets: tuple = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    lora_bytes: int = 4  # fp32 adapters (and their grads, Adam moments, reference copy)
 
     @property
     def rows(self):
@@ -138,6 +153,8 @@ def device_bytes(config, sizes, work: Workload, rules=None) -> dict[str, float]:
         kv_spec = A.logical_to_spec(
             (A.LAYERS, A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM), rules, mesh, kv_shape
         )
+        if work.lora_rank:
+            adapter_elems, merged_elems = _lora_shard_elems(config, work, mesh, rules)
     finally:
         root.setLevel(level)
     batch = math.prod(mesh.shape[a] for a in (A.DATA, A.FSDP))
@@ -146,14 +163,51 @@ def device_bytes(config, sizes, work: Workload, rules=None) -> dict[str, float]:
         config.num_layers * micro * work.seq * config.hidden_size * 2
         + micro * work.logprob_chunk * config.vocab_size * 4
     )
+    kv = 2 * _shard_elems(kv_shape, kv_spec, mesh) * work.kv_bytes
+    if work.lora_rank:
+        ad = adapter_elems * work.lora_bytes
+        return {
+            "params": elems * work.param_bytes + ad,
+            "grads": ad,
+            "adam": 2 * ad,
+            "reference": ad,
+            "kv_cache": kv,
+            "activations": act,
+            "lora_merge": merged_elems * (work.param_bytes + 4),
+        }
     return {
         "params": elems * work.param_bytes,
         "grads": elems * work.param_bytes,
         "adam": 2 * elems * work.param_bytes,
         "reference": elems * work.ref_bytes,
-        "kv_cache": 2 * _shard_elems(kv_shape, kv_spec, mesh) * work.kv_bytes,
+        "kv_cache": kv,
         "activations": act,
     }
+
+
+def _lora_shard_elems(config, work: Workload, mesh: _Mesh, rules) -> tuple[int, int]:
+    """(adapter entries, targeted kernel entries) per device under `rules`."""
+    shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))
+    adapters = jax.eval_shape(
+        lambda p: models.init_lora(
+            config, p, jax.random.key(0), rank=work.lora_rank, alpha=1.0, targets=work.lora_targets
+        ),
+        shapes,
+    )
+    names = models.lora_logical_axes(config, adapters)
+    flat = jax.tree_util.tree_flatten(names, is_leaf=lambda x: isinstance(x, tuple))[0]
+    ad = sum(
+        _shard_elems(x.shape, A.logical_to_spec(n, rules, mesh, x.shape), mesh)
+        for x, n in zip(jax.tree.leaves(adapters), flat)
+    )
+    specs = models.logical_axes(config)["layers"]
+    merged = 0
+    for group in ("attn", "mlp"):
+        for target, sub in shapes["layers"][group].items():
+            if target in adapters.targets:
+                x, n = sub["kernel"], specs[group][target]["kernel"]
+                merged += _shard_elems(x.shape, A.logical_to_spec(n, rules, mesh, x.shape), mesh)
+    return ad, merged
 
 
 def step_time(

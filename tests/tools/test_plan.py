@@ -48,3 +48,23 @@ def test_runs_as_a_module_and_prints_one_table_per_size():
     ).stdout
     for size in plan.PLAN_SIZES:
         assert f"### Qwen2.5-{size}:" in out
+
+
+def test_lora_device_bytes_by_hand():
+    """7B, LoRA rank 16 on q and down_proj over a bf16 base, pure FSDP (1, 8, 1): the optimiser,
+    gradients and reference are the adapters'; the base is counted once at 2 bytes."""
+    config = plan.qwen25_config("7B")
+    full = plan.device_bytes(config, (1, 8, 1), plan.Workload(param_bytes=2))
+    work = plan.Workload(param_bytes=2, lora_rank=16, lora_targets=("q_proj", "down_proj"))
+    b = plan.device_bytes(config, (1, 8, 1), work)
+    L, h, m, r = 28, 3584, 18944, 16
+    # A [L, in, r] splits its embed input 8 ways (q); down's A has `mlp` input (tensor = 1), its
+    # B [L, r, embed] splits 8 ways
+    adapters = L * r * (h // 8 + h) + L * r * (m + h // 8)
+    assert b["grads"] == adapters * 4 and b["adam"] == 2 * b["grads"] == 2 * b["reference"]
+    assert b["params"] == full["params"] + adapters * 4
+    # merged copy (bf16) + fp32 gradient of the two targeted kernels, embed axes split 8 ways
+    assert b["lora_merge"] == (L * h * h // 8 + L * m * h // 8) * (2 + 4)
+    assert b["kv_cache"] == full["kv_cache"] and "lora_merge" not in full
+    state = ("params", "grads", "adam", "reference")
+    assert sum(b[k] for k in state) + b["lora_merge"] < sum(full[k] for k in state) / 2
