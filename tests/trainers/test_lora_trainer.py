@@ -13,8 +13,9 @@ import pytest
 
 from jaxrl_llm import models
 from jaxrl_llm.models import lora
+from jaxrl_llm.trainers import config as config_lib
 from jaxrl_llm.trainers import rl_step
-from jaxrl_llm.trainers.state import TrainState
+from jaxrl_llm.trainers.state import TrainState, completion_logprobs
 from tests.trainers.conftest import recipe_overrides
 from tests.trainers.test_rl_step import _settings
 from tests.trainers.test_rl_step import setup as setup  # noqa: F401 (the module fixture)
@@ -204,3 +205,78 @@ def test_lora_checkpoints_hold_adapters_and_resume_exactly(tmp_path, sft_checkpo
     q = ("layers", "attn", "q_proj", "kernel")
     get = lambda t: t[q[0]][q[1]][q[2]][q[3]]  # noqa: E731
     assert not np.array_equal(np.asarray(get(params)), np.asarray(get(base)))
+
+
+def test_lora_update_on_an_8_device_mesh_equals_one_device(setup):  # noqa: F811
+    """`RLPrograms(lora_base=...)` on a (data 2, fsdp 2, tensor 2) mesh, base and adapters laid
+    out by their logical axes and the batch split by rows: the update and the log-probs equal
+    the one-device ones (there 2 micro-batches, here 1: accumulation is exact)."""
+    from jaxrl_llm import parallel
+
+    mc, params, batch = setup
+    c = config_lib.base_config()
+    c.unlock()
+    c.rollout.max_new_tokens = batch.tokens.shape[1]
+    c.algo.kl.coef = 0.05
+    s = rl_step.LossSettings.from_config(c)
+    adapters = lora.init_lora(
+        mc, params, jax.random.key(1), rank=2, alpha=4.0, targets=("q_proj", "o_proj", "up_proj")
+    )
+    adapters = jax.tree_util.tree_map_with_path(
+        lambda p, x: (
+            0.05 * jax.random.normal(jax.random.key(x.size), x.shape)
+            if jax.tree_util.keystr(p).endswith("['b']")
+            else x
+        ),
+        adapters,
+    )
+    want_state, _, want_m = _sgd_step(mc, adapters, batch, s, 2, base=params)
+
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    rules = parallel.DEFAULT_RULES
+    rows, repl = parallel.row_sharding(mesh, rules), parallel.replicated(mesh)
+    shard = lambda tree, specs: jax.device_put(  # noqa: E731
+        tree, parallel.logical_to_sharding(specs, mesh, rules, shapes=tree)
+    )
+    base = shard(params, models.logical_axes(mc))
+    ad = shard(adapters, models.lora_logical_axes(mc, adapters))
+    assert ad.layers["attn"]["q_proj"]["a"].sharding.spec[1] == "fsdp"
+    opt = optax.sgd(1.0)
+    ad_sh = jax.tree.map(lambda x: x.sharding, ad)
+    state = TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), repl),
+        params=ad,
+        opt_state=jax.jit(
+            opt.init, out_shardings=parallel.opt_state_shardings(opt, ad, ad_sh, mesh)
+        )(ad),
+        rng=jax.device_put(jax.random.key_data(jax.random.key(0)), repl),
+        kl_coef=jax.device_put(jnp.asarray(0.05, jnp.float32), repl),
+    )
+    batch_sh = jax.tree.map(lambda _: rows, batch)
+    programs = rl_step.RLPrograms(
+        c,
+        mc,
+        opt,
+        None,
+        state_shardings=jax.tree.map(lambda x: x.sharding, state),
+        batch_sharding=batch_sh,
+        replicated=repl,
+        lora_base=base,
+    )
+    sharded = jax.device_put(batch, batch_sh)
+    logp = programs.logprobs(ad, sharded, 4)
+    want_logp = completion_logprobs(
+        mc,
+        lora.merge(mc, params, adapters),
+        batch.prompt_tokens,
+        batch.prompt_mask,
+        batch.tokens,
+    )[0]
+    np.testing.assert_allclose(np.asarray(logp), np.asarray(want_logp), rtol=1e-5, atol=1e-5)
+    new_state, m = programs.train_step(state, sharded)
+    assert new_state.params.layers["attn"]["q_proj"]["a"].sharding.is_equivalent_to(
+        ad_sh.layers["attn"]["q_proj"]["a"], 3
+    )
+    np.testing.assert_allclose(m["loss/total"], want_m["loss/total"], rtol=1e-5, atol=1e-6)
+    for x, y in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(want_state.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
