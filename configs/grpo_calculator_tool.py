@@ -10,9 +10,8 @@ SFT:       transcripts of the environment's demonstrations, half of them answeri
            tool (`sft.flawed_fraction` = 0.5 is the no-tool share), so the warm start calls the
            tool on about half of the problems and cannot multiply in its head.
 Credit:    trajectory-level GRPO on the episode return (`env.credit = "turn"` for per-turn returns).
-Expected:  measured in docs/envs.md ("Learning experiment"): held-out success with the tool rises
-           above the SFT start and above the same checkpoint with the tool disabled, and the
-           share of episodes with a valid tool call rises.
+Expected:  runlocal, measured (docs/envs.md): held-out success with the tool 0.43 -> 0.885
+           (tool disabled: 0.00), valid-tool-call rate 0.425 -> 0.95, in 40 steps.
 """
 
 from jaxrl_llm.trainers.config import base_config

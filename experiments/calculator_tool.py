@@ -42,9 +42,42 @@ def _eval(tr, params, *, tools_disabled: bool):
     )
 
 
+def run(c, workdir: str, log=print) -> dict:
+    """Trains `c` in `workdir` and returns the evaluations, gains and criterion checks."""
+    from jaxrl_llm.trainers import rl
+
+    t0 = time.time()
+    tr = rl.Trainer(c, workdir)
+    start = tr.initial_params(log=log)
+    res = {"start": _eval(tr, start, tools_disabled=False)}
+    res["start_no_tool"] = _eval(tr, start, tools_disabled=True)
+    del start
+    tr.run(log=log)
+    final = tr.state.params
+    res["final"] = _eval(tr, final, tools_disabled=False)
+    res["final_no_tool"] = _eval(tr, final, tools_disabled=True)
+    res["seconds"] = time.time() - t0
+
+    def diff(a, b):
+        d = res[a]["eval/accuracy"] - res[b]["eval/accuracy"]
+        se = float(np.hypot(res[a]["eval/stderr"], res[b]["eval/stderr"]))
+        return d, se
+
+    checks = {"start_in_band": bool(0.2 <= res["start"]["eval/accuracy"] <= 0.8)}
+    for other in ("start", "final_no_tool"):
+        d, se = diff("final", other)
+        checks[f"beats_{other}"] = bool(d >= 0.05 and d > 2 * se)
+        res[f"gain_over_{other}"] = {"points": 100 * d, "stderr_points": 100 * se}
+    dv = res["final"]["eval/valid_tool_call_rate"] - res["start"]["eval/valid_tool_call_rate"]
+    res["valid_tool_call_gain_points"] = 100 * dv
+    checks["valid_tool_calls_rise"] = bool(dv >= 0.10)
+    res["checks"] = checks
+    res["passed"] = all(checks.values())
+    return res
+
+
 def main():
     from jaxrl_llm.trainers import config as config_lib
-    from jaxrl_llm.trainers import rl
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", required=True)
@@ -55,39 +88,10 @@ def main():
     for item in args.set:
         key, value = item.split("=", 1)
         config_lib.apply_override(c, key, value)
-    t0 = time.time()
-    tr = rl.Trainer(c, args.workdir)
-    start = tr.initial_params(log=print)
-    res = {"start": _eval(tr, start, tools_disabled=False)}
-    res["start_no_tool"] = _eval(tr, start, tools_disabled=True)
-    del start
-    summary = tr.run(log=print)
-    final = tr.state.params
-    res["final"] = _eval(tr, final, tools_disabled=False)
-    res["final_no_tool"] = _eval(tr, final, tools_disabled=True)
-    res["history"] = summary.get("history", [])[-3:] if isinstance(summary, dict) else []
-    res["seconds"] = time.time() - t0
-
-    def diff(a, b):
-        d = res[a]["eval/accuracy"] - res[b]["eval/accuracy"]
-        se = float(np.hypot(res[a]["eval/stderr"], res[b]["eval/stderr"]))
-        return d, se
-
-    checks = {}
-    s0 = res["start"]["eval/accuracy"]
-    checks["start_in_band"] = 0.2 <= s0 <= 0.8
-    for other in ("start", "final_no_tool"):
-        d, se = diff("final", other)
-        checks[f"beats_{other}"] = bool(d >= 0.05 and d > 2 * se)
-        res[f"gain_over_{other}"] = {"points": 100 * d, "stderr_points": 100 * se}
-    dv = res["final"]["eval/valid_tool_call_rate"] - res["start"]["eval/valid_tool_call_rate"]
-    res["valid_tool_call_gain_points"] = 100 * dv
-    checks["valid_tool_calls_rise"] = bool(dv >= 0.10)
-    res["checks"] = checks
-    res["passed"] = all(checks.values())
+    res = run(c, args.workdir)
     with open(os.path.join(args.workdir, "calculator_tool.json"), "w") as f:
         json.dump(res, f, indent=1, default=float)
-    print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=1, default=float))
+    print(json.dumps(res, indent=1, default=float))
 
 
 if __name__ == "__main__":
