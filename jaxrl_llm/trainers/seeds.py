@@ -77,6 +77,11 @@ def _check(config, workdirs, seeds):
             "(each seed re-samples a different number of times); run the "
             "seeds as separate runs"
         )
+    if config.env.name:
+        raise config_lib.ConfigError(
+            f"config.env.name = {config.env.name!r} cannot run as vmapped seeds yet (episodes "
+            "are played by the plain trainer's collect stage); run the seeds as separate runs"
+        )
     if config.data.replay_fraction:
         raise config_lib.ConfigError(
             f"config.data.replay_fraction = {config.data.replay_fraction} "

@@ -90,3 +90,11 @@ def test_calculator_without_instructions_prompts_with_the_question_alone():
     task = agent_lib.EnvTask(EnvSpec("calculator", {"instructions": False}))
     (e,) = task.examples("train", 1, 3)
     assert e.prompt == task.original(e).prompt and e.prompt.startswith("Question: ")
+
+
+def test_env_runs_refuse_vmapped_seeds(tmp_path):
+    from jaxrl_llm.trainers import seeds
+
+    c = small_config(**{"env.name": "calculator"})
+    with pytest.raises(config_lib.ConfigError, match="env.name"):
+        seeds._check(c, [str(tmp_path / "a"), str(tmp_path / "b")], [0, 1])
