@@ -168,6 +168,15 @@ def check_config(config) -> None:
         raise ValueError(
             f"config.algo.advantage = {a.advantage!r} needs config.critic.enabled = True"
         )
+    kl = a.kl
+    if kl.placement == "reward" and (kl.coef > 0 or kl.target > 0) and entry.level != "token":
+        token_level = sorted(n for n, e in ADVANTAGES.items() if e.level == "token")
+        raise ValueError(
+            f"config.algo.kl.placement = 'reward' has no effect with config.algo.advantage = "
+            f"{a.advantage!r}, which reads one reward per completion, not the per-token "
+            f"rewards the KL enters; use placement = 'loss', or a token-level estimator "
+            f"({token_level})"
+        )
     group = config.train.samples_per_prompt
     if group < entry.min_group:
         raise ValueError(

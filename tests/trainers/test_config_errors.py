@@ -38,6 +38,10 @@ def _config(**overrides):
             r"algo\.kl\.kind = 'k4' is not one of \['abs', 'k1', 'k2', 'k3'\]",
         ),
         ({"algo.kl.placement": "both"}, r"algo\.kl\.placement = 'both' is not one of"),
+        (
+            {"algo.kl.placement": "reward", "algo.kl.coef": 0.1},
+            r"algo\.kl\.placement = 'reward' has no effect with config\.algo\.advantage = 'grpo'",
+        ),
         ({"optim.schedule": "step"}, r"optim\.schedule = 'step' is not one of"),
         ({"task.name": "chess"}, r"task\.name = 'chess' is not one of .*'arith'"),
         ({"train.minibatch_size": 12}, r"minibatch_size = 12 does not divide .* = 128 rows"),
