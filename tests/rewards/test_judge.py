@@ -130,3 +130,32 @@ def test_bad_judge_arguments(judge_folder):
     judge = judge_lib.JudgeReward(judge_folder, prompt_buckets=(16,))
     with pytest.raises(ValueError, match="more than the largest bucket 16"):
         judge.score(["a long prompt " * 4], ["x"])
+
+
+def test_the_trainer_combines_the_judge_with_the_task_reward(judge_folder):
+    """`Trainer.with_reward_terms`: weighted sum of the task's reward and the judge's verdicts,
+    each logged as a component, malformed verdicts counted, `correct` untouched."""
+    import types
+
+    from jaxrl_llm.trainers import rl, stages
+    from tests.trainers.conftest import small_config
+
+    c = small_config(**{"judge.path": judge_folder, "judge.weight": 2.0})
+    c.reward_terms.task_weight = 0.5
+    script = {"a": "yes", "b": "no", "c": "??"}
+    stub = types.SimpleNamespace(
+        config=c, learned_reward=None, judge=ScriptedJudge(judge_folder, script)
+    )
+    task = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+    info = {"components": {"correct": task.copy()}}
+    total = rl.Trainer.with_reward_terms(stub, None, ["p"] * 4, ["a", "b", "c", "a"], task, info, 2)
+    np.testing.assert_allclose(total, 0.5 * task + 2.0 * np.array([1.0, 0.0, 0.0, 1.0]))
+    np.testing.assert_array_equal(info["components"]["judge"], [1.0, 0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(info["components"]["task"], task)
+    np.testing.assert_array_equal(stages.correct_from(total, info), task)
+    counters = stages.fresh_counters()
+    stages.count_reward_failures(counters, dict(info, num_rows=4))
+    assert counters["judge_malformed"] == 1
+    # without learned terms the reward is returned as it is
+    stub.judge = None
+    assert rl.Trainer.with_reward_terms(stub, None, [], [], task, {}, 2) is task
