@@ -18,7 +18,9 @@ decorators, so the modules that define losses can import it without a cycle.
 Contract of an advantage entry: called with keywords `rewards [N]`, `mask [N, T]`,
 `group_size` (static int), `correct [N]` (the verifier's verdict, 0/1), `token_rewards [N, T]`
 (the reward at the last valid token minus any per-token KL penalty), `values [N, T]` or None,
-`greedy_rewards [N]` or None, and the hyperparameters it declares in `hparams` (values from
+`greedy_rewards [N]` or None, `old_logp [N, T]` and `ref_logp [N, T]` (the current policy's
+and the reference's token log-probs; given to an entry that declares `needs_logps`, else
+None), and the hyperparameters it declares in `hparams` (values from
 `config.algo`, each with the default given here). It returns `(advantages, returns, weight)`:
 advantages `[N]` (level "sequence", broadcast onto the mask by the registry) or `[N, T]`
 (level "token"), returns `[N, T]` or None, sample weights `[N]` or None (ones).
@@ -48,6 +50,9 @@ class Estimator:
     needs_critic: reads `values` (needs `critic.enabled`).
     needs_greedy: reads `greedy_rewards`, the reward of one greedy completion per prompt
       (the trainer samples it with the current policy before the update).
+    needs_logps: reads `old_logp` and `ref_logp` (the trainer keeps a reference for it).
+    requires: `config.algo` fields it is only correct with, each with the values allowed
+      (checked by `registry.check_config`), e.g. `{"aggregation": ("seq-mean-token-sum",)}`.
     min_group: the smallest `train.samples_per_prompt` it is defined for.
     hparams: the `config.algo` fields it reads, with their defaults (a mapping).
     """
@@ -59,6 +64,8 @@ class Estimator:
     needs_greedy: bool = False
     min_group: int = 1
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    needs_logps: bool = False
+    requires: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
 
     def __call__(self, **kwargs):
         return self.fn(**kwargs)
@@ -101,6 +108,8 @@ def register_advantage(
     needs_greedy: bool = False,
     min_group: int = 1,
     hparams: Mapping[str, Any] | None = None,
+    needs_logps: bool = False,
+    requires: Mapping[str, tuple] | None = None,
 ):
     """Decorator: registers `fn` as the advantage estimator `name` (returns `fn` unchanged)."""
     if level not in ("sequence", "token"):
@@ -108,7 +117,15 @@ def register_advantage(
 
     def wrap(fn):
         entry = Estimator(
-            name, fn, level, needs_critic, needs_greedy, int(min_group), dict(hparams or {})
+            name,
+            fn,
+            level,
+            needs_critic,
+            needs_greedy,
+            int(min_group),
+            dict(hparams or {}),
+            needs_logps,
+            dict(requires or {}),
         )
         _add(ESTIMATORS, entry)
         return fn

@@ -94,6 +94,8 @@ def compute_advantages(
     values=None,
     greedy_rewards=None,
     correct=None,
+    old_logp=None,
+    ref_logp=None,
     whiten_advantages=False,
     **hparams,
 ):
@@ -109,6 +111,8 @@ def compute_advantages(
       values: ``[N, T]`` critic values (``gae``). greedy_rewards: ``[N]`` (``remax``).
       correct: ``[N]`` the verifier's verdict (``psr``, ``nsr``, ``w_reinforce``); when
         None, ``rewards > 0.5``.
+      old_logp, ref_logp: ``[N, T]`` the current policy's and the reference's token
+        log-probs (``online_dpo``; entries that declare ``needs_logps``).
       whiten_advantages: whiten the token advantages over the mask afterwards
         (the usual PPO-with-GAE practice of verl, TRL and OpenRLHF; off by default).
       **hparams: the estimator's hyperparameters (``gamma``, ``lam``, ``eps``, ``ddof``,
@@ -129,6 +133,8 @@ def compute_advantages(
         )
     if entry.needs_critic and (token_rewards is None or values is None):
         raise ValueError(f"advantage estimator {name!r} needs `token_rewards` and `values`")
+    if entry.needs_logps and (old_logp is None or ref_logp is None):
+        raise ValueError(f"advantage estimator {name!r} needs `old_logp` and `ref_logp`")
     if correct is None:
         correct = (rewards > 0.5).astype(jnp.float32)
     settings = {k: hparams.get(k, default) for k, default in entry.hparams.items()}
@@ -140,6 +146,8 @@ def compute_advantages(
         values=values,
         greedy_rewards=greedy_rewards,
         correct=correct,
+        old_logp=old_logp if entry.needs_logps else None,
+        ref_logp=ref_logp if entry.needs_logps else None,
         **settings,
     )
     if entry.level == "sequence":
@@ -168,6 +176,12 @@ def check_config(config) -> None:
         raise ValueError(
             f"config.algo.advantage = {a.advantage!r} needs config.critic.enabled = True"
         )
+    for field, allowed in entry.requires.items():
+        if a[field] not in allowed:
+            raise ValueError(
+                f"config.algo.{field} = {a[field]!r}: algo.advantage = {a.advantage!r} needs "
+                f"one of {list(allowed)}"
+            )
     kl = a.kl
     if kl.placement == "reward" and (kl.coef > 0 or kl.target > 0) and entry.level != "token":
         token_level = sorted(n for n, e in ADVANTAGES.items() if e.level == "token")

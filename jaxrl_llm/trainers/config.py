@@ -224,6 +224,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "gamma": F(1.0, "discount (gae)", ge=0, le=1),
         "lam": F(1.0, "GAE lambda", ge=0, le=1),
         "w_lambda": F(0.1, "W-REINFORCE weight of correct samples", ge=0),
+        "dpo_beta": F(
+            0.1, "online_dpo: DPO beta (inverse temperature of the implicit reward)", gt=0
+        ),
+        "dpo_label_smoothing": F(
+            0.0, "online_dpo: label smoothing eps (conservative DPO)", ge=0, lt=0.5
+        ),
         "norm_constant": F(0.0, "seq-mean-token-sum-norm divisor; 0: max_new_tokens", ge=0),
         "entropy_coef": F(0.0, "entropy bonus coefficient (negative: a penalty)"),
         "forking_tokens": F(

@@ -38,8 +38,10 @@ Held-out (clean, length-balanced split) before, every `eval_every` steps and aft
 Output: `workdir/policy/` (HF folder via `models.save_hf`, plus the tokenizer),
 `workdir/done.json` (`workdir.write_done`) with the numbers before and after.
 
-Not built: online / iterative DPO (pairs sampled from the policy), LLM judges, LiPO,
-multi-device sharding of the update (it runs on the default device).
+Online DPO (pairs sampled from the current policy and labelled by the verifier, a reward
+model or a judge) is the RL trainer's `online_dpo` estimator (`losses/online_dpo.py`,
+`configs/online_dpo_arith.py`), not this loop. Not built: LiPO, multi-device sharding of the
+update (it runs on the default device).
 """
 
 from __future__ import annotations

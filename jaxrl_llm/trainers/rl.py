@@ -114,7 +114,7 @@ class Trainer:
             if c.critic.enabled
             else None
         )
-        self.needs_ref = c.algo.kl.coef > 0 or c.algo.kl.log
+        self.needs_ref = stages.needs_reference(c)
         self.learned_reward = self.judge = None  # learned reward terms (RLHF), on request
         try:
             if c.reward_model.path:  # a reward model scored on device in the collect stage

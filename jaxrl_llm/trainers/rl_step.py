@@ -692,6 +692,8 @@ def _advantages(
         values=values,
         greedy_rewards=greedy_rewards,
         correct=correct,
+        old_logp=old_logp,
+        ref_logp=ref_logp,
         whiten_advantages=s.whiten,
         **dict(s.hparams),
     )

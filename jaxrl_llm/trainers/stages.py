@@ -39,6 +39,7 @@ __all__ = [
     "count_reward_failures",
     "greedy_sampling",
     "needs_greedy",
+    "needs_reference",
     "shape_rewards",
     "build_batch",
     "update",
@@ -114,6 +115,13 @@ def count_reward_failures(counters: dict, info: dict, *, fresh_step: bool = Fals
         counters["reward_fail_streak"] = tasks_lib.reward_failure_streak(
             counters.get("reward_fail_streak", 0), info, int(info.get("num_rows", 0))
         )
+
+
+def needs_reference(config) -> bool:
+    """Whether the run keeps reference parameters: a KL term (or its logging), or an
+    estimator that reads the reference's log-probs (online DPO)."""
+    a = config.algo
+    return a.kl.coef > 0 or a.kl.log or registry.ADVANTAGES[a.advantage].needs_logps
 
 
 def needs_greedy(config) -> bool:

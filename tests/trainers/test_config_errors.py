@@ -56,6 +56,20 @@ def _config(**overrides):
         ({"mesh.fsdp": 3}, r"mesh sizes .* do not divide the 8 devices"),
         ({"algo.advantage": "gae"}, r"'gae' needs config\.critic\.enabled = True"),
         ({"train.samples_per_prompt": 1}, r"samples_per_prompt = 1: 'grpo' needs a group"),
+        (
+            {"algo.advantage": "online_dpo", "algo.policy_loss": "reinforce"},
+            r"algo\.aggregation = 'token-mean': algo\.advantage = 'online_dpo' needs one of "
+            r"\['seq-mean-token-sum'\]",
+        ),
+        (
+            {
+                "algo.advantage": "online_dpo",
+                "algo.aggregation": "seq-mean-token-sum",
+                "algo.policy_loss": "gspo",
+            },
+            r"algo\.policy_loss = 'gspo'.*needs one of \['reinforce', 'ppo_clip'\]",
+        ),
+        ({"algo.dpo_beta": 0.0}, r"algo\.dpo_beta = 0\.0"),
     ],
 )
 def test_bad_config_fails_before_compiling(tmp_path, overrides, message):
