@@ -15,7 +15,8 @@ in `jaxrl_llm.passk`, which imports nothing from the trainers; it is re-exported
 The CLI samples from a trained policy and prints / writes the metrics:
 
     python -m jaxrl_llm.evaluation --config=configs/grpo_arith.py --checkpoint=runs/grpo_arith \
-        --n=64 --k=1,2,4,8,16,32,64 [--size=200] [--temperature=1.0] [--config.a.b=v]
+        --n=64 --k=1,2,4,8,16,32,64 [--size=200] [--temperature=1.0] [--per_prompt] \
+        [--config.a.b=v]
 
 `--checkpoint` is a run workdir (the newest orbax checkpoint in `<dir>/checkpoints` that
 restores, or `--step`) or a Hugging Face folder (`*.safetensors`). The CLI prints which
@@ -25,7 +26,11 @@ checkpoint step it evaluated. `--temperature` defaults to 1.0 (pass@k needs samp
 The JSON file an evaluation writes next to a run (`<workdir>/eval.json`, read by
 `experiments/collate.py`) is `{"step": int | null, "n": int, "checkpoint": str, "metrics":
 {...}}` with `step` the checkpoint step evaluated (null for a Hugging Face folder) and
-`metrics` the dict of `summarize_samples`; see `write_eval_json`.
+`metrics` the dict of `summarize_samples`; see `write_eval_json`. With `--per_prompt` it also
+holds `"correct_counts"` (`[P]` ints: correct samples out of n per held-out prompt, in prompt
+order) and `"prompts"` (`[P]` prompt texts, so that paired analyses can check two evaluations
+saw the same prompts in the same order): `experiments.repro_analysis.per_prompt_pass_at_k`
+turns the counts into per-prompt pass@k, whose prompt mean is the file's `pass_at_{k}`.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ __all__ = [
     "K_METRIC_KINDS",
     "write_eval_json",
     "read_eval_json",
+    "per_prompt_record",
     "first_line_answer",
     "evaluate_task",
     "eval_sampling_params",
@@ -89,11 +95,13 @@ def write_eval_json(
     n: int,
     filename: str = EVAL_JSON,
     checkpoint: str | None = None,
+    per_prompt: Mapping[str, Sequence] | None = None,
 ) -> str:
     """Write `{"step", "n", "checkpoint", "metrics"}` to `<workdir>/eval.json` atomically.
 
     `step` is the checkpoint step evaluated (None: not a run checkpoint, e.g. an HF folder).
-    Returns the path.
+    `per_prompt` adds top-level per-prompt lists (the CLI's `--per_prompt`: `correct_counts`,
+    `prompts`); their keys must not be one of the fixed ones. Returns the path.
     """
     record = {
         "step": None if step is None else int(step),
@@ -102,6 +110,10 @@ def write_eval_json(
     }
     if checkpoint is not None:
         record["checkpoint"] = checkpoint
+    for key, values in (per_prompt or {}).items():
+        if key in ("step", "n", "metrics", "checkpoint"):
+            raise ValueError(f"write_eval_json: per-prompt key {key!r} is a fixed field")
+        record[key] = list(values)
     return workdir_lib.write_json_atomic(
         os.path.join(workdir, filename), record, indent=1, sort_keys=True
     )
@@ -110,6 +122,20 @@ def write_eval_json(
 def read_eval_json(workdir: str, filename: str = EVAL_JSON) -> dict | None:
     """The dict `write_eval_json` wrote, or None if the file does not exist."""
     return workdir_lib.read_json(os.path.join(workdir, filename))
+
+
+def per_prompt_record(examples, correct) -> dict[str, list]:
+    """`{"correct_counts": [P] ints, "prompts": [P] str}` from the `[P][n]` correct table of
+    `evaluate_task` (the per-prompt data `--per_prompt` writes into eval.json)."""
+    correct = np.asarray(correct, bool)
+    if correct.ndim != 2 or correct.shape[0] != len(examples):
+        raise ValueError(
+            f"per_prompt_record: correct must be [P={len(examples)}, n], got {correct.shape}"
+        )
+    return {
+        "correct_counts": [int(c) for c in correct.sum(axis=1)],
+        "prompts": [str(getattr(e, "prompt", e)) for e in examples],
+    }
 
 
 # ----------------------------------------------------------------------------- sampling a task
@@ -384,6 +410,11 @@ def _cli() -> None:
         "maj@k over the first k samples or the expectation over k-subsets.",
     )
     flags.DEFINE_string("out", None, "Where to write eval.json (default: <checkpoint>/eval.json).")
+    flags.DEFINE_bool(
+        "per_prompt",
+        False,
+        "Also write correct_counts ([P] ints, correct samples out of n) and prompts ([P] texts).",
+    )
     FLAGS = flags.FLAGS
 
     def main(argv):
@@ -408,7 +439,7 @@ def _cli() -> None:
         sample_fn = _make_sample_fn(
             config, model_config, params, tokenizer, mesh, rules, sampling=sampling, seed=seed
         )
-        metrics, _ = evaluate_task(
+        metrics, tables = evaluate_task(
             task,
             examples,
             sample_fn,
@@ -426,6 +457,7 @@ def _cli() -> None:
             n=FLAGS.n,
             filename=os.path.basename(out),
             checkpoint=os.path.abspath(FLAGS.checkpoint),
+            per_prompt=per_prompt_record(examples, tables["correct"]) if FLAGS.per_prompt else None,
         )
         print(f"wrote {out} (checkpoint step {step})")
 

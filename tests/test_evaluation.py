@@ -1,6 +1,7 @@
 """Tests for jaxrl_llm/evaluation.py: hand cases, brute-force enumeration, identities, and the CLI
 end to end on a tiny random policy saved as an orbax run checkpoint."""
 
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from jaxrl_llm import evaluation as ev
+from jaxrl_llm.tasks import ArithTask
 
 
 def _brute_pass_at_k(n, c, k):
@@ -284,6 +286,80 @@ def test_cli_writes_eval_json(run_dir):
     assert m["pass_at_1"] == pytest.approx(m["accuracy"])
     assert 0.0 <= m["pass_at_1"] <= m["pass_at_2"] <= m["pass_at_4"] <= 1.0
     assert all(f"{name}_at_{k}" in m for name in ("pass", "maj", "mean") for k in (1, 2, 4))
+
+
+@dataclasses.dataclass(frozen=True)
+class CoinTask(ArithTask):
+    """The arithmetic prompts, but a sample is correct when its first character has an even
+    code point: a random policy is right about half the time, so per-prompt counts vary."""
+
+    name: str = "coin"
+
+    def reward_details(self, completion, example):
+        ok = float(bool(completion) and ord(completion[0]) % 2 == 0)
+        return ok, {"correct": ok}
+
+
+def make_coin_task(**kwargs):
+    return CoinTask(**kwargs)
+
+
+def test_cli_per_prompt_counts_match_the_means(run_dir):
+    """--per_prompt: correct_counts ([P] ints out of n) and prompts; the counts reproduce the
+    written pass@1 and, through repro_analysis.per_prompt_pass_at_k, every written pass@k."""
+    from experiments import repro_analysis
+
+    workdir, _ = run_dir
+    out = os.path.join(workdir, "eval_per_prompt.json")
+    n, ks, size = 8, [1, 2, 4, 8], 6
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxrl_llm.evaluation",
+        f"--config={CONFIG}:runlocal",
+        f"--checkpoint={workdir}",
+        f"--n={n}",
+        "--k=" + ",".join(map(str, ks)),
+        f"--size={size}",
+        "--temperature=1.5",
+        "--per_prompt",
+        f"--out={out}",
+        "--config.task.name=tests.test_evaluation:make_coin_task",
+    ]
+    cmd += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.load(open(out))
+    counts, m = record["correct_counts"], record["metrics"]
+    assert len(counts) == size and all(isinstance(c, int) and 0 <= c <= n for c in counts)
+    assert len(set(counts)) > 1, counts  # the coin task gives varied counts: a real check
+    assert len(record["prompts"]) == size and all(isinstance(p, str) for p in record["prompts"])
+    assert sum(counts) / (size * n) == pytest.approx(m["pass_at_1"], abs=1e-12)
+    assert np.mean(counts) / n == pytest.approx(m["accuracy"], abs=1e-12)
+    curves = repro_analysis.per_prompt_pass_at_k(counts, n, ks)  # [P, K]
+    assert curves.shape == (size, len(ks))
+    for j, k in enumerate(ks):
+        assert curves[:, j].mean() == pytest.approx(m[f"pass_at_{k}"], abs=1e-12)
+    # The prompts are the task's held-out prompts of the CLI's seed, in order.
+    c = _config()
+    task = make_coin_task(**c.task.kwargs.to_dict())
+    assert record["prompts"] == [e.prompt for e in task.examples("test", size, c.eval.seed)]
+
+
+def test_write_eval_json_per_prompt_fields(tmp_path):
+    path = ev.write_eval_json(
+        str(tmp_path), {"pass_at_1": 0.5}, step=None, n=2, per_prompt={"correct_counts": (1, 1)}
+    )
+    assert json.load(open(path))["correct_counts"] == [1, 1]
+    assert "correct_counts" not in ev.read_eval_json(
+        os.path.dirname(ev.write_eval_json(str(tmp_path), {}, step=1, n=2, filename="b.json")),
+        "b.json",
+    )
+    with pytest.raises(ValueError, match="fixed field"):
+        ev.write_eval_json(str(tmp_path), {}, step=1, n=2, per_prompt={"metrics": [1]})
+    with pytest.raises(ValueError, match="correct must be"):
+        ev.per_prompt_record([object()], np.zeros((2, 3), bool))
 
 
 def test_load_policy_skips_an_unreadable_newest_step(run_dir, tmp_path):
