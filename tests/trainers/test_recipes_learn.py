@@ -24,6 +24,7 @@ RECIPES = [
     "nsr_arith",
     "w_reinforce_arith",
     "gspo_arith",
+    "online_dpo_arith",  # DPO on pairs sampled from the current policy, labelled by the verifier
 ]
 
 
