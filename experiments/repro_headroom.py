@@ -271,7 +271,8 @@ def _run_grid(args, *, config_file, sft_pilot, steps, variants_map, label) -> in
             grid_root,
             " ".join(f"--set={k}={grid._format_value(v)}" for k, v in fixed.items()),
             shlex.quote(eval_args),
-        ),
+        )
+        + ("" if len(variants) == len(variants_map) else f" (restricted to {','.join(variants)})"),
         flush=True,
     )
     os.makedirs(grid_root, exist_ok=True)
@@ -324,7 +325,7 @@ def _run_grid(args, *, config_file, sft_pilot, steps, variants_map, label) -> in
     return 1 if bad else 0
 
 
-def _check_pilot(pdir: str, ignore_rule: bool) -> None:
+def _check_pilot(pdir: str, ignore_rule: bool, label: str) -> None:
     path = os.path.join(pdir, "pilot.json")
     if not os.path.exists(path):
         raise SystemExit(f"no pilot record {path}: run --stage pilot first")
@@ -333,12 +334,12 @@ def _check_pilot(pdir: str, ignore_rule: bool) -> None:
         msg = f"the pilot rejected this base model ({'; '.join(record['acceptance']['reasons'])})"
         if not ignore_rule:
             raise SystemExit(msg + ": no RL runs (nsr_headroom.md section 1)")
-        print(f"[study] WARNING: {msg}; going on because of --ignore_pilot_rule")
+        print(f"[{label}] WARNING: {msg}; going on because of --ignore_pilot_rule")
 
 
 def stage_study(args) -> int:
     pdir = args.pilot_dir or pilot_dir(args.root, args.task, args.sft_steps)
-    _check_pilot(pdir, args.ignore_pilot_rule)
+    _check_pilot(pdir, args.ignore_pilot_rule, "study")
     module = _load_config_module(HEADROOM_CONFIG)
     return _run_grid(
         args,
@@ -353,7 +354,7 @@ def stage_study(args) -> int:
 def stage_entropy_study(args) -> int:
     if not args.pilot_dir:
         raise SystemExit("--stage entropy_study needs --pilot_dir (the headroom pilot's folder)")
-    _check_pilot(args.pilot_dir, args.ignore_pilot_rule)
+    _check_pilot(args.pilot_dir, args.ignore_pilot_rule, "entropy_study")
     module = _load_config_module(ENTROPY_CONFIG)
     return _run_grid(
         args,

@@ -732,7 +732,8 @@ def _entropy_verdicts(data: StudyData, fit_rows, final_rows, vs) -> list[dict]:
             "E1b",
             (bool(rep), bool(f["r2_iqm"] < 0.5)),
             f"grpo: IQM r2 {f['r2_iqm']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}] over "
-            f"{f['num_identifiable']} identifiable runs; a > 0 in {f['a_positive']}",
+            f"{f['num_identifiable']} runs with a fit and a finite r2; a > 0 in {f['a_positive']} "
+            f"of {f['num_runs']}",
         )
     )
     for claim, arms, what in (
