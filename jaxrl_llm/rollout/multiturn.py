@@ -42,7 +42,9 @@ boundaries.
 **One turn is today's rollout.** With `turns.max_turns == 1` the cache is `P + T` slots, the
 prefill and the decode steps are `generate`'s, and the draws use the same keys: the tokens,
 log-probs, masks and `truncated` equal `rollout.generate(params, config, prompts, key,
-sampling)` (tested bit for bit). No mesh: this sampler runs on the default device placement.
+sampling)` (tested bit for bit). On a mesh the jitted steps follow the shardings of the
+parameters they are given (the trainer's); an episode batch on data 2 x fsdp 4 equals the
+one-device batch token for token (`tests/trainers/test_agent.py`).
 """
 
 from __future__ import annotations

@@ -86,6 +86,54 @@ def test_collect_plays_episodes_and_evaluates_agents(tmp_path):
     assert 0.0 <= ev["eval/invalid_call_rate"] <= 1.0
 
 
+def _episodes_and_update(tmp_path, **mesh):
+    """The first collect of a calculator run on the given mesh, and its parameters after one
+    RL step (`Trainer.run`, which collects the same batch again), on the host."""
+    c = small_config(
+        **{
+            "env.name": "calculator",
+            "env.kwargs": {"digits": (2,)},
+            "env.max_turns": 2,
+            "env.max_observation_tokens": 8,
+            "rollout.max_new_tokens": 24,
+            "rollout.prompt_buckets": (256,),
+            "train.prompts_per_step": 8,
+            "train.samples_per_prompt": 2,
+            "train.steps": 1,
+            "sft.steps": 0,
+            # every reward of the untrained model is 0: the entropy term makes the step move
+            "algo.entropy_coef": 0.01,
+            "optim.warmup_steps": 0,
+            "eval.size": 2,
+            "eval.n": 1,
+            "eval.ks": (1,),
+            "checkpoint.every": 0,
+        }
+    )
+    c.mesh.update(mesh)  # after small_config, which pins one device
+    tr = rl.Trainer(c, str(tmp_path))
+    state = tr.init_state(tr.initial_params(log=lambda *a: None))
+    _, ro, _, rewards, _, _, _, _ = tr.collect(state, tr.make_source(), 0, stages.fresh_counters())
+    ro, rewards, init = jax.device_get((ro, rewards, state.params))
+    tr.run(log=lambda *a: None)
+    return ro, rewards, init, jax.device_get(tr.state.params)
+
+
+def test_episodes_and_update_are_the_same_on_an_8_device_mesh(tmp_path):
+    """Multi-turn collect and update on data 2 x fsdp 4 equal the one-device run: the same
+    sampled ids, observations and masks, log-probs and parameters up to float rounding."""
+    ro1, r1, init, p1 = _episodes_and_update(tmp_path / "one", num_devices=1)
+    ro8, r8, _, p8 = _episodes_and_update(tmp_path / "eight", num_devices=8, data=2, fsdp=4)
+    assert ro8.turn_ids.max() >= 1  # episodes with a second turn took part
+    for name in ("tokens", "mask", "loss_mask", "turn_ids"):
+        np.testing.assert_array_equal(getattr(ro8, name), getattr(ro1, name), err_msg=name)
+    np.testing.assert_array_equal(r8, r1)
+    np.testing.assert_allclose(ro8.sampler_logp, ro1.sampler_logp, rtol=1e-4, atol=1e-5)
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), p1, init)
+    assert max(jax.tree.leaves(moved)) > 1e-5  # the step changed the parameters
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5), p8, p1)
+
+
 def test_calculator_without_instructions_prompts_with_the_question_alone():
     task = agent_lib.EnvTask(EnvSpec("calculator", {"instructions": False}))
     (e,) = task.examples("train", 1, 3)
