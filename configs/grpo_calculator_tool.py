@@ -10,8 +10,9 @@ SFT:       transcripts of the environment's demonstrations, half of them answeri
            tool (`sft.flawed_fraction` = 0.5 is the no-tool share), so the warm start calls the
            tool on about half of the problems and cannot multiply in its head.
 Credit:    trajectory-level GRPO on the episode return (`env.credit = "turn"` for per-turn returns).
-Expected:  runlocal, measured (docs/envs.md): held-out success with the tool 0.43 -> 0.885
-           (tool disabled: 0.00), valid-tool-call rate 0.425 -> 0.95, in 40 steps.
+Expected:  runlocal, measured (docs/envs.md): held-out success with the tool 0.395 -> 0.82
+           (tool disabled: 0.00), valid-tool-call rate 0.405 -> 0.945, in 40 steps from a
+           600-step SFT at lr 2e-3 (1500 steps at 1e-3 gave 0.43 -> 0.885).
 """
 
 from jaxrl_llm.trainers.config import base_config
@@ -35,7 +36,9 @@ def get_config(arg=None):
     c.train.samples_per_prompt = 4
     c.train.steps = 40 if runlocal else 100
     c.optim.lr = 2e-4
-    c.sft.steps = 1500 if runlocal else 2500
+    c.sft.steps = 600 if runlocal else 2500
+    if runlocal:  # a shorter warm start, so the CI learning test stays near its time target
+        c.sft.lr = 2e-3
     c.sft.flawed_fraction = 0.5
     c.eval.size = 100 if runlocal else 200
     c.eval.n = 2
