@@ -3,7 +3,7 @@
 from jaxrl_llm.models.blocked_head import blocked_token_logprobs, lm_head_logprobs
 from jaxrl_llm.models.build import build_model_config, build_tokenizer
 from jaxrl_llm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
-from jaxrl_llm.models.hf_io import load_hf, save_hf
+from jaxrl_llm.models.hf_io import load_hf, read_tensor, save_hf
 from jaxrl_llm.models.lora import LoraAdapters, init_lora, lora_logical_axes
 from jaxrl_llm.models.lora import merge as merge_lora
 from jaxrl_llm.models.peft_io import load_peft, save_merged_hf, save_peft
@@ -36,6 +36,7 @@ __all__ = [
     "chat_prompt",
     "check_tokenizer_fits",
     "load_hf",
+    "read_tensor",
     "load_tokenizer",
     "save_hf",
     "cache_logical_axes",

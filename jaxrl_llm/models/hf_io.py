@@ -45,7 +45,7 @@ from jaxrl_llm.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from jaxrl_llm.models.transformer import logical_axes
 from jaxrl_llm.parallel.axes import logical_to_sharding
 
-__all__ = ["load_hf", "save_hf", "hf_tensor_specs", "read_safetensors_header"]
+__all__ = ["load_hf", "save_hf", "hf_tensor_specs", "read_safetensors_header", "read_tensor"]
 
 _ST_DTYPES = {
     "F32": np.dtype(np.float32),
@@ -239,14 +239,22 @@ def _set_path(tree, path, value):
 
 
 # ---------------------------------------------------------------------- load
-def _check_tensors(config: ModelConfig, folder: _SafetensorsFolder, specs) -> None:
+def read_tensor(path: str | os.PathLike, name: str) -> np.ndarray:
+    """One tensor of an HF folder (single or index-sharded safetensors) as a numpy array."""
+    folder = _SafetensorsFolder(os.fspath(path))
+    if name not in folder.entries:
+        raise ValueError(f"{os.fspath(path)!r} holds no tensor {name!r}")
+    return folder.get(name)
+
+
+def _check_tensors(config: ModelConfig, folder: _SafetensorsFolder, specs, extra=()) -> None:
     expected = {}
     for hf_name, *_rest in specs.values():
         for name in _names_for(config, hf_name):
             expected[name] = _rest[-1]
     present = set(folder.entries)
     missing = sorted(set(expected) - present)
-    ignorable = {"lm_head.weight"} if config.tie_embeddings else set()
+    ignorable = ({"lm_head.weight"} if config.tie_embeddings else set()) | set(extra)
     unexpected = sorted(
         n
         for n in present - set(expected)
@@ -271,8 +279,14 @@ def load_hf(
     mesh: jax.sharding.Mesh | None = None,
     rules=None,
     dtype: str | None = None,
+    hf_config: dict | None = None,
+    extra_tensors: tuple[str, ...] = (),
 ) -> tuple[ModelConfig, dict]:
     """Read an HF folder (config.json + safetensors, single or index-sharded) into `(config, params)`.
+
+    `hf_config`: the config dict to use instead of the folder's `config.json` (a caller that
+    reads another head's checkpoint as its backbone adapts it); `extra_tensors`: names in the
+    folder that are not the decoder's and are left alone (e.g. a classifier's `score.weight`).
 
     `dtype`: parameter (and compute) dtype; default the checkpoint's
     `dtype`/`torch_dtype` when it is float32/bfloat16/float16, else float32.
@@ -282,15 +296,16 @@ def load_hf(
     unexpected tensors, or the tensor whose shape does not match.
     """
     path = os.fspath(path)
-    with open(os.path.join(path, "config.json")) as f:
-        hf_config = json.load(f)
+    if hf_config is None:
+        with open(os.path.join(path, "config.json")) as f:
+            hf_config = json.load(f)
     if dtype is None:
         dtype = hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"
         dtype = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
     config = ModelConfig.from_hf(hf_config, dtype=dtype, param_dtype=dtype)
     folder = _SafetensorsFolder(path)
     specs = hf_tensor_specs(config)
-    _check_tensors(config, folder, specs)
+    _check_tensors(config, folder, specs, extra_tensors)
 
     target = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
     full_shapes = _param_shapes(config, specs)

@@ -50,8 +50,11 @@ def check_folder(path: str) -> None:
     if not os.path.isdir(path):
         raise ValueError(f"reward model {path!r} is not a folder")
     if not os.path.exists(os.path.join(path, rm_model.META_FILE)):
+        if rm_model.hf_classifier_config(path) is not None:
+            return
         raise ValueError(
-            f"reward model {path!r} has no {rm_model.META_FILE}: train one with "
+            f"reward model {path!r} has no {rm_model.META_FILE} and is not an HF "
+            "*ForSequenceClassification folder: train one with "
             "python -m jaxrl_llm.trainers.reward_model"
         )
 
@@ -69,7 +72,8 @@ class LearnedReward:
     """A reward model on the policy's mesh; `score(rollout)` is one jitted program.
 
     Args:
-      path: a folder written by `trainers.reward_model` (`rewards.model.save_reward_model`).
+      path: a folder written by `trainers.reward_model` (`rewards.model.save_reward_model`),
+        or an HF `*ForSequenceClassification` folder with one label.
       vocab: the policy tokenizer's `get_vocab()`; checked against the folder's tokenizer.
       mesh, rules: the policy's mesh and logical rules (None: one device).
     """

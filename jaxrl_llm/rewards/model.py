@@ -14,6 +14,10 @@ Folder (`save_reward_model`), HF-style: `config.json` + `model.safetensors` of t
 (`models.save_hf`; an untied model's unused LM head is written as zeros),
 `reward_head.safetensors` (`kernel [H]`, `bias []`), `reward_model.json` (what the folder
 is, how the reward is read out, the training run's held-out accuracy) and the tokenizer files.
+An HF `*ForSequenceClassification` folder with one label (`save_pretrained` of e.g.
+`Qwen2ForSequenceClassification`) loads too: its decoder is the backbone and its `score.weight`
+[1, H] the head (bias 0); HF reads the score at the last non-pad token, which is this module's
+last valid token for the padded layouts above (tested against transformers).
 Training lives in `trainers/reward_model.py`; scoring inside the RL step in `rewards.learned`.
 """
 
@@ -38,6 +42,8 @@ __all__ = [
     "make_score_fn",
     "save_reward_model",
     "load_reward_model",
+    "load_hf_sequence_classifier",
+    "hf_classifier_config",
 ]
 
 BACKBONE_KEYS = ("embed", "layers", "final_norm")
@@ -113,13 +119,66 @@ def save_reward_model(path, model_config, params, *, tokenizer=None, meta=None) 
         tokenizer.save_pretrained(path)
 
 
+def hf_classifier_config(path: str) -> dict | None:
+    """The folder's HF config when it is a `*ForSequenceClassification` checkpoint, else None."""
+    config_file = os.path.join(path, "config.json")
+    if not os.path.exists(config_file):
+        return None
+    with open(config_file) as f:
+        hf = json.load(f)
+    if not any(str(a).endswith("ForSequenceClassification") for a in hf.get("architectures") or []):
+        return None
+    return hf
+
+
+def load_hf_sequence_classifier(path, *, dtype=None):
+    """`(model_config, params)` of an HF `*ForSequenceClassification` folder with one label."""
+    path = os.fspath(path)
+    hf = hf_classifier_config(path)
+    if hf is None:
+        raise ValueError(f"{path!r} is not an HF *ForSequenceClassification folder")
+    # transformers writes id2label unless it is its default of two labels
+    labels = int(hf.get("num_labels") or len(hf.get("id2label") or {0: "", 1: ""}))
+    if labels != 1:
+        raise ValueError(
+            f"{path!r}: a sequence classifier with {labels} labels; a reward model has one "
+            "(num_labels = 1)"
+        )
+    arch = next(a for a in hf["architectures"] if a.endswith("ForSequenceClassification"))
+    backbone = dict(
+        hf,
+        architectures=[arch.replace("ForSequenceClassification", "ForCausalLM")],
+        tie_word_embeddings=True,  # a classifier has no LM head; the backbone never uses one
+    )
+    config, full = models.load_hf(
+        path, dtype=dtype, hf_config=backbone, extra_tensors=("score.weight",)
+    )
+    score = models.read_tensor(path, "score.weight")
+    if score.shape != (1, config.hidden_size):
+        raise ValueError(
+            f"{path!r}: score.weight has shape {score.shape}; expected (1, {config.hidden_size})"
+        )
+    params = {k: full[k] for k in BACKBONE_KEYS}
+    params["value_head"] = {
+        "kernel": jnp.asarray(score[0], dtype=config.param_dtype),
+        "bias": jnp.zeros((), config.param_dtype),
+    }
+    return config, params
+
+
 def load_reward_model(path, *, dtype=None):
-    """`(model_config, params)` of a folder written by `save_reward_model`."""
+    """`(model_config, params)` of a folder written by `save_reward_model`, or of an HF
+    `*ForSequenceClassification` folder with one label."""
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
 
     path = os.fspath(path)
     if not os.path.exists(os.path.join(path, META_FILE)):
-        raise ValueError(f"{path!r} is not a reward-model folder (no {META_FILE})")
+        if hf_classifier_config(path) is not None:
+            return load_hf_sequence_classifier(path, dtype=dtype)
+        raise ValueError(
+            f"{path!r} is not a reward-model folder (no {META_FILE}) nor an HF "
+            "*ForSequenceClassification folder"
+        )
     config, full = models.load_hf(path, dtype=dtype)
     head = load_file(os.path.join(path, HEAD_FILE))
     if head["bias"].size == 1:  # a 0-d tensor may come back as [1]

@@ -109,7 +109,7 @@ def test_a_different_tokenizer_is_refused(folder):
 def test_not_a_reward_model_folder(tmp_path):
     with pytest.raises(ValueError, match="is not a folder"):
         learned.check_folder(str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="has no reward_model.json"):
+    with pytest.raises(ValueError, match="has no reward_model.json and is not an HF"):
         learned.check_folder(str(tmp_path))
 
 
