@@ -11,9 +11,12 @@ device arrays as they are (prompt left-padded, completion right-padded: the rewa
 value head at the last valid token of prompt + completion). No token goes to the host for
 scoring; only the `[N]` scores come back to be combined with the host-side terms.
 
-The tokenizer must be the policy's: the folder's vocabulary (its tokenizer files, else its
-`vocab_size`) is compared with the policy tokenizer's at load, and a mismatch is one
-`ValueError` naming both.
+When the folder's tokenizer (its tokenizer files) differs from the policy's, the completions
+are **re-tokenised on the host**: `rewards(rollout, prompts, completions)` encodes each
+prompt text as BOS + ids (left-padded) and each completion text as ids + EOS (no EOS when the
+row was truncated), right-padded, both to powers of two (one program per size class), and
+scores them with the same jitted program. A folder without tokenizer files must cover the
+policy's vocabulary (`vocab_size`), else one `ValueError`.
 
 Combining terms (`combine`), as the issue's reward-design papers do:
   sum:  `Σ_k w_k r_k` (weighted sum);
@@ -39,7 +42,14 @@ from jaxrl_llm import models, parallel
 from jaxrl_llm.parallel import multihost
 from jaxrl_llm.rewards import model as rm_model
 
-__all__ = ["LearnedReward", "combine", "COMBINE_MODES", "NORMALIZE_MODES", "check_folder"]
+__all__ = [
+    "LearnedReward",
+    "combine",
+    "encode_texts",
+    "COMBINE_MODES",
+    "NORMALIZE_MODES",
+    "check_folder",
+]
 
 COMBINE_MODES = ("sum", "gdpo")
 NORMALIZE_MODES = ("none", "batch")
@@ -83,13 +93,10 @@ class LearnedReward:
         self.path = path
         config, params = rm_model.load_reward_model(path)
         theirs = _folder_vocab(path)
+        # its own tokenizer when it differs from the policy's: completions are re-tokenised
+        self.tokenizer = None
         if theirs is not None and theirs != vocab:
-            diff = len(set(theirs.items()) ^ set(vocab.items()))
-            raise ValueError(
-                f"reward model {path!r}: its tokenizer ({len(theirs)} tokens) differs from the "
-                f"policy's ({len(vocab)} tokens; {diff} entries differ); train the reward model "
-                "with the policy's tokenizer"
-            )
+            self.tokenizer = models.load_tokenizer(path)
         if theirs is None and config.vocab_size < len(vocab):
             raise ValueError(
                 f"reward model {path!r}: vocab_size {config.vocab_size} is smaller than the "
@@ -113,9 +120,53 @@ class LearnedReward:
         with jax.sharding.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             return self._program(self.params, *args)
 
-    def rewards(self, rollout) -> np.ndarray:
-        """`score` on the host (gathered from every process), float32 `[N]`."""
-        return np.asarray(multihost.gather_to_host(self.score(rollout)), np.float32)
+    def rewards(self, rollout, prompts=None, completions=None) -> np.ndarray:
+        """The scores on the host (gathered from every process), float32 `[N]`: `score` of the
+        rollout, or with a tokenizer of its own, of the re-tokenised `prompts` / `completions`
+        texts (N each)."""
+        if self.tokenizer is None:
+            return np.asarray(multihost.gather_to_host(self.score(rollout)), np.float32)
+        if prompts is None or completions is None:
+            raise ValueError(
+                "this reward model has its own tokenizer: rewards() needs the prompt and "
+                "completion texts to re-tokenise"
+            )
+        ended = ~np.asarray(multihost.gather_to_host(rollout.truncated), bool)
+        args = encode_texts(self.tokenizer, prompts, completions, ended)
+        if self.mesh is None:
+            return np.asarray(self._program(self.params, *args), np.float32)
+        with jax.sharding.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            return np.asarray(self._program(self.params, *args), np.float32)
+
+
+def _pow2(n: int, floor: int = 8) -> int:
+    return max(floor, 1 << max(0, int(n) - 1).bit_length())
+
+
+def encode_texts(tokenizer, prompts, completions, ended):
+    """Host arrays `(prompt_tokens, prompt_mask, tokens, mask)` int32 of texts in `tokenizer`:
+    BOS + prompt left-padded, completion + EOS (where `ended`) right-padded, lengths rounded up
+    to powers of two."""
+    if len(prompts) != len(completions) or len(prompts) != len(ended):
+        raise ValueError(
+            f"{len(prompts)} prompts, {len(completions)} completions and {len(ended)} rows"
+        )
+    bos = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
+    eos = int(tokenizer.eos_token_id)
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+    p_ids = [bos + list(tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
+    c_ids = [
+        list(tokenizer.encode(c, add_special_tokens=False)) + ([eos] if e else [])
+        for c, e in zip(completions, ended)
+    ]
+    p_len, c_len = _pow2(max(map(len, p_ids))), _pow2(max(map(len, c_ids)))
+    n = len(prompts)
+    pt, pm = np.full((n, p_len), pad, np.int32), np.zeros((n, p_len), np.int32)
+    ct, cm = np.full((n, c_len), pad, np.int32), np.zeros((n, c_len), np.int32)
+    for i, (p, c) in enumerate(zip(p_ids, c_ids)):
+        pt[i, p_len - len(p) :], pm[i, p_len - len(p) :] = p, 1
+        ct[i, : len(c)], cm[i, : len(c)] = c, 1
+    return pt, pm, ct, cm
 
 
 def _group_normalize(r: np.ndarray, group: int, eps: float) -> np.ndarray:

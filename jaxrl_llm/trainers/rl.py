@@ -396,7 +396,7 @@ class Trainer:
         terms, weights = {"task": rewards}, {"task": c.reward_terms.task_weight}
         if self.learned_reward is not None:
             terms["learned"], weights["learned"] = (
-                self.learned_reward.rewards(ro),
+                self.learned_reward.rewards(ro, prompts, completions),
                 c.reward_model.weight,
             )
         if self.judge is not None:

@@ -98,12 +98,41 @@ def test_on_device_score_equals_a_separate_forward_pass(folder):
     np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
 
 
-def test_a_different_tokenizer_is_refused(folder):
-    path, tokenizer, _, _ = folder
+def test_a_different_tokenizer_rescores_the_retokenised_texts(folder):
+    """A policy tokenizer other than the folder's: completions are re-tokenised on the host;
+    each score equals a forward pass of BOS + prompt + completion (+ EOS unless truncated) in
+    the reward model's tokenizer, on one device and on the 8-device mesh."""
+    path, tokenizer, config, params = folder
     vocab = dict(tokenizer.get_vocab())
     vocab["<extra>"] = len(vocab)
-    with pytest.raises(ValueError, match="differs from the policy's"):
-        learned.LearnedReward(path, vocab=vocab)
+    rng = np.random.default_rng(1)
+    prompts = ["".join(rng.choice(list("0123456789+-*="), rng.integers(1, 9))) for _ in range(6)]
+    completions = ["".join(rng.choice(list("0123456789"), rng.integers(0, 12))) for _ in range(6)]
+    truncated = np.array([False, True, False, False, True, False])
+    ro = rollout_lib.Rollout(  # the policy's ids are not read on this path
+        prompt_tokens=jnp.zeros((6, 4), jnp.int32),
+        prompt_mask=jnp.ones((6, 4), jnp.int32),
+        tokens=jnp.zeros((6, 4), jnp.int32),
+        mask=jnp.ones((6, 4), jnp.int32),
+        sampler_logp=jnp.zeros((6, 4), jnp.float32),
+        group_id=jnp.arange(6, dtype=jnp.int32),
+        truncated=jnp.asarray(truncated),
+    )
+    enc = lambda t: list(tokenizer.encode(t, add_special_tokens=False))
+    seqs = [
+        [tokenizer.bos_token_id] + enc(p) + enc(c) + ([] if t else [tokenizer.eos_token_id])
+        for p, c, t in zip(prompts, completions, truncated)
+    ]
+    want = _reference(config, params, seqs)
+    lr = learned.LearnedReward(path, vocab=vocab)
+    assert lr.tokenizer is not None
+    np.testing.assert_allclose(lr.rewards(ro, prompts, completions), want, rtol=1e-5, atol=1e-5)
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = learned.LearnedReward(path, vocab=vocab, mesh=mesh, rules=parallel.DEFAULT_RULES)
+    got = sharded.rewards(ro, prompts, completions)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the prompt and completion texts"):
+        lr.rewards(ro)
 
 
 def test_not_a_reward_model_folder(tmp_path):
