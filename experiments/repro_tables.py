@@ -355,10 +355,14 @@ def _plot_passk(path, rows, ks, title):
             err = np.array([[r["iqm"] - r["ci_low"], r["ci_high"] - r["iqm"]] for r in rs]).T
             style = dict(color="black", linestyle="--") if v == "base" else {}
             ax.errorbar(
-                [r["k"] for r in rs], y, yerr=np.maximum(err, 0), marker="o", capsize=3, label=v
+                [r["k"] for r in rs],
+                y,
+                yerr=np.maximum(err, 0),
+                marker="o",
+                capsize=3,
+                label=v,
+                **style,
             )
-            if style:
-                ax.lines[-1].set(**style)
         _log2_axis(ax, ks)
         ax.set_ylabel("pass@k")
         ax.set_title(title)
