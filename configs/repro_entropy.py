@@ -50,7 +50,9 @@ VARIANTS = {
 
 
 def get_config(arg=None):
-    c = _load_headroom().get_config(_CANDIDATE + "," + (arg or ""))
+    """`arg`: '<sft_dir>', optionally followed by ',runlocal' (30 RL steps), or 'runlocal'."""
+    headroom, arg = _load_headroom(), _CANDIDATE + "," + (arg or "")
+    c = headroom.get_config(arg)
     c.algo.advantage = "grpo"
     c.algo.eps = 1e-6
     c.algo.ddof = 1
@@ -58,7 +60,7 @@ def get_config(arg=None):
     c.algo.clip_low = 0.2
     c.algo.clip_high = 0.2
     c.algo.entropy_coef = 0.0
-    c.train.steps = 100
+    c.train.steps = headroom.RUNLOCAL_STEPS if headroom.parse_arg(arg)[2] else 100
     c.train.minibatch_size = 32
     c.eval.every = 20
     c.eval.size = 128

@@ -2,7 +2,8 @@
 
 `get_config("A" | "B" | "C")` is a candidate task of the pilot (section 1 there), optionally
 followed by `,<sft_dir>`: the SFT checkpoint folder (Hugging Face layout, the trainer's
-`<workdir>/sft`) RL starts from (`model.init_checkpoint`). `sweep(add)` holds the five variants
+`<workdir>/sft`) RL starts from (`model.init_checkpoint`); a last `,runlocal` (or `runlocal`
+alone, candidate A) is the quick form of every recipe: 30 RL steps. `sweep(add)` holds the five variants
 of section 2, those of `configs/nsr_repro.py` unchanged apart from the task. The accepted pilot
 row is candidate A with 2,000 SFT steps.
 
@@ -45,20 +46,28 @@ VARIANTS = {
 }
 
 
+RUNLOCAL_STEPS = 30  # base_config(runlocal=True)'s
+
+
 def parse_arg(arg):
-    """'A' or 'A,<sft_dir>' -> ('A', sft_dir or ''); the folder may itself hold commas."""
-    candidate, _, sft_dir = (arg or "A").partition(",")
+    """'A', 'A,<sft_dir>', either followed by ',runlocal', or 'runlocal' -> (candidate,
+    sft_dir or '', runlocal); the folder may itself hold commas."""
+    arg = (arg or "A").strip()
+    runlocal = arg == "runlocal" or arg.endswith(",runlocal")
+    if runlocal:
+        arg = arg[: -len("runlocal")].rstrip(",") or "A"
+    candidate, _, sft_dir = arg.partition(",")
     candidate = candidate.strip()
     if candidate not in CANDIDATES:
         raise ValueError(
             f"configs/repro_headroom.py: unknown candidate {candidate!r}; one of "
-            f"{sorted(CANDIDATES)}, optionally followed by ',<sft_dir>'"
+            f"{sorted(CANDIDATES)}, optionally followed by ',<sft_dir>' and ',runlocal'"
         )
-    return candidate, sft_dir.strip()
+    return candidate, sft_dir.strip(), runlocal
 
 
 def get_config(arg=None):
-    candidate, sft_dir = parse_arg(arg)
+    candidate, sft_dir, runlocal = parse_arg(arg)
     row = CANDIDATES[candidate]
     c = base_config(runlocal=False)
     c.model.init_checkpoint = sft_dir
@@ -75,7 +84,7 @@ def get_config(arg=None):
     c.algo.policy_loss = "ppo_clip"
     c.algo.aggregation = "token-mean"
     c.algo.w_lambda = 0.1
-    c.train.steps = 60
+    c.train.steps = RUNLOCAL_STEPS if runlocal else 60
     c.train.num_epochs = 1
     c.eval.n = 4
     c.eval.ks = (1, 2, 4)

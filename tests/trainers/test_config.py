@@ -22,6 +22,8 @@ FROZEN_DEFAULTS = {
     "algo.clip_high": 0.2,
     "algo.clip_low": 0.2,
     "algo.ddof": 1,
+    "algo.dpo_beta": 0.1,
+    "algo.dpo_label_smoothing": 0.0,
     "algo.dual_clip": 0.0,
     "algo.entropy_coef": 0.0,
     "algo.eps": 1e-06,

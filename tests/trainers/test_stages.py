@@ -11,8 +11,14 @@ from tests.trainers.conftest import recipe_overrides, small_config
 @pytest.mark.parametrize("name", list(registry.ADVANTAGES))
 def test_every_registered_estimator_passes_the_config_check(name):
     entry = registry.ADVANTAGES[name]
-    c = small_config(**{"algo.advantage": name, "critic.enabled": entry.needs_critic})
+    required = {f"algo.{field}": allowed[0] for field, allowed in entry.requires.items()}
+    c = small_config(**{"algo.advantage": name, "critic.enabled": entry.needs_critic, **required})
     registry.check_config(c)
+    for field, allowed in entry.requires.items():
+        wrong = small_config(**{"algo.advantage": name, **required})
+        wrong.algo[field] = next(v for v in registry._KINDS[field] if v not in allowed)
+        with pytest.raises(ValueError, match=f"config.algo.{field}"):
+            registry.check_config(wrong)
     if entry.min_group > 1:
         c.train.samples_per_prompt = 1
         with pytest.raises(ValueError, match="config.train.samples_per_prompt = 1"):
