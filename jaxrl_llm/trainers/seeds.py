@@ -88,12 +88,6 @@ def _check(config, workdirs, seeds):
             "cannot run as vmapped seeds (batch sizes differ per seed); run "
             "the seeds as separate runs"
         )
-    if config.reward_model.path:
-        raise config_lib.ConfigError(
-            f"config.reward_model.path = {config.reward_model.path!r} cannot run as vmapped "
-            "seeds yet (the vmapped collect scores with the task only); run the seeds as "
-            "separate runs"
-        )
     if config.rollout.async_steps:
         raise config_lib.ConfigError(
             f"config.rollout.async_steps = {config.rollout.async_steps} cannot run as vmapped "
@@ -348,10 +342,11 @@ class SeedsTrainer:
         )(state.rng)  # a separate run's attempt 0
         ro, completions = self.rollout(state.params, examples, keys, lead.sampling)
         rewards, correct, infos = [], [], []
-        for cnt, ex, comp in zip(counters, examples, completions):
-            r, ok, info = stages.score(
-                lead.pool, lead.task, comp, [e for e in ex for _ in range(group)]
-            )
+        for s, (cnt, ex, comp) in enumerate(zip(counters, examples, completions)):
+            rows = [e for e in ex for _ in range(group)]
+            r, ok, info = stages.score(lead.pool, lead.task, comp, rows)
+            # learned reward terms (reward model, judge) per seed, as a separate run has them
+            r = lead.with_reward_terms(_seed(ro, s), [e.prompt for e in rows], comp, r, info, group)
             stages.count_reward_failures(cnt, info, fresh_step=True)
             rewards.append(r)
             correct.append(ok)
@@ -451,12 +446,15 @@ class SeedsTrainer:
         keys = jax.random.wrap_key_data(
             jnp.stack([jax.random.key_data(jax.random.key(0))] * len(self.runs))
         )
-        _, completions = self.rollout(
+        ro, completions = self.rollout(
             params, examples, keys, stages.greedy_sampling(self.lead.sampling)
         )
         out = []
-        for cnt, ex, comp in zip(counters, examples, completions):
+        for s, (cnt, ex, comp) in enumerate(zip(counters, examples, completions)):
             rewards, _, info = stages.score(self.lead.pool, self.lead.task, comp, list(ex))
+            rewards = self.lead.with_reward_terms(
+                _seed(ro, s), [e.prompt for e in ex], comp, rewards, info, 1
+            )
             stages.count_reward_failures(cnt, info)
             out.append(np.repeat(rewards, self.config.train.samples_per_prompt))
         return out

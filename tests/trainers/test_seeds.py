@@ -168,6 +168,43 @@ def test_group_killed_between_saves_resumes_to_the_same_result(runs, tmp_path):
         assert again["final_eval"] == vm["final_eval"]
 
 
+def test_a_learned_reward_in_vmapped_seeds_equals_separate_runs(
+    sft_checkpoint, reward_model_checkpoint, tmp_path
+):
+    """RLHF terms (reward model, batch-normalised, plus half the task reward) are scored per
+    seed in the vmapped collect: each seed's rewards and reward terms equal its separate run."""
+    _, folder = reward_model_checkpoint
+    c = _config(sft_checkpoint, "grpo_kl")
+    c.train.steps = 2
+    c.checkpoint.every = 0
+    c.reward_model.path = folder
+    c.reward_model.normalize = "batch"
+    c.reward_terms.task_weight = 0.5
+    dirs = [str(tmp_path / f"vmapped_seed{s}") for s in SEEDS]
+    seeds_lib.SeedsTrainer(c, dirs, SEEDS).run(log=_quiet)
+
+    def logged(workdir):  # step -> the step's scalars that carry the reward terms
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+        return {r["step"]: r["scalars"] for r in rows if "reward/learned" in r.get("scalars", {})}
+
+    for s, workdir in zip(SEEDS, dirs):
+        separate = str(tmp_path / f"separate{s}")
+        rl.Trainer(seeds_lib.seed_config(c, s), separate).run(log=_quiet)
+        mv, ms = logged(workdir), logged(separate)
+        assert sorted(mv) == sorted(ms) == [1, 2]
+        for step in mv:
+            assert mv[step]["train/accuracy"] == ms[step]["train/accuracy"], (s, step)
+            # per-row rewards reach the update through the advantages: a seed scored without
+            # the reward model (or normalised over all seeds) has another loss and gradient
+            keys = ("train/reward", "reward/learned", "reward/task", "train/loss/policy")
+            for k in (*keys, "train/grad_norm"):
+                np.testing.assert_allclose(mv[step][k], ms[step][k], rtol=1e-4, atol=1e-6)
+            # batch-normalised, the learned term has mean 0: the mean reward is half the task's
+            assert mv[step]["reward/learned"] != 0.0
+            np.testing.assert_allclose(mv[step]["train/reward"], 0.5 * mv[step]["reward/task"])
+
+
 def test_unsupported_options_fail_before_compiling(sft_checkpoint, tmp_path):
     c = _config(sft_checkpoint, "grpo_kl")
     dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
