@@ -6,6 +6,7 @@ logp = token_logprobs(logits, targets, temperature)   # shared with the trainer
 rollout = generate(..., fused=True)                    # opt-in fused q/k/v and gate/up decode
 logits, cache = extend_rows(config, params, cache, tokens, counts)   # append to live rows
 rollout = generate_continuous(params, config, prompts, key, sampling, slots=16)  # continuous batching
+rows = continue_rows(params, config, start_rows(prompts, key, n, T), sampling, budget)  # partial
 """
 
 from jaxrl_llm.models.transformer import fuse_decode_params
@@ -18,6 +19,7 @@ from jaxrl_llm.rollout.host import (
     pad_prompts,
 )
 from jaxrl_llm.rollout.logprobs import token_logprobs
+from jaxrl_llm.rollout.partial import PartialRows, continue_rows, start_rows
 from jaxrl_llm.rollout.sampler import (
     generate,
     generate_seeds,
@@ -48,6 +50,9 @@ __all__ = [
     "row_step_keys",
     "fuse_decode_params",
     "extend_rows",
+    "PartialRows",
+    "start_rows",
+    "continue_rows",
     "row_lengths",
     "token_logprobs",
     "sample_tokens",

@@ -191,20 +191,29 @@ def _decode(
     limits=None,
     *,
     row_keys=False,
+    offsets=None,
 ):
     """Draw token 0 from the prefill logits, then the while_loop over steps 1..T-1.
 
     `limits` (optional int [N]): row r ends after `limits[r]` tokens (as truncated).
-    `row_keys`: token t of row r is drawn with `row_step_keys(key, r, t)`.
+    `row_keys`: token t of row r is drawn with `row_step_keys(key, r, t)`. With `offsets`
+    (int [N], partial rollouts), `key` is instead a typed key per row [N] and row r's t-th
+    token here is drawn with `fold_in(key[r], offsets[r] + t)`: the row's own key scheme
+    resumed after the `offsets[r]` tokens it already holds.
     """
     max_new, n, stop_ids, top_k, greedy = static
     temperature, top_p, min_p = floats[0], floats[1], floats[2]
     rows = logits.shape[0]
     row_ids = jnp.arange(rows, dtype=jnp.int32)
 
+    def keys(t):
+        if offsets is not None:
+            return jax.vmap(jax.random.fold_in)(key, offsets + t)
+        return row_step_keys(key, row_ids, t) if row_keys else jax.random.fold_in(key, t)
+
     def draw(t, logits):
         tok = sample_tokens(
-            row_step_keys(key, row_ids, t) if row_keys else jax.random.fold_in(key, t),
+            keys(t),
             logits,
             temperature,
             top_p,
