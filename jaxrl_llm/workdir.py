@@ -18,9 +18,10 @@ collation script read it back. The names live here and nowhere else:
 | `sft/` | the trainer's SFT warm start | the warm-started policy as a Hugging Face folder |
 | `tokenizer/` | the trainer (builtin tokenizer) | the tokenizer folder |
 | `pending_rollouts/<step>.pkl` | the trainer with `rollout.async_steps > 0` | the batches sampled ahead of checkpoint `<step>` |
+| `partial_rollouts/<step>.pkl` | the trainer with `rollout.partial_budget > 0` | the paused and waiting groups at checkpoint `<step>` |
 | `lora_adapter/` | the trainer with `model.lora_rank > 0`, at the end | the final adapters as a PEFT folder (docs/lora.md) |
 
-JSON files are written atomically (a temporary file in the same folder, then `os.replace`),
+JSON and pickle files are written atomically (a temporary file in the same folder, then `os.replace`),
 so a reader never sees half a file, even when the writer is killed mid-write.
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from typing import Any
 
@@ -45,15 +47,19 @@ __all__ = [
     "SFT_DIR",
     "TOKENIZER_DIR",
     "PENDING_ROLLOUTS_DIR",
+    "PARTIAL_ROLLOUTS_DIR",
     "LORA_ADAPTER_DIR",
     "path",
     "checkpoint_dir",
     "sft_dir",
     "tokenizer_dir",
     "pending_rollouts_file",
+    "partial_rollouts_file",
     "lora_adapter_dir",
     "has_sft_model",
     "write_json_atomic",
+    "write_pickle_atomic",
+    "read_pickle",
     "read_json",
     "read_done",
     "write_done",
@@ -76,6 +82,7 @@ CHECKPOINT_SKIPPED_DIR = "checkpoints.skipped"
 SFT_DIR = "sft"
 TOKENIZER_DIR = "tokenizer"
 PENDING_ROLLOUTS_DIR = "pending_rollouts"
+PARTIAL_ROLLOUTS_DIR = "partial_rollouts"
 LORA_ADAPTER_DIR = "lora_adapter"
 
 
@@ -107,6 +114,11 @@ def pending_rollouts_file(workdir: str, step: int) -> str:
     return os.path.join(workdir, PENDING_ROLLOUTS_DIR, f"{int(step)}.pkl")
 
 
+def partial_rollouts_file(workdir: str, step: int) -> str:
+    """The paused and waiting groups of a partial-rollout run at checkpoint `step`."""
+    return os.path.join(workdir, PARTIAL_ROLLOUTS_DIR, f"{int(step)}.pkl")
+
+
 def has_sft_model(workdir: str) -> bool:
     """Whether `<workdir>/sft/` holds a saved warm-start model: its Hugging Face `config.json`
     and `*.safetensors` weights. `models.save_hf` writes the weights first and config.json last,
@@ -117,18 +129,14 @@ def has_sft_model(workdir: str) -> bool:
     )
 
 
-def write_json_atomic(file: str, obj: Any, *, indent: int | None = 2, **dump_kwargs) -> str:
-    """Writes `obj` as JSON to `file` through a temporary file in the same folder and `os.replace`.
-
-    A reader sees the old file or the new one, never a partial one; a writer killed mid-write
-    leaves a stray `.<name>.*.tmp` file and the old content. Returns `file`.
-    """
+def _write_atomic(file: str, write, mode: str) -> str:
+    """`write(f)` into a temporary file beside `file`, fsync, then `os.replace` onto `file`."""
     folder = os.path.dirname(os.path.abspath(file))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(file)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=indent, **dump_kwargs)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, file)
@@ -137,6 +145,26 @@ def write_json_atomic(file: str, obj: Any, *, indent: int | None = 2, **dump_kwa
             os.remove(tmp)
         raise
     return file
+
+
+def write_json_atomic(file: str, obj: Any, *, indent: int | None = 2, **dump_kwargs) -> str:
+    """Writes `obj` as JSON to `file` through a temporary file in the same folder and `os.replace`.
+
+    A reader sees the old file or the new one, never a partial one; a writer killed mid-write
+    leaves a stray `.<name>.*.tmp` file and the old content. Returns `file`.
+    """
+    return _write_atomic(file, lambda f: json.dump(obj, f, indent=indent, **dump_kwargs), "w")
+
+
+def write_pickle_atomic(file: str, obj: Any) -> str:
+    """Pickles `obj` to `file`, atomically as `write_json_atomic`. Returns `file`."""
+    return _write_atomic(file, lambda f: pickle.dump(obj, f), "wb")
+
+
+def read_pickle(file: str) -> Any:
+    """The object pickled in `file` (only files this library wrote: pickle runs code)."""
+    with open(file, "rb") as f:
+        return pickle.load(f)
 
 
 def read_json(file: str) -> Any | None:

@@ -27,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pickle
-import tempfile
 from typing import Any
 
 import jax
@@ -75,17 +73,7 @@ def save_pending(workdir: str, step: int, queue) -> str | None:
     if jax.process_index() != 0:
         return None
     file = workdir_lib.pending_rollouts_file(workdir, step)
-    folder = os.path.dirname(file)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{step}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump({"format": _FORMAT, "step": int(step), "queue": entries}, f)
-        os.replace(tmp, file)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    workdir_lib.write_pickle_atomic(file, {"format": _FORMAT, "step": int(step), "queue": entries})
     return file
 
 
@@ -94,8 +82,7 @@ def load_pending(workdir: str, step: int, row_sharding) -> list[Collected] | Non
     None (with a one-line warning) when the file is missing or does not read."""
     file = workdir_lib.pending_rollouts_file(workdir, step)
     try:
-        with open(file, "rb") as f:
-            blob = pickle.load(f)
+        blob = workdir_lib.read_pickle(file)
         if blob.get("format") != _FORMAT or blob.get("step") != int(step):
             raise ValueError(f"format {blob.get('format')}, step {blob.get('step')}")
         queue = list(blob["queue"])

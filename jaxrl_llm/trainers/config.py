@@ -209,6 +209,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "0: the static sampler",
             ge=0,
         ),
+        "partial_budget": F(
+            0,
+            "K: partial rollouts, each row draws at most K tokens per sampler round and "
+            "completions not finished are paused and continued at the next step "
+            "(trainers/partial_rollouts.py, per-row keys, one process); 0: off",
+            ge=0,
+        ),
     },
     "algo": {
         "advantage": F("grpo", "advantage estimator (losses.registry.ADVANTAGES)", _advantages),
@@ -543,6 +550,26 @@ def _get(c, path: str):
     return c
 
 
+def _check_partial(c) -> None:
+    """`rollout.partial_budget > 0` runs its own rounds in the collect stage: the options that
+    resample, replay, sample ahead, play episodes or batch continuously inside it are refused."""
+    if not c.rollout.partial_budget:
+        return
+    clash = {
+        "rollout.async_steps": c.rollout.async_steps,
+        "rollout.continuous_slots": c.rollout.continuous_slots,
+        "data.dynamic_sampling": c.data.dynamic_sampling,
+        "data.replay_fraction": c.data.replay_fraction,
+        "env.name": c.env.name,
+    }
+    on = [f"{k} = {v!r}" for k, v in clash.items() if v]
+    if on:
+        raise ConfigError(
+            f"config.rollout.partial_budget = {c.rollout.partial_budget} does not combine with "
+            f"{', '.join(on)} yet; set rollout.partial_budget = 0 or turn them off"
+        )
+
+
 def _validate_env(c) -> None:
     """The multi-turn fields: a known environment, and a credit mode the estimator supports."""
     if not c.env.name:
@@ -646,6 +673,7 @@ def validate(c, num_devices: int | None = None) -> None:
             "importance correction (so no algo.recompute_old_logp), no dynamic sampling and "
             "no critic"
         )
+    _check_partial(c)
     if c.rollout.async_steps and (c.data.dynamic_sampling or c.data.replay_fraction):
         raise ConfigError(
             f"config.rollout.async_steps = {c.rollout.async_steps} does not combine with "

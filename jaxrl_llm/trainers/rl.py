@@ -31,6 +31,7 @@ from jaxrl_llm.parallel import multihost
 from jaxrl_llm.trainers import agent as agent_lib
 from jaxrl_llm.trainers import async_rollouts as async_lib
 from jaxrl_llm.trainers import config as config_lib
+from jaxrl_llm.trainers import partial_rollouts as partial_lib
 from jaxrl_llm.trainers import rl_step, sft, stages, text
 from jaxrl_llm.trainers.state import TrainState, make_optimizer
 
@@ -66,6 +67,16 @@ class Trainer:
         self.tokenizer = build_tokenizer(c, self.workdir)
         # An environment (env.name) is the task of a multi-turn run: collect plays episodes.
         self.agent = agent_lib.Agent(c, self.tokenizer) if c.env.name else None
+        self.partial = None  # the pool of paused completions (`rollout.partial_budget`)
+        if c.rollout.partial_budget:
+            if jax.process_count() > 1:
+                raise config_lib.ConfigError(
+                    "config.rollout.partial_budget does not combine with several processes "
+                    "yet; set it to 0"
+                )
+            self.partial = partial_lib.PartialPool(
+                c.train.samples_per_prompt, c.rollout.partial_budget
+            )
         self.task = (
             self.agent.task
             if self.agent is not None
@@ -607,6 +618,9 @@ class Trainer:
             )
             history.append({"step": 0, **initial_eval})
 
+        if self.partial is not None and start_step:
+            if not self.partial.load(self.workdir, start_step):
+                counters["partial_pool_lost"] = counters.get("partial_pool_lost", 0) + 1
         queue = None
         if c.rollout.async_steps:
             queue = collections.deque()
@@ -646,6 +660,8 @@ class Trainer:
                 if counters["bad_steps"] == 0:
                     if queue is not None:  # first, so a committed checkpoint has its queue
                         async_lib.save_pending(self.workdir, step + 1, queue)
+                    if self.partial is not None:  # likewise its paused completions
+                        self.partial.save(self.workdir, step + 1)
                     self.checkpointer.save(
                         step + 1,
                         state,
@@ -658,6 +674,8 @@ class Trainer:
                     )
                     if queue is not None:
                         async_lib.prune_pending(self.workdir, self.checkpointer.all_steps())
+                    if self.partial is not None:
+                        self.partial.prune(self.workdir, self.checkpointer.all_steps())
         if progress is not None:
             progress.close()
         if self.lora_base is not None:
@@ -707,12 +725,23 @@ class Trainer:
         data_metrics = {}
 
         def sample(attempt):
-            examples = source.next(c.train.prompts_per_step)
             key = jax.random.fold_in(
                 jax.random.fold_in(jax.random.wrap_key_data(state.rng), step), attempt
             )
+            if self.partial is not None:  # rounds over paused and fresh groups
+                examples, rows, partial_metrics = self.partial.collect(
+                    self, state.params, source, step, key
+                )
+                data_metrics.update(partial_metrics)
+                host_ro = rows.to_rollout()
+            else:
+                examples = source.next(c.train.prompts_per_step)
             rep = [e for e in examples for _ in range(group)]
-            if self.agent is not None:  # multi-turn episodes (`trainers/agent.py`)
+            if self.partial is not None:
+                ro = jax.device_put(host_ro, self.row_sharding)
+                completions = rollout_lib.decode_completions(self.tokenizer, host_ro)
+                rewards, correct, info = self.score(completions, rep)
+            elif self.agent is not None:  # multi-turn episodes (`trainers/agent.py`)
                 ro, completions, rewards, correct, info = self.agent.play(
                     self._policy(state.params),
                     self.model_config,

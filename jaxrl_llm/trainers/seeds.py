@@ -93,6 +93,11 @@ def _check(config, workdirs, seeds):
             f"config.rollout.async_steps = {config.rollout.async_steps} cannot run as vmapped "
             "seeds (the vmapped loop samples synchronously); run the seeds as separate runs"
         )
+    if config.rollout.partial_budget:
+        raise config_lib.ConfigError(
+            f"config.rollout.partial_budget = {config.rollout.partial_budget} cannot run as "
+            "vmapped seeds (each seed pauses other rows); run the seeds as separate runs"
+        )
     if jax.process_count() > 1:
         raise config_lib.ConfigError(
             f"vmapped seeds run in one process; got {jax.process_count()} processes"
