@@ -132,6 +132,7 @@ FROZEN_DEFAULTS = {
     "reward_terms.task_weight": 1.0,
     "rollout.async_steps": 0,
     "rollout.continuous_slots": 0,
+    "rollout.partial_budget": 0,
     "rollout.prompt_buckets": (16, 32, 64, 128, 256, 512),
     "rollout.temperature": 1.0,
     "rollout.top_k": 0,
