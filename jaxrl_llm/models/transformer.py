@@ -93,10 +93,13 @@ def _param(module: nn.Module, name: str, shape, names, init, cfg: ModelConfig):
 
 
 # -------------------------------------------------------------------------- masks
-def attention_mask(mask: jax.Array, cache_mask: jax.Array | None = None, index=None) -> jax.Array:
+def attention_mask(
+    mask: jax.Array, cache_mask: jax.Array | None = None, index=None, segment_ids=None
+) -> jax.Array:
     """Boolean `[N, S, K]`: may query i attend to key slot j.
 
-    No cache: `j <= i and mask[j]` (K = S). With a cache whose mask already holds
+    No cache: `j <= i and mask[j]` (K = S), and with `segment_ids` (int `[N, S]`, packed
+    rows) also `segment_ids[i] == segment_ids[j]`. With a cache whose mask already holds
     the new tokens: `j <= index + i and cache_mask[j]`, K = `cache_mask.shape[1]`
     (the cache's max_len, or a shorter `kv_len` prefix of it). `index` is a scalar
     (all rows share one slot cursor) or int32 `[N]` (row n's queries sit at slots
@@ -106,7 +109,10 @@ def attention_mask(mask: jax.Array, cache_mask: jax.Array | None = None, index=N
     q_slot = jnp.arange(s)[:, None]
     if cache_mask is None:
         k_slot = jnp.arange(s)[None, :]
-        return (k_slot <= q_slot)[None] & (mask[:, None, :] > 0)
+        allowed = (k_slot <= q_slot)[None] & (mask[:, None, :] > 0)
+        if segment_ids is not None:
+            allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        return allowed
     k_slot = jnp.arange(cache_mask.shape[1])[None, :]
     if jnp.ndim(index) == 1:  # per-row cursors
         causal = k_slot[None] <= q_slot[None] + index[:, None, None]
@@ -308,13 +314,15 @@ class Backbone(nn.Module):
     fused: bool = False  # layers hold `fuse_decode_params` kernels
 
     @nn.compact
-    def __call__(self, tokens, positions, mask, kv=None, cache_mask=None, index=None):
+    def __call__(
+        self, tokens, positions, mask, kv=None, cache_mask=None, index=None, segment_ids=None
+    ):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         x = Embed(cfg, name="embed")(tokens).astype(dtype)
         x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
         cos, sin = rope_cos_sin(cfg, positions)
-        allowed = attention_mask(mask, cache_mask, index)
+        allowed = attention_mask(mask, cache_mask, index, segment_ids)
 
         block = Block
         if cfg.remat:
@@ -560,7 +568,9 @@ def fused_logical_axes(config: ModelConfig) -> Params:
     return dict(specs, layers=dict(layers, attn=attn, mlp=mlp))
 
 
-def _backbone_unstacked(config, params, tokens, positions, mask, kv, cache_mask, index):
+def _backbone_unstacked(
+    config, params, tokens, positions, mask, kv, cache_mask, index, segment_ids=None
+):
     """`Backbone` with per-layer parameter trees: the same modules, unrolled over layers."""
     if len(params["layers"]) != config.num_layers:
         raise ValueError(
@@ -570,7 +580,7 @@ def _backbone_unstacked(config, params, tokens, positions, mask, kv, cache_mask,
     x = Embed(config).apply({"params": params["embed"]}, tokens).astype(jnp.dtype(config.dtype))
     x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
     cos, sin = rope_cos_sin(config, positions)
-    allowed = attention_mask(mask, cache_mask, index)
+    allowed = attention_mask(mask, cache_mask, index, segment_ids)
     block = nn.remat(Block, prevent_cse=False) if config.remat else Block
     fused = _is_fused(params)
     for i, layer in enumerate(params["layers"]):
@@ -581,20 +591,26 @@ def _backbone_unstacked(config, params, tokens, positions, mask, kv, cache_mask,
     return x, kv
 
 
-def _forward(config, params, tokens, positions, mask, cache, kv_len=None):
+def _forward(config, params, tokens, positions, mask, cache, kv_len=None, segment_ids=None):
     _check_inputs(config, tokens, positions, mask, cache, kv_len)
     body = {k: params[k] for k in _BACKBONE_KEYS}
     tokens = tokens.astype(jnp.int32)
     positions = positions.astype(jnp.int32)
     mask = mask.astype(jnp.int32)
     unstacked = isinstance(body["layers"], (tuple, list))
+    if segment_ids is not None:
+        if cache is not None:
+            raise ValueError("segment_ids (packed rows) are for cache-free passes only")
+        if segment_ids.shape != tokens.shape:
+            raise ValueError(f"segment_ids {segment_ids.shape} must match tokens {tokens.shape}")
+        segment_ids = segment_ids.astype(jnp.int32)
     if cache is None:
         if unstacked:
-            return _backbone_unstacked(config, body, tokens, positions, mask, None, None, None)[
-                0
-            ], None
+            return _backbone_unstacked(
+                config, body, tokens, positions, mask, None, None, None, segment_ids
+            )[0], None
         hidden, _ = Backbone(config, _is_fused(body)).apply(
-            {"params": body}, tokens, positions, mask
+            {"params": body}, tokens, positions, mask, segment_ids=segment_ids
         )
         return hidden, None
     index = jnp.asarray(cache["index"], jnp.int32)
@@ -651,6 +667,7 @@ def apply(
     *,
     last_only=False,
     kv_len=None,
+    segment_ids=None,
 ):
     """Forward pass: `(logits float32 [N, S, V] (or [N, 1, V] if last_only), new cache or None)`.
 
@@ -671,15 +688,22 @@ def apply(
     written at their slots, and the caller keeps them (every `index + S`) `<= kv_len`.
     Equal, up to float rounding, to full attention whenever no attended slot lies past
     `kv_len`.
+    `segment_ids` (int `[N, S]`, cache-free passes only): packed rows, a query attends only
+    to keys of its own segment; positions restart per segment (`models.packing`).
     """
-    hidden, new_cache = _forward(config, params, tokens, positions, mask, cache, kv_len)
+    hidden, new_cache = _forward(
+        config, params, tokens, positions, mask, cache, kv_len, segment_ids
+    )
     if last_only:
         hidden = hidden[:, -1:, :]
     return lm_head(config, params, hidden), new_cache
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def apply_hidden(config: ModelConfig, params: Params, tokens, positions, mask) -> jax.Array:
-    """Final-norm hidden states `[N, S, H]` (compute dtype), for chunked `lm_head` log-probs."""
-    hidden, _ = _forward(config, params, tokens, positions, mask, None)
+def apply_hidden(
+    config: ModelConfig, params: Params, tokens, positions, mask, segment_ids=None
+) -> jax.Array:
+    """Final-norm hidden states `[N, S, H]` (compute dtype), for chunked `lm_head` log-probs;
+    `segment_ids` as in `apply`."""
+    hidden, _ = _forward(config, params, tokens, positions, mask, None, segment_ids=segment_ids)
     return hidden
