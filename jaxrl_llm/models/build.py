@@ -30,7 +30,11 @@ def build_model_config(m, tokenizer) -> ModelConfig:
     a group without `remat` means no remat)."""
     if m.hf_path:
         return ModelConfig.from_hf(
-            m.hf_path, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.get("remat", False)
+            m.hf_path,
+            dtype=m.dtype,
+            param_dtype=m.param_dtype,
+            remat=m.get("remat", False),
+            remat_policy=m.get("remat_policy", "full"),
         )
     return ModelConfig(
         vocab_size=len(tokenizer),
@@ -47,6 +51,7 @@ def build_model_config(m, tokenizer) -> ModelConfig:
         dtype=m.dtype,
         param_dtype=m.param_dtype,
         remat=m.get("remat", False),
+        remat_policy=m.get("remat_policy", "full"),
         architecture=m.architecture,
         max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,

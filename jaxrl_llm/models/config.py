@@ -32,6 +32,11 @@ __all__ = [
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+# What a rematerialised layer keeps from its forward pass (`transformer.REMAT_POLICIES`):
+# "full" nothing (recompute the layer), "dots" every matmul output without a batch dimension,
+# "qkv_attn" the named q / k / v projections and the attention context, "block_outputs" the
+# named attention and MLP outputs.
+REMAT_POLICY_NAMES = ("full", "dots", "qkv_attn", "block_outputs")
 
 # HF `architectures` entries accepted for each model_type.
 _HF_ARCHITECTURE_CLASSES = {
@@ -103,6 +108,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "full"
     max_position_embeddings: int = 2048
     architecture: str = "llama"
     bos_token_id: int | None = None
@@ -119,6 +125,10 @@ class ModelConfig:
             value = getattr(self, name)
             if value not in SUPPORTED_DTYPES:
                 raise ValueError(f"ModelConfig.{name}={value!r}; allowed: {SUPPORTED_DTYPES}")
+        if self.remat_policy not in REMAT_POLICY_NAMES:
+            raise ValueError(
+                f"ModelConfig.remat_policy={self.remat_policy!r}; allowed: {REMAT_POLICY_NAMES}"
+            )
         for name in (
             "vocab_size",
             "hidden_size",

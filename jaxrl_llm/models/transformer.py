@@ -49,6 +49,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models.rope import apply_rope, rope_cos_sin
@@ -77,6 +78,15 @@ __all__ = [
 
 Params = dict[str, Any]
 _CACHE_AXES = (A.LAYERS, A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM)
+# What `config.remat` keeps per layer, by `config.remat_policy` (models/config.py): None
+# recomputes everything; the names are the `checkpoint_name` tags in Attention and MLP.
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "qkv_attn": jax.checkpoint_policies.save_only_these_names("query", "key", "value", "context"),
+    "block_outputs": jax.checkpoint_policies.save_only_these_names("attn_out", "mlp_out"),
+}
+
 _NEG = -1e30  # finite "minus infinity": fully masked rows soften to uniform, not NaN
 _INIT_STD = 0.02
 
@@ -201,6 +211,9 @@ class Attention(nn.Module):
             k = RMSNorm(cfg, d, A.HEAD_DIM, name="k_norm")(k)
         q = _constrain(apply_rope(q, cos, sin), (A.BATCH, A.LENGTH, A.HEADS, A.HEAD_DIM))
         k = apply_rope(k, cos, sin)
+        # names for remat policies (`REMAT_POLICIES`); identities outside `nn.remat`
+        q, k = checkpoint_name(q, "query"), checkpoint_name(k, "key")
+        v = checkpoint_name(v, "value")
 
         if kv is not None:
             # `kv` is the whole stacked cache [L, N, max_len, kv_heads, head_dim], carried
@@ -243,9 +256,9 @@ class Attention(nn.Module):
         scores = jnp.where(allowed[:, None, None, :, :], scores, _NEG)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
         out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(n, s, nh, d)
-        out = _constrain(out, (A.BATCH, A.LENGTH, A.HEADS, A.HEAD_DIM))
+        out = checkpoint_name(_constrain(out, (A.BATCH, A.LENGTH, A.HEADS, A.HEAD_DIM)), "context")
         y = Proj(cfg, (nh, d, h), (A.HEADS, A.HEAD_DIM, A.EMBED), False, name="o_proj")(out)
-        return y, kv
+        return checkpoint_name(y, "attn_out"), kv
 
 
 class MLP(nn.Module):
@@ -265,7 +278,9 @@ class MLP(nn.Module):
             g = Proj(cfg, (h, m), (A.EMBED, A.MLP), False, name="gate_proj")(x)
             u = Proj(cfg, (h, m), (A.EMBED, A.MLP), False, name="up_proj")(x)
         a = _constrain(jax.nn.silu(g) * u, (A.BATCH, A.LENGTH, A.MLP))
-        return Proj(cfg, (m, h), (A.MLP, A.EMBED), False, name="down_proj")(a)
+        return checkpoint_name(
+            Proj(cfg, (m, h), (A.MLP, A.EMBED), False, name="down_proj")(a), "mlp_out"
+        )
 
 
 class Block(nn.Module):
@@ -326,7 +341,7 @@ class Backbone(nn.Module):
 
         block = Block
         if cfg.remat:
-            block = nn.remat(Block, prevent_cse=False)
+            block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat_policy])
         layers = nn.scan(
             block,
             variable_axes={"params": 0},
@@ -581,7 +596,11 @@ def _backbone_unstacked(
     x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
     cos, sin = rope_cos_sin(config, positions)
     allowed = attention_mask(mask, cache_mask, index, segment_ids)
-    block = nn.remat(Block, prevent_cse=False) if config.remat else Block
+    block = (
+        nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[config.remat_policy])
+        if config.remat
+        else Block
+    )
     fused = _is_fused(params)
     for i, layer in enumerate(params["layers"]):
         (x, kv), _ = block(config, fused).apply(

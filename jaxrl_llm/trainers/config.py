@@ -119,6 +119,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "dtype": F("float32", "activation dtype", choices=_DTYPES),
         "param_dtype": F("float32", "parameter dtype", choices=_DTYPES),
         "remat": F(False, "rematerialise each layer in the backward pass"),
+        "remat_policy": F(
+            "full",
+            "with model.remat, what a layer keeps from its forward pass: full (nothing), dots "
+            "(matmul outputs), qkv_attn (q, k, v, attention context), block_outputs "
+            "(attention and MLP outputs)",
+            choices=("full", "dots", "qkv_attn", "block_outputs"),
+        ),
         "init_checkpoint": F(
             "", "params to start RL from (an SFT checkpoint folder); empty: SFT warm start below"
         ),

@@ -113,6 +113,7 @@ FROZEN_DEFAULTS = {
     "model.num_layers": 2,
     "model.param_dtype": "float32",
     "model.remat": False,
+    "model.remat_policy": "full",
     "model.rope_theta": 10000.0,
     "model.tie_embeddings": True,
     "optim.b1": 0.9,
