@@ -17,7 +17,7 @@ Command (5 variants x 5 vmapped seeds, pass@k up to 256 with per-prompt counts):
       --sft_dir runs/repro_headroom/pilot_A_sft2000
   python experiments/repro_headroom.py --root runs/repro_entropy --stage entropy_fit
 Hardware: the 2-core development CPU; about 55 min (the design's cost section).
-Expected result: not run yet (the design's Results section).
+Expected result: run on 2026-12-06; see the design's Results section (entropy fell, no variant raised pass@1; E1b not reproduced).
 """
 
 import importlib.util

@@ -16,7 +16,7 @@ One cell:
   python -m jaxrl_llm.main --config=configs/repro_headroom.py:A,SFT_DIR --workdir=runs/x \
       --config.tokenizer.path=SFT_TOKENIZER --config.algo.advantage=nsr
 Hardware: the 2-core development CPU; about 53 min for the study stage (section 5 there).
-Expected result: not run yet (the design's Results section).
+Expected result: run on 2026-12-06; see the design's Results section (no variant raised pass@1 in 60 steps; NSR and W-REINFORCE lowered pass@k).
 """
 
 import ml_collections
