@@ -304,6 +304,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "[N, T, V] logits in forward or backward); 0: the whole vocabulary at once",
             ge=0,
         ),
+        "pack_budget": F(
+            0,
+            "tokens per pack of the no-gradient log-prob passes (old / reference log-probs): "
+            "rows packed with segment ids, one pack per call (trainers/packing.py); at least "
+            "the longest prompt bucket + rollout.max_new_tokens; 0: padded rows",
+            ge=0,
+        ),
         "max_bad_steps": F(5, "stop after this many non-finite updates in a row", ge=1),
     },
     "optim": {
@@ -557,6 +564,18 @@ def _get(c, path: str):
     return c
 
 
+def _check_pack_budget(c) -> None:
+    """A pack must hold the longest row: the largest prompt bucket and the completion."""
+    budget = c.train.pack_budget
+    longest = max(c.rollout.prompt_buckets) + c.rollout.max_new_tokens
+    if budget and budget < longest:
+        raise ConfigError(
+            f"config.train.pack_budget = {budget} cannot hold the longest row: "
+            f"max(rollout.prompt_buckets) + rollout.max_new_tokens = {longest}; set it to at "
+            f"least {longest} or 0"
+        )
+
+
 def _check_partial(c) -> None:
     """`rollout.partial_budget > 0` runs its own rounds in the collect stage: the options that
     resample, replay, sample ahead, play episodes or batch continuously inside it are refused."""
@@ -681,6 +700,7 @@ def validate(c, num_devices: int | None = None) -> None:
             "no critic"
         )
     _check_partial(c)
+    _check_pack_budget(c)
     if c.rollout.async_steps and (c.data.dynamic_sampling or c.data.replay_fraction):
         raise ConfigError(
             f"config.rollout.async_steps = {c.rollout.async_steps} does not combine with "

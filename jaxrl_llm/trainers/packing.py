@@ -28,9 +28,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_llm.models import transformer
+from jaxrl_llm.models.blocked_head import lm_head_logprobs
 from jaxrl_llm.rollout.logprobs import token_logprobs
 
-__all__ = ["PackPlan", "Packed", "plan_packs", "pack_rows", "packed_completion_logprobs"]
+__all__ = [
+    "PackPlan",
+    "Packed",
+    "plan_packs",
+    "pack_rows",
+    "packed_completion_logprobs",
+    "slot_logprobs",
+    "packed_logprobs_by_pack",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,3 +153,44 @@ def packed_completion_logprobs(config, params, packed: Packed, *, temperature=1.
     logits = transformer.lm_head(config, params, h)
     lp = token_logprobs(logits, jnp.asarray(packed.targets), temperature)
     return jnp.where(jnp.asarray(packed.target_mask) > 0, lp, 0.0)
+
+
+def slot_logprobs(
+    config, params, tokens, positions, mask, segment_ids, *, temperature=1.0, vocab_block=0
+):
+    """Per slot of packs `[M, B]`, the log-prob of the next slot's token when it belongs to
+    the same segment (0 elsewhere): every teacher-forced log-prob of every packed row, from
+    one pass. `vocab_block > 0` uses the vocabulary-blocked head (no `[M, B, V]` tensor)."""
+    hidden = transformer.apply_hidden(config, params, tokens, positions, mask, segment_ids)
+    targets = jnp.roll(tokens, -1, axis=1)
+    same = (jnp.roll(segment_ids, -1, axis=1) == segment_ids) & (segment_ids > 0)
+    same = same.at[:, -1].set(False)
+    if vocab_block:
+        lp, _ = lm_head_logprobs(
+            config, params, hidden, targets, temperature, vocab_block=int(vocab_block)
+        )
+    else:
+        lp = token_logprobs(transformer.lm_head(config, params, hidden), targets, temperature)
+    return jnp.where(same, lp, 0.0)
+
+
+def packed_logprobs_by_pack(run_pack, packed: Packed) -> np.ndarray:
+    """Completion log-probs `[N, T]` (numpy) from `run_pack(tokens, positions, mask,
+    segment_ids)` called on one pack `[1, B]` at a time (a fixed shape: one compiled program
+    whatever the lengths), each slot's output gathered back to its row."""
+    used = int(packed.predict_pack.max(initial=0)) + 1
+    out = np.zeros(packed.targets.shape, np.float32)
+    for k in range(used):
+        mine = (packed.predict_pack == k) & (packed.target_mask > 0)
+        if not mine.any():
+            continue
+        slots = np.asarray(
+            run_pack(
+                packed.tokens[k : k + 1],
+                packed.positions[k : k + 1],
+                packed.mask[k : k + 1],
+                packed.segment_ids[k : k + 1],
+            )
+        )[0]
+        out[mine] = slots[packed.predict_slot[mine]]
+    return out

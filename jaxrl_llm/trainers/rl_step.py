@@ -30,6 +30,7 @@ from jaxrl_llm.losses import turns as turns_lib
 from jaxrl_llm.losses import value as value_lib
 from jaxrl_llm.losses.advantages import to_token_rewards
 from jaxrl_llm.models import lora as lora_lib
+from jaxrl_llm.trainers import packing
 from jaxrl_llm.trainers.state import TrainState, completion_logprobs, completion_values
 
 __all__ = ["TrainBatch", "RLPrograms", "batch_counts"]
@@ -443,6 +444,9 @@ class RLPrograms:
         lora_base=None,
     ):
         self.settings = LossSettings.from_config(config)
+        # `train.pack_budget > 0`: the no-gradient log-prob passes run packed rows, one
+        # [1, budget] pack per call (trainers/packing.py); 0: padded rows in row chunks.
+        self.pack_budget = 0 if seeds else int(config.train.get("pack_budget", 0))
         # LoRA: the frozen base model, an argument of every program (never donated); the
         # state's params and reference are then adapters.
         self.lora_base = lora_base
@@ -538,6 +542,16 @@ class RLPrograms:
             return _in_chunks(logp_fn)(rows, lora_lib.merge(model_config, base, adapters), *xs)
 
         self._lora_logp = jax.jit(lora_logp, static_argnums=0, out_shardings=rows)
+        self._rows_sharding = rows
+        self._slot_logp = jax.jit(
+            functools.partial(
+                packing.slot_logprobs,
+                model_config,
+                temperature=temp,
+                vocab_block=vocab_block,
+            )
+        )
+        self._merge = jax.jit(lambda base, ad: lora_lib.merge(model_config, base, ad))
         # One SPMD program picks a minibatch's rows (a cross-process gather when rows live on
         # several hosts), rather than eager per-field indexing plus a device_put: eager
         # multi-process ops are separate computations whose collectives can interleave
@@ -553,7 +567,9 @@ class RLPrograms:
 
     def logprobs(self, params, rollout, micro_rows: int):
         """Sampled-token log-probs [N, T] of `rollout` under `params`, `micro_rows` rows at a time
-        (with LoRA, `params` are adapters on `lora_base`)."""
+        (with LoRA, `params` are adapters on `lora_base`); packed with `train.pack_budget`."""
+        if self.pack_budget:
+            return self._packed_logprobs(params, rollout)
         if self.lora_base is not None:
             return self._lora_logp(
                 micro_rows,
@@ -566,6 +582,24 @@ class RLPrograms:
         return self._logp(
             micro_rows, params, rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens
         )
+
+    def _packed_logprobs(self, params, rollout):
+        """`logprobs` over packed rows: the rows' valid tokens laid out in `pack_budget`-token
+        packs on the host, one fixed-shape program per pack, gathered back to [N, T] (zero
+        past each completion, as the padded pass's values there are never read)."""
+        if self.lora_base is not None:
+            params = self._merge(self.lora_base, params)
+        pt, pm, tok, mask = (
+            np.asarray(x)
+            for x in jax.device_get(
+                (rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens, rollout.mask)
+            )
+        )
+        lengths = packing.row_lengths(pm, mask)
+        plan = packing.plan_packs(lengths, self.pack_budget, max_packs=max(len(lengths), 1))
+        packed = packing.pack_rows(pt, pm, tok, mask, plan)
+        out = packing.packed_logprobs_by_pack(lambda *xs: self._slot_logp(params, *xs), packed)
+        return jax.device_put(out, self._rows_sharding)
 
     def values(self, critic_params, rollout, micro_rows: int):
         """Critic values [N, T] of `rollout`, `micro_rows` rows at a time."""

@@ -155,6 +155,7 @@ FROZEN_DEFAULTS = {
     "tokenizer.path": "builtin",
     "train.logprob_chunk": 0,
     "train.max_bad_steps": 5,
+    "train.pack_budget": 0,
     "train.vocab_block": 0,
     "train.microbatch_size": 0,
     "train.minibatch_size": 0,

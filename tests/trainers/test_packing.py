@@ -105,3 +105,62 @@ def test_segment_ids_are_refused_with_a_cache(params):
     one = jnp.ones((1, 1), jnp.int32)
     with pytest.raises(ValueError, match="cache-free"):
         models.apply(CONFIG, params, one, one * 0, one, cache, segment_ids=one)
+
+
+@pytest.mark.parametrize("vocab_block", [0, 40])
+def test_one_pack_per_call_equals_the_padded_pass(params, rows, vocab_block):
+    """The trainer's no-gradient path: `slot_logprobs` on one [1, budget] pack per call,
+    gathered back per row, equals the padded pass (vocabulary-blocked head included)."""
+    pt, pm, tok, mask = rows
+    plan = packing.plan_packs(packing.row_lengths(pm, mask), 16, max_packs=6)
+    packed = packing.pack_rows(pt, pm, tok, mask, plan)
+    calls = []
+
+    def run_pack(*xs):
+        calls.append(xs[0].shape)
+        return packing.slot_logprobs(CONFIG, params, *xs, temperature=0.7, vocab_block=vocab_block)
+
+    got = packing.packed_logprobs_by_pack(run_pack, packed)
+    np.testing.assert_allclose(got, np.asarray(_unpacked(params, rows, 0.7)), atol=2e-5, rtol=0)
+    assert calls == [(1, 16)] * plan.used
+
+
+def test_a_packed_run_matches_the_padded_run(tmp_path, sft_checkpoint):
+    """GRPO with a KL term (reference log-probs every step) and recomputed old log-probs: with
+    `train.pack_budget` both passes run packed; 3 steps match the padded run."""
+    from jaxrl_llm.trainers import rl
+    from tests.trainers.conftest import recipe_overrides, small_config
+
+    runs = {}
+    for budget in (0, 64):
+        c = small_config(
+            **recipe_overrides(sft_checkpoint),
+            **{
+                "train.steps": 3,
+                "train.prompts_per_step": 8,
+                "train.samples_per_prompt": 4,
+                "algo.kl.coef": 0.05,
+                "algo.recompute_old_logp": True,
+                "rollout.prompt_buckets": (16, 32),
+                "train.pack_budget": budget,
+                "eval.size": 16,
+                "checkpoint.every": 0,
+            },
+        )
+        runs[budget] = rl.Trainer(c, str(tmp_path / str(budget))).run(log=lambda *a: None)
+    a, b = ({h["step"]: h for h in runs[k]["history"] if "train/kl" in h} for k in (0, 64))
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert a[step]["train/reward"] == b[step]["train/reward"], step
+        for k in ("train/kl", "train/loss/total", "train/grad_norm"):
+            np.testing.assert_allclose(a[step][k], b[step][k], rtol=1e-3, atol=1e-6, err_msg=k)
+    assert a[3]["train/kl"] > 0
+
+
+def test_a_pack_budget_below_the_longest_row_is_a_config_error():
+    from jaxrl_llm.trainers import config as config_lib
+    from tests.trainers.conftest import small_config
+
+    c = small_config(**{"train.pack_budget": 100, "rollout.prompt_buckets": (16, 128)})
+    with pytest.raises(config_lib.ConfigError, match=r"train\.pack_budget = 100 cannot hold"):
+        config_lib.validate(c)
