@@ -93,6 +93,11 @@ def _check(config, workdirs, seeds):
             f"config.rollout.async_steps = {config.rollout.async_steps} cannot run as vmapped "
             "seeds (the vmapped loop samples synchronously); run the seeds as separate runs"
         )
+    if config.train.pack_budget:
+        raise config_lib.ConfigError(
+            f"config.train.pack_budget = {config.train.pack_budget} cannot run as vmapped "
+            "seeds yet (their log-prob passes are vmapped over padded rows); set it to 0"
+        )
     if config.rollout.partial_budget:
         raise config_lib.ConfigError(
             f"config.rollout.partial_budget = {config.rollout.partial_budget} cannot run as "

@@ -164,3 +164,13 @@ def test_a_pack_budget_below_the_longest_row_is_a_config_error():
     c = small_config(**{"train.pack_budget": 100, "rollout.prompt_buckets": (16, 128)})
     with pytest.raises(config_lib.ConfigError, match=r"train\.pack_budget = 100 cannot hold"):
         config_lib.validate(c)
+
+
+def test_vmapped_seeds_refuse_packing(tmp_path):
+    from jaxrl_llm.trainers import config as config_lib
+    from jaxrl_llm.trainers import seeds
+    from tests.trainers.conftest import small_config
+
+    c = small_config(**{"train.pack_budget": 1024})
+    with pytest.raises(config_lib.ConfigError, match="cannot run as vmapped seeds"):
+        seeds.SeedsTrainer(c, [str(tmp_path / "a"), str(tmp_path / "b")], [0, 1])
