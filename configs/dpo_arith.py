@@ -37,6 +37,9 @@ def get_config(arg=None):
         tie_embeddings=True,
         dtype="float32",
         param_dtype="float32",
+        lora_rank=0,  # > 0: train LoRA adapters on the frozen initial policy (docs/lora.md)
+        lora_alpha=16.0,
+        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
     )
     c.tokenizer = dict(path="builtin")
     c.data = dict(

@@ -36,7 +36,10 @@ Held-out (clean, length-balanced split) before, every `eval_every` steps and aft
 (`rollout.generate` + the arithmetic verifier).
 
 Output: `workdir/policy/` (HF folder via `models.save_hf`, plus the tokenizer),
-`workdir/done.json` (`workdir.write_done`) with the numbers before and after.
+`workdir/done.json` (`workdir.write_done`) with the numbers before and after. With
+`model.lora_rank > 0` only LoRA adapters on the frozen initial policy are trained (the
+reference is that policy, adapters off); they are also written as a PEFT folder
+(`workdir/lora_adapter/`) and `policy/` holds the merged model.
 
 Online DPO (pairs sampled from the current policy and labelled by the verifier, a reward
 model or a judge) is the RL trainer's `online_dpo` estimator (`losses/online_dpo.py`,
@@ -61,6 +64,7 @@ import optax
 from jaxrl_llm import models
 from jaxrl_llm import workdir as workdir_lib
 from jaxrl_llm.losses import preference as pref_losses
+from jaxrl_llm.models import lora as lora_lib
 from jaxrl_llm.tasks import preference_data
 from jaxrl_llm.trainers import reward_model as rm
 from jaxrl_llm.trainers.state import completion_logprobs
@@ -187,9 +191,12 @@ def pair_loss(
 
 
 def make_loss_fn(config, name, **hyper):
-    """`loss_fn(params, batch: RefPairBatch) -> (loss, metrics)`: the update's objective."""
+    """`loss_fn(params, batch: RefPairBatch, base=None) -> (loss, metrics)`: the update's
+    objective; with `base` (LoRA), `params` are adapters merged into the frozen `base`."""
 
-    def loss_fn(params, batch: RefPairBatch):
+    def loss_fn(params, batch: RefPairBatch, base=None):
+        if base is not None:
+            params = models.merge_lora(config, base, params)
         c, r, c_len, r_len = sequence_logps(config, params, batch.pairs)
         return pair_loss(
             name, c, r, batch.ref_chosen_logp, batch.ref_rejected_logp, c_len, r_len, **hyper
@@ -203,8 +210,10 @@ def make_update(config, optimizer, name, **hyper):
     loss_fn = make_loss_fn(config, name, **hyper)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
-    def update(state: PreferenceState, batch: RefPairBatch):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    def update(state: PreferenceState, batch: RefPairBatch, base=None):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, base
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
@@ -280,12 +289,15 @@ def train_preference(
     writer=None,
     log_fn=None,
     extra_eval=None,
+    base=None,
 ):
     """Trains the policy `params` on `train`; returns `(params, history)`.
 
     history: `{"eval": [(step, metrics)] (before, every eval_every, after), "seconds":
     training time without the evaluations}`. `writer(step, dict)` gets `train/*` every step
-    and `eval/*` at each evaluation; `extra_eval(params) -> dict` adds to each evaluation.
+    and `eval/*` at each evaluation; `extra_eval(params) -> dict` adds to each evaluation
+    (it gets the full policy). With `base` (LoRA), `params` are adapters on the frozen
+    `base`: only they are trained and held in the optimizer, and they are what is returned.
     """
     log = log_fn or logging.info
     write = writer or (lambda step, values: None)
@@ -297,14 +309,16 @@ def train_preference(
         clip_norm=clip_norm,
     )
     update = make_update(model_config, optimizer, loss, **hyper)
+    merge = jax.jit(lambda p, b: p if b is None else models.merge_lora(model_config, b, p))
     logp_fn = jax.jit(functools.partial(sequence_logps, model_config))
     state = PreferenceState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
     history = {"eval": []}
 
     def run_eval(step):
-        m = evaluate(logp_fn, state.params, heldout, name=loss, beta=hyper["beta"])
+        policy = merge(state.params, base)
+        m = evaluate(logp_fn, policy, heldout, name=loss, beta=hyper["beta"])
         if extra_eval is not None:
-            m.update(extra_eval(state.params))
+            m.update(extra_eval(policy))
         history["eval"].append((step, m))
         write(step, {f"eval/{k}": v for k, v in m.items()})
         log(f"{loss} step {step}: held-out " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
@@ -314,7 +328,7 @@ def train_preference(
     seconds, t0 = 0.0, time.perf_counter()
     for i in range(steps):
         idx = rng.choice(len(train), size=batch_size, replace=len(train) < batch_size)
-        state, metrics = update(state, train.take(idx))
+        state, metrics = update(state, train.take(idx), base)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         write(i + 1, {f"train/{k}": v for k, v in metrics.items()})
         if i % 50 == 49 or i == steps - 1:
@@ -333,6 +347,18 @@ def train_preference(
 
 
 # ------------------------------------------------------------------ the recipe runner
+def _lora_settings(m) -> tuple | None:
+    """(rank, alpha, targets) from `model.lora_rank / lora_alpha / lora_targets`; None when
+    the rank is 0 or absent (full fine-tuning)."""
+    rank = int(m.get("lora_rank", 0) or 0)
+    if rank < 0:
+        raise ValueError(f"config.model.lora_rank = {rank} must be >= 0")
+    if not rank:
+        return None
+    targets = tuple(m.get("lora_targets", ("q_proj", "k_proj", "v_proj", "o_proj")))
+    return rank, float(m.get("lora_alpha", 16.0)), lora_lib.check_targets(targets)
+
+
 def _hyper(t: ml_collections.ConfigDict) -> dict:
     return dict(
         beta=t.beta, label_smoothing=t.label_smoothing, flip_rate=t.flip_rate, gamma=t.gamma
@@ -403,6 +429,12 @@ def run(c: ml_collections.ConfigDict, workdir: str, *, log_fn=print) -> dict:
             return {"greedy_accuracy": acc, "greedy_prompts": n}
 
     t = c.train
+    base, lora = None, _lora_settings(c.model)
+    if lora:  # adapters on the frozen initial policy (= the reference, adapters off)
+        base = params
+        params = models.init_lora(
+            model_config, base, jax.random.key(t.seed), rank=lora[0], alpha=lora[1], targets=lora[2]
+        )
     params, history = train_preference(
         model_config,
         params,
@@ -421,9 +453,18 @@ def run(c: ml_collections.ConfigDict, workdir: str, *, log_fn=print) -> dict:
         writer=writer,
         log_fn=log_fn,
         extra_eval=extra_eval,
+        base=base,
     )
     writer.close()
-    policy_dir = os.path.join(workdir, "policy")
+    if lora:
+        models.save_peft(
+            workdir_lib.lora_adapter_dir(workdir),
+            model_config,
+            jax.device_get(params),
+            base_model_name_or_path=c.model.init_checkpoint or None,
+        )
+        params = models.merge_lora(model_config, base, params)
+    policy_dir = os.path.join(workdir, "policy")  # the full policy (LoRA: merged)
     models.save_hf(policy_dir, model_config, jax.device_get(params))
     tokenizer.save_pretrained(policy_dir)
     before, after = history["eval"][0][1], history["eval"][-1][1]
@@ -439,6 +480,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, *, log_fn=print) -> dict:
         "sft_seconds": sft_seconds,
         "reference_seconds": ref_seconds,
         "policy_dir": policy_dir,
+        "lora": {"rank": lora[0], "alpha": lora[1], "targets": list(lora[2])} if lora else None,
     }
     workdir_lib.write_done(workdir, summary)
     log_fn(
