@@ -44,7 +44,10 @@ def make_task():
 
 
 def trainer_config(
-    tokenizer_dir: str, replay_fraction: float = 0.0, dynamic_sampling: bool = False
+    tokenizer_dir: str,
+    replay_fraction: float = 0.0,
+    dynamic_sampling: bool = False,
+    env: bool = False,
 ):
     """A tiny GRPO run: 3 steps of 8 prompts × 2 samples, mesh (data 2, fsdp -1), KL in the loss;
     with `replay_fraction`, that share of each batch's groups replayed from the buffer; with
@@ -73,6 +76,16 @@ def trainer_config(
     c.data.replay_fraction = replay_fraction
     c.data.dynamic_sampling = dynamic_sampling
     c.data.max_attempts = 3
+    if env:  # multi-turn calculator episodes instead of the digits task
+        c.env.name = "calculator"
+        c.env.kwargs = {"digits": (2,)}
+        c.env.max_turns = 2
+        c.env.max_observation_tokens = 8
+        c.rollout.max_new_tokens = 24
+        c.rollout.prompt_buckets = (256,)
+        c.algo.entropy_coef = 0.01  # the untrained model's rewards are 0: entropy moves it
+        c.algo.kl.coef = 0.0
+        c.eval.n = 1
     return c
 
 
@@ -86,6 +99,7 @@ def main(argv=None):
     parser.add_argument("--record", required=True)
     parser.add_argument("--replay_fraction", type=float, default=0.0)
     parser.add_argument("--dynamic_sampling", action="store_true")
+    parser.add_argument("--env", action="store_true", help="multi-turn calculator episodes")
     parser.add_argument(
         "--stack_dump_after",
         type=float,
@@ -108,20 +122,30 @@ def main(argv=None):
         )
     from jaxrl_llm.trainers import rl  # pylint: disable=g-import-not-at-top
 
-    fed = []
+    fed, turns = [], []
 
     class RecordingTrainer(rl.Trainer):
         def prompt_batch(self, examples):
             fed.append([e.prompt for e in examples])
             return super().prompt_batch(examples)
 
-    config = trainer_config(args.tokenizer, args.replay_fraction, args.dynamic_sampling)
+        def collect(self, *args):
+            out = super().collect(*args)
+            components = out[5].get("components", {})  # info: host arrays on every process
+            if "turns" in components:
+                turns.append(float(max(components["turns"])))
+            return out
+
+    config = trainer_config(
+        args.tokenizer, args.replay_fraction, args.dynamic_sampling, env=args.env
+    )
     summary = RecordingTrainer(config, args.workdir).run(log=lambda *a: None)
     faulthandler.cancel_dump_traceback_later()
     with open(args.record, "w") as f:
         json.dump(
             {
                 "fed": fed,
+                "max_turns_per_step": turns,
                 "process_count": jax.process_count(),
                 "process_index": jax.process_index(),
                 "history": summary["history"],

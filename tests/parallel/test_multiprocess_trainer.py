@@ -1,4 +1,5 @@
-"""The RL `Trainer` in two jax.distributed processes (gloo, 2 CPU devices each) = one process.
+"""The RL `Trainer` in two jax.distributed processes (gloo, 2 CPU devices each) = one process;
+also with multi-turn calculator episodes (the last test).
 
 Both runs: 3 GRPO steps of 8 prompts × 2 samples with a KL term, mesh (data 2, fsdp 2),
 an evaluation before and after; the reward (the fraction of digits in a completion) is
@@ -161,3 +162,58 @@ def test_two_process_trainer_matches_one_process(tmp_path, replay, dynamic):
     if dynamic:  # groups were dropped and re-sampled, every attempt gathered across processes
         assert sum(h["data/attempts"] for h in train) > 3
         assert any(h["data/frac_dropped"] > 0 for h in train)
+
+
+def test_two_process_multi_turn_matches_one_process(tmp_path):
+    """Calculator episodes (two turns at most) in the trainer's collect stage, 3 steps on
+    (data 2, fsdp 2) in two processes: the workers agree with each other and with the
+    one-process run (history within rtol 1e-4, the final evaluation)."""
+    tok = models.build_builtin_tokenizer(str(tmp_path / "tok"))
+    addr = f"127.0.0.1:{_free_port()}"
+    common = [f"--tokenizer={tok}", "--env"]
+    logs = {f"log{i}": tmp_path / f"log{i}" for i in range(2)}
+    _wait_all(
+        [
+            _launch(
+                common
+                + [
+                    f"--process_id={i}",
+                    "--num_processes=2",
+                    f"--coordinator_address={addr}",
+                    f"--workdir={tmp_path / 'mp'}",
+                    f"--record={tmp_path / f'p{i}.json'}",
+                ],
+                2,
+                logs[f"log{i}"],
+            )
+            for i in range(2)
+        ],
+        logs,
+    )
+    logs = {"logref": tmp_path / "logref"}
+    _wait_all(
+        [
+            _launch(
+                common + [f"--workdir={tmp_path / 'sp'}", f"--record={tmp_path / 'ref.json'}"],
+                4,
+                logs["logref"],
+            )
+        ],
+        logs,
+    )
+    ref = json.loads((tmp_path / "ref.json").read_text())
+    workers = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
+    assert [w["process_count"] for w in workers] == [2, 2]
+    assert workers[0]["history"] == workers[1]["history"]
+    assert workers[0]["final_eval"] == ref["final_eval"]
+    for got, want in zip(workers[0]["history"], ref["history"]):
+        assert set(got) == set(want)
+        for k in want:
+            if k != "compiles":
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    train = [h for h in ref["history"] if "train/grad_norm" in h]
+    assert len(train) == 3 and all(h["train/grad_norm"] > 0 for h in train)
+    # some episodes took a second turn (an observation appended mid-completion), the same
+    # ones in every process
+    assert max(ref["max_turns_per_step"]) == 2
+    assert [w["max_turns_per_step"] for w in workers] == [ref["max_turns_per_step"]] * 2
