@@ -16,6 +16,14 @@ one guess, `<answer>50</answer>`:
 `examples(split, n, seed)`: secrets drawn uniformly from [low, high], deterministic per seed;
 train and test hold disjoint secrets (stable hash), so a split has about
 (1 − test_fraction)·(high − low + 1) distinct examples at most.
+
+`demonstration(example, use_tool=True)` (SFT warm starts): the expert's guesses, a binary
+search (the middle `(lo + hi) // 2` of the interval the feedback leaves); with
+`use_tool=False` the flawed player's: a linear scan up from `low`, one number per turn (it runs
+out of turns for secrets above `low + max_turns - 1`). The env has no tool, so `use_tool`
+names the expert / flawed choice the trainer's `sft.flawed_fraction` makes.
+`instructions=False` makes the first observation the range sentence alone (short prompts for
+small models).
 """
 
 from __future__ import annotations
@@ -41,11 +49,13 @@ class GuessNumberEnv(ToolEnv):
         high: int = 100,
         test_fraction: float = 0.2,
         max_turns: int = 8,
+        instructions: bool = True,
         **kwargs,
     ):
         super().__init__(max_turns=max_turns, **kwargs)
         if high <= low:
             raise ValueError(f"need low < high, got {low}, {high}")
+        self.show_instructions = bool(instructions)
         self.low, self.high, self.test_fraction = int(low), int(high), test_fraction
 
     def _sample(self, rng: random.Random) -> Example:
@@ -60,10 +70,27 @@ class GuessNumberEnv(ToolEnv):
         return draw_examples(split, n, seed, self._sample, test_fraction=self.test_fraction)
 
     def instructions(self) -> str:
+        if not self.show_instructions:
+            return ""
         return (
             f"Guess with {self.parser.format_answer('NUMBER')}. After each wrong guess you are "
             f"told 'Higher.' or 'Lower.'. You have {self.max_turns} guesses; fewer is better."
         )
+
+    def demonstration(self, example: Example, *, use_tool: bool = True) -> list[str]:
+        """Guesses for `example` (SFT warm starts): binary search, or with `use_tool=False` a
+        linear scan from `low` (at most `max_turns` guesses; see the module docstring)."""
+        secret = int(example.answer)
+        guesses, lo, hi = [], self.low, self.high
+        if use_tool:
+            while True:
+                guesses.append(mid := (lo + hi) // 2)
+                if mid == secret:
+                    break
+                lo, hi = (mid + 1, hi) if secret > mid else (lo, mid - 1)
+        else:
+            guesses = list(range(self.low, min(secret, self.low + self.max_turns - 1) + 1))
+        return [self.parser.format_answer(str(g)) for g in guesses]
 
     def on_answer(self, answer: str) -> AnswerOutcome:
         try:

@@ -19,17 +19,35 @@ question, e.g. "Question: Who built the Quillon bridge?". The policy may call
 Every question is answered by the passage `search(question)` returns (a test checks this).
 `examples(split, n, seed)`: the questions of the split in an order shuffled by `seed`
 (at most all of them); train and test are disjoint by a stable hash of the question.
+
+`synthetic=N` replaces the shipped corpus by N generated passages (`synthetic_corpus`, fixed
+by `corpus_seed`), one invented structure each, "Quillon bridge: Built by Dorrow in 1887.",
+and one question per passage ("Who built the Quillon bridge?" or "In which year was the
+Quillon bridge built?"). Seventeen questions are too few to learn from or to measure a held-out
+success rate on; with a few hundred, the held-out answers can only come from a search.
+
+`demonstration(example, use_tool=True)` (SFT warm starts): a search for the title of the
+passage that answers the question, then the first accepted answer; with `use_tool=False` the
+answer alone (right, but a model can only have memorised it for training questions).
 """
 
 from __future__ import annotations
 
+import random
 import re
 import string
 
 from jaxrl_llm.envs.base import AnswerOutcome, ToolEnv
 from jaxrl_llm.tasks.base import Example, check_split, split_of, split_rng
 
-__all__ = ["CORPUS", "QUESTIONS", "RetrievalEnv", "normalize_answer", "search"]
+__all__ = [
+    "CORPUS",
+    "QUESTIONS",
+    "RetrievalEnv",
+    "normalize_answer",
+    "search",
+    "synthetic_corpus",
+]
 
 CORPUS: tuple[tuple[str, str], ...] = (
     (
@@ -116,19 +134,62 @@ def _words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
 
 
-_PASSAGE_WORDS = tuple(_words(f"{title} {text}") for title, text in CORPUS)
+def _passage_words(corpus) -> tuple[frozenset[str], ...]:
+    return tuple(frozenset(_words(f"{title} {text}")) for title, text in corpus)
 
 
-def search(query: str) -> int | None:
+_PASSAGE_WORDS = _passage_words(CORPUS)
+
+
+def search(query: str, passage_words=_PASSAGE_WORDS) -> int | None:
     """Index of the passage sharing the most distinct non-stop words with `query` (the first
-    on ties), or None when no word is shared."""
+    on ties), or None when no word is shared. `passage_words`: another corpus's word sets."""
     q = _words(query)
     best, best_score = None, 0
-    for i, words in enumerate(_PASSAGE_WORDS):
+    for i, words in enumerate(passage_words):
         score = len(q & words)
         if score > best_score:
             best, best_score = i, score
     return best
+
+
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "br", "gr", "tr")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("", "n", "r", "l", "s", "th")
+_KINDS = ("bridge", "tower", "mill", "harbour", "library", "chapel")
+
+
+def _name(rng: random.Random, syllables: int) -> str:
+    parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)]
+    parts += [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables - 1)]
+    return "".join(parts).capitalize()
+
+
+def synthetic_corpus(n: int, seed: int = 0):
+    """`n` generated passages and one question on each: (corpus, questions) in the shapes of
+    `CORPUS` and `QUESTIONS`. Place names are distinct and differ from every builder name, so
+    a passage's title words pick it out; deterministic per (n, seed)."""
+    rng = random.Random(f"retrieval-synthetic:{seed}")
+    places: list[str] = []
+    seen: set[str] = set()
+    while len(places) < n:
+        place = _name(rng, 2)
+        if place.lower() not in seen:
+            seen.add(place.lower())
+            places.append(place)
+    corpus, questions = [], []
+    for i, place in enumerate(places):
+        kind = rng.choice(_KINDS)
+        builder = _name(rng, 2)
+        while builder.lower() in seen:
+            builder = _name(rng, 2)
+        year = str(rng.randint(1500, 1999))
+        corpus.append((f"{place} {kind}", f"Built by {builder} in {year}."))
+        if rng.random() < 0.5:
+            questions.append((f"Who built the {place} {kind}?", (builder,), i))
+        else:
+            questions.append((f"In which year was the {place} {kind} built?", (year,), i))
+    return tuple(corpus), tuple(questions)
 
 
 def normalize_answer(text: str) -> str:
@@ -143,9 +204,26 @@ class RetrievalEnv(ToolEnv):
     name = "retrieval"
     tools = ("search",)
 
-    def __init__(self, *, test_fraction: float = 0.25, max_turns: int = 3, **kwargs):
+    def __init__(
+        self,
+        *,
+        test_fraction: float = 0.25,
+        max_turns: int = 3,
+        synthetic: int = 0,
+        corpus_seed: int = 0,
+        instructions: bool = True,
+        **kwargs,
+    ):
         super().__init__(max_turns=max_turns, **kwargs)
         self.test_fraction = test_fraction
+        self.show_instructions = bool(instructions)
+        if synthetic < 0:
+            raise ValueError(f"synthetic must be >= 0, got {synthetic}")
+        if synthetic:
+            self.corpus, self.questions = synthetic_corpus(int(synthetic), int(corpus_seed))
+            self._passage_words = _passage_words(self.corpus)
+        else:
+            self.corpus, self.questions, self._passage_words = CORPUS, QUESTIONS, _PASSAGE_WORDS
 
     def examples(self, split: str, n: int, seed: int) -> list[Example]:
         check_split(split)
@@ -156,13 +234,15 @@ class RetrievalEnv(ToolEnv):
                 answer=answers[0],
                 meta=(("accepted", answers), ("passage", idx)),
             )
-            for q, answers, idx in QUESTIONS
+            for q, answers, idx in self.questions
             if split_of(q, self.test_fraction) == split
         ]
         split_rng(seed, split).shuffle(out)
         return out[: int(n)]
 
     def instructions(self) -> str:
+        if not self.show_instructions:  # the question alone (short prompts for small models)
+            return ""
         return (
             "Answer the question using the document collection. Search it with "
             f"{self.parser.format_call('search', 'QUERY')}; answer with "
@@ -170,11 +250,21 @@ class RetrievalEnv(ToolEnv):
         )
 
     def call_tool(self, name: str, argument: str) -> str:
-        idx = search(argument)
+        idx = search(argument, self._passage_words)
         if idx is None:
             return "No passage matches."
-        title, text = CORPUS[idx]
+        title, text = self.corpus[idx]
         return f"{title}: {text}"
+
+    def demonstration(self, example: Example, *, use_tool: bool = True) -> list[str]:
+        """Expert actions for `example` (SFT warm starts): search the answering passage's
+        title, then answer; with `use_tool=False` the answer alone."""
+        meta = example.meta_dict()
+        answer = self.parser.format_answer(meta.get("accepted", (example.answer,))[0])
+        if not use_tool:
+            return [answer]
+        title = self.corpus[meta["passage"]][0]
+        return [self.parser.format_call("search", title), answer]
 
     def on_answer(self, answer: str) -> AnswerOutcome:
         accepted = self.example.meta_dict().get("accepted", (self.example.answer,))
