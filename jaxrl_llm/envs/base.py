@@ -31,7 +31,8 @@ budgets). An observation that would exceed what is left is cut to fit, and the e
 
 `make_env(name_or_import_path, **kwargs)` builds a shipped environment ('calculator',
 'guess_number', 'python_tool', 'retrieval') or calls a user factory 'my_pkg.my_mod:make';
-`EnvSpec(name, kwargs).make()` does the same from a config (one fresh env per episode).
+`EnvSpec(name, kwargs, parser).make()` does the same from a config (one fresh env per episode);
+`parser` (None: the env's own) is passed as `parser=`, chosen by `env.parser` (chat_tools.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from jaxrl_llm.envs.chat_tools import select_parser
 from jaxrl_llm.envs.tools import TagParser, ToolCallParser
 from jaxrl_llm.tasks.base import Example
 
@@ -307,21 +309,39 @@ def make_env(name_or_import_path: str, **kwargs: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class EnvSpec:
-    """A config's description of an environment: `name` (registry name or 'pkg.mod:make')
-    and the factory's keyword arguments. `make()` returns a fresh env (one per episode)."""
+    """A config's description of an environment: `name` (registry name or 'pkg.mod:make'),
+    the factory's keyword arguments, and an optional tool-call `parser` (None: the
+    environment's own default). `make()` returns a fresh env (one per episode)."""
 
     name: str
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    parser: ToolCallParser | None = None
 
     def make(self) -> Any:
-        return make_env(self.name, **dict(self.kwargs))
+        kwargs = dict(self.kwargs)
+        if self.parser is not None:
+            if "parser" in kwargs:
+                raise ValueError(f"env {self.name!r}: a parser in both kwargs and EnvSpec.parser")
+            kwargs["parser"] = self.parser
+        try:
+            return make_env(self.name, **kwargs)
+        except TypeError as e:
+            if self.parser is None or "parser" not in str(e):
+                raise
+            raise ValueError(
+                f"env {self.name!r} takes no parser= argument, so env.parser cannot choose its "
+                f"tool-call format ({e}); use env.parser = 'tags'"
+            ) from e
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> EnvSpec:
-        """From a mapping with `name` and optional `kwargs` (e.g. `config.env`)."""
-        unknown = set(cfg) - {"name", "kwargs"}
+    def from_config(cls, cfg: Mapping[str, Any], tokenizer=None) -> EnvSpec:
+        """From a mapping with `name` and optional `kwargs` and `parser` (e.g. `config.env`
+        fields): `parser` is 'tags' | 'chat_template' | 'auto' (`chat_tools.select_parser`;
+        'auto' reads `tokenizer`'s chat template)."""
+        unknown = set(cfg) - {"name", "kwargs", "parser"}
         if "name" not in cfg or unknown:
             raise ValueError(
-                f"env config needs 'name' and optional 'kwargs'; got keys {sorted(cfg)}"
+                f"env config needs 'name' and optional 'kwargs', 'parser'; got keys {sorted(cfg)}"
             )
-        return cls(str(cfg["name"]), dict(cfg.get("kwargs") or {}))
+        parser = select_parser(str(cfg.get("parser") or "tags"), tokenizer)
+        return cls(str(cfg["name"]), dict(cfg.get("kwargs") or {}), parser)

@@ -3,6 +3,9 @@
 An environment never reads the action text itself; it asks its `ToolCallParser`. Any object
 with `parse(text, tools) -> ParsedAction` and `format_call(name, argument) -> str`,
 `format_answer(answer) -> str` (used for prompts and scripted tests) can replace the default.
+A parser may also name `stop_strings` (the texts that end an action in its format; the trainer
+adds them to `env.stop_strings`). The chat template's format (`<tool_call>` JSON, as Qwen's
+templates write it) is `chat_tools.ChatTemplateParser`.
 
 The default `TagParser` reads one call per action, in this format:
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Collection
-from typing import Literal, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 __all__ = ["ParsedAction", "TagParser", "ToolCallParser"]
 
@@ -67,6 +70,7 @@ class TagParser:
     """The default format: `<tool name="NAME">ARG</tool>` or `<answer>TEXT</answer>`."""
 
     max_argument_chars: int = 4000
+    stop_strings: ClassVar[tuple[str, ...]] = ("</tool>", "</answer>")
 
     def parse(self, text: str, tools: Collection[str]) -> ParsedAction:
         m = _OPEN.search(text)

@@ -2,6 +2,7 @@
 and the evaluation of agents.
 
     config.env.name = "calculator"      # or "my_pkg.my_mod:make"; config.env.kwargs for it
+    config.env.parser = "auto"          # tool-call format: tags | chat_template | auto (chat_tools.py)
     agent = Agent(config, tokenizer)    # the Trainer builds it when env.name is set
     ro, completions, rewards, correct, info = agent.play(params, model_config, examples, key, sampling)
     metrics = agent.evaluate(params, model_config, examples, key, sampling)   # eval/* of agents
@@ -32,6 +33,7 @@ import jax
 import numpy as np
 
 from jaxrl_llm import passk
+from jaxrl_llm.envs import chat_tools
 from jaxrl_llm.envs.base import EnvSpec, ToolError
 from jaxrl_llm.rollout import multiturn
 
@@ -98,16 +100,16 @@ class EnvTask:
         ]
 
 
-def turn_params(config, tokenizer) -> multiturn.TurnParams:
-    """`TurnParams` from `config.env`; stop strings tokenised once (no special tokens)."""
+def turn_params(config, tokenizer, parser=None) -> multiturn.TurnParams:
+    """`TurnParams` from `config.env`; stop strings tokenised once (no special tokens):
+    `env.stop_strings`, then the closing tags of `parser`'s format not among them."""
     e = config.env
+    stops = chat_tools.stop_strings(parser, tuple(e.stop_strings))
     return multiturn.TurnParams(
         max_turns=int(e.max_turns),
         max_action_tokens=int(e.max_action_tokens),
         max_observation_tokens=int(e.max_observation_tokens),
-        stop_sequences=tuple(
-            tuple(tokenizer.encode(s, add_special_tokens=False)) for s in e.stop_strings if s
-        ),
+        stop_sequences=tuple(tuple(tokenizer.encode(s, add_special_tokens=False)) for s in stops),
         step_timeout_s=float(e.step_timeout_s),
         workers=int(e.workers),
     )
@@ -119,8 +121,10 @@ class Agent:
     def __init__(self, config, tokenizer):
         self.config = config
         self.tokenizer = tokenizer
-        self.task = EnvTask(EnvSpec(config.env.name, config.env.kwargs.to_dict()))
-        self.turns = turn_params(config, tokenizer)
+        # env.parser: None keeps the environment's own tool-call format (the default "tags").
+        self.parser = chat_tools.select_parser(config.env.get("parser", "tags"), tokenizer)
+        self.task = EnvTask(EnvSpec(config.env.name, config.env.kwargs.to_dict(), self.parser))
+        self.turns = turn_params(config, tokenizer, self.parser)
 
     def episodes(self, params, model_config, examples, key, sampling, *, tools_disabled=False):
         """`run_episodes` on `examples` (EnvTask examples): (rollout, stats, completions)."""

@@ -174,6 +174,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "texts that end an action (tokenised once, matched on token ids), besides EOS",
             item_type=str,
         ),
+        "parser": F(
+            "tags",
+            "tool-call format: tags (the env's own, <tool name=...>), chat_template (Hermes "
+            "<tool_call> JSON, as Qwen templates; adds </tool_call> to the stop strings), auto "
+            "(chat_template when the tokenizer's chat template mentions <tool_call>, else tags)",
+            ("tags", "chat_template", "auto"),
+        ),
         "step_timeout_s": F(
             10.0, "seconds one env step may take; past it the episode ends, counted", gt=0
         ),

@@ -74,6 +74,7 @@ FROZEN_DEFAULTS = {
     "env.max_observation_tokens": 32,
     "env.max_turns": 4,
     "env.name": "",
+    "env.parser": "tags",
     "env.step_timeout_s": 10.0,
     "env.stop_strings": ("</tool>", "</answer>"),
     "env.turn_gamma": 1.0,
