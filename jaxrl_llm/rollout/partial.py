@@ -11,7 +11,7 @@ kept across pauses) and the version (trainer step) of those parameters per token
 `continue_rows` runs one jitted program on the rows that are not finished: the prompt and
 the completion so far are prefilled together (teacher-forced, one pass), then each row
 decodes up to `budget` more tokens. A row is finished when it drew a stop id or holds
-`max_new_tokens` tokens.
+`max_new_tokens` tokens (or its own limit, `start_rows(..., max_tokens=)`, as in `generate`).
 
 **Keys.** Row r (= b·n + j, sample j of prompt b, in the `start_rows` call) draws its t-th
 completion token with `fold_in(fold_in(key, r), t)`, the per-row scheme of
@@ -59,21 +59,32 @@ class PartialRows:
     stopped: np.ndarray  # [R] bool: the last token is a stop id
     keys: np.ndarray  # [R, ...] uint32: each row's key data, `fold_in(key, r)`
     group_id: np.ndarray  # [R] int32: the prompt of each row (`start_rows`' b)
+    # [R] int32 per-row completion limits (<= T; `start_rows(max_tokens=)`); None: T for all
+    limit: np.ndarray | None = None
 
     def __post_init__(self):
         rows = self.length.shape[0]
         for f in dataclasses.fields(self):
-            if getattr(self, f.name).shape[0] != rows:
-                raise ValueError(f"PartialRows.{f.name} has {getattr(self, f.name).shape[0]} rows")
+            x = getattr(self, f.name)
+            if x is not None and x.shape[0] != rows:
+                raise ValueError(f"PartialRows.{f.name} has {x.shape[0]} rows")
 
     @property
     def max_new_tokens(self) -> int:
         return self.tokens.shape[1]
 
     @property
+    def limits(self) -> np.ndarray:
+        """[R] int32: each row's completion limit (`max_new_tokens` unless `limit` is set)."""
+        t = self.max_new_tokens
+        if self.limit is None:
+            return np.full(len(self), t, np.int32)
+        return np.minimum(self.limit, t).astype(np.int32)
+
+    @property
     def finished(self) -> np.ndarray:
-        """[R] bool: stopped, or holding `max_new_tokens` tokens."""
-        return self.stopped | (self.length >= self.max_new_tokens)
+        """[R] bool: stopped, or holding its limit (`max_new_tokens`, or `limit`) of tokens."""
+        return self.stopped | (self.length >= self.limits)
 
     def __len__(self) -> int:
         return int(self.length.shape[0])
@@ -81,7 +92,12 @@ class PartialRows:
     def select(self, idx) -> PartialRows:
         """The rows `idx` (an index array), in that order."""
         idx = np.asarray(idx, np.int64)
-        return PartialRows(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
+        return PartialRows(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[idx]
+                for f in dataclasses.fields(self)
+            }
+        )
 
     @staticmethod
     def concat(parts) -> PartialRows:
@@ -99,6 +115,10 @@ class PartialRows:
 
         out = {}
         for f in dataclasses.fields(PartialRows):
+            if f.name == "limit":
+                limited = any(p.limit is not None for p in parts)
+                out[f.name] = np.concatenate([p.limits for p in parts]) if limited else None
+                continue
             xs = [getattr(p, f.name) for p in parts]
             if f.name in ("prompt_tokens", "prompt_mask"):
                 xs = [widen(x) for x in xs]
@@ -119,8 +139,15 @@ class PartialRows:
         )
 
 
-def start_rows(prompts: PromptBatch, key: jax.Array, n: int, max_new_tokens: int) -> PartialRows:
-    """`n` empty completions per prompt: row r = b·n + j with key data `fold_in(key, r)`."""
+def start_rows(
+    prompts: PromptBatch, key: jax.Array, n: int, max_new_tokens: int, *, max_tokens=None
+) -> PartialRows:
+    """`n` empty completions per prompt: row r = b·n + j with key data `fold_in(key, r)`.
+
+    `max_tokens`: optional int `[B·n]` per-row limits, as in `generate` (each >= 1; those past
+    `max_new_tokens` act as it): row r is finished, as truncated, once it holds
+    `max_tokens[r]` tokens.
+    """
     if n < 1 or max_new_tokens < 1:
         raise ValueError(f"start_rows: n ({n}) and max_new_tokens ({max_new_tokens}) must be >= 1")
     tokens, mask = np.asarray(prompts.tokens, np.int32), np.asarray(prompts.mask, np.int32)
@@ -130,6 +157,17 @@ def start_rows(prompts: PromptBatch, key: jax.Array, n: int, max_new_tokens: int
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(rows, dtype=jnp.int32))
+    limit = None
+    if max_tokens is not None:
+        limit = np.asarray(max_tokens)
+        if limit.shape != (rows,) or not np.issubdtype(limit.dtype, np.integer):
+            raise ValueError(
+                f"start_rows: max_tokens must be int of shape ({rows},) = (B·n,), "
+                f"got {limit.dtype} {limit.shape}"
+            )
+        if rows and limit.min() < 1:
+            raise ValueError(f"start_rows: max_tokens must be >= 1, got min {limit.min()}")
+        limit = np.minimum(limit, max_new_tokens).astype(np.int32)
     return PartialRows(
         prompt_tokens=np.repeat(tokens, n, axis=0),
         prompt_mask=np.repeat(mask, n, axis=0),
@@ -140,6 +178,7 @@ def start_rows(prompts: PromptBatch, key: jax.Array, n: int, max_new_tokens: int
         stopped=np.zeros(rows, bool),
         keys=np.asarray(jax.random.key_data(row_keys)),
         group_id=np.repeat(np.arange(tokens.shape[0], dtype=np.int32), n),
+        limit=limit,
     )
 
 
@@ -212,7 +251,7 @@ def continue_rows(
         return rows
     budget = int(min(budget, rows.max_new_tokens))
     tokens, mask = _left_aligned(rows, budget)
-    limits = np.where(idle, 1, np.minimum(budget, rows.max_new_tokens - rows.length))
+    limits = np.where(idle, 1, np.minimum(budget, rows.limits - rows.length))
     static = sampling.replace(max_new_tokens=budget, n=1).static_key()
     truncate = bool(sampling.greedy or sampling.top_k) or not (
         sampling.top_p >= 1.0 and sampling.min_p <= 0.0

@@ -59,6 +59,32 @@ def test_segments_equal_one_uninterrupted_rollout(params, prompts, sampling, bud
         assert (rows.versions[r, lengths[r] :] == -1).all()
 
 
+@pytest.mark.parametrize("budget", [2, 5])
+def test_per_row_limits_equal_generate_with_max_tokens(params, prompts, budget):
+    """`start_rows(max_tokens=)` ends row r after its own limit, as `generate(max_tokens=)`
+    does (truncated), whatever the segments; the limits survive select / concat."""
+    key = jax.random.key(3)
+    limits = np.array([1, T, 4, 9, 2, 30, 7, 5, 3, 11, 6, 12][: len(prompts.tokens) * PLAIN.n])
+    want = generate(params, CONFIG, prompts, key, PLAIN, row_keys=True, max_tokens=limits)
+    rows = start_rows(prompts, key, PLAIN.n, T, max_tokens=limits)
+    while not rows.finished.all():
+        half = len(rows) // 2
+        rows = PartialRows.concat(
+            [
+                continue_rows(params, CONFIG, rows.select(np.arange(half)), PLAIN, budget),
+                continue_rows(params, CONFIG, rows.select(np.arange(half, len(rows))), PLAIN, budget),
+            ]
+        )
+    _assert_same(rows.to_rollout(), want)
+    assert (rows.length <= np.minimum(limits, T)).all()
+    assert (rows.length == np.minimum(limits, T))[~rows.stopped].all()
+    assert ((rows.length < np.minimum(limits, T)) == rows.stopped).any()
+    with pytest.raises(ValueError, match="max_tokens must be int of shape"):
+        start_rows(prompts, key, PLAIN.n, T, max_tokens=limits[:-1])
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        start_rows(prompts, key, PLAIN.n, T, max_tokens=limits * 0)
+
+
 def test_rows_continued_apart_equal_rows_continued_together(params, prompts):
     """Pause after 3 tokens; continue the rows in two other groupings (one with another
     prompt width after concat): same tokens, log-probs within rounding."""
