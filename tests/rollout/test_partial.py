@@ -72,7 +72,9 @@ def test_per_row_limits_equal_generate_with_max_tokens(params, prompts, budget):
         rows = PartialRows.concat(
             [
                 continue_rows(params, CONFIG, rows.select(np.arange(half)), PLAIN, budget),
-                continue_rows(params, CONFIG, rows.select(np.arange(half, len(rows))), PLAIN, budget),
+                continue_rows(
+                    params, CONFIG, rows.select(np.arange(half, len(rows))), PLAIN, budget
+                ),
             ]
         )
     _assert_same(rows.to_rollout(), want)
