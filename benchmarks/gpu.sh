@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU figures for BENCHMARKS.md in one call: train-step MFU and decode bandwidth utilisation
-# (`benchmarks/mfu.py`, Qwen2.5-0.5B and -1.5B shapes), then the sampler side by side
-# with HF transformers on the same GPU (model (b), bfloat16).
+# GPU figures for BENCHMARKS.md in one call: fused attention (cuDNN, Pallas Triton) against the
+# XLA path, forward and gradients asserted (`benchmarks/attention_parity.py`), train-step MFU
+# and decode bandwidth utilisation (`benchmarks/mfu.py`, Qwen2.5-0.5B and -1.5B shapes), then
+# the sampler side by side with HF transformers on the same GPU (model (b), bfloat16).
 #
 #     bash benchmarks/gpu.sh              # results under $OUT (default /tmp/gpu_bench)
 #
@@ -15,6 +16,11 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version --f
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, jax.devices(), \
 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, \
 'transformers', transformers.__version__)"
+
+echo "== benchmarks/attention_parity.py: cuDNN and Pallas (Triton) attention vs XLA, asserted"
+timeout 240 python3 benchmarks/attention_parity.py --rows=8 --seq=1024 \
+  > "$OUT/attention_parity.json" 2> "$OUT/attention_parity.log"
+echo "rc=$? (1: a parity check failed)"; cat "$OUT/attention_parity.json"; tail -3 "$OUT/attention_parity.log"
 
 echo "== benchmarks/mfu.py 0.5B"
 timeout 150 python3 benchmarks/mfu.py --size=0.5B --rows=64 --seq=1024 \

@@ -35,6 +35,7 @@ def build_model_config(m, tokenizer) -> ModelConfig:
             param_dtype=m.param_dtype,
             remat=m.get("remat", False),
             remat_policy=m.get("remat_policy", "full"),
+            attention=m.get("attention", "xla"),
         )
     return ModelConfig(
         vocab_size=len(tokenizer),
@@ -52,6 +53,7 @@ def build_model_config(m, tokenizer) -> ModelConfig:
         param_dtype=m.param_dtype,
         remat=m.get("remat", False),
         remat_policy=m.get("remat_policy", "full"),
+        attention=m.get("attention", "xla"),
         architecture=m.architecture,
         max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,

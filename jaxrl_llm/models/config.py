@@ -27,6 +27,7 @@ __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "SUPPORTED_ROPE_TYPES",
     "SUPPORTED_DTYPES",
+    "ATTENTION_NAMES",
 ]
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -37,6 +38,11 @@ SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 # "qkv_attn" the named q / k / v projections and the attention context, "block_outputs" the
 # named attention and MLP outputs.
 REMAT_POLICY_NAMES = ("full", "dots", "qkv_attn", "block_outputs")
+# How the cache-free (teacher-forced) passes compute attention (`models/attention_kernels.py`,
+# docs/scaling.md "Fused attention"): "xla" materialises the scores (the only path with a KV
+# cache), "auto" picks cudnn on GPU (bf16 / fp16), splash on TPU, xla elsewhere; "cudnn",
+# "splash" and "pallas_gpu" (Triton flash attention with segment ids) name a kernel.
+ATTENTION_NAMES = ("xla", "auto", "cudnn", "splash", "pallas_gpu")
 
 # HF `architectures` entries accepted for each model_type.
 _HF_ARCHITECTURE_CLASSES = {
@@ -90,6 +96,9 @@ class ModelConfig:
     parameters (both strings such as "float32" or "bfloat16"). Logits and
     log-probs are always float32. `rope_scaling` is None or a sorted tuple of
     `(key, value)` items, e.g. `(("factor", 8.0), ..., ("rope_type", "llama3"))`.
+    `attention` (one of `ATTENTION_NAMES`) picks the kernel of the cache-free passes;
+    `attention_interpret=True` runs the Pallas kernels in interpret mode and the cuDNN
+    layout through XLA, so that any platform (a test's CPU) can run them, slowly.
     """
 
     vocab_size: int
@@ -114,6 +123,8 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    attention: str = "xla"
+    attention_interpret: bool = False
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -128,6 +139,19 @@ class ModelConfig:
         if self.remat_policy not in REMAT_POLICY_NAMES:
             raise ValueError(
                 f"ModelConfig.remat_policy={self.remat_policy!r}; allowed: {REMAT_POLICY_NAMES}"
+            )
+        if self.attention not in ATTENTION_NAMES:
+            raise ValueError(
+                f"ModelConfig.attention={self.attention!r}; allowed: {ATTENTION_NAMES}"
+            )
+        if (
+            self.attention == "cudnn"
+            and self.dtype not in ("bfloat16", "float16")
+            and not self.attention_interpret
+        ):
+            raise ValueError(
+                f"ModelConfig.attention='cudnn' needs dtype bfloat16 or float16, not "
+                f"{self.dtype!r} (cuDNN flash attention has no float32); use 'auto' or 'xla'"
             )
         for name in (
             "vocab_size",

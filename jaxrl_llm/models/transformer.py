@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
+from jaxrl_llm.models import attention_kernels
 from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models.rope import apply_rope, rope_cos_sin
 from jaxrl_llm.parallel import axes as A
@@ -130,6 +131,24 @@ def attention_mask(
     return (k_slot <= q_slot + index)[None] & (cache_mask[:, None, :] > 0)
 
 
+def _attention_inputs(cfg: ModelConfig, mask, cache_mask=None, index=None, segment_ids=None):
+    """What every layer's attention reads: the XLA path's boolean `allowed [N, S, K]`, or,
+    for a cache-free pass whose `cfg.attention` resolves to a fused kernel on this platform,
+    that kernel's `attention_kernels.KernelLayout`. Decoding with a cache is always XLA."""
+    if cache_mask is None and cfg.attention != "xla":
+        platform = jax.default_backend()
+        impl = attention_kernels.resolve(
+            cfg.attention, packed=segment_ids is not None, platform=platform, dtype=cfg.dtype
+        )
+        if impl != "xla":
+            for name in (cfg.attention, impl):
+                attention_kernels.check_platform(name, platform, interpret=cfg.attention_interpret)
+            return attention_kernels.make_layout(
+                impl, mask, segment_ids, interpret=cfg.attention_interpret
+            )
+    return attention_mask(mask, cache_mask, index, segment_ids)
+
+
 # ------------------------------------------------------------------------ modules
 class RMSNorm(nn.Module):
     """`y = w * x / sqrt(mean(x^2) + eps)` (Zhang & Sennrich 2019), statistics in float32."""
@@ -181,7 +200,11 @@ class Proj(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query attention (Ainslie et al. 2023) with RoPE and an optional KV cache."""
+    """Grouped-query attention (Ainslie et al. 2023) with RoPE and an optional KV cache.
+
+    `allowed` is the boolean `[N, S, K]` mask of the XLA path (scores materialised), or a
+    `attention_kernels.KernelLayout` when a cache-free pass runs a fused kernel
+    (`config.attention`, made by `_attention_inputs`)."""
 
     config: ModelConfig
     fused: bool = False  # one `qkv_proj` kernel (`fuse_decode_params`) instead of q/k/v
@@ -248,14 +271,17 @@ class Attention(nn.Module):
         k = _constrain(k, (A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM))
         v = _constrain(v, (A.BATCH, A.KV_LENGTH, A.KV_HEADS, A.HEAD_DIM))
 
-        n, s = q.shape[:2]
-        groups = nh // nkv
-        qg = q.reshape(n, s, nkv, groups, d)
-        scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
-        scores = scores * (d**-0.5)
-        scores = jnp.where(allowed[:, None, None, :, :], scores, _NEG)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(n, s, nh, d)
+        if isinstance(allowed, attention_kernels.KernelLayout):  # fused, cache-free
+            out = attention_kernels.attend(q, k, v, allowed)
+        else:
+            n, s = q.shape[:2]
+            groups = nh // nkv
+            qg = q.reshape(n, s, nkv, groups, d)
+            scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
+            scores = scores * (d**-0.5)
+            scores = jnp.where(allowed[:, None, None, :, :], scores, _NEG)
+            probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+            out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(n, s, nh, d)
         out = checkpoint_name(_constrain(out, (A.BATCH, A.LENGTH, A.HEADS, A.HEAD_DIM)), "context")
         y = Proj(cfg, (nh, d, h), (A.HEADS, A.HEAD_DIM, A.EMBED), False, name="o_proj")(out)
         return checkpoint_name(y, "attn_out"), kv
@@ -337,7 +363,7 @@ class Backbone(nn.Module):
         x = Embed(cfg, name="embed")(tokens).astype(dtype)
         x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
         cos, sin = rope_cos_sin(cfg, positions)
-        allowed = attention_mask(mask, cache_mask, index, segment_ids)
+        allowed = _attention_inputs(cfg, mask, cache_mask, index, segment_ids)
 
         block = Block
         if cfg.remat:
@@ -365,7 +391,9 @@ def _init_boxed(config: ModelConfig, key: jax.Array) -> Params:
     """Parameters with `nn.LogicallyPartitioned` boxes (names per axis)."""
     k_body, k_head = jax.random.split(key)
     dummy = jnp.zeros((1, 1), jnp.int32)
-    params = dict(Backbone(config).init(k_body, dummy, dummy, jnp.ones_like(dummy))["params"])
+    # the parameters do not depend on the attention kernel: trace init with the XLA path
+    backbone = Backbone(config.replace(attention="xla"))
+    params = dict(backbone.init(k_body, dummy, dummy, jnp.ones_like(dummy))["params"])
     if not config.tie_embeddings:
         kernel = nn.initializers.normal(_INIT_STD)(
             k_head, (config.hidden_size, config.vocab_size), jnp.dtype(config.param_dtype)
@@ -595,7 +623,7 @@ def _backbone_unstacked(
     x = Embed(config).apply({"params": params["embed"]}, tokens).astype(jnp.dtype(config.dtype))
     x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
     cos, sin = rope_cos_sin(config, positions)
-    allowed = attention_mask(mask, cache_mask, index, segment_ids)
+    allowed = _attention_inputs(config, mask, cache_mask, index, segment_ids)
     block = (
         nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[config.remat_policy])
         if config.remat

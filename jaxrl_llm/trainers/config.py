@@ -101,6 +101,12 @@ def _architectures():
     return tuple(model_config.SUPPORTED_ARCHITECTURES)
 
 
+def _attention_names():
+    from jaxrl_llm.models import config as model_config  # pylint: disable=g-import-not-at-top
+
+    return tuple(model_config.ATTENTION_NAMES)
+
+
 _DTYPES = ("float32", "bfloat16", "float16")
 F = Field
 
@@ -125,6 +131,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "(matmul outputs), qkv_attn (q, k, v, attention context), block_outputs "
             "(attention and MLP outputs)",
             choices=("full", "dots", "qkv_attn", "block_outputs"),
+        ),
+        "attention": F(
+            "xla",
+            "attention of the teacher-forced passes (docs/scaling.md, Fused attention): xla "
+            "(scores materialised), auto (cudnn on GPU in bf16/fp16, splash on TPU, else xla), "
+            "cudnn, splash (TPU Pallas), pallas_gpu (Triton); decoding always uses xla",
+            choices=_attention_names,
         ),
         "init_checkpoint": F(
             "", "params to start RL from (an SFT checkpoint folder); empty: SFT warm start below"
@@ -660,6 +673,11 @@ def validate(c, num_devices: int | None = None) -> None:
             raise ConfigError(
                 f"config.model.lora_targets = {tuple(c.model.lora_targets)}: {e}"
             ) from None
+    if c.model.attention == "cudnn" and c.model.dtype not in ("bfloat16", "float16"):
+        raise ConfigError(
+            f"config.model.attention = 'cudnn' needs model.dtype in ['bfloat16', 'float16'], "
+            f"not {c.model.dtype!r} (cuDNN flash attention has no float32); or use 'auto' / 'xla'"
+        )
     if c.algo.dual_clip and not c.algo.dual_clip > 1:
         raise ConfigError(f"config.algo.dual_clip = {c.algo.dual_clip!r} must be 0 (off) or > 1")
     sizes = {k: c.mesh[k] for k in ("data", "fsdp", "tensor")}
@@ -727,6 +745,7 @@ def validate(c, num_devices: int | None = None) -> None:
             f"minibatch_size = {s['minibatch']}"
         )
     if num_devices is not None:
+        _check_attention_platform(c)
         if c.mesh.num_devices:
             if c.mesh.num_devices > num_devices:
                 raise ConfigError(
@@ -817,6 +836,21 @@ def _check_registry(c) -> None:
         registry.check_config(c)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+def _check_attention_platform(c) -> None:
+    """`model.attention` names a kernel this process's backend runs (checked with devices)."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from jaxrl_llm.models import attention_kernels  # pylint: disable=g-import-not-at-top
+
+    platform = jax.default_backend()
+    runnable = attention_kernels.runnable(platform)
+    if c.model.attention not in runnable:
+        raise ConfigError(
+            f"config.model.attention = {c.model.attention!r} cannot run on this {platform!r} "
+            f"backend; allowed here: {list(runnable)}"
+        )
 
 
 def _batch_shards(c, num_devices):

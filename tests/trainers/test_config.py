@@ -100,6 +100,7 @@ FROZEN_DEFAULTS = {
     "mesh.rules": (),
     "mesh.tensor": 1,
     "model.architecture": "qwen2",
+    "model.attention": "xla",
     "model.dtype": "float32",
     "model.head_dim": 32,
     "model.hf_path": "",

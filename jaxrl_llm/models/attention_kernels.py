@@ -1,0 +1,289 @@
+"""Fused attention for the cache-free (teacher-forced) passes: cuDNN flash attention, the TPU
+Pallas splash kernel and the GPU Pallas (Triton) flash kernel behind one call, chosen by
+`ModelConfig.attention` (docs/scaling.md, "Fused attention").
+
+This module owns the wrappers, not the kernels: it lays our rows out the way each kernel
+wants them and brings the result back, so that on every valid position (mask 1) the output
+equals `transformer.Attention`'s XLA path (query i attends to keys j <= i with mask[j] = 1,
+and with `segment_ids` only to keys of its own segment). Positions with mask 0 are
+outputs nobody reads; the wrappers return zeros there (cuDNN) or whatever the kernel computed
+(Pallas), never NaN.
+
+| `attention` | serves                                  | kernel                                   |
+|-------------|-----------------------------------------|------------------------------------------|
+| `xla`       | everything (the default)                | scores materialised, `transformer.py`     |
+| `auto`      | cudnn on GPU (bf16 / fp16), splash on TPU, xla otherwise | as below                |
+| `cudnn`     | unpacked rows on GPU, bf16 / fp16       | `jax.nn.dot_product_attention(implementation="cudnn")` |
+| `splash`    | TPU, packed or not                      | `pallas.ops.tpu.splash_attention`        |
+| `pallas_gpu`| GPU, packed or not, any float dtype     | `pallas.ops.gpu.attention.mha` (Triton)  |
+
+`cudnn` (and `auto` on GPU) with `segment_ids` runs `pallas_gpu`: the public cuDNN API takes
+sequence lengths, not segment ids.
+
+Layouts:
+* cuDNN assumes right padding (valid tokens in slots `[0, length)`). Each row's valid tokens
+  are gathered to the front in order (a stable sort of the mask: left padding, right padding,
+  both, or holes), attended with `is_causal=True` and the row's length, and scattered back.
+  Causal order among the gathered tokens is causal order among the valid slots, so this is
+  exact. GQA: the function takes fewer K/V heads than query heads; nothing is repeated.
+* Pallas kernels take segment ids: padding is folded into them (`segment = -1` on mask-0
+  slots, real segment ids must be >= 0), so a valid query never sees a pad key and a pad
+  query always sees at least itself (no fully masked row). The length is padded inside the
+  wrapper to the kernels' block multiple (128 for splash; 32 up to 128 tokens, else 128, for
+  the Triton kernel) with pad slots at the end, which causality keeps out of every real row.
+  Splash handles GQA natively (`make_splash_mha` with fewer K/V heads); the Triton kernel
+  needs equal head counts, so K/V are repeated per query group there (one [N, S, heads, d]
+  copy per layer, still no [S, S] scores).
+
+`interpret=True` (`ModelConfig.attention_interpret`) runs the Pallas kernels in interpret
+mode and cuDNN's layout code with `implementation="xla"`, so every path runs on a CPU (the
+tests); without it a kernel on a platform that cannot run it is a `ValueError` at trace time
+(and the trainer refuses it before compiling, `trainers/config.py`).
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jaxrl_llm.models.config import ATTENTION_NAMES
+
+__all__ = [
+    "ATTENTION_NAMES",
+    "KernelLayout",
+    "resolve",
+    "check_platform",
+    "runnable",
+    "make_layout",
+    "attend",
+    "cudnn_attention",
+    "splash_attention",
+    "pallas_gpu_attention",
+]
+
+_PLATFORMS = {"cudnn": ("gpu",), "pallas_gpu": ("gpu",), "splash": ("tpu",)}
+_CUDNN_DTYPES = ("bfloat16", "float16")
+
+
+def resolve(name: str, *, packed: bool, platform: str, dtype: str = "bfloat16") -> str:
+    """The kernel that `attention = name` runs: "xla", "cudnn", "splash" or "pallas_gpu".
+
+    `auto`: on GPU cudnn when `dtype` is bf16 / fp16 and xla for fp32 (cuDNN's flash kernel
+    has no fp32), splash on TPU, xla elsewhere. A packed pass (`segment_ids`) asked to run
+    cudnn (explicitly or through `auto`) runs pallas_gpu."""
+    if name not in ATTENTION_NAMES:
+        raise ValueError(f"attention = {name!r}; allowed: {ATTENTION_NAMES}")
+    if name == "auto":
+        if platform == "gpu":
+            name = "cudnn" if dtype in _CUDNN_DTYPES else "xla"
+        elif platform == "tpu":
+            name = "splash"
+        else:
+            name = "xla"
+    if name == "cudnn" and packed:
+        name = "pallas_gpu"
+    return name
+
+
+def runnable(platform: str) -> tuple[str, ...]:
+    """The `ATTENTION_NAMES` that run on `platform` without interpret mode."""
+    return tuple(n for n in ATTENTION_NAMES if platform in _PLATFORMS.get(n, (platform,)))
+
+
+def check_platform(name: str, platform: str, *, interpret: bool = False) -> None:
+    """`ValueError` (one line) if `attention = name` cannot run on `platform` (`jax.default_backend()`)."""
+    if name not in ATTENTION_NAMES:
+        raise ValueError(f"attention = {name!r}; allowed: {ATTENTION_NAMES}")
+    wants = _PLATFORMS.get(name)
+    if wants and platform not in wants and not interpret:
+        raise ValueError(
+            f"attention = {name!r} needs a {'/'.join(w.upper() for w in wants)} backend, but "
+            f"jax runs on {platform!r}; use 'auto' or 'xla' (or attention_interpret=True to "
+            "test the kernel in interpret mode)"
+        )
+
+
+@flax.struct.dataclass
+class KernelLayout:
+    """What a fused attention needs besides q / k / v, computed once per pass (`make_layout`)
+    and passed to every layer where the XLA path passes its boolean `allowed [N, S, S]`.
+
+    `mask [N, S]` int32; cuDNN: `order` / `inverse [N, S]` (gather valid slots to the front
+    and back), `lengths [N]`; Pallas: `segments [N, S_pad]` (padding folded in, the length
+    rounded up to the kernel's block multiple)."""
+
+    mask: jax.Array
+    order: jax.Array | None = None
+    inverse: jax.Array | None = None
+    lengths: jax.Array | None = None
+    segments: jax.Array | None = None
+    impl: str = flax.struct.field(pytree_node=False, default="xla")
+    interpret: bool = flax.struct.field(pytree_node=False, default=False)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _padded_length(impl: str, s: int) -> int:
+    if impl == "splash":
+        return _round_up(s, 128)
+    return _round_up(s, 32) if s <= 128 else _round_up(s, 128)
+
+
+def make_layout(
+    impl: str, mask: jax.Array, segment_ids: jax.Array | None = None, *, interpret: bool = False
+) -> KernelLayout:
+    """The `KernelLayout` of kernel `impl` (a `resolve` result other than "xla") for rows
+    `mask [N, S]` and optional packed `segment_ids [N, S]` (>= 0 where mask is 1)."""
+    mask = mask.astype(jnp.int32)
+    n, s = mask.shape
+    if impl == "cudnn":
+        if segment_ids is not None:
+            raise ValueError("cuDNN attention takes no segment_ids; packed rows run pallas_gpu")
+        # stable: valid slots first in their order, then the pad slots in theirs
+        order = jnp.argsort(1 - mask, axis=1, stable=True).astype(jnp.int32)
+        inverse = jnp.argsort(order, axis=1).astype(jnp.int32)
+        # a fully padded row gets length 1 (its first slot attends to itself; masked below)
+        lengths = jnp.maximum(mask.sum(axis=1), 1).astype(jnp.int32)
+        return KernelLayout(mask, order, inverse, lengths, impl=impl, interpret=interpret)
+    if impl not in ("splash", "pallas_gpu"):
+        raise ValueError(f"no kernel layout for attention implementation {impl!r}")
+    seg = jnp.zeros_like(mask) if segment_ids is None else segment_ids.astype(jnp.int32)
+    seg = jnp.where(mask > 0, seg, -1)
+    s_pad = _padded_length(impl, s)
+    seg = jnp.pad(seg, ((0, 0), (0, s_pad - s)), constant_values=-1)
+    return KernelLayout(mask, segments=seg, impl=impl, interpret=interpret)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, layout: KernelLayout) -> jax.Array:
+    """Causal GQA attention `[N, S, heads, d]` of q `[N, S, heads, d]` over k / v
+    `[N, S, kv_heads, d]` by `layout.impl`, scale `d ** -0.5`, in q's dtype."""
+    n, s, nh, d = q.shape
+    nkv = k.shape[2]
+    if k.shape != (n, s, nkv, d) or v.shape != k.shape or nh % nkv:
+        raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape}: not causal GQA self-attention")
+    if layout.impl == "cudnn":
+        out = cudnn_attention(
+            q,
+            k,
+            v,
+            layout.order,
+            layout.inverse,
+            layout.lengths,
+            layout.mask,
+            implementation="xla" if layout.interpret else "cudnn",
+        )
+    elif layout.impl == "splash":
+        out = splash_attention(q, k, v, layout.segments, interpret=layout.interpret)
+    elif layout.impl == "pallas_gpu":
+        out = pallas_gpu_attention(q, k, v, layout.segments, interpret=layout.interpret)
+    else:
+        raise ValueError(f"attention implementation {layout.impl!r} has no fused kernel")
+    return out.astype(q.dtype)
+
+
+# --------------------------------------------------------------------------- cuDNN
+def cudnn_attention(q, k, v, order, inverse, lengths, mask, *, implementation="cudnn"):
+    """Left- (or any-) padded rows through the right-padding API of
+    `jax.nn.dot_product_attention`: gather each row's valid slots to the front (`order`),
+    attend causally over `lengths`, scatter back (`inverse`), zero the mask-0 slots.
+    `implementation="xla"` runs the very same layout code without cuDNN (the CPU test)."""
+
+    def gather(x, idx):
+        return jnp.take_along_axis(x, idx[:, :, None, None], axis=1)
+
+    out = jax.nn.dot_product_attention(
+        gather(q, order),
+        gather(k, order),
+        gather(v, order),
+        scale=q.shape[-1] ** -0.5,
+        is_causal=True,
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        implementation=implementation,
+    )
+    out = gather(out, inverse)
+    return jnp.where(mask[:, :, None, None] > 0, out, jnp.zeros((), out.dtype))
+
+
+# ------------------------------------------------------------------ Pallas: splash (TPU)
+def _splash_kernel(num_heads: int, s_pad: int, interpret: bool):
+    # imported when first used: Pallas TPU modules stay out of every other program
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    block = next(b for b in (512, 256, 128) if s_pad % b == 0)
+    sizes = sk.BlockSizes(
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
+    )
+    mask = sm.MultiHeadMask([sm.CausalMask((s_pad, s_pad)) for _ in range(num_heads)])
+    # Built in every trace, never cached: the kernel holds its mask tables as arrays, which a
+    # kernel kept from an earlier trace would leak into this one (an UnexpectedTracerError
+    # under flax's scan). Building costs a numpy pass over (S_pad / block)^2 mask blocks.
+    kernel = sk.make_splash_mha_single_device(mask, block_sizes=sizes, interpret=interpret)
+    return kernel, sk
+
+
+def splash_attention(q, k, v, segments, *, interpret=False):
+    """The TPU splash kernel, vmapped over rows; `segments [N, S_pad]` from `make_layout`
+    (padding folded in). GQA natively: q head `j * groups + i` reads K/V head `j`."""
+    n, s, nh, d = q.shape
+    s_pad = segments.shape[1]
+    kernel, sk = _splash_kernel(nh, s_pad, interpret)
+
+    def heads_first(x):  # [N, S, h, d] -> [N, h, S_pad, d]
+        x = jnp.pad(x, ((0, 0), (0, s_pad - s), (0, 0), (0, 0)))
+        return jnp.swapaxes(x, 1, 2)
+
+    q = q * jnp.asarray(d**-0.5, q.dtype)  # splash applies no scale
+
+    def one_row(qr, kr, vr, seg):
+        return kernel(qr, kr, vr, segment_ids=sk.SegmentIds(seg, seg))
+
+    out = jax.vmap(one_row)(heads_first(q), heads_first(k), heads_first(v), segments)
+    return jnp.swapaxes(out, 1, 2)[:, :s]
+
+
+# ----------------------------------------------------------- Pallas: Triton flash (GPU)
+def pallas_gpu_attention(q, k, v, segments, *, interpret=False):
+    """`jax.experimental.pallas.ops.gpu.attention.mha` (causal, segment ids, custom VJP);
+    `segments [N, S_pad]` from `make_layout`. The kernel wants as many K/V heads as query
+    heads: K/V are repeated per group (q head `j * groups + i` reads K/V head `j`)."""
+    from jax.experimental.pallas.ops.gpu import attention as gpu_attention
+
+    n, s, nh, d = q.shape
+    s_pad = segments.shape[1]
+    groups = nh // k.shape[2]
+    if groups > 1:
+        k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+    pad = ((0, 0), (0, s_pad - s), (0, 0), (0, 0))
+    q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
+    fwd, bwd = min(128, s_pad), min(32, s_pad)
+    sizes = gpu_attention.BlockSizes(
+        block_q=fwd,
+        block_k=fwd,
+        block_q_dkv=bwd,
+        block_kv_dkv=bwd,
+        block_q_dq=bwd,
+        block_kv_dq=bwd,
+    )
+    out = gpu_attention.mha(
+        q,
+        k,
+        v,
+        segments,
+        sm_scale=d**-0.5,
+        causal=True,
+        block_sizes=sizes,
+        interpret=interpret,
+    )
+    return out[:, :s]
