@@ -24,7 +24,12 @@ from jaxrl_llm.models.transformer import (
     logical_axes,
     unstack_layers,
 )
-from jaxrl_llm.models.value import apply_value, init_value_params, value_logical_axes
+from jaxrl_llm.models.value import (
+    apply_value,
+    init_value_head,
+    init_value_params,
+    value_logical_axes,
+)
 
 __all__ = [
     "ModelConfig",
@@ -42,6 +47,7 @@ __all__ = [
     "cache_logical_axes",
     "init_cache",
     "init_params",
+    "init_value_head",
     "init_value_params",
     "lm_head",
     "logical_axes",

@@ -20,7 +20,7 @@ from jaxrl_llm.models import transformer as T
 from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.parallel import axes as A
 
-__all__ = ["init_value_params", "apply_value", "value_logical_axes"]
+__all__ = ["init_value_params", "init_value_head", "apply_value", "value_logical_axes"]
 
 
 def _value_head_boxed(config: ModelConfig, key):
@@ -29,6 +29,13 @@ def _value_head_boxed(config: ModelConfig, key):
         "kernel": nn.LogicallyPartitioned(kernel.astype(config.param_dtype), (A.EMBED,)),
         "bias": nn.LogicallyPartitioned(jnp.zeros((), config.param_dtype), ()),
     }
+
+
+def init_value_head(config: ModelConfig, key: jax.Array) -> dict:
+    """The value head alone, `{"kernel": [hidden], "bias": []}`: `init_value_params(config, key,
+    p)["value_head"]` (the same key gives the same head)."""
+    _, k_head = jax.random.split(key)
+    return nn.unbox(_value_head_boxed(config, k_head))
 
 
 def init_value_params(config: ModelConfig, key: jax.Array, policy_params=None) -> dict:

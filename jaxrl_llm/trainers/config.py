@@ -384,6 +384,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "enabled": F(False, "train a value model (needed by gae)"),
         "lr": F(5e-4, "critic learning rate", ge=0),
         "warmup_steps": F(0, "steps training only the critic first", ge=0),
+        "lora": F(
+            False,
+            "the critic is a second LoRA adapter (model.lora_rank / alpha / targets) plus a value "
+            "head on the policy's frozen base, instead of a full value model",
+        ),
     },
     "sft": {
         "steps": F(2500, "SFT warm-start steps; 0: none", ge=0),
@@ -673,6 +678,11 @@ def validate(c, num_devices: int | None = None) -> None:
             raise ConfigError(
                 f"config.model.lora_targets = {tuple(c.model.lora_targets)}: {e}"
             ) from None
+    if c.critic.lora and not (c.critic.enabled and c.model.lora_rank):
+        raise ConfigError(
+            f"config.critic.lora = True needs critic.enabled = True and model.lora_rank > 0 "
+            f"(got critic.enabled = {c.critic.enabled}, model.lora_rank = {c.model.lora_rank})"
+        )
     if c.model.attention == "cudnn" and c.model.dtype not in ("bfloat16", "float16"):
         raise ConfigError(
             f"config.model.attention = 'cudnn' needs model.dtype in ['bfloat16', 'float16'], "

@@ -244,7 +244,10 @@ class Trainer:
         opt_state = self._sharded_opt_init(self.optimizer, params)
         ref = jax.tree.map(jnp.copy, params) if self.needs_ref else None
         critic_params = critic_opt = None
-        if c.critic.enabled:
+        if c.critic.lora:
+            critic_params = self.init_critic_adapters(base)
+            critic_opt = self._sharded_opt_init(self.critic_optimizer, critic_params)
+        elif c.critic.enabled:
             vspecs = models.value_logical_axes(self.model_config)
             init_v = jax.jit(
                 lambda k, p: models.init_value_params(self.model_config, k, p),
@@ -279,6 +282,34 @@ class Trainer:
         key = jax.random.fold_in(jax.random.key(self.config.train.seed), 0x10A)
         shapes = jax.eval_shape(init, key, base)
         specs = models.lora_logical_axes(self.model_config, shapes)
+        return jax.jit(init, out_shardings=self._param_shardings(specs, shapes))(key, base)
+
+    def init_critic_adapters(self, base):
+        """A LoRA critic (`critic.lora`): `{"adapters", "value_head"}` on the frozen `base`,
+        created in their shardings. The head equals the full critic's of the same seed and the
+        adapters start at B = 0, so its first values are the full critic's."""
+        m = self.config.model
+        key = jax.random.key(self.config.train.seed + 1)
+
+        def init(key, p):
+            adapters = models.init_lora(
+                self.model_config,
+                p,
+                jax.random.fold_in(key, 0x10A),
+                rank=m.lora_rank,
+                alpha=m.lora_alpha,
+                targets=m.lora_targets,
+            )
+            return {
+                "adapters": adapters,
+                "value_head": models.init_value_head(self.model_config, key),
+            }
+
+        shapes = jax.eval_shape(init, key, base)
+        specs = {
+            "adapters": models.lora_logical_axes(self.model_config, shapes["adapters"]),
+            "value_head": models.value_logical_axes(self.model_config)["value_head"],
+        }
         return jax.jit(init, out_shardings=self._param_shardings(specs, shapes))(key, base)
 
     def export_adapters(self, adapters):

@@ -31,7 +31,13 @@ from jaxrl_llm.losses import value as value_lib
 from jaxrl_llm.losses.advantages import to_token_rewards
 from jaxrl_llm.models import lora as lora_lib
 from jaxrl_llm.trainers import packing
-from jaxrl_llm.trainers.state import TrainState, completion_logprobs, completion_values
+from jaxrl_llm.trainers.state import (
+    TrainState,
+    completion_logprobs,
+    completion_values,
+    critic_model,
+    is_lora_critic,
+)
 
 __all__ = ["TrainBatch", "RLPrograms", "batch_counts"]
 
@@ -210,10 +216,12 @@ def policy_micro_loss(
 
 
 def critic_micro_loss(
-    critic_params, mb: TrainBatch, *, model_config, s: LossSettings, num_tokens, num_seqs
+    critic_params, mb: TrainBatch, *, model_config, s: LossSettings, num_tokens, num_seqs, base=None
 ):
+    """Value loss of one micro-batch (global normalisers). `base`: the frozen model a LoRA
+    critic (`critic.lora`) runs on; gradients then reach its adapters and head only."""
     values = completion_values(
-        model_config, critic_params, mb.prompt_tokens, mb.prompt_mask, mb.tokens
+        model_config, critic_params, mb.prompt_tokens, mb.prompt_mask, mb.tokens, base=base
     )
     loss, m = value_lib.clipped_value_loss(
         values,
@@ -388,6 +396,7 @@ def train_step(
                 s=s,
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
+                base=base,
             )
             return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, m_acc, m)), None
 
@@ -399,6 +408,7 @@ def train_step(
                 s=s,
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
+                base=base,
             )
         )[0]
         zero_cm = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cm_shape)
@@ -542,6 +552,11 @@ class RLPrograms:
             return _in_chunks(logp_fn)(rows, lora_lib.merge(model_config, base, adapters), *xs)
 
         self._lora_logp = jax.jit(lora_logp, static_argnums=0, out_shardings=rows)
+
+        def lora_values(rows, critic, base, *xs):  # a LoRA critic: the merge once, as above
+            return _in_chunks(value_fn)(rows, critic_model(model_config, critic, base), *xs)
+
+        self._lora_values = jax.jit(lora_values, static_argnums=0, out_shardings=rows)
         self._rows_sharding = rows
         self._slot_logp = jax.jit(
             functools.partial(
@@ -602,7 +617,17 @@ class RLPrograms:
         return jax.device_put(out, self._rows_sharding)
 
     def values(self, critic_params, rollout, micro_rows: int):
-        """Critic values [N, T] of `rollout`, `micro_rows` rows at a time."""
+        """Critic values [N, T] of `rollout`, `micro_rows` rows at a time (a LoRA critic on
+        `lora_base`)."""
+        if is_lora_critic(critic_params):
+            return self._lora_values(
+                micro_rows,
+                critic_params,
+                self.lora_base,
+                rollout.prompt_tokens,
+                rollout.prompt_mask,
+                rollout.tokens,
+            )
         return self._values(
             micro_rows, critic_params, rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens
         )

@@ -98,6 +98,11 @@ def _check(config, workdirs, seeds):
             f"config.train.pack_budget = {config.train.pack_budget} cannot run as vmapped "
             "seeds yet (their log-prob passes are vmapped over padded rows); set it to 0"
         )
+    if config.critic.lora:
+        raise config_lib.ConfigError(
+            "config.critic.lora = True cannot run as vmapped seeds yet (their value passes "
+            "are vmapped over full value models); run the seeds as separate runs"
+        )
     if config.rollout.partial_budget:
         raise config_lib.ConfigError(
             f"config.rollout.partial_budget = {config.rollout.partial_budget} cannot run as "

@@ -12,6 +12,7 @@ import optax
 
 from jaxrl_llm import models
 from jaxrl_llm.losses import entropy as entropy_lib
+from jaxrl_llm.models import lora as lora_lib
 from jaxrl_llm.models.blocked_head import lm_head_logprobs
 from jaxrl_llm.rollout import token_logprobs
 
@@ -160,10 +161,31 @@ def completion_logprobs(
     return jnp.concatenate(lps, axis=1), jnp.concatenate(ents, axis=1)
 
 
-def completion_values(config, critic_params, prompt_tokens, prompt_mask, tokens):
-    """V(prefix before token_t) for each completion token, [N, T] float32."""
+def is_lora_critic(critic_params) -> bool:
+    """Whether `critic_params` is a LoRA critic (`critic.lora`): `{"adapters", "value_head"}`."""
+    return isinstance(critic_params, dict) and "adapters" in critic_params
+
+
+def critic_model(config, critic_params, base=None):
+    """The value model's params: `critic_params` itself, or for a LoRA critic its adapters
+    merged into the frozen `base`'s backbone, with its value head."""
+    if not is_lora_critic(critic_params):
+        return critic_params
+    if base is None:
+        raise ValueError("a LoRA critic needs the frozen base model (base=None)")
+    body = lora_lib.merge(config, base, critic_params["adapters"])
+    return {"embed": body["embed"], "layers": body["layers"], "final_norm": body["final_norm"]} | {
+        "value_head": critic_params["value_head"]
+    }
+
+
+def completion_values(config, critic_params, prompt_tokens, prompt_mask, tokens, base=None):
+    """V(prefix before token_t) for each completion token, [N, T] float32. A LoRA critic
+    (`critic_model`) runs on `base`."""
     p = prompt_tokens.shape[1]
     t = tokens.shape[1]
     full, positions, full_mask = _full_sequence(prompt_tokens, prompt_mask, tokens)
-    values = models.apply_value(config, critic_params, full, positions, full_mask)
+    values = models.apply_value(
+        config, critic_model(config, critic_params, base), full, positions, full_mask
+    )
     return values[:, p - 1 : p + t - 1].astype(jnp.float32)

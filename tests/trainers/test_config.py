@@ -52,6 +52,7 @@ FROZEN_DEFAULTS = {
     "checkpoint.every": 20,
     "checkpoint.keep": 2,
     "critic.enabled": False,
+    "critic.lora": False,
     "critic.lr": 0.0005,
     "critic.warmup_steps": 0,
     "data.curriculum": "",
