@@ -191,10 +191,13 @@ def _logits_and_grads(config, params, layout):
 
 
 @pytest.mark.parametrize(
-    "attention, layout", [("cudnn", "both"), ("splash", "packed"), ("pallas_gpu", "left")]
+    "attention, layout, remat",
+    [("cudnn", "both", False), ("splash", "packed", False), ("pallas_gpu", "left", True)],
 )
-def test_model_apply_with_kernel_equals_xla(attention, layout):
-    config = ModelConfig.tiny()  # 2 layers, 4 heads over 2 KV heads, head_dim 16
+def test_model_apply_with_kernel_equals_xla(attention, layout, remat):
+    # 2 layers, 4 heads over 2 KV heads, head_dim 16; one case under remat keeping the
+    # attention context (the kernels' custom VJPs inside `nn.remat`)
+    config = ModelConfig.tiny(remat=remat, remat_policy="qkv_attn")
     params = transformer.init_params(config, jax.random.key(0))
     ref, ref_grads, valid = _logits_and_grads(config, params, layout)
     kernel_config = config.replace(attention=attention, attention_interpret=True)
