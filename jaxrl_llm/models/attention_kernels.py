@@ -43,11 +43,14 @@ tests); without it a kernel on a platform that cannot run it is a `ValueError` a
 
 from __future__ import annotations
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from jaxrl_llm.models.config import ATTENTION_NAMES
+from jaxrl_llm.parallel import axes as A
 
 __all__ = [
     "ATTENTION_NAMES",
@@ -175,13 +178,46 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, layout: KernelLayout) -> ja
             layout.mask,
             implementation="xla" if layout.interpret else "cudnn",
         )
-    elif layout.impl == "splash":
-        out = splash_attention(q, k, v, layout.segments, interpret=layout.interpret)
-    elif layout.impl == "pallas_gpu":
-        out = pallas_gpu_attention(q, k, v, layout.segments, interpret=layout.interpret)
+    elif layout.impl in ("splash", "pallas_gpu"):
+        kernel = splash_attention if layout.impl == "splash" else pallas_gpu_attention
+        out = _per_row_shard(
+            lambda q, k, v, seg: kernel(q, k, v, seg, interpret=layout.interpret),
+            q,
+            k,
+            v,
+            layout.segments,
+        )
     else:
         raise ValueError(f"attention implementation {layout.impl!r} has no fused kernel")
     return out.astype(q.dtype)
+
+
+def _per_row_shard(fn, *rows):
+    """`fn(*rows)` run on each device's rows under the current mesh and logical rules.
+
+    A Pallas kernel is one custom call that XLA's SPMD partitioner cannot split: left to it,
+    its operands would be gathered whole onto every device. The rows (leading axis) are split
+    as the logical `batch` axis is (`with_logical_constraint` rules); other mesh axes are
+    gathered for the call (heads split over `tensor` are not kept split here). Outside a mesh
+    or without rules, `fn(*rows)` as it is. cuDNN's attention carries its own partitioning rule.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    rules = nn.get_logical_axis_rules()
+    if mesh.empty or not rules:
+        return fn(*rows)
+    spec = A.logical_to_spec((A.BATCH,), rules, mesh)[0]
+    names = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    n, kept = rows[0].shape[0], []
+    for name in names:  # an axis that does not divide the rows left is not split over
+        if n % mesh.shape[name] == 0:
+            kept.append(name)
+            n //= mesh.shape[name]
+    if not any(mesh.shape[a] > 1 for a in kept):
+        return fn(*rows)
+    row_spec = P(tuple(kept))
+    return jax.shard_map(fn, in_specs=(row_spec,) * len(rows), out_specs=row_spec, check_vma=False)(
+        *rows
+    )
 
 
 # --------------------------------------------------------------------------- cuDNN

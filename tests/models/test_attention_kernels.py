@@ -12,12 +12,14 @@ gradients <= 1.5e-6 for every kernel and layout; whole-model logits <= 1.8e-7 an
 gradients <= 1.6e-5.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from jaxrl_llm import parallel
 from jaxrl_llm.models import attention_kernels as ak
 from jaxrl_llm.models import transformer
 from jaxrl_llm.models.config import ModelConfig
@@ -248,3 +250,20 @@ def test_trainer_config_field_and_platform_check():
     c.model.attention = "cudnn"
     with pytest.raises(config_lib.ConfigError, match="needs model.dtype in"):
         config_lib.validate(c)
+
+
+def test_pallas_kernel_runs_per_row_shard_under_a_mesh():
+    """Under a mesh and logical rules the kernel runs inside a `shard_map` over the rows' batch
+    axes (a custom call GSPMD cannot split), with the same numbers as the unsharded XLA model."""
+    config = ModelConfig.tiny()
+    kernel_config = config.replace(attention="pallas_gpu", attention_interpret=True)
+    params = transformer.init_params(config, jax.random.key(0))
+    tokens, positions, mask, _ = _model_rows("left")
+    ref, _ = transformer.apply(config, params, tokens, positions, mask)
+    mesh = parallel.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, jax.devices()[:4])
+    with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(parallel.axes.DEFAULT_RULES):
+        fn = jax.jit(lambda p: transformer.apply(kernel_config, p, tokens, positions, mask)[0])
+        assert "shard_map" in str(jax.make_jaxpr(fn)(params))
+        got = fn(params)
+    valid = np.asarray(mask) > 0
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(ref)[valid], atol=FWD_TOL)
