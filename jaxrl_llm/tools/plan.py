@@ -11,8 +11,16 @@ Memory (per device):
   Adam (mu, nu)            2 × param_bytes × |shard|
   reference policy         ref_bytes × |shard|
   KV cache                 2 (k, v) × L × rows × (P + T) × kv_heads × head_dim × 2 (bf16) / shards
-  activations (remat)      L × micro_rows × S × H × 2 (bf16 layer inputs) / batch shards
+  activations (remat)      L × micro_rows × S × saved × 2 (bf16) / batch shards, `saved` the
+                           values per token and layer the remat policy keeps (`remat_policy`):
+                             full           H (the layer input)
+                             block_outputs  H + 2 H (attention and MLP outputs)
+                             qkv_attn       H + (2 heads + 2 kv_heads) head_dim / tensor
+                             dots           H + ((heads + 2 kv_heads) head_dim + 2 H + 2 I) / tensor
                            + micro_rows × chunk × V × 4 (one fp32 logits chunk) / batch shards
+                           + with `attention = "xla"`, one layer's fp32 scores in the backward
+                             recompute: micro_rows × heads / tensor × S² × 4 / batch shards
+                             (fused kernels keep none)
   with LoRA (`Workload.lora_rank > 0`; docs/lora.md): params = the frozen base (param_bytes)
                            + adapters (lora_bytes); grads, Adam and the reference cover the
                            adapters only; `lora_merge` = the merge-in-forward temporaries, a
@@ -20,7 +28,8 @@ Memory (per device):
 
 Time per step (Kaplan et al. 2020; Chowdhery et al. 2022 for the attention term):
   model FLOPs / token      6 N + 12 L n_heads d_head S      (update: forward + backward)
-                           2 N + 4 L n_heads d_head S       (reference log-probs: forward)
+                           2 N + 4 L n_heads d_head S       (reference log-probs: forward;
+                                                            × `pack_fill` with packed passes)
   compute time             FLOPs / (chips × peak × MFU)
   decode step              max(HBM: (W / tensor + KV_local) / HBM_BW,
                                link: W / tensor × (fsdp − 1) / fsdp / link_BW)
@@ -29,6 +38,12 @@ Time per step (Kaplan et al. 2020; Chowdhery et al. 2022 for the attention term)
                            all-gathered at every decode step); the last column prices a
                            bf16 sampler copy split over `tensor` only (HBM term, W = 2 N / tensor)
 N counts matmul parameters (embedding counted once, as the tied / untied LM head).
+
+    python -m jaxrl_llm.tools.plan --fits     # which sizes fit one H200 / v5e-8 / v5p-8
+
+`fit_rows` tries each mesh of a single host (`SINGLE_HOST`) for a size and a mode (full
+fine-tuning with fp32 params and Adam, or LoRA on a bf16 base) and keeps the smallest total
+per device; `FIT_WORKLOAD` is one GRPO step of 64 rows x 1024 tokens.
 """
 
 from __future__ import annotations
@@ -55,6 +70,10 @@ __all__ = [
     "device_bytes",
     "step_time",
     "plan_rows",
+    "fit_rows",
+    "FIT_SIZES",
+    "FIT_WORKLOAD",
+    "SINGLE_HOST",
     "main",
 ]
 
@@ -102,6 +121,9 @@ class Workload:
         "down_proj",
     )
     lora_bytes: int = 4  # fp32 adapters (and their grads, Adam moments, reference copy)
+    remat_policy: str = "full"  # model.remat_policy: what the update keeps per layer
+    attention: str = "xla"  # "xla": scores materialise; "fused": cudnn / splash keep none
+    pack_fill: float = 1.0  # train.pack_budget: valid share of the P + T slots in the passes
 
     @property
     def rows(self):
@@ -160,9 +182,12 @@ def device_bytes(config, sizes, work: Workload, rules=None) -> dict[str, float]:
     batch = math.prod(mesh.shape[a] for a in (A.DATA, A.FSDP))
     micro = max(work.micro_rows // batch, 1)
     act = (
-        config.num_layers * micro * work.seq * config.hidden_size * 2
+        config.num_layers * micro * work.seq * _saved_per_token(config, work, mesh) * 2
         + micro * work.logprob_chunk * config.vocab_size * 4
     )
+    if work.attention == "xla":
+        heads = max(config.num_heads // mesh.shape[A.TENSOR], 1)
+        act += micro * heads * work.seq**2 * 4
     kv = 2 * _shard_elems(kv_shape, kv_spec, mesh) * work.kv_bytes
     if work.lora_rank:
         ad = adapter_elems * work.lora_bytes
@@ -183,6 +208,21 @@ def device_bytes(config, sizes, work: Workload, rules=None) -> dict[str, float]:
         "kv_cache": kv,
         "activations": act,
     }
+
+
+def _saved_per_token(config, work: Workload, mesh: _Mesh) -> float:
+    """Values per token and layer the update keeps for the backward pass (module docstring)."""
+    h, t = config.hidden_size, mesh.shape[A.TENSOR]
+    qkv = (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
+    saved = {
+        "full": h,
+        "block_outputs": 3 * h,
+        "qkv_attn": h + (qkv + config.num_heads * config.head_dim) / t,
+        "dots": h + (qkv + 2 * h + 2 * config.intermediate_size) / t,
+    }
+    if work.remat_policy not in saved:
+        raise ValueError(f"Workload.remat_policy = {work.remat_policy!r}; allowed {sorted(saved)}")
+    return saved[work.remat_policy]
 
 
 def _lora_shard_elems(config, work: Workload, mesh: _Mesh, rules) -> tuple[int, int]:
@@ -217,7 +257,7 @@ def step_time(
     _, n = param_counts(config)
     attn = config.num_layers * config.num_heads * config.head_dim * work.seq
     tokens = work.rows * work.seq
-    flops = tokens * ((6 * n + 12 * attn) + (2 * n + 4 * attn))
+    flops = tokens * ((6 * n + 12 * attn) + work.pack_fill * (2 * n + 4 * attn))
     compute = flops / (hw.chips * hw.peak_flops * mfu)
     d, f, t = sizes
     w = (
@@ -273,7 +313,86 @@ CANDIDATES = {
 }
 
 
-def main():
+# One host: a GPU, a v5e-8 (8 chips x 16 GiB), a v5p-8 (4 chips x 95 GiB).
+SINGLE_HOST = {
+    "1xH200": Hardware("1×H200 141GB", 1, 989e12, 141e9, 4.8e12, 450e9),
+    "v5e-8": Hardware("TPU v5e-8", 8, 197e12, 16 * 2**30, 819e9, 200e9),
+    "v5p-8": Hardware("TPU v5p-8 (4 chips)", 4, 459e12, 95 * 2**30, 2765e9, 600e9),
+}
+CANDIDATES[1] = [(1, 1, 1)]
+CANDIDATES[4] = [(1, 4, 1), (4, 1, 1), (1, 2, 2), (2, 2, 1), (1, 1, 4)]
+FIT_SIZES = ("0.5B", "1.5B", "7B", "32B")
+FIT_WORKLOAD = Workload(prompts=8, group=8, prompt_len=256, new_tokens=768, micro_rows=8)
+FIT_MODES = {
+    "full fine-tuning (fp32 params, Adam, reference)": dict(param_bytes=4, ref_bytes=4),
+    "LoRA r16, all projections (bf16 base)": dict(param_bytes=2, lora_rank=16),
+}
+
+
+def fit_rows(size: str, work: Workload = FIT_WORKLOAD, hardware=None):
+    """Per single-host hardware: the mesh with the least bytes per device for `work`, its
+    total GiB per device, and whether it fits (<= 90 % of HBM)."""
+    config = qwen25_config(size)
+    out = []
+    for key, hw in (hardware or SINGLE_HOST).items():
+        best = None
+        for sizes in CANDIDATES[hw.chips]:
+            if work.micro_rows % (sizes[0] * sizes[1]):
+                continue
+            total = sum(device_bytes(config, sizes, work).values())
+            if best is None or total < best[1]:
+                best = (sizes, total)
+        out.append(
+            dict(
+                hardware=key,
+                mesh=best[0],
+                total=best[1] / 2**30,
+                fits=best[1] <= 0.9 * hw.hbm_bytes,
+            )
+        )
+    return out
+
+
+def print_fits():
+    w = FIT_WORKLOAD
+    print(
+        f"One GRPO step of {w.rows} rows x {w.seq} tokens (P={w.prompt_len}, T={w.new_tokens}), "
+        f"micro-batches of {w.micro_rows} rows, remat policy {w.remat_policy!r}, attention "
+        f"{w.attention!r}; the mesh with the least GiB per device; fits = <= 90 % of HBM\n"
+    )
+    print("| model | mode | " + " | ".join(SINGLE_HOST) + " |")
+    print("|---|---|" + "---|" * len(SINGLE_HOST))
+    for size in FIT_SIZES:
+        for mode, kw in FIT_MODES.items():
+            rows = fit_rows(size, dataclasses.replace(w, **kw))
+            cells = [
+                f"{'yes' if r['fits'] else 'no'}: {r['total']:.1f} GiB {r['mesh']}" for r in rows
+            ]
+            print(f"| Qwen2.5-{size} | {mode} | " + " | ".join(cells) + " |")
+    print(
+        "\nActivations (GiB per device) of the update by remat policy and attention, "
+        "Qwen2.5-1.5B on one H200, the same step:\n"
+    )
+    print("| remat policy | xla attention | fused attention |")
+    print("|---|---|---|")
+    config = qwen25_config("1.5B")
+    for policy in ("full", "block_outputs", "qkv_attn", "dots"):
+        cells = [
+            device_bytes(
+                config, (1, 1, 1), dataclasses.replace(w, remat_policy=policy, attention=a)
+            )["activations"]
+            / 2**30
+            for a in ("xla", "fused")
+        ]
+        print(f"| {policy} | {cells[0]:.2f} | {cells[1]:.2f} |")
+
+
+def main(argv=None):
+    import sys  # pylint: disable=g-import-not-at-top
+
+    if "--fits" in (sys.argv[1:] if argv is None else argv):
+        print_fits()
+        return
     work = Workload()
     print(
         f"GRPO step: B={work.prompts} prompts × G={work.group} = {work.rows} rows, "

@@ -1,5 +1,6 @@
 """The paper plan's arithmetic: bytes per device and step time by hand."""
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -68,3 +69,66 @@ def test_lora_device_bytes_by_hand():
     assert b["kv_cache"] == full["kv_cache"] and "lora_merge" not in full
     state = ("params", "grads", "adam", "reference")
     assert sum(b[k] for k in state) + b["lora_merge"] < sum(full[k] for k in state) / 2
+
+
+def test_activations_by_remat_policy_and_attention_by_hand():
+    """1.5B on one device, 8-row micro-batches of 1024 tokens: what each remat policy keeps per
+    token and layer (bf16), the fp32 logits chunk, and one layer's fp32 scores with xla."""
+    config = plan.qwen25_config("1.5B")
+    L, h, i, nh, nkv, d, v = 28, 1536, 8960, 12, 2, 128, 151936
+    work = plan.Workload(prompts=8, group=8, prompt_len=256, new_tokens=768, micro_rows=8)
+    chunk = 8 * 256 * v * 4
+    scores = 8 * nh * 1024**2 * 4
+    saved = {
+        "full": h,
+        "block_outputs": 3 * h,
+        "qkv_attn": h + (nh + 2 * nkv) * d + nh * d,
+        "dots": h + (nh + 2 * nkv) * d + 2 * h + 2 * i,
+    }
+    for policy, per_token in saved.items():
+        for attention, extra in (("xla", scores), ("fused", 0)):
+            w = dataclasses.replace(work, remat_policy=policy, attention=attention)
+            got = plan.device_bytes(config, (1, 1, 1), w)["activations"]
+            assert got == L * 8 * 1024 * per_token * 2 + chunk + extra, (policy, attention)
+    try:
+        plan.device_bytes(config, (1, 1, 1), dataclasses.replace(work, remat_policy="x"))
+    except ValueError as e:
+        assert "allowed ['block_outputs', 'dots', 'full', 'qkv_attn']" in str(e)
+    else:
+        raise AssertionError("an unknown remat policy was accepted")
+
+
+def test_packed_passes_scale_the_reference_forward_only():
+    config = plan.qwen25_config("7B")
+    hw = plan.HARDWARE["8xH100"]
+    full = plan.step_time(config, (1, 8, 1), hw, plan.Workload())
+    half = plan.step_time(config, (1, 8, 1), hw, plan.Workload(pack_fill=0.5))
+    _, n = plan.param_counts(config)
+    attn = 28 * 28 * 128 * 2048
+    ref = 512 * 2048 * (2 * n + 4 * attn)
+    assert abs((full["model_flops"] - half["model_flops"]) - 0.5 * ref) / ref < 1e-9
+
+
+def test_fits_table_single_hosts():
+    """7B: full fine-tuning (fp32 params, grads, Adam, reference: 16 bytes / parameter, > 110
+    GiB) does not fit one H200; LoRA on a bf16 base does; the table prints every size."""
+    rows = {r["hardware"]: r for r in plan.fit_rows("7B")}
+    lora = {
+        r["hardware"]: r
+        for r in plan.fit_rows(
+            "7B", dataclasses.replace(plan.FIT_WORKLOAD, param_bytes=2, lora_rank=16)
+        )
+    }
+    assert not rows["1xH200"]["fits"] and rows["1xH200"]["total"] > 7.6e9 * 16 / 2**30
+    assert lora["1xH200"]["fits"] and lora["1xH200"]["total"] < rows["1xH200"]["total"] / 2
+    assert rows["v5p-8"]["mesh"][0] * rows["v5p-8"]["mesh"][1] * rows["v5p-8"]["mesh"][2] == 4
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxrl_llm.tools.plan", "--fits"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    ).stdout
+    for size in plan.FIT_SIZES:
+        assert f"| Qwen2.5-{size} | LoRA r16" in out and f"| Qwen2.5-{size} | full" in out
