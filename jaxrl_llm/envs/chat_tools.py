@@ -34,6 +34,19 @@ Choosing a parser (`env.parser` in the trainer config):
     chat_prompt_with_tools(tokenizer, env, text)
     stop_strings(parser)              # the texts that end an action in this format
 
+Chat turns (`ChatTurns(env, tokenizer, parser)`, used by the trainer's agent whenever the
+chat-template parser is chosen and the tokenizer has a chat template): the policy then sees
+what a chat model is trained on. `reset` renders the first observation as a user turn with the
+tools block (`chat_prompt_with_tools`); each later observation becomes the template's tool turn,
+`tool_turn(tokenizer, text)`: the text the template writes after an assistant message up to
+the next generation prompt, e.g. for Qwen2.5
+`<|im_end|>\n<|im_start|>user\n<tool_response>\n42572\n</tool_response><|im_end|>\n<|im_start|>assistant\n`
+(found by rendering a sentinel assistant message with and without the tool message after it,
+so any template's own layout is used). The policy's actions are never re-rendered (the trained
+tokens are the sampled ids); the final observation (episode over) is not wrapped. With
+`max_observation_tokens`, the observation is cut inside the turn so the turn keeps its closing
+markers and the generation prompt.
+
 `select_parser` returns None for the environment's own default (`"tags"`, or `"auto"` on a
 tokenizer without the Hermes format), so the default config builds environments exactly as before.
 """
@@ -52,12 +65,14 @@ __all__ = [
     "DEFAULT_ARGUMENT_NAMES",
     "PARSER_CHOICES",
     "ChatTemplateParser",
+    "ChatTurns",
     "chat_prompt_with_tools",
     "has_hermes_tool_format",
     "parser_for_tokenizer",
     "select_parser",
     "stop_strings",
     "tool_schemas",
+    "tool_turn",
 ]
 
 PARSER_CHOICES = ("tags", "chat_template", "auto")
@@ -257,3 +272,75 @@ def chat_prompt_with_tools(
         tokenize=False,
         add_generation_prompt=True,
     )
+
+
+_SENTINEL = "\u2063ASSISTANT-TURN-END\u2063"
+
+
+def tool_turn(tokenizer, text: str) -> str:
+    """`text` as the chat template's tool message between two assistant turns: what the template
+    writes after an assistant message's content, through the next generation prompt."""
+    head = [{"role": "user", "content": "?"}, {"role": "assistant", "content": _SENTINEL}]
+    try:
+        full = tokenizer.apply_chat_template(
+            head + [{"role": "tool", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+    except Exception as e:  # a template that refuses tool messages (jinja raise_exception)
+        raise ValueError(
+            f"the tokenizer's chat template cannot render a tool message ({e}); use "
+            "env.parser = 'tags'"
+        ) from None
+    at = full.find(_SENTINEL)
+    if at < 0 or text not in full[at:]:
+        raise ValueError(
+            "the tokenizer's chat template does not render an assistant message followed by a "
+            "tool message; use env.parser = 'tags'"
+        )
+    return full[at + len(_SENTINEL) :]
+
+
+class ChatTurns:
+    """`env` as chat turns (module docstring): `reset` and `step` render the observations with
+    `tokenizer`'s chat template; everything else is the wrapped environment's.
+
+    `max_observation_tokens` (the sampler's cut, `env.max_observation_tokens`): the
+    observation inside a tool turn is shortened so the whole turn fits, keeping the turn's
+    closing markers and the next generation prompt (a cut after wrapping would drop them).
+    """
+
+    def __init__(
+        self, env, tokenizer, parser: ToolCallParser | None = None, max_observation_tokens=None
+    ):
+        self.env, self.tokenizer, self.parser = env, tokenizer, parser
+        self.budget = None
+        frame = self._count(tool_turn(tokenizer, ""))  # fails here for a template without tools
+        if max_observation_tokens is not None:
+            self.budget = int(max_observation_tokens) - frame
+            if self.budget < 1:
+                raise ValueError(
+                    f"env.max_observation_tokens = {max_observation_tokens} leaves no room in the "
+                    f"chat template's tool turn ({frame} tokens without the observation); raise it"
+                )
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def reset(self, example) -> str:
+        first = self.env.reset(example)
+        return chat_prompt_with_tools(self.tokenizer, self.env, first, parser=self.parser)
+
+    def step(self, action: str):
+        result = self.env.step(action)
+        if result.done:
+            return result
+        obs = result.observation
+        if self.budget is not None:
+            from jaxrl_llm.envs.base import truncate_to_tokens  # base imports this module
+
+            obs = truncate_to_tokens(obs, self.budget, self._count)
+        return dataclasses.replace(result, observation=tool_turn(self.tokenizer, obs))
+
+    def __getattr__(self, name):  # examples, episode_stats, tools, demonstration, ...
+        if name == "env":  # not set yet (copy / unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.env, name)

@@ -11,6 +11,10 @@ and the evaluation of agents.
   its examples' `prompt` is the environment's first observation (instructions + question), so
   prompt buckets and filters see what the policy sees; the environment is reset with the
   original example (`EnvTask.original`).
+- With the chat-template tool format (`env.parser`) and a tokenizer that has a chat template,
+  every environment is wrapped in `chat_tools.ChatTurns`: the prompt is the chat template's
+  user turn with the tools block, each observation the template's tool turn (SFT transcripts
+  included), so a chat model sees the layout it was trained on.
 - `play` runs `rollout.multiturn.run_episodes`: `Rollout.loss_mask` marks the policy tokens,
   the reward of a row is its episode return, "correct" the environment's verdict. `info`
   carries the reward pool's counters (env errors and time-outs count as reward errors and
@@ -43,10 +47,12 @@ __all__ = ["Agent", "EnvTask", "turn_params"]
 class EnvTask:
     """An environment presented as a task (examples, SFT targets); see the module docstring."""
 
-    def __init__(self, spec: EnvSpec):
+    def __init__(self, spec: EnvSpec, wrap=None):
         self.spec = spec
         self.name = spec.name
-        self._template = spec.make()
+        # `wrap(env)`: what the policy sees of each environment (e.g. `chat_tools.ChatTurns`)
+        self._wrap = wrap or (lambda env: env)
+        self._template = self._wrap(spec.make())
         self._originals: dict[str, object] = {}
 
     def examples(self, split: str, n: int, seed: int):
@@ -61,7 +67,7 @@ class EnvTask:
         return self._originals.get(example.id, example)
 
     def make_env(self, *, tools_disabled: bool = False):
-        env = self.spec.make()
+        env = self.spec.make()  # disabled below on the environment itself, then wrapped
         if tools_disabled:
             if not hasattr(env, "call_tool"):
                 raise ValueError(f"env {self.name!r} has no call_tool to disable")
@@ -70,7 +76,7 @@ class EnvTask:
                 raise ToolError("tools are disabled; answer directly")
 
             env.call_tool = disabled
-        return env
+        return self._wrap(env)
 
     def sft_target(self, example, *, use_tool: bool = True) -> str:
         """The transcript (actions and the environment's observations) of the expert actions."""
@@ -80,7 +86,7 @@ class EnvTask:
                 f"env {self.name!r} has no demonstration(example, use_tool=...) for SFT targets; "
                 "set sft.steps = 0 and give model.init_checkpoint, or sft.data_file"
             )
-        env = self.spec.make()
+        env = self._wrap(self.spec.make())
         env.reset(self.original(example))
         parts = []
         for action in demo(self.original(example), use_tool=use_tool):
@@ -123,7 +129,14 @@ class Agent:
         self.tokenizer = tokenizer
         # env.parser: None keeps the environment's own tool-call format (the default "tags").
         self.parser = chat_tools.select_parser(config.env.get("parser", "tags"), tokenizer)
-        self.task = EnvTask(EnvSpec(config.env.name, config.env.kwargs.to_dict(), self.parser))
+        wrap = None
+        if isinstance(self.parser, chat_tools.ChatTemplateParser) and getattr(
+            tokenizer, "chat_template", None
+        ):  # a chat model sees chat turns: prompts with the tools block, tool turns
+            budget = int(config.env.max_observation_tokens)
+            wrap = lambda env: chat_tools.ChatTurns(env, tokenizer, self.parser, budget)  # noqa: E731
+        spec = EnvSpec(config.env.name, config.env.kwargs.to_dict(), self.parser)
+        self.task = EnvTask(spec, wrap)
         self.turns = turn_params(config, tokenizer, self.parser)
 
     def episodes(self, params, model_config, examples, key, sampling, *, tools_disabled=False):

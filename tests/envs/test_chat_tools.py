@@ -1,6 +1,7 @@
 """The chat template's tool-call format (Hermes `<tool_call>` JSON), choosing a parser from a
 tokenizer or `env.parser`, tool schemas for `apply_chat_template`, and the stop strings."""
 
+import copy
 import json
 
 import pytest
@@ -274,9 +275,9 @@ def test_agent_uses_the_configured_parser_and_its_stop_strings(tokenizers):
     default = agent_lib.Agent(_env_config(), hermes)
     assert default.parser is None
     assert default.turns.stop_sequences == (enc("</tool>"), enc("</answer>"))
-    for config, tok in (
-        (_env_config(parser="auto"), hermes),
-        (_env_config(parser="chat_template"), plain),
+    for config, tok in (  # chat turns: room for the template's tool turn (61 characters)
+        (_env_config(parser="auto", max_observation_tokens=100), hermes),
+        (_env_config(parser="chat_template", max_observation_tokens=100), plain),
     ):
         agent = agent_lib.Agent(config, tok)
         assert isinstance(agent.parser, ChatTemplateParser)
@@ -285,7 +286,97 @@ def test_agent_uses_the_configured_parser_and_its_stop_strings(tokenizers):
         orig = agent.task.original(e)
         problem = orig.id.split(":", 1)[1]
         assert '"arguments": {"expression": "EXPRESSION"}' in e.prompt
+        # chat turns: the prompt is the template's user turn (tools block and all), each
+        # observation the template's tool turn
+        env = agent.task.spec.make()
+        assert e.prompt == chat_tools.chat_prompt_with_tools(tok, env, env.reset(orig))
+        assert e.prompt.endswith("<|im_start|>assistant\n")
         assert agent.task.sft_target(e) == (
-            P.format_call("calc", problem) + orig.answer + P.format_answer(orig.answer)
+            P.format_call("calc", problem)
+            + chat_tools.tool_turn(tok, orig.answer)
+            + P.format_answer(orig.answer)
         )
     assert agent_lib.Agent(_env_config(parser="auto"), plain).parser is None
+
+
+# ----------------------------------------------------------------------------- chat turns
+QWEN_TOOL_TURNS = (  # the Qwen2.5 template's rendering of tool messages (shortened)
+    "{%- for message in messages %}"
+    "{%- if message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}"
+    "\n</tool_response><|im_end|>\n"
+    "{% else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endif %}"
+    "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+NO_TOOL_ROLE = (
+    "{%- for message in messages %}{%- if message.role == 'tool' %}"
+    "{{ raise_exception('no tool role') }}{%- endif %}{{ message.content }}{%- endfor %}"
+)
+
+
+def test_tool_turn_is_the_templates_own_layout(tokenizers):
+    hermes, plain, _ = tokenizers
+    assert chat_tools.tool_turn(hermes, "42572") == (
+        "<|im_end|>\n<|im_start|>tool\n42572<|im_end|>\n<|im_start|>assistant\n"
+    )
+    qwen = copy.copy(plain)
+    qwen.chat_template = QWEN_TOOL_TURNS
+    assert chat_tools.tool_turn(qwen, "42572") == (
+        "<|im_end|>\n<|im_start|>user\n<tool_response>\n42572\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    refusing = copy.copy(plain)
+    refusing.chat_template = NO_TOOL_ROLE
+    with pytest.raises(ValueError, match="cannot render a tool message.*env.parser = 'tags'"):
+        chat_tools.ChatTurns(EnvSpec.from_config({"name": "calculator"}).make(), refusing, P)
+
+
+def test_agent_without_a_chat_template_keeps_plain_observations(tokenizers):
+    _, _, bare = tokenizers
+    agent = agent_lib.Agent(_env_config(parser="chat_template"), bare)
+    (e,) = agent.task.examples("train", 1, 0)
+    orig = agent.task.original(e)
+    problem = orig.id.split(":", 1)[1]
+    assert agent.task.sft_target(e) == (
+        P.format_call("calc", problem) + orig.answer + P.format_answer(orig.answer)
+    )
+
+
+def test_chat_turns_in_multi_turn_episodes(tokenizers):
+    """`run_episodes` on a wrapped environment: the prompt tokens are the chat prompt's, the
+    observation tokens after each non-final action are the template's tool turn, and none of
+    them is a policy token."""
+    import jax
+
+    from jaxrl_llm import models
+    from jaxrl_llm.rollout import SamplingParams
+    from jaxrl_llm.rollout.multiturn import TurnParams, run_episodes
+
+    hermes, _, _ = tokenizers
+    config = models.ModelConfig.tiny(vocab_size=len(hermes))
+    params = models.init_params(config, jax.random.key(0))
+    agent = agent_lib.Agent(_env_config(parser="chat_template", max_observation_tokens=100), hermes)
+    (e,) = agent.task.examples("train", 1, 0)
+    ro, stats, _ = run_episodes(
+        params,
+        config,
+        agent.task.make_env,
+        [agent.task.original(e)],
+        jax.random.key(1),
+        SamplingParams(max_new_tokens=320, n=2),
+        TurnParams(max_turns=3, max_action_tokens=4, max_observation_tokens=100),
+        tokenizer=hermes,
+        bucket_lengths=(1024,),
+    )
+    prompt = hermes.encode(e.prompt, add_special_tokens=False)
+    for r in range(2):
+        got = [t for t, m in zip(ro.prompt_tokens[r], ro.prompt_mask[r]) if m]
+        assert got[-len(prompt) :] == prompt
+        assert stats.turns[r] >= 2  # a random policy's actions are invalid calls, not answers
+        obs = ro.tokens[r][(ro.mask[r] > 0) & (ro.loss_mask[r] == 0)]
+        text = hermes.decode(obs, skip_special_tokens=True)
+        assert text.startswith("<|im_end|>\n<|im_start|>tool\nError:")
+        # each error observation was cut inside its turn: the generation prompt survives
+        assert text.count("<|im_start|>assistant\n") == stats.turns[r] - 1
+        assert text.endswith("<|im_start|>assistant\n") and not stats.obs_truncated[r]
+    with pytest.raises(ValueError, match="max_observation_tokens = 10 leaves no room"):
+        agent_lib.Agent(_env_config(parser="chat_template", max_observation_tokens=10), hermes)
