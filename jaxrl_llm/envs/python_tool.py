@@ -33,7 +33,7 @@ from jaxrl_llm.envs.base import AnswerOutcome, ToolEnv
 from jaxrl_llm.envs.sandbox import Sandbox, SandboxLimits
 from jaxrl_llm.tasks.base import Example, draw_examples
 
-__all__ = ["PythonToolEnv", "strip_code_fence"]
+__all__ = ["DEMO_CODE", "PythonToolEnv", "strip_code_fence"]
 
 _FENCE = re.compile(r"^```[A-Za-z0-9_+-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
 
@@ -64,6 +64,14 @@ def _problem(family: int, rng: random.Random) -> tuple[str, int]:
         return f"What is the number of primes below {n}?", _count_primes_below(n)
     k = rng.randrange(100, 500)
     return f"What is the sum of the decimal digits of 2**{k}?", sum(map(int, str(2**k)))
+
+
+# One short program per family for demonstrations (`demonstration`).
+DEMO_CODE = {
+    0: "print(sum(i*i for i in range(1,{x}+1)))",
+    1: "print(sum(all(k%d for d in range(2,int(k**.5)+1)) for k in range(2,{x})))",
+    2: "print(sum(map(int,str(2**{x}))))",
+}
 
 
 class PythonToolEnv(ToolEnv):
@@ -111,6 +119,17 @@ class PythonToolEnv(ToolEnv):
             f"{self.parser.format_call('python', 'CODE')}; you see what it prints. "
             f"Give the final integer as {self.parser.format_answer('NUMBER')}."
         )
+
+    def demonstration(self, example: Example, *, use_tool: bool = True) -> list[str]:
+        """Expert actions for `example` (SFT warm starts): one short program printing the value
+        (`DEMO_CODE` of its family, with the question's last integer), then the answer; with
+        `use_tool=False` the answer alone."""
+        answer = self.parser.format_answer(example.answer)
+        if not use_tool:
+            return [answer]
+        question = example.id.split(":", 1)[1]
+        code = DEMO_CODE[int(example.difficulty)].format(x=re.findall(r"\d+", question)[-1])
+        return [self.parser.format_call("python", code), answer]
 
     def call_tool(self, name: str, argument: str) -> str:
         result = self.sandbox.run(strip_code_fence(argument))

@@ -113,3 +113,20 @@ def test_examples():
     assert train == env.examples("train", 30, 0) and len(test) == 10
     assert not {e.id for e in train} & {e.id for e in test}
     assert {e.difficulty for e in train} == {0, 1, 2}
+
+
+def test_demonstrations_replay_to_the_answer_in_the_real_sandbox():
+    """Each family's demonstration program prints the reference value (computed here in
+    trusted code); the transcript's answer earns reward 1; without the tool, the answer alone."""
+    env = PythonToolEnv(limits=SandboxLimits(wall_s=5.0))
+    examples = env.examples("train", 30, seed=0)
+    for family in (0, 1, 2):
+        ex = next(e for e in examples if e.difficulty == family)
+        env.reset(ex)
+        call, answer = env.demonstration(ex)
+        assert call.startswith('<tool name="python">') and "_" not in call
+        out = env.step(call)
+        assert (out.observation, out.done, out.info["tool_call"]) == (ex.answer, False, 1)
+        last = env.step(answer)
+        assert (last.reward, last.done, last.info["correct"]) == (1.0, True, 1), ex
+    assert env.demonstration(ex, use_tool=False) == [f"<answer>{ex.answer}</answer>"]
