@@ -11,11 +11,13 @@ Task:      a secret in 1..31 (env `guess_number`, the range sentence alone as th
            search needs at most 5 guesses; 30% of the secrets are held out.
 SFT:       the environment's demonstrations: binary search, or (`sft.flawed_fraction` = 0.5)
            a linear scan up from 1, which finds only the secrets 1..6. One transcript per
-           training secret (the split holds about 22), so the warm start mixes both players.
+           training secret (the split holds 23), so the warm start mixes both players.
 Credit:    trajectory-level GRPO on the episode return (`env.credit = "turn"` for per-turn returns).
-Expected:  runlocal, measured (docs/envs.md): see the table there; criterion
-           (experiments/agent_env.py): held-out success up by >= 5 points and > 2 s.e., turns
-           used down by >= 0.25.
+Expected:  runlocal, measured (docs/envs.md): held-out success 0.25 -> 0.32 (s.e. 0.12, 0.16
+           over 8 held-out secrets), guesses per episode 5.34 -> 5.13; on the training secrets
+           0.41 -> 0.60 and 5.03 -> 4.66. The criterion of experiments/agent_env.py (held-out
+           success up by >= 5 points and > 2 s.e., guesses down by >= 0.25) FAILED: most
+           held-out secrets are binary-search leaves no demonstration shows.
 """
 
 from jaxrl_llm.trainers.config import base_config
