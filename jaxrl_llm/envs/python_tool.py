@@ -89,9 +89,11 @@ class PythonToolEnv(ToolEnv):
         test_fraction: float = 0.1,
         max_turns: int = 4,
         max_output_chars: int = 1000,
+        instructions: bool = True,
         **kwargs,
     ):
         super().__init__(max_turns=max_turns, **kwargs)
+        self.show_instructions = bool(instructions)
         if not families or set(families) - {0, 1, 2}:
             raise ValueError(f"families must be a non-empty subset of (0, 1, 2), got {families}")
         self.families = tuple(families)
@@ -114,6 +116,8 @@ class PythonToolEnv(ToolEnv):
         return draw_examples(split, n, seed, self._sample, test_fraction=self.test_fraction)
 
     def instructions(self) -> str:
+        if not self.show_instructions:  # the question alone (short prompts for small models)
+            return ""
         return (
             "Answer the question. You may run Python code with "
             f"{self.parser.format_call('python', 'CODE')}; you see what it prints. "

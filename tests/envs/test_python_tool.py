@@ -130,3 +130,9 @@ def test_demonstrations_replay_to_the_answer_in_the_real_sandbox():
         last = env.step(answer)
         assert (last.reward, last.done, last.info["correct"]) == (1.0, True, 1), ex
     assert env.demonstration(ex, use_tool=False) == [f"<answer>{ex.answer}</answer>"]
+
+
+def test_instructions_false_gives_the_question_alone():
+    env = PythonToolEnv(sandbox=ScriptedSandbox([]), instructions=False)
+    assert env.reset(EX) == EX.prompt
+    assert PythonToolEnv(sandbox=ScriptedSandbox([])).reset(EX).endswith("\n\n" + EX.prompt)
