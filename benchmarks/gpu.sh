@@ -22,6 +22,10 @@ timeout 240 python3 benchmarks/attention_parity.py --rows=8 --seq=1024 \
   > "$OUT/attention_parity.json" 2> "$OUT/attention_parity.log"
 echo "rc=$? (1: a parity check failed)"; cat "$OUT/attention_parity.json"; tail -3 "$OUT/attention_parity.log"
 
+echo "== benchmarks/paged_attention_parity.py: Pallas paged / decode attention vs XLA, asserted"
+timeout 180 python3 benchmarks/paged_attention_parity.py > "$OUT/paged_attention_parity.json" \
+  2> "$OUT/paged_attention_parity.log"; echo "rc=$? (1: a parity check failed)"; cat "$OUT/paged_attention_parity.json"
+
 echo "== benchmarks/mfu.py 0.5B"
 timeout 150 python3 benchmarks/mfu.py --size=0.5B --rows=64 --seq=1024 \
   --decode_rows=256 --prompt_len=256 --new_tokens=256 > "$OUT/bench_0.5B.json" 2> "$OUT/bench_0.5B.log"
