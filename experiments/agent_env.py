@@ -8,8 +8,9 @@ tools, without them).
 Criteria (stated before running; one per environment, `CRITERIA`; success = held-out success
 rate, "beats" = by >= 5 points and > 2 standard errors over problems):
 
-- `calculator`, `retrieval`: the SFT model's with-tool success is in [0.2, 0.8]; after RL,
-  with-tool success beats the SFT start and the same final checkpoint with the tool disabled;
+- `calculator`, `retrieval`, `python_tool`: the SFT model's with-tool success is in
+  [0.2, 0.8]; after RL, with-tool success beats the SFT start and the same final checkpoint
+  with the tool disabled;
   the share of episodes with a valid tool call (and no invalid call) rises by >= 10 points.
 - `guess_number` (no tool; fewer guesses earn more): after RL, success beats the SFT start and
   the mean number of guesses per episode falls by >= 0.25.
@@ -83,6 +84,7 @@ def guess_criterion(res) -> dict:
 CRITERIA = {
     "calculator": tool_criterion,
     "retrieval": tool_criterion,
+    "python_tool": tool_criterion,
     "guess_number": guess_criterion,
 }
 
