@@ -14,6 +14,7 @@ from jaxrl_llm.trainers import config as config_lib
 from jaxrl_llm.trainers import rl_step
 from jaxrl_llm.trainers.state import completion_values, critic_model
 from tests.trainers.conftest import recipe_overrides, small_config
+from tests.trainers.test_lora_trainer import assert_chain_rule
 from tests.trainers.test_rl_step import _settings
 from tests.trainers.test_rl_step import setup as setup  # noqa: F401 (the module fixture)
 
@@ -53,26 +54,9 @@ def test_lora_critic_loss_gradient_is_the_chain_rule_of_the_full_critic(setup): 
     np.testing.assert_allclose(
         g_lora["value_head"]["kernel"], g_full["value_head"]["kernel"], rtol=1e-5, atol=1e-7
     )
-    adapters, sc = critic["adapters"], critic["adapters"].scale
-    for target in TARGETS:
-        group = "mlp" if target == "down_proj" else "attn"
-        a = np.asarray(adapters.layers[group][target]["a"], np.float64)
-        b = np.asarray(adapters.layers[group][target]["b"], np.float64)
-        gw = np.asarray(g_full["layers"][group][target]["kernel"], np.float64)
-        r = a.shape[-1]
-        for layer in range(mc.num_layers):
-            a2, b2 = a[layer].reshape(-1, r), b[layer].reshape(r, -1)
-            gw2 = gw[layer].reshape(a2.shape[0], b2.shape[1])
-            want_a = (sc * gw2 @ b2.T).reshape(a[layer].shape)
-            want_b = (sc * a2.T @ gw2).reshape(b[layer].shape)
-            got = g_lora["adapters"].layers[group][target]
-            assert np.abs(want_b).max() > 1e-6
-            np.testing.assert_allclose(
-                got["a"][layer], want_a, rtol=1e-3, atol=1e-3 * np.abs(want_a).max()
-            )
-            np.testing.assert_allclose(
-                got["b"][layer], want_b, rtol=1e-3, atol=1e-3 * np.abs(want_b).max()
-            )
+    assert_chain_rule(
+        critic["adapters"], g_full, g_lora["adapters"], TARGETS, mc.num_layers, min_grad=1e-6
+    )
     # only the critic's own leaves: the frozen base gets no gradient argument at all
     assert set(g_lora) == {"adapters", "value_head"}
 
