@@ -28,6 +28,7 @@ setuptools.setup(
         "tqdm>=4.66",
         "math-verify>=0.7",
         "matplotlib>=3.8",
+        "qwix>=0.1.8,<0.2",  # QLoRA: the quantised frozen base (jaxrl_llm/models/quant.py)
     ],
     extras_require={
         "dev": [

@@ -28,6 +28,10 @@ kernel before reducing it to `dA = (alpha/r) dW' Bᵀ`, `dB = (alpha/r) Aᵀ dW'
 projections that is about twice the layer weights at peak instead of once. The `x A B` path
 (adding `(x A) B` inside each projection) needs no kernel-sized temporaries; it needs the
 forward to take the adapters, and would replace `merge` behind the same adapters pytree.
+
+QLoRA: the frozen params may hold quantised kernels (`models.quant`); `merge` dequantises them
+(float32) before adding the adapters, so every caller of `merge` (the trainer's passes, the
+sampler's merged copy, evaluation) sees the same dequantised base.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from jaxrl_llm.models import quant
 from jaxrl_llm.models.config import ModelConfig
 from jaxrl_llm.models.transformer import logical_axes
 
@@ -175,11 +180,16 @@ def merge(config: ModelConfig, params: Params, adapters: LoraAdapters | None) ->
 
     Pure and jittable; differentiable w.r.t. the adapters (and the params). The sum is formed
     in float32 and cast to the kernel's dtype; with B = 0 it returns the kernels bit for bit.
-    `adapters=None` returns `params` itself. Untargeted parameters are the same arrays.
+    `adapters=None` returns `params` itself (dequantised, for a QLoRA base). Untargeted
+    parameters are the same arrays.
+
+    A QLoRA base (`models.quant.quantize_params`): a quantised kernel `W` is dequantised in
+    float32 first (`W = q s`, then `+ (alpha / r) A B`, one cast), so with B = 0 the merge is
+    the dequantised base exactly; quantised kernels without an adapter are dequantised too.
     """
     del config
     if adapters is None:
-        return params
+        return quant.dequantize_params(params)
     layers = _stacked_layers(params)
     new_layers = dict(layers)
     for target in adapters.targets:
@@ -194,11 +204,12 @@ def merge(config: ModelConfig, params: Params, adapters: LoraAdapters | None) ->
                 f"LoRA {target}: A {a_shape}, B {b_shape} do not fit the kernel "
                 f"{tuple(kernel.shape)} (want A [{want_a}, r], B [L, r, {want_b}])"
             )
-        w = (kernel.astype(jnp.float32) + lora_delta(adapters, target)).astype(kernel.dtype)
+        w0 = quant.dequantize(kernel, jnp.float32).astype(jnp.float32)
+        w = (w0 + lora_delta(adapters, target)).astype(kernel.dtype)
         sub = dict(new_layers[group])
         sub[target] = dict(sub[target], kernel=w)
         new_layers[group] = sub
-    return dict(params, layers=new_layers)
+    return quant.dequantize_params(dict(params, layers=new_layers))
 
 
 def lora_logical_axes(config: ModelConfig, adapters: LoraAdapters) -> LoraAdapters:
