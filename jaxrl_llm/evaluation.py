@@ -337,24 +337,35 @@ def load_policy(config, checkpoint: str, *, step: int | None = None):
 
 def _lora_base(config, workdir, model_config, mesh, rules):
     """The frozen base of a LoRA run, found as its trainer found it: `model.init_checkpoint` /
-    `model.hf_path`, else the run's SFT folder, else the random init of seed `sft.seed`."""
+    `model.hf_path`, else the run's SFT folder, else the random init of seed `sft.seed`; with
+    `model.lora_quantize` (QLoRA) quantised again as the trainer did (deterministic)."""
     import jax
 
     from jaxrl_llm import models, parallel
+    from jaxrl_llm.models import quant
 
     path = config.model.init_checkpoint or config.model.hf_path
     if not path and workdir_lib.has_sft_model(workdir):
         path = workdir_lib.sft_dir(workdir)
     if path:
-        return models.load_hf(path, mesh=mesh, rules=rules, dtype=config.model.param_dtype)[1]
-    if config.sft.steps > 0:
+        base = models.load_hf(path, mesh=mesh, rules=rules, dtype=config.model.param_dtype)[1]
+    elif config.sft.steps > 0:
         raise FileNotFoundError(
             f"the LoRA run {workdir} has no SFT folder ({workdir_lib.sft_dir(workdir)}): its "
             "frozen base cannot be rebuilt"
         )
-    shardings = parallel.logical_to_sharding(models.logical_axes(model_config), mesh, rules)
-    init = jax.jit(models.init_params, static_argnums=0, out_shardings=shardings)
-    return init(model_config, jax.random.key(config.sft.seed))
+    else:
+        shardings = parallel.logical_to_sharding(models.logical_axes(model_config), mesh, rules)
+        init = jax.jit(models.init_params, static_argnums=0, out_shardings=shardings)
+        base = init(model_config, jax.random.key(config.sft.seed))
+    m = config.model
+    if m.lora_quantize:
+        fn = lambda p: quant.quantize_params(p, m.lora_quantize, m.lora_targets)  # noqa: E731
+        shapes = jax.eval_shape(fn, base)
+        specs = quant.quantized_logical_axes(model_config, shapes)
+        shardings = parallel.logical_to_sharding(specs, mesh, rules, shapes=shapes)
+        base = jax.jit(fn, out_shardings=shardings)(base)
+    return base
 
 
 def _make_sample_fn(config, model_config, params, tokenizer, mesh, rules, *, sampling, seed):

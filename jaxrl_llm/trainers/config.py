@@ -154,6 +154,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
             item_type=str,
             nonempty=True,
         ),
+        "lora_quantize": F(
+            "",
+            "QLoRA (docs/lora.md): store the frozen base's lora_targets kernels quantised, "
+            "int8 / int4 / nf4 in blocks of 64 (qwix); '': not quantised",
+            choices=("", "int8", "int4", "nf4"),
+        ),
     },
     "tokenizer": {"path": F("builtin", "a local HF tokenizer folder, or 'builtin' (char-level)")},
     "task": {
@@ -678,6 +684,11 @@ def validate(c, num_devices: int | None = None) -> None:
             raise ConfigError(
                 f"config.model.lora_targets = {tuple(c.model.lora_targets)}: {e}"
             ) from None
+    if c.model.lora_quantize and not c.model.lora_rank:
+        raise ConfigError(
+            f"config.model.lora_quantize = {c.model.lora_quantize!r} quantises LoRA's frozen "
+            "base: it needs model.lora_rank > 0 (got 0); allowed: '', 'int8', 'int4', 'nf4'"
+        )
     if c.critic.lora and not (c.critic.enabled and c.model.lora_rank):
         raise ConfigError(
             f"config.critic.lora = True needs critic.enabled = True and model.lora_rank > 0 "

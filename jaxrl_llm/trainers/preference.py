@@ -351,6 +351,11 @@ def _lora_settings(m) -> tuple | None:
     """(rank, alpha, targets) from `model.lora_rank / lora_alpha / lora_targets`; None when
     the rank is 0 or absent (full fine-tuning)."""
     rank = int(m.get("lora_rank", 0) or 0)
+    if m.get("lora_quantize", ""):
+        raise ValueError(
+            f"config.model.lora_quantize = {m.lora_quantize!r}: a quantised base (QLoRA) is "
+            "supported by the RL trainer only; allowed here: ''"
+        )
     if rank < 0:
         raise ValueError(f"config.model.lora_rank = {rank} must be >= 0")
     if not rank:

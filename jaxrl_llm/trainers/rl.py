@@ -27,6 +27,7 @@ from jaxrl_llm import rewards as rewards_lib
 from jaxrl_llm import rollout as rollout_lib
 from jaxrl_llm import tasks as tasks_lib
 from jaxrl_llm import workdir as workdir_lib
+from jaxrl_llm.models import quant
 from jaxrl_llm.parallel import multihost
 from jaxrl_llm.trainers import agent as agent_lib
 from jaxrl_llm.trainers import async_rollouts as async_lib
@@ -154,7 +155,9 @@ class Trainer:
         self.writer = metrics_lib.MetricWriter(self.workdir)
         self.pool = None
         self.programs = None
-        self.lora_base = None  # LoRA (model.lora_rank > 0): the frozen model, set by init_state
+        # LoRA (model.lora_rank > 0): the frozen model (quantised with model.lora_quantize), set
+        # by init_state
+        self.lora_base = None
         self._lora_merge = None
 
     # ----------------------------------------------------------------------------- set-up
@@ -236,11 +239,14 @@ class Trainer:
     def init_state(self, params) -> TrainState:
         """The train state from the initial params. With LoRA (`model.lora_rank > 0`) the params
         become the frozen `self.lora_base` (outside the state: never donated, never checkpointed)
-        and the state's params, optimiser and reference are over fresh adapters (B = 0)."""
+        and the state's params, optimiser and reference are over fresh adapters (B = 0); with
+        `model.lora_quantize` its `lora_targets` kernels are stored quantised (QLoRA)."""
         c = self.config
         base = params
         if c.model.lora_rank:
             self.lora_base, params = base, self.init_adapters(base)
+            if c.model.lora_quantize:
+                self.lora_base = self.quantize_base(base)
         opt_state = self._sharded_opt_init(self.optimizer, params)
         ref = jax.tree.map(jnp.copy, params) if self.needs_ref else None
         critic_params = critic_opt = None
@@ -284,6 +290,17 @@ class Trainer:
         specs = models.lora_logical_axes(self.model_config, shapes)
         return jax.jit(init, out_shardings=self._param_shardings(specs, shapes))(key, base)
 
+    def quantize_base(self, base):
+        """QLoRA: `base` with its `model.lora_targets` kernels quantised (`models.quant`, scheme
+        `model.lora_quantize`), created in their shardings: the codes laid out like the kernels,
+        the block scales likewise where the mesh divides them. Deterministic, so a resumed run or
+        the evaluation loader rebuilds the same base from the same weights."""
+        m = self.config.model
+        fn = lambda p: quant.quantize_params(p, m.lora_quantize, m.lora_targets)  # noqa: E731
+        shapes = jax.eval_shape(fn, base)
+        specs = quant.quantized_logical_axes(self.model_config, shapes)
+        return jax.jit(fn, out_shardings=self._param_shardings(specs, shapes))(base)
+
     def init_critic_adapters(self, base):
         """A LoRA critic (`critic.lora`): `{"adapters", "value_head"}` on the frozen `base`,
         created in their shardings. The head equals the full critic's of the same seed and the
@@ -326,11 +343,13 @@ class Trainer:
 
     def sampler_params(self, params):
         """The full params the sampler runs: `params` itself, or with LoRA adapters merged into
-        the frozen base once per call (`models.merge_lora`, laid out like the base)."""
+        the frozen base once per call (`models.merge_lora`, laid out like the base). A QLoRA
+        base is dequantised there: the sampler decodes with a dense merged copy."""
         if not isinstance(params, models.LoraAdapters):
             return params
         if self._lora_merge is None:
-            shardings = jax.tree.map(lambda x: x.sharding, self.lora_base)
+            dense = quant.map_quantized(lambda k: k.value.qvalue, self.lora_base)
+            shardings = jax.tree.map(lambda x: x.sharding, dense)
             self._lora_merge = jax.jit(
                 lambda base, ad: models.merge_lora(self.model_config, base, ad),
                 out_shardings=shardings,
@@ -608,6 +627,7 @@ class Trainer:
         source = self.make_source()
         params = self.initial_params(log)
         state = self.init_state(params)
+        del params  # with QLoRA the dense base is not kept beside the quantised one
         state_shardings = jax.tree.map(lambda x: x.sharding, state)
         batch_sharding = rl_step.TrainBatch(
             prompt_tokens=self.row_sharding,

@@ -109,6 +109,7 @@ FROZEN_DEFAULTS = {
     "model.init_checkpoint": "",
     "model.intermediate_size": 384,
     "model.lora_alpha": 16.0,
+    "model.lora_quantize": "",
     "model.lora_rank": 0,
     "model.lora_targets": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "model.num_heads": 4,
