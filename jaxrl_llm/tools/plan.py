@@ -25,6 +25,9 @@ Memory (per device):
                            + adapters (lora_bytes); grads, Adam and the reference cover the
                            adapters only; `lora_merge` = the merge-in-forward temporaries, a
                            merged copy (param_bytes) and an fp32 gradient of each targeted kernel
+  with QLoRA (`Workload.lora_quantize`): the targeted kernels of the base at
+                           `quant.bytes_per_entry` (codes + fp32 scale per block of 64: int8
+                           1.0625, nf4 / int4 0.5625 bytes per entry), the rest at param_bytes
 
 Time per step (Kaplan et al. 2020; Chowdhery et al. 2022 for the attention term):
   model FLOPs / token      6 N + 12 L n_heads d_head S      (update: forward + backward)
@@ -42,8 +45,8 @@ N counts matmul parameters (embedding counted once, as the tied / untied LM head
     python -m jaxrl_llm.tools.plan --fits     # which sizes fit one H200 / v5e-8 / v5p-8
 
 `fit_rows` tries each mesh of a single host (`SINGLE_HOST`) for a size and a mode (full
-fine-tuning with fp32 params and Adam, or LoRA on a bf16 base) and keeps the smallest total
-per device; `FIT_WORKLOAD` is one GRPO step of 64 rows x 1024 tokens.
+fine-tuning with fp32 params and Adam, LoRA on a bf16 base, or QLoRA on an nf4 one) and keeps
+the smallest total per device; `FIT_WORKLOAD` is one GRPO step of 64 rows x 1024 tokens.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from collections.abc import Mapping
 import jax
 
 from jaxrl_llm import models
+from jaxrl_llm.models import quant
 from jaxrl_llm.models.presets import QWEN25, param_counts, qwen25_config
 from jaxrl_llm.parallel import axes as A
 
@@ -121,6 +125,7 @@ class Workload:
         "down_proj",
     )
     lora_bytes: int = 4  # fp32 adapters (and their grads, Adam moments, reference copy)
+    lora_quantize: str = ""  # QLoRA: the targeted base kernels as int8 / int4 / nf4
     remat_policy: str = "full"  # model.remat_policy: what the update keeps per layer
     attention: str = "xla"  # "xla": scores materialise; "fused": cudnn / splash keep none
     pack_fill: float = 1.0  # train.pack_budget: valid share of the P + T slots in the passes
@@ -159,6 +164,10 @@ def _shard_elems(shape, spec, mesh: _Mesh) -> int:
 
 def device_bytes(config, sizes, work: Workload, rules=None) -> dict[str, float]:
     """Bytes per device of each resident item under `rules` on a mesh of `sizes` (d, f, t)."""
+    if work.lora_quantize and not work.lora_rank:
+        raise ValueError(
+            f"Workload.lora_quantize = {work.lora_quantize!r} needs lora_rank > 0 (a QLoRA base)"
+        )
     mesh = _mesh(sizes)
     shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))
     names = models.logical_axes(config)
@@ -191,8 +200,11 @@ def device_bytes(config, sizes, work: Workload, rules=None) -> dict[str, float]:
     kv = 2 * _shard_elems(kv_shape, kv_spec, mesh) * work.kv_bytes
     if work.lora_rank:
         ad = adapter_elems * work.lora_bytes
+        base = elems * work.param_bytes
+        if work.lora_quantize:
+            base -= merged_elems * (work.param_bytes - quant.bytes_per_entry(work.lora_quantize))
         return {
-            "params": elems * work.param_bytes + ad,
+            "params": base + ad,
             "grads": ad,
             "adam": 2 * ad,
             "reference": ad,
@@ -326,6 +338,7 @@ FIT_WORKLOAD = Workload(prompts=8, group=8, prompt_len=256, new_tokens=768, micr
 FIT_MODES = {
     "full fine-tuning (fp32 params, Adam, reference)": dict(param_bytes=4, ref_bytes=4),
     "LoRA r16, all projections (bf16 base)": dict(param_bytes=2, lora_rank=16),
+    "QLoRA r16, all projections (nf4 base)": dict(param_bytes=2, lora_rank=16, lora_quantize="nf4"),
 }
 
 

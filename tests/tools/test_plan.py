@@ -71,6 +71,29 @@ def test_lora_device_bytes_by_hand():
     assert sum(b[k] for k in state) + b["lora_merge"] < sum(full[k] for k in state) / 2
 
 
+def test_qlora_device_bytes_by_hand():
+    """The same 7B LoRA on an nf4 base: the two targeted kernels cost 0.5 byte per entry of
+    codes plus a 4-byte scale per block of 64 instead of 2 bytes; nothing else changes."""
+    config = plan.qwen25_config("7B")
+    work = plan.Workload(param_bytes=2, lora_rank=16, lora_targets=("q_proj", "down_proj"))
+    b = plan.device_bytes(config, (1, 8, 1), work)
+    q = plan.device_bytes(config, (1, 8, 1), dataclasses.replace(work, lora_quantize="nf4"))
+    L, h, m = 28, 3584, 18944
+    targeted = L * h * h // 8 + L * m * h // 8
+    assert q["params"] == b["params"] - targeted * (2 - (0.5 + 4 / 64))
+    assert {k: v for k, v in q.items() if k != "params"} == {
+        k: v for k, v in b.items() if k != "params"
+    }
+    int8 = plan.device_bytes(config, (1, 8, 1), dataclasses.replace(work, lora_quantize="int8"))
+    assert int8["params"] == b["params"] - targeted * (2 - (1 + 4 / 64))
+    try:
+        plan.device_bytes(config, (1, 8, 1), plan.Workload(lora_quantize="nf4"))
+    except ValueError as e:
+        assert "needs lora_rank > 0" in str(e)
+    else:
+        raise AssertionError("a quantised base without LoRA was accepted")
+
+
 def test_activations_by_remat_policy_and_attention_by_hand():
     """1.5B on one device, 8-row micro-batches of 1024 tokens: what each remat policy keeps per
     token and layer (bf16), the fp32 logits chunk, and one layer's fp32 scores with xla."""
@@ -132,3 +155,4 @@ def test_fits_table_single_hosts():
     ).stdout
     for size in plan.FIT_SIZES:
         assert f"| Qwen2.5-{size} | LoRA r16" in out and f"| Qwen2.5-{size} | full" in out
+        assert f"| Qwen2.5-{size} | QLoRA r16" in out
