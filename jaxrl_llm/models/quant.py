@@ -205,7 +205,8 @@ def _leaf_bytes(x) -> int:
 
 def nbytes(params) -> int:
     """Stored bytes of a (possibly quantised) params tree, arrays or `ShapeDtypeStruct`s:
-    4-bit codes count half a byte (XLA packs them; `jax.Array.nbytes` counts one byte)."""
+    4-bit codes count half a byte (as XLA's compiled memory analysis counts an int4 / uint4
+    buffer; `jax.Array.nbytes`, and this CPU runtime's buffers, count one byte)."""
     return int(sum(_leaf_bytes(x) for x in jax.tree.leaves(params)))
 
 
