@@ -61,9 +61,12 @@ def value_logical_axes(config: ModelConfig) -> dict:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def apply_value(config: ModelConfig, params: dict, tokens, positions, mask) -> jax.Array:
-    """Per-token values `[N, S]` float32 (same input conventions as `apply`)."""
-    hidden = T.apply_hidden(config, params, tokens, positions, mask)
+def apply_value(
+    config: ModelConfig, params: dict, tokens, positions, mask, segment_ids=None
+) -> jax.Array:
+    """Per-token values `[N, S]` float32 (same input conventions as `apply`, packed rows'
+    `segment_ids` included)."""
+    hidden = T.apply_hidden(config, params, tokens, positions, mask, segment_ids)
     head = params["value_head"]
     values = jnp.einsum("bse,e->bs", hidden.astype(jnp.float32), head["kernel"].astype(jnp.float32))
     values = values + head["bias"].astype(jnp.float32)

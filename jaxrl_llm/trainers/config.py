@@ -337,6 +337,15 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "the longest prompt bucket + rollout.max_new_tokens; 0: padded rows",
             ge=0,
         ),
+        "micro_tokens": F(
+            0,
+            "token budget of each gradient micro-batch: the update packs a minibatch's rows "
+            "into train.pack_budget-token packs, micro_tokens / pack_budget packs per "
+            "micro-batch, so micro-batches are formed by tokens, not rows (verl's dynamic "
+            "batch size; replaces microbatch_size); a multiple of pack_budget; 0: micro-batches "
+            "of microbatch_size padded rows",
+            ge=0,
+        ),
         "max_bad_steps": F(5, "stop after this many non-finite updates in a row", ge=1),
     },
     "optim": {
@@ -607,6 +616,30 @@ def _check_pack_budget(c) -> None:
         )
 
 
+def _check_micro_tokens(c) -> None:
+    """Token-budget micro-batches are whole packs of `train.pack_budget` tokens."""
+    tokens, budget = c.train.micro_tokens, c.train.pack_budget
+    if not tokens:
+        return
+    if not budget:
+        raise ConfigError(
+            f"config.train.micro_tokens = {tokens} packs the update into "
+            "train.pack_budget-token packs; set train.pack_budget > 0 (at least the longest "
+            "row) or micro_tokens = 0"
+        )
+    if tokens % budget:
+        raise ConfigError(
+            f"config.train.micro_tokens = {tokens} must be a multiple of train.pack_budget = "
+            f"{budget} (whole packs per micro-batch), e.g. {budget * max(1, tokens // budget)}"
+        )
+    if c.train.microbatch_size:
+        raise ConfigError(
+            f"config.train.micro_tokens = {tokens} forms the micro-batches by tokens; "
+            f"train.microbatch_size = {c.train.microbatch_size} (rows) cannot apply too: set "
+            "one of them to 0"
+        )
+
+
 def _check_partial(c) -> None:
     """`rollout.partial_budget > 0` runs its own rounds in the collect stage: the options that
     resample, replay, sample ahead, play episodes or batch continuously inside it are refused."""
@@ -747,6 +780,7 @@ def validate(c, num_devices: int | None = None) -> None:
         )
     _check_partial(c)
     _check_pack_budget(c)
+    _check_micro_tokens(c)
     if c.rollout.async_steps and (c.data.dynamic_sampling or c.data.replay_fraction):
         raise ConfigError(
             f"config.rollout.async_steps = {c.rollout.async_steps} does not combine with "

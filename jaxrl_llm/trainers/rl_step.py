@@ -21,6 +21,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxrl_llm.losses import aggregation as agg_lib
 from jaxrl_llm.losses import importance as importance_lib
@@ -59,6 +60,10 @@ class TrainBatch:
     # The sampler's log-probs when a rollout correction is configured (`old_logp` is then the
     # trainer's recomputed pass); None: no correction.
     rollout_logp: Any = None
+    # `train.micro_tokens`: the minibatch packed into token-budget micro-batches
+    # (`packing.MicroPacks`, attached per minibatch by `RLPrograms.with_packs`); None: the
+    # padded rows split into `num_micro` row micro-batches.
+    packs: Any = None
 
 
 def batch_counts(mask):
@@ -147,6 +152,7 @@ def policy_micro_loss(
     num_sampled,
     pg_weight=None,
     base=None,
+    pack=None,
 ):
     """Loss of one micro-batch, normalised by the minibatch's global counts.
 
@@ -155,21 +161,28 @@ def policy_micro_loss(
     Entropy and KL diagnostics are means over every sampled token (`token_mask`), so PSR / NSR
     runs log comparable entropies. `pg_weight` [n, T] (TIS rollout-correction weights, or None)
     multiplies the per-token policy-gradient loss. `base`: LoRA's frozen model, `params` are
-    then the adapters, merged into it here (gradients reach the adapters only).
+    then the adapters, merged into it here (gradients reach the adapters only). `pack`:
+    `(MicroPacks, i)` when the minibatch is packed (`train.micro_tokens`): `mb` is then the
+    whole minibatch with the masks of micro-batch `i`'s rows (`_packed_micro`), and the
+    log-probs come from its packs.
     """
     if base is not None:
         params = lora_lib.merge(model_config, base, params)
-    logp, ent = completion_logprobs(
-        model_config,
-        params,
-        mb.prompt_tokens,
-        mb.prompt_mask,
-        mb.tokens,
-        temperature=s.temperature,
-        chunk=s.logprob_chunk,
-        vocab_block=s.vocab_block,
-        with_entropy=True,
-    )
+    head = dict(chunk=s.logprob_chunk, vocab_block=s.vocab_block, with_entropy=True)
+    if pack is not None:
+        logp, ent = packing.micro_logprobs(
+            model_config, params, *pack, mb.old_logp, temperature=s.temperature, **head
+        )
+    else:
+        logp, ent = completion_logprobs(
+            model_config,
+            params,
+            mb.prompt_tokens,
+            mb.prompt_mask,
+            mb.tokens,
+            temperature=s.temperature,
+            **head,
+        )
     mask = mb.mask
     token_mask = mask if mb.token_mask is None else mb.token_mask
     extra = dict(s.loss_kwargs)
@@ -216,13 +229,25 @@ def policy_micro_loss(
 
 
 def critic_micro_loss(
-    critic_params, mb: TrainBatch, *, model_config, s: LossSettings, num_tokens, num_seqs, base=None
+    critic_params,
+    mb: TrainBatch,
+    *,
+    model_config,
+    s: LossSettings,
+    num_tokens,
+    num_seqs,
+    base=None,
+    pack=None,
 ):
     """Value loss of one micro-batch (global normalisers). `base`: the frozen model a LoRA
-    critic (`critic.lora`) runs on; gradients then reach its adapters and head only."""
-    values = completion_values(
-        model_config, critic_params, mb.prompt_tokens, mb.prompt_mask, mb.tokens, base=base
-    )
+    critic (`critic.lora`) runs on; gradients then reach its adapters and head only. `pack`
+    as in `policy_micro_loss`."""
+    if pack is not None:
+        values = packing.micro_values(model_config, critic_params, *pack, mb.old_values, base)
+    else:
+        values = completion_values(
+            model_config, critic_params, mb.prompt_tokens, mb.prompt_mask, mb.tokens, base=base
+        )
     loss, m = value_lib.clipped_value_loss(
         values,
         mb.old_values,
@@ -291,11 +316,29 @@ def train_step(
     num_tokens, num_seqs = batch_counts(batch.mask)
     num_sampled = jnp.sum(token_mask)
     key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 7)
-    micro = _split_micro(batch, num_micro)
+    packs = batch.packs
+    if packs is not None:
+        # Token-budget micro-batches: `packs.used` of them, each the whole minibatch with its
+        # own rows' masks (`_packed_micro`) and log-probs from its packs, in a loop whose trip
+        # count is data. The row micro-batches below are not formed.
+        batch = batch.replace(packs=None, token_mask=token_mask)
+        micro = None
+    else:
+        micro = _split_micro(batch, num_micro)
 
     # Batch statistics on the whole minibatch (never per micro-batch).
     extra = dict(s.loss_kwargs)
-    if s.forking_tokens > 0:
+    if s.forking_tokens > 0 and packs is not None:
+        merged = lora_lib.merge(model_config, base, state.params) if base is not None else None
+        ent = _packed_entropy(
+            state.params if merged is None else merged,
+            batch,
+            packs,
+            model_config=model_config,
+            s=s,
+        )
+        extra.update(entropy=ent, forking_top_fraction=s.forking_tokens)
+    elif s.forking_tokens > 0:
 
         def fwd(_, mb):
             _, ent = completion_logprobs(
@@ -324,8 +367,9 @@ def train_step(
         if (registry.POLICY_LOSS_SPECS[s.policy_loss].batch_stats or s.forking_tokens > 0)
         else {}
     )
-    micro_stats = registry.split_stats(stats, num_micro)
-    micro_w = None if pg_weight is None else _split_micro(pg_weight, num_micro)
+    if packs is None:
+        micro_stats = registry.split_stats(stats, num_micro)
+        micro_w = None if pg_weight is None else _split_micro(pg_weight, num_micro)
 
     grad_fn = jax.value_and_grad(policy_micro_loss, has_aux=True)
     loss_kw = dict(
@@ -336,11 +380,11 @@ def train_step(
         num_sampled=num_sampled,
     )
 
-    def body(carry, xs):
+    def body(carry, xs, pack=None):
         grads, pg_acc, sums_acc = carry
         mb, st, w = xs
         (_, (pg_m, sums)), g = grad_fn(
-            state.params, mb, st, state.kl_coef, key, pg_weight=w, base=base, **loss_kw
+            state.params, mb, st, state.kl_coef, key, pg_weight=w, base=base, pack=pack, **loss_kw
         )
         weight = jnp.sum(mb.mask) / jnp.maximum(num_tokens, 1.0)
         pg_acc = registry.merge_metrics(pg_acc, pg_m, weight=weight)
@@ -350,7 +394,10 @@ def train_step(
             jax.tree.map(jnp.add, sums_acc, sums),
         ), None
 
-    first = jax.tree.map(lambda x: x[0], (micro, micro_stats, micro_w))
+    if packs is None:
+        first, first_pack = jax.tree.map(lambda x: x[0], (micro, micro_stats, micro_w)), None
+    else:
+        first, first_pack = (_packed_micro(batch, packs, 0), stats, pg_weight), (packs, 0)
     _, (pg_shape, sums_shape) = jax.eval_shape(
         lambda: grad_fn(
             state.params,
@@ -360,6 +407,7 @@ def train_step(
             key,
             pg_weight=first[2],
             base=base,
+            pack=first_pack,
             **loss_kw,
         )
     )[0]
@@ -368,7 +416,17 @@ def train_step(
         registry.init_metrics(pg_shape),
         jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), sums_shape),
     )
-    (grads, pg_metrics, metrics), _ = jax.lax.scan(body, init, (micro, micro_stats, micro_w))
+    if packs is None:
+        (grads, pg_metrics, metrics), _ = jax.lax.scan(body, init, (micro, micro_stats, micro_w))
+    else:
+        (grads, pg_metrics, metrics) = jax.lax.fori_loop(
+            0,
+            packs.used,
+            lambda i, carry: body(
+                carry, (_packed_micro(batch, packs, i), stats, pg_weight), pack=(packs, i)
+            )[0],
+            init,
+        )
     metrics = dict(metrics, **pg_metrics)
     metrics.update({f"correction/{k}": v for k, v in corr_metrics.items()})
 
@@ -382,12 +440,16 @@ def train_step(
     metrics["grad_norm"] = grad_norm
     metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
     metrics["num_tokens"] = num_tokens
+    if packs is not None:
+        used = packs.used.astype(jnp.float32)
+        metrics["packed/micro_batches"] = used
+        metrics["packed/fill"] = jnp.sum(packs.mask) / (used * packs.mask[0].size)
 
     critic_params, critic_opt = state.critic_params, state.critic_opt_state
     if critic_params is not None:
         cgrad_fn = jax.value_and_grad(critic_micro_loss, has_aux=True)
 
-        def cbody(carry, mb):
+        def cbody(carry, mb, pack=None):
             g_acc, m_acc = carry
             (_, m), g = cgrad_fn(
                 critic_params,
@@ -397,24 +459,37 @@ def train_step(
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
                 base=base,
+                pack=pack,
             )
             return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, m_acc, m)), None
 
+        if packs is None:
+            cfirst, cfirst_pack = jax.tree.map(lambda x: x[0], micro), None
+        else:
+            cfirst, cfirst_pack = _packed_micro(batch, packs, 0), (packs, 0)
         _, cm_shape = jax.eval_shape(
             lambda: cgrad_fn(
                 critic_params,
-                jax.tree.map(lambda x: x[0], micro),
+                cfirst,
                 model_config=model_config,
                 s=s,
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
                 base=base,
+                pack=cfirst_pack,
             )
         )[0]
         zero_cm = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cm_shape)
-        (cgrads, cmetrics), _ = jax.lax.scan(
-            cbody, (jax.tree.map(jnp.zeros_like, critic_params), zero_cm), micro
-        )
+        cinit = (jax.tree.map(jnp.zeros_like, critic_params), zero_cm)
+        if packs is None:
+            (cgrads, cmetrics), _ = jax.lax.scan(cbody, cinit, micro)
+        else:
+            cgrads, cmetrics = jax.lax.fori_loop(
+                0,
+                packs.used,
+                lambda i, carry: cbody(carry, _packed_micro(batch, packs, i), pack=(packs, i))[0],
+                cinit,
+            )
         cfinite = jnp.isfinite(cmetrics["critic/loss"]) & jnp.isfinite(_global_norm(cgrads))
         cupd, new_copt = critic_optimizer.update(cgrads, critic_opt, critic_params)
         new_cp = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), critic_params, cupd)
@@ -426,6 +501,36 @@ def train_step(
         params=params, opt_state=opt_state, critic_params=critic_params, critic_opt_state=critic_opt
     )
     return new_state, metrics
+
+
+def _packed_micro(batch: TrainBatch, packs, i) -> TrainBatch:
+    """The minibatch as micro-batch `i` of `packs` sees it: the masks keep its own rows."""
+    mine = (packs.micro == i)[:, None]
+    return batch.replace(
+        mask=jnp.where(mine, batch.mask, 0.0), token_mask=jnp.where(mine, batch.token_mask, 0.0)
+    )
+
+
+def _packed_entropy(params, batch: TrainBatch, packs, *, model_config, s: LossSettings):
+    """Token entropies `[n, T]` of the whole packed minibatch (forking-token selection reads
+    them as a batch statistic), one micro-batch's packs at a time; no gradient."""
+
+    def add(i, ent):
+        _, e = packing.micro_logprobs(
+            model_config,
+            params,
+            packs,
+            i,
+            batch.old_logp,
+            temperature=s.temperature,
+            chunk=s.logprob_chunk,
+            vocab_block=s.vocab_block,
+            with_entropy=True,
+        )
+        return ent + e
+
+    ent = jax.lax.fori_loop(0, packs.used, add, jnp.zeros(batch.mask.shape, jnp.float32))
+    return jax.lax.stop_gradient(ent)
 
 
 def _global_norm(tree):
@@ -457,6 +562,9 @@ class RLPrograms:
         # `train.pack_budget > 0`: the no-gradient log-prob passes run packed rows, one
         # [1, budget] pack per call (trainers/packing.py); 0: padded rows in row chunks.
         self.pack_budget = 0 if seeds else int(config.train.get("pack_budget", 0))
+        # `train.micro_tokens > 0`: the update packs each minibatch into micro-batches of
+        # micro_tokens / pack_budget packs (`with_packs`), instead of `num_micro` row slices.
+        self.micro_tokens = int(config.train.get("micro_tokens", 0)) if self.pack_budget else 0
         # LoRA: the frozen base model, an argument of every program (never donated); the
         # state's params and reference are then adapters.
         self.lora_base = lora_base
@@ -476,6 +584,12 @@ class RLPrograms:
             # the sampler's log-probs travel with the batch, laid out like the old ones
             batch_sharding = batch_sharding.replace(rollout_logp=batch_sharding.old_logp)
         self.batch_sharding = batch_sharding
+        self._pack_shardings = None
+        if self.micro_tokens and batch_sharding is not None:
+            self._pack_shardings = _pack_shardings(
+                batch_sharding.mask, self.micro_tokens // self.pack_budget
+            )
+            batch_sharding = batch_sharding.replace(packs=self._pack_shardings)
         step_fn = functools.partial(
             train_step,
             model_config=model_config,
@@ -566,19 +680,45 @@ class RLPrograms:
                 vocab_block=vocab_block,
             )
         )
+        self._slot_values = jax.jit(functools.partial(packing.slot_values, model_config))
         self._merge = jax.jit(lambda base, ad: lora_lib.merge(model_config, base, ad))
+        self._critic_model = jax.jit(lambda critic, base: critic_model(model_config, critic, base))
         # One SPMD program picks a minibatch's rows (a cross-process gather when rows live on
         # several hosts), rather than eager per-field indexing plus a device_put: eager
         # multi-process ops are separate computations whose collectives can interleave
         # differently between processes and deadlock.
         self._select = jax.jit(
-            select, in_shardings=(None, replicated), out_shardings=batch_sharding
+            select, in_shardings=(None, replicated), out_shardings=self.batch_sharding
         )
 
     def select_rows(self, batch, idx):
         """`batch` restricted to rows `idx` (host int array, the same on every process), laid out
         with `batch_sharding`."""
         return self._select(batch, np.asarray(idx, np.int32))
+
+    def pack_source(self, batch):
+        """What `with_packs` reads of the whole batch, on the host (one transfer per step);
+        None when the update does not pack."""
+        if not self.micro_tokens:
+            return None
+        fields = (batch.prompt_tokens, batch.prompt_mask, batch.tokens)
+        fields += (batch.mask if batch.token_mask is None else batch.token_mask,)
+        return tuple(np.asarray(x) for x in jax.device_get(fields))
+
+    def with_packs(self, minibatch, source, idx):
+        """`minibatch` (rows `idx` of the batch `source` was read from) with its token-budget
+        micro-batches attached (`packing.MicroPacks`, laid out for the train step)."""
+        pt, pm, tok, token_mask = (x[np.asarray(idx)] for x in source)
+        plan = packing.plan_micro_batches(
+            pm,
+            token_mask,
+            budget=self.pack_budget,
+            packs_per_micro=self.micro_tokens // self.pack_budget,
+        )
+        packs = packing.pack_micro_batches(pt, pm, tok, plan)
+        if self._pack_shardings is not None:
+            packs = jax.device_put(packs, self._pack_shardings)
+        return minibatch.replace(packs=packs)
 
     def logprobs(self, params, rollout, micro_rows: int):
         """Sampled-token log-probs [N, T] of `rollout` under `params`, `micro_rows` rows at a time
@@ -599,11 +739,16 @@ class RLPrograms:
         )
 
     def _packed_logprobs(self, params, rollout):
-        """`logprobs` over packed rows: the rows' valid tokens laid out in `pack_budget`-token
-        packs on the host, one fixed-shape program per pack, gathered back to [N, T] (zero
-        past each completion, as the padded pass's values there are never read)."""
+        """`logprobs` over packed rows (`_packed_pass`)."""
         if self.lora_base is not None:
             params = self._merge(self.lora_base, params)
+        return self._packed_pass(lambda *xs: self._slot_logp(params, *xs), rollout)
+
+    def _packed_pass(self, run_pack, rollout):
+        """A no-gradient pass over packed rows: the rows' valid tokens laid out in
+        `pack_budget`-token packs on the host, `run_pack` (one fixed-shape program) per pack,
+        its slot outputs gathered back to [N, T] (zero past each completion, as the padded
+        pass's values there are never read)."""
         pt, pm, tok, mask = (
             np.asarray(x)
             for x in jax.device_get(
@@ -613,12 +758,17 @@ class RLPrograms:
         lengths = packing.row_lengths(pm, mask)
         plan = packing.plan_packs(lengths, self.pack_budget, max_packs=max(len(lengths), 1))
         packed = packing.pack_rows(pt, pm, tok, mask, plan)
-        out = packing.packed_logprobs_by_pack(lambda *xs: self._slot_logp(params, *xs), packed)
+        out = packing.packed_logprobs_by_pack(run_pack, packed)
         return jax.device_put(out, self._rows_sharding)
 
     def values(self, critic_params, rollout, micro_rows: int):
         """Critic values [N, T] of `rollout`, `micro_rows` rows at a time (a LoRA critic on
-        `lora_base`)."""
+        `lora_base`); packed with `train.pack_budget`."""
+        if self.pack_budget:
+            critic = critic_params
+            if is_lora_critic(critic_params):
+                critic = self._critic_model(critic_params, self.lora_base)
+            return self._packed_pass(lambda *xs: self._slot_values(critic, *xs), rollout)
         if is_lora_critic(critic_params):
             return self._lora_values(
                 micro_rows,
@@ -631,6 +781,28 @@ class RLPrograms:
         return self._values(
             micro_rows, critic_params, rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens
         )
+
+
+def _pack_shardings(rows, packs_per_micro: int):
+    """Shardings of `packing.MicroPacks` beside a minibatch whose `[n, T]` arrays have the
+    sharding `rows`: packs `[K, M, B]` split over the same mesh axes along M when they divide
+    it (replicated otherwise), per-row arrays like the rows, the count replicated."""
+    mesh, axes = rows.mesh, rows.spec[0] if rows.spec else None
+    names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+    size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+    spec = PartitionSpec(None, axes) if names and packs_per_micro % size == 0 else PartitionSpec()
+    pack = NamedSharding(mesh, spec)
+    return packing.MicroPacks(
+        tokens=pack,
+        positions=pack,
+        mask=pack,
+        segment_ids=pack,
+        micro=NamedSharding(mesh, PartitionSpec(axes)),
+        predict_pack=rows,
+        predict_slot=rows,
+        predicted=rows,
+        used=NamedSharding(mesh, PartitionSpec()),
+    )
 
 
 def _rows(config):

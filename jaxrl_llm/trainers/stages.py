@@ -242,12 +242,17 @@ def update(
     stacked = isinstance(seeds, list | tuple)
     rngs = [np.random.default_rng([s, step]) for s in (seeds if stacked else [seeds])]
     step_metrics = []
+    # `train.micro_tokens`: each minibatch is packed on the host from one read of the batch
+    source = None if stacked else programs.pack_source(batch)
     for _ in range(epochs):
         plans = [rl_step.sample_indices(g, rows, minibatch) for g in rngs]
         for j in range(len(plans[0])):
             idx = [np.sort(p[j]) if minibatch == rows else p[j] for p in plans]
             idx = np.stack(idx) if stacked else idx[0]
-            state, m = programs.train_step(state, programs.select_rows(batch, idx))
+            mb = programs.select_rows(batch, idx)
+            if source is not None:
+                mb = programs.with_packs(mb, source, idx)
+            state, m = programs.train_step(state, mb)
             step_metrics.append(m)
     return state, (jax.device_get(step_metrics) if fetch else step_metrics)
 

@@ -21,6 +21,7 @@ __all__ = [
     "make_optimizer",
     "completion_logprobs",
     "completion_values",
+    "head_logprobs",
     "weight_decay_mask",
 ]
 
@@ -122,11 +123,36 @@ def completion_logprobs(
     needed. Equal to the default path within float32 rounding; `vocab_block=0`
     is the default path unchanged.
     """
-    n, p = prompt_tokens.shape
-    t = tokens.shape[1]
+    p, t = prompt_tokens.shape[1], tokens.shape[1]
     full, positions, full_mask = _full_sequence(prompt_tokens, prompt_mask, tokens)
     hidden = models.apply_hidden(config, params, full, positions, full_mask)
-    hidden = hidden[:, p - 1 : p + t - 1]
+    return head_logprobs(
+        config,
+        params,
+        hidden[:, p - 1 : p + t - 1],
+        tokens,
+        temperature=temperature,
+        chunk=chunk,
+        with_entropy=with_entropy,
+        vocab_block=vocab_block,
+    )
+
+
+def head_logprobs(
+    config,
+    params,
+    hidden,
+    targets,
+    *,
+    temperature=1.0,
+    chunk: int = 0,
+    with_entropy: bool = False,
+    vocab_block: int = 0,
+):
+    """log π(targets | hidden) and entropies `[N, S]` float32 from hidden states `[N, S, H]`:
+    the LM head and log-softmax over `chunk` positions at a time (`completion_logprobs`
+    says how `chunk` and `vocab_block` bound the live logits)."""
+    t = targets.shape[1]
     chunk = t if not chunk or chunk >= t else int(chunk)
 
     if vocab_block:
@@ -154,10 +180,9 @@ def completion_logprobs(
 
     lps, ents = [], []
     for s in range(0, t, chunk):
-        lp, ent = head(hidden[:, s : s + chunk], tokens[:, s : s + chunk])
+        lp, ent = head(hidden[:, s : s + chunk], targets[:, s : s + chunk])
         lps.append(lp)
         ents.append(ent)
-    del n
     return jnp.concatenate(lps, axis=1), jnp.concatenate(ents, axis=1)
 
 

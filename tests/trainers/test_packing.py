@@ -2,6 +2,9 @@
 log-probs and their gradients equal the unpacked per-row pass; segments do not see each
 other; placement and its errors."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,12 +130,13 @@ def test_one_pack_per_call_equals_the_padded_pass(params, rows, vocab_block):
 
 def test_a_packed_run_matches_the_padded_run(tmp_path, sft_checkpoint):
     """GRPO with a KL term (reference log-probs every step) and recomputed old log-probs: with
-    `train.pack_budget` both passes run packed; 3 steps match the padded run."""
+    `train.pack_budget` both passes run packed, and with `train.micro_tokens` the update too
+    (token-budget micro-batches); 3 steps match the padded run."""
     from jaxrl_llm.trainers import rl
     from tests.trainers.conftest import recipe_overrides, small_config
 
     runs = {}
-    for budget in (0, 64):
+    for budget, micro_tokens in ((0, 0), (64, 0), (64, 128)):
         c = small_config(
             **recipe_overrides(sft_checkpoint),
             **{
@@ -143,18 +147,32 @@ def test_a_packed_run_matches_the_padded_run(tmp_path, sft_checkpoint):
                 "algo.recompute_old_logp": True,
                 "rollout.prompt_buckets": (16, 32),
                 "train.pack_budget": budget,
+                "train.micro_tokens": micro_tokens,
                 "eval.size": 16,
                 "checkpoint.every": 0,
             },
         )
-        runs[budget] = rl.Trainer(c, str(tmp_path / str(budget))).run(log=lambda *a: None)
-    a, b = ({h["step"]: h for h in runs[k]["history"] if "train/kl" in h} for k in (0, 64))
-    assert sorted(a) == sorted(b) == [1, 2, 3]
+        workdir = str(tmp_path / f"{budget}_{micro_tokens}")
+        runs[budget, micro_tokens] = rl.Trainer(c, workdir).run(log=lambda *a: None)
+    a, b, u = ({h["step"]: h for h in run["history"] if "train/kl" in h} for run in runs.values())
+    assert sorted(a) == sorted(b) == sorted(u) == [1, 2, 3]
     for step in a:
-        assert a[step]["train/reward"] == b[step]["train/reward"], step
-        for k in ("train/kl", "train/loss/total", "train/grad_norm"):
-            np.testing.assert_allclose(a[step][k], b[step][k], rtol=1e-3, atol=1e-6, err_msg=k)
+        for other in (b, u):
+            assert a[step]["train/reward"] == other[step]["train/reward"], step
+            for k in ("train/kl", "train/loss/total", "train/grad_norm"):
+                np.testing.assert_allclose(a[step][k], other[step][k], rtol=1e-3, atol=1e-6, err_msg=k)  # fmt: skip
     assert a[3]["train/kl"] > 0
+    logged = {}
+    for name in ("64_0", "64_128"):
+        with open(os.path.join(str(tmp_path / name), "metrics.jsonl")) as f:
+            lines = [json.loads(x).get("scalars", {}) for x in f]
+        logged[name] = [r for r in lines if "train/loss/total" in r]
+    assert len(logged["64_128"]) == 3
+    assert all("train/packed/micro_batches" not in r for r in logged["64_0"])
+    for r in logged["64_128"]:
+        # 32 rows of up to 32 + max_new_tokens tokens in 128-token micro-batches: several
+        assert r["train/packed/micro_batches"] >= 2
+        assert 0 < r["train/packed/fill"] <= 1
 
 
 def test_a_pack_budget_below_the_longest_row_is_a_config_error():
