@@ -12,6 +12,12 @@ longest prompt and completion, the trainer's layout). Packed: `trainers/packing.
 attention on CPU); the median wall time over `--repeats` calls after a warm-up call. Also
 reported: the token slots each arm computes (the ratio padding costs). Figures go to
 BENCHMARKS.md ("Sequence packing").
+
+`--update` also times the trainer's update (`rl_step.train_step`, PPO-clip, token-mean, one
+SGD step) on the same rows: padded = micro-batches of `--micro_rows` rows of P + T slots (the
+trainer's layout with `train.microbatch_size`); packed = token-budget micro-batches of
+`micro_rows * (P + T)` slots (`train.micro_tokens`, packs of `--budget`), so both arms hold
+at most the same slots per micro-batch.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_llm import models
-from jaxrl_llm.trainers import packing
-from jaxrl_llm.trainers.state import completion_logprobs
+from jaxrl_llm.trainers import config as config_lib
+from jaxrl_llm.trainers import packing, rl_step
+from jaxrl_llm.trainers.state import TrainState, completion_logprobs
 
 __all__ = ["length_mix", "main"]
 
@@ -61,6 +68,60 @@ def _time(fn, args, repeats):
     return statistics.median(times)
 
 
+def _update_arms(config, params, rows, *, budget, micro_rows, repeats):
+    """(padded seconds, packed seconds, micro-batches each, losses) of one update."""
+    import functools
+
+    import optax
+
+    pt, pm, tok, mask = rows
+    n, p, t = pt.shape[0], pt.shape[1], tok.shape[1]
+    c = config_lib.base_config()
+    c.unlock()
+    c.rollout.max_new_tokens = t
+    settings = rl_step.LossSettings.from_config(c)
+    old = np.asarray(completion_logprobs(config, params, pt, pm, tok)[0])
+    adv = np.random.default_rng(3).normal(size=(n, 1)).astype(np.float32) * mask
+    batch = rl_step.TrainBatch(
+        prompt_tokens=jnp.asarray(pt),
+        prompt_mask=jnp.asarray(pm),
+        tokens=jnp.asarray(tok),
+        mask=jnp.asarray(mask, jnp.float32),
+        old_logp=jnp.asarray(old),
+        advantages=jnp.asarray(adv),
+        token_mask=jnp.asarray(mask, jnp.float32),
+    )
+    opt = optax.sgd(1e-3)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=opt.init(params),
+        rng=jax.random.key_data(jax.random.key(0)),
+        kl_coef=jnp.zeros((), jnp.float32),
+    )
+    step = functools.partial(
+        rl_step.train_step,
+        model_config=config,
+        s=settings,
+        optimizer=opt,
+        critic_optimizer=None,
+        policy_warmup=0,
+    )
+    padded = jax.jit(functools.partial(step, num_micro=n // micro_rows))
+    packed_step = jax.jit(functools.partial(step, num_micro=1))
+    micro_tokens = micro_rows * (p + t)
+    plan = packing.plan_micro_batches(
+        pm, mask, budget=budget, packs_per_micro=max(1, micro_tokens // budget)
+    )
+    packs = jax.tree.map(jnp.asarray, packing.pack_micro_batches(pt, pm, tok, plan))
+    with_packs = batch.replace(packs=packs)
+    loss = lambda fn, b: float(fn(state, b)[1]["loss/total"])  # noqa: E731
+    losses = [loss(padded, batch), loss(packed_step, with_packs)]
+    t_pad = _time(lambda b: padded(state, b)[1]["loss/total"], (batch,), repeats)
+    t_pack = _time(lambda b: packed_step(state, b)[1]["loss/total"], (with_packs,), repeats)
+    return t_pad, t_pack, (n // micro_rows, plan.used), losses
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=64)
@@ -69,6 +130,8 @@ def main(argv=None):
     ap.add_argument("--budget", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--update", action="store_true", help="also time the trainer's update")
+    ap.add_argument("--micro_rows", type=int, default=8, help="padded update micro-batch rows")
     args = ap.parse_args(argv)
 
     config = models.ModelConfig.tiny(
@@ -128,6 +191,24 @@ def main(argv=None):
         "loss_padded_packed": [float(v_pad), float(v_pack)],
         "devices": str(jax.devices()[0].platform),
     }
+    if args.update:
+        t_pad, t_pack, micro, losses = _update_arms(
+            config,
+            params,
+            (pt, pm, tok, mask),
+            budget=args.budget,
+            micro_rows=args.micro_rows,
+            repeats=args.repeats,
+        )
+        out["update"] = {
+            "micro_batches_padded_packed": list(micro),
+            "padded_s": round(t_pad, 4),
+            "packed_s": round(t_pack, 4),
+            "padded_tokens_per_s": round(valid / t_pad, 1),
+            "packed_tokens_per_s": round(valid / t_pack, 1),
+            "speedup": round(t_pad / t_pack, 2),
+            "loss_padded_packed": losses,
+        }
     print(json.dumps(out, indent=1))
     return out
 
