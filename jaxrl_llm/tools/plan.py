@@ -21,6 +21,11 @@ Memory (per device):
                            + with `attention = "xla"`, one layer's fp32 scores in the backward
                              recompute: micro_rows × heads / tensor × S² × 4 / batch shards
                              (fused kernels keep none)
+                           with a packed update (`micro_tokens`, `train.micro_tokens`): a
+                           micro-batch is micro_tokens tokens in packs of `pack_budget`:
+                           micro_rows × S becomes micro_tokens, the logits chunk is one per
+                           pack (packs × chunk × V × 4) and the scores are per pack
+                           (packs × heads / tensor × pack_budget² × 4), all / batch shards
   with LoRA (`Workload.lora_rank > 0`; docs/lora.md): params = the frozen base (param_bytes)
                            + adapters (lora_bytes); grads, Adam and the reference cover the
                            adapters only; `lora_merge` = the merge-in-forward temporaries, a
@@ -30,7 +35,9 @@ Memory (per device):
                            1.0625, nf4 / int4 0.5625 bytes per entry), the rest at param_bytes
 
 Time per step (Kaplan et al. 2020; Chowdhery et al. 2022 for the attention term):
-  model FLOPs / token      6 N + 12 L n_heads d_head S      (update: forward + backward)
+  model FLOPs / token      6 N + 12 L n_heads d_head S      (update: forward + backward;
+                                                            × `pack_fill`, S = pack_budget
+                                                            with a packed update)
                            2 N + 4 L n_heads d_head S       (reference log-probs: forward;
                                                             × `pack_fill` with packed passes)
   compute time             FLOPs / (chips × peak × MFU)
@@ -129,6 +136,8 @@ class Workload:
     remat_policy: str = "full"  # model.remat_policy: what the update keeps per layer
     attention: str = "xla"  # "xla": scores materialise; "fused": cudnn / splash keep none
     pack_fill: float = 1.0  # train.pack_budget: valid share of the P + T slots in the passes
+    pack_budget: int = 0  # train.pack_budget: tokens per pack (with micro_tokens)
+    micro_tokens: int = 0  # train.micro_tokens: the update packed, micro-batches by tokens
 
     @property
     def rows(self):
@@ -189,14 +198,22 @@ def device_bytes(config, sizes, work: Workload, rules=None) -> dict[str, float]:
     finally:
         root.setLevel(level)
     batch = math.prod(mesh.shape[a] for a in (A.DATA, A.FSDP))
-    micro = max(work.micro_rows // batch, 1)
+    if work.micro_tokens:  # packed update: `micro` packs of `seq` = pack_budget tokens
+        if not work.pack_budget or work.micro_tokens % work.pack_budget:
+            raise ValueError(
+                f"Workload.micro_tokens = {work.micro_tokens} needs pack_budget > 0 dividing "
+                f"it (pack_budget = {work.pack_budget})"
+            )
+        micro, seq = max(work.micro_tokens // work.pack_budget // batch, 1), work.pack_budget
+    else:
+        micro, seq = max(work.micro_rows // batch, 1), work.seq
     act = (
-        config.num_layers * micro * work.seq * _saved_per_token(config, work, mesh) * 2
+        config.num_layers * micro * seq * _saved_per_token(config, work, mesh) * 2
         + micro * work.logprob_chunk * config.vocab_size * 4
     )
     if work.attention == "xla":
         heads = max(config.num_heads // mesh.shape[A.TENSOR], 1)
-        act += micro * heads * work.seq**2 * 4
+        act += micro * heads * seq**2 * 4
     kv = 2 * _shard_elems(kv_shape, kv_spec, mesh) * work.kv_bytes
     if work.lora_rank:
         ad = adapter_elems * work.lora_bytes
@@ -269,7 +286,10 @@ def step_time(
     _, n = param_counts(config)
     attn = config.num_layers * config.num_heads * config.head_dim * work.seq
     tokens = work.rows * work.seq
-    flops = tokens * ((6 * n + 12 * attn) + work.pack_fill * (2 * n + 4 * attn))
+    update = 6 * n + 12 * attn
+    if work.micro_tokens:  # the update on packed rows: valid tokens, attention within packs
+        update = work.pack_fill * (6 * n + 12 * attn * work.pack_budget / work.seq)
+    flops = tokens * (update + work.pack_fill * (2 * n + 4 * attn))
     compute = flops / (hw.chips * hw.peak_flops * mfu)
     d, f, t = sizes
     w = (

@@ -132,6 +132,36 @@ def test_packed_passes_scale_the_reference_forward_only():
     assert abs((full["model_flops"] - half["model_flops"]) - 0.5 * ref) / ref < 1e-9
 
 
+def test_a_packed_update_counts_micro_tokens_in_packs():
+    """`micro_tokens` = 4096 in packs of 1024 on 2 batch shards: 2 packs of 1024 tokens per
+    device hold the activations, one logits chunk and one layer's scores per pack; the update's
+    FLOPs scale by the fill and its attention term by pack_budget / S."""
+    config = plan.qwen25_config("1.5B")
+    L, h, nh, v = 28, 1536, 12, 151936
+    work = plan.Workload(
+        prompts=8, group=8, prompt_len=256, new_tokens=768, micro_tokens=4096, pack_budget=1024
+    )
+    got = plan.device_bytes(config, (2, 1, 1), work)["activations"]
+    assert got == L * 2 * 1024 * h * 2 + 2 * 256 * v * 4 + 2 * nh * 1024**2 * 4
+    for bad in (dict(pack_budget=0), dict(pack_budget=1000)):
+        try:
+            plan.device_bytes(config, (1, 1, 1), dataclasses.replace(work, **bad))
+        except ValueError as e:
+            assert "micro_tokens = 4096 needs pack_budget > 0 dividing it" in str(e)
+        else:
+            raise AssertionError(f"{bad} was accepted")
+    hw = plan.HARDWARE["8xH100"]
+    padded = plan.step_time(config, (1, 8, 1), hw, dataclasses.replace(work, micro_tokens=0))
+    packed = plan.step_time(config, (1, 8, 1), hw, dataclasses.replace(work, pack_fill=0.5))
+    _, n = plan.param_counts(config)
+    attn = L * nh * 128 * 1024
+    tokens = 64 * 1024
+    want = tokens * (6 * n + 12 * attn + 2 * n + 4 * attn)  # padded: everything on S slots
+    assert abs(padded["model_flops"] - want) / want < 1e-9
+    want = tokens * 0.5 * (6 * n + 12 * attn + 2 * n + 4 * attn)  # S = pack_budget = 1024
+    assert abs(packed["model_flops"] - want) / want < 1e-9
+
+
 def test_fits_table_single_hosts():
     """7B: full fine-tuning (fp32 params, grads, Adam, reference: 16 bytes / parameter, > 110
     GiB) does not fit one H200; LoRA on a bf16 base does; the table prints every size."""
