@@ -325,9 +325,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "seed": F(0, "run seed", ge=0),
         "logprob_chunk": F(0, "sequence chunk of the log-prob pass; 0: one chunk", ge=0),
         "vocab_block": F(
-            0,
-            "vocabulary columns per block of the log-prob pass (online log-sum-exp, no "
-            "[N, T, V] logits in forward or backward); 0: the whole vocabulary at once",
+            8192,
+            "vocabulary columns per block of the teacher-forced log-prob passes (online "
+            "log-sum-exp, no [N, T, V] logits in forward or backward) when the vocabulary is "
+            "larger; a vocabulary of at most this many columns, or 0, runs unblocked",
             ge=0,
         ),
         "pack_budget": F(

@@ -49,7 +49,7 @@ from jaxrl_llm.models import transformer
 from jaxrl_llm.models import value as value_lib
 from jaxrl_llm.models.blocked_head import lm_head_logprobs
 from jaxrl_llm.rollout.logprobs import token_logprobs
-from jaxrl_llm.trainers.state import critic_model, head_logprobs
+from jaxrl_llm.trainers.state import blocked_columns, critic_model, head_logprobs
 
 __all__ = [
     "PackPlan",
@@ -183,15 +183,17 @@ def packed_completion_logprobs(config, params, packed: Packed, *, temperature=1.
 
 
 def slot_logprobs(
-    config, params, tokens, positions, mask, segment_ids, *, temperature=1.0, vocab_block=0
+    config, params, tokens, positions, mask, segment_ids, *, temperature=1.0, vocab_block=None
 ):
     """Per slot of packs `[M, B]`, the log-prob of the next slot's token when it belongs to
     the same segment (0 elsewhere): every teacher-forced log-prob of every packed row, from
-    one pass. `vocab_block > 0` uses the vocabulary-blocked head (no `[M, B, V]` tensor)."""
+    one pass. A vocabulary larger than `vocab_block` (`state.blocked_columns`) runs the
+    vocabulary-blocked head (no `[M, B, V]` tensor)."""
     hidden = transformer.apply_hidden(config, params, tokens, positions, mask, segment_ids)
     targets = jnp.roll(tokens, -1, axis=1)
     same = (jnp.roll(segment_ids, -1, axis=1) == segment_ids) & (segment_ids > 0)
     same = same.at[:, -1].set(False)
+    vocab_block = blocked_columns(config, vocab_block)
     if vocab_block:
         lp, _ = lm_head_logprobs(
             config, params, hidden, targets, temperature, vocab_block=int(vocab_block)
@@ -359,7 +361,7 @@ def micro_logprobs(
     *,
     temperature=1.0,
     chunk: int = 0,
-    vocab_block: int = 0,
+    vocab_block: int | None = None,
     with_entropy: bool = False,
 ):
     """(log-probs, entropies) `[n, T]` of micro-batch `i`'s rows from one packed pass over its

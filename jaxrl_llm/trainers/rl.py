@@ -229,6 +229,7 @@ class Trainer:
                 completion_len=c.rollout.max_new_tokens,
                 writer=self.writer,
                 progress=bool(c.log.progress),
+                vocab_block=c.train.vocab_block,
             )
             log(f"SFT done, loss {loss:.4f}")
             host_params = multihost.gather_to_host(params)  # a collective: every process calls it

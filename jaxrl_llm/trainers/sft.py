@@ -81,8 +81,8 @@ def _encode_batch(tokenizer, pairs, prompt_buckets, completion_len):
     return pt, pm, ct, cm
 
 
-def _sft_loss(params, pt, pm, ct, cm, *, model_config):
-    logp, _ = completion_logprobs(model_config, params, pt, pm, ct)
+def _sft_loss(params, pt, pm, ct, cm, *, model_config, vocab_block=None):
+    logp, _ = completion_logprobs(model_config, params, pt, pm, ct, vocab_block=vocab_block)
     m = cm.astype(jnp.float32)
     return -jnp.sum(logp * m) / jnp.maximum(jnp.sum(m), 1.0)
 
@@ -104,8 +104,11 @@ def sft_train(
     writer=None,
     write_every: int = 10,
     progress: bool = False,
+    vocab_block: int | None = None,
 ):
     """Trains `params` on `pairs` for `steps` AdamW steps; returns (params, last loss).
+    `vocab_block`: the log-prob pass's vocabulary blocks (`train.vocab_block`; None: the
+    default, `state.VOCAB_BLOCK`).
 
     Reporting, none of which changes the numbers (the same params for the same seed):
       log_fn: `log_fn(step, loss)` every 50 steps and at the last (step 0-based).
@@ -127,7 +130,7 @@ def sft_train(
     )
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.0))
     opt_state = opt.init(params)
-    loss_fn = functools.partial(_sft_loss, model_config=model_config)
+    loss_fn = functools.partial(_sft_loss, model_config=model_config, vocab_block=vocab_block)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, pt, pm, ct, cm):

@@ -22,8 +22,15 @@ __all__ = [
     "completion_logprobs",
     "completion_values",
     "head_logprobs",
+    "blocked_columns",
+    "VOCAB_BLOCK",
     "weight_decay_mask",
 ]
+
+
+# Vocabulary columns per block of the teacher-forced log-prob passes by default
+# (`train.vocab_block`): a 152k vocabulary runs in 19 blocks, a small one unblocked.
+VOCAB_BLOCK = 8192
 
 
 @flax.struct.dataclass
@@ -108,7 +115,7 @@ def completion_logprobs(
     temperature=1.0,
     chunk: int = 0,
     with_entropy: bool = False,
-    vocab_block: int = 0,
+    vocab_block: int | None = None,
 ):
     """log π(token_t | prefix) for each completion token, [N, T] float32 (and entropies).
 
@@ -116,12 +123,12 @@ def completion_logprobs(
     completion positions at a time under `jax.checkpoint`, so at most one
     `[N, chunk, V]` float32 block of logits is alive (forward and backward).
 
-    `vocab_block > 0` also splits the vocabulary: each sequence chunk goes through
-    `models.blocked_head.lm_head_logprobs` (online log-sum-exp over `vocab_block`
-    columns, a custom VJP that recomputes each block), so at most one
-    `[N, chunk, vocab_block]` float32 block is alive and no `jax.checkpoint` is
-    needed. Equal to the default path within float32 rounding; `vocab_block=0`
-    is the default path unchanged.
+    A vocabulary larger than `vocab_block` (default `VOCAB_BLOCK`) is also split: each
+    sequence chunk goes through `models.blocked_head.lm_head_logprobs` (online
+    log-sum-exp over `vocab_block` columns, a custom VJP that recomputes each block), so
+    at most one `[N, chunk, vocab_block]` float32 block is alive and no `jax.checkpoint`
+    is needed. Equal to the plain path within float32 rounding; `vocab_block=0`, or a
+    vocabulary of at most `vocab_block` columns, runs the plain path.
     """
     p, t = prompt_tokens.shape[1], tokens.shape[1]
     full, positions, full_mask = _full_sequence(prompt_tokens, prompt_mask, tokens)
@@ -147,13 +154,14 @@ def head_logprobs(
     temperature=1.0,
     chunk: int = 0,
     with_entropy: bool = False,
-    vocab_block: int = 0,
+    vocab_block: int | None = None,
 ):
     """log π(targets | hidden) and entropies `[N, S]` float32 from hidden states `[N, S, H]`:
     the LM head and log-softmax over `chunk` positions at a time (`completion_logprobs`
     says how `chunk` and `vocab_block` bound the live logits)."""
     t = targets.shape[1]
     chunk = t if not chunk or chunk >= t else int(chunk)
+    vocab_block = blocked_columns(config, vocab_block)
 
     if vocab_block:
         # The custom VJP recomputes each vocabulary block; nothing to checkpoint.
@@ -184,6 +192,14 @@ def head_logprobs(
         lps.append(lp)
         ents.append(ent)
     return jnp.concatenate(lps, axis=1), jnp.concatenate(ents, axis=1)
+
+
+def blocked_columns(config, vocab_block: int | None) -> int:
+    """Columns per vocabulary block of a log-prob pass, 0 for the plain head: `vocab_block`
+    (None: `VOCAB_BLOCK`) when the vocabulary is larger, else 0 (one block would be the whole
+    vocabulary, which the plain path computes as it always did)."""
+    block = VOCAB_BLOCK if vocab_block is None else int(vocab_block)
+    return block if 0 < block < config.vocab_size else 0
 
 
 def is_lora_critic(critic_params) -> bool:
