@@ -17,7 +17,9 @@ Memory (per device):
                              block_outputs  H + 2 H (attention and MLP outputs)
                              qkv_attn       H + (2 heads + 2 kv_heads) head_dim / tensor
                              dots           H + ((heads + 2 kv_heads) head_dim + 2 H + 2 I) / tensor
-                           + micro_rows × chunk × V × 4 (one fp32 logits chunk) / batch shards
+                           + micro_rows × chunk × V × 4 (one fp32 logits chunk) / batch shards,
+                             with vocabulary blocks (`vocab_block` < V, `train.vocab_block`)
+                             2 × micro_rows × chunk × vocab_block × 4 (two live blocks)
                            + with `attention = "xla"`, one layer's fp32 scores in the backward
                              recompute: micro_rows × heads / tensor × S² × 4 / batch shards
                              (fused kernels keep none)
@@ -118,6 +120,7 @@ class Workload:
     new_tokens: int = 1536
     micro_rows: int = 64  # rows per micro-batch of the update (whole mesh)
     logprob_chunk: int = 256
+    vocab_block: int = 8192  # train.vocab_block: LM-head columns per block; 0: the whole V
     param_bytes: int = 4  # fp32 master params (and grads, Adam moments)
     ref_bytes: int = 4  # the reference is a copy of the policy at its dtype
     kv_bytes: int = 2
@@ -207,10 +210,11 @@ def device_bytes(config, sizes, work: Workload, rules=None) -> dict[str, float]:
         micro, seq = max(work.micro_tokens // work.pack_budget // batch, 1), work.pack_budget
     else:
         micro, seq = max(work.micro_rows // batch, 1), work.seq
-    act = (
-        config.num_layers * micro * seq * _saved_per_token(config, work, mesh) * 2
-        + micro * work.logprob_chunk * config.vocab_size * 4
-    )
+    if 0 < work.vocab_block < config.vocab_size:  # two live [rows, chunk, block] blocks
+        logits = 2 * micro * work.logprob_chunk * work.vocab_block * 4
+    else:
+        logits = micro * work.logprob_chunk * config.vocab_size * 4
+    act = config.num_layers * micro * seq * _saved_per_token(config, work, mesh) * 2 + logits
     if work.attention == "xla":
         heads = max(config.num_heads // mesh.shape[A.TENSOR], 1)
         act += micro * heads * seq**2 * 4

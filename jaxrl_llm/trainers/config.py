@@ -323,7 +323,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "microbatch_size": F(0, "rows per gradient accumulation step; 0: the minibatch", ge=0),
         "steps": F(150, "RL steps", gt=0),
         "seed": F(0, "run seed", ge=0),
-        "logprob_chunk": F(0, "sequence chunk of the log-prob pass; 0: one chunk", ge=0),
+        "logprob_chunk": F(
+            256,
+            "positions per LM-head chunk of the teacher-forced log-prob passes (with "
+            "vocab_block, one [rows, chunk, vocab_block] block alive); 0: one chunk",
+            ge=0,
+        ),
         "vocab_block": F(
             8192,
             "vocabulary columns per block of the teacher-forced log-prob passes (online "

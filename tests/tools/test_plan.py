@@ -99,7 +99,9 @@ def test_activations_by_remat_policy_and_attention_by_hand():
     token and layer (bf16), the fp32 logits chunk, and one layer's fp32 scores with xla."""
     config = plan.qwen25_config("1.5B")
     L, h, i, nh, nkv, d, v = 28, 1536, 8960, 12, 2, 128, 151936
-    work = plan.Workload(prompts=8, group=8, prompt_len=256, new_tokens=768, micro_rows=8)
+    work = plan.Workload(
+        prompts=8, group=8, prompt_len=256, new_tokens=768, micro_rows=8, vocab_block=0
+    )
     chunk = 8 * 256 * v * 4
     scores = 8 * nh * 1024**2 * 4
     saved = {
@@ -113,6 +115,9 @@ def test_activations_by_remat_policy_and_attention_by_hand():
             w = dataclasses.replace(work, remat_policy=policy, attention=attention)
             got = plan.device_bytes(config, (1, 1, 1), w)["activations"]
             assert got == L * 8 * 1024 * per_token * 2 + chunk + extra, (policy, attention)
+    blocked = dataclasses.replace(work, vocab_block=8192)  # the default: two live blocks
+    got = plan.device_bytes(config, (1, 1, 1), blocked)["activations"]
+    assert got == L * 8 * 1024 * h * 2 + 2 * 8 * 256 * 8192 * 4 + scores
     try:
         plan.device_bytes(config, (1, 1, 1), dataclasses.replace(work, remat_policy="x"))
     except ValueError as e:
@@ -137,12 +142,12 @@ def test_a_packed_update_counts_micro_tokens_in_packs():
     device hold the activations, one logits chunk and one layer's scores per pack; the update's
     FLOPs scale by the fill and its attention term by pack_budget / S."""
     config = plan.qwen25_config("1.5B")
-    L, h, nh, v = 28, 1536, 12, 151936
+    L, h, nh = 28, 1536, 12
     work = plan.Workload(
         prompts=8, group=8, prompt_len=256, new_tokens=768, micro_tokens=4096, pack_budget=1024
     )
     got = plan.device_bytes(config, (2, 1, 1), work)["activations"]
-    assert got == L * 2 * 1024 * h * 2 + 2 * 256 * v * 4 + 2 * nh * 1024**2 * 4
+    assert got == L * 2 * 1024 * h * 2 + 2 * 2 * 256 * 8192 * 4 + 2 * nh * 1024**2 * 4
     for bad in (dict(pack_budget=0), dict(pack_budget=1000)):
         try:
             plan.device_bytes(config, (1, 1, 1), dataclasses.replace(work, **bad))

@@ -157,7 +157,7 @@ FROZEN_DEFAULTS = {
     "task.max_failed_reward_steps": 3,
     "task.reward_workers": 2,
     "tokenizer.path": "builtin",
-    "train.logprob_chunk": 0,
+    "train.logprob_chunk": 256,
     "train.max_bad_steps": 5,
     "train.pack_budget": 0,
     "train.micro_tokens": 0,
