@@ -28,8 +28,9 @@ formed by tokens instead of rows (verl's dynamic batch size):
 Rows are placed first-fit decreasing into `budget`-token packs, and consecutive packs form
 micro-batches of `packs_per_micro`. A row keeps its prompt and its completion up to its last
 token with a nonzero `token_mask` (all completion slots before it are attended, as in the
-padded pass). The pack arrays are `[K, M, B]` with K = the minibatch's row count (a static
-bound: a micro-batch holds at least one row) and the used count `K_used` as a scalar, so the
+padded pass). The pack arrays are `[K, M, B]` with K = ceil(n / M) for n rows (a static
+bound: a pack holds at least one row, so at most n packs are used) and the used count
+`K_used` as a scalar, so the
 update runs `K_used` micro-batches in a loop whose trip count is data (one compile whatever
 the lengths). Per-row outputs come back `[n, T]` for every micro-batch: its own rows' values
 where they are predicted, `fill` (the old log-probs) elsewhere, so the losses run unchanged
@@ -317,7 +318,8 @@ def pack_micro_batches(prompt_tokens, prompt_mask, tokens, plan: MicroPlan) -> M
     tokens = np.asarray(tokens)
     n, t = tokens.shape
     m, b = plan.packs_per_micro, plan.budget
-    shape = (n * m, b)  # K = n micro-batches of m packs, flattened while filling
+    k_max = -(-n // m)  # at most n packs (each holds a row): ceil(n / m) micro-batches
+    shape = (k_max * m, b)  # flattened while filling
     out = {k: np.zeros(shape, np.int32) for k in ("tokens", "positions", "mask", "segment_ids")}
     predict_pack = np.zeros((n, t), np.int32)
     predict_slot = np.zeros((n, t), np.int32)
@@ -336,7 +338,7 @@ def pack_micro_batches(prompt_tokens, prompt_mask, tokens, plan: MicroPlan) -> M
         predict_slot[r, :e] = o + len(prompt) - 1 + np.arange(e)
         predicted[r, :e] = 1
     return MicroPacks(
-        **{k: v.reshape(n, m, b) for k, v in out.items()},
+        **{k: v.reshape(k_max, m, b) for k, v in out.items()},
         micro=(plan.pack // m).astype(np.int32),
         predict_pack=predict_pack,
         predict_slot=predict_slot,

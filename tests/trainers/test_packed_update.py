@@ -127,7 +127,7 @@ def test_plan_is_first_fit_decreasing_grouped_into_micro_batches(setup):
     assert plan.used == 3  # packs 0-1, 2-3, 4-5
     np.testing.assert_array_equal(plan.micro, [0, 2, 2, 1, 2, 0, 2, 1])
     packs = packing.pack_micro_batches(batch.prompt_tokens, batch.prompt_mask, batch.tokens, plan)
-    assert packs.tokens.shape == (N, PACKS, BUDGET)  # K = N static micro-batches
+    assert packs.tokens.shape == (N // PACKS, PACKS, BUDGET)  # K = ceil(N / M), static
     # row 1 (pack 4 = micro-batch 2, local pack 0, offset 8): 3 prompt tokens, 1 completion
     r1 = packs.segment_ids[2, 0] == 2
     np.testing.assert_array_equal(np.flatnonzero(r1), [8, 9, 10, 11])
