@@ -68,10 +68,12 @@ class Trainer:
         self.tokenizer = build_tokenizer(c, self.workdir)
         # An environment (env.name) is the task of a multi-turn run: collect plays episodes.
         self.agent = agent_lib.Agent(c, self.tokenizer) if c.env.name else None
-        if c.train.pack_budget and jax.process_count() > 1:
-            raise config_lib.ConfigError(
-                "config.train.pack_budget does not combine with several processes yet; set it to 0"
-            )
+        for field in ("train.pack_budget", "rollout.continuous_slots"):
+            section, name = field.split(".")
+            if c[section].get(name, 0) and jax.process_count() > 1:
+                raise config_lib.ConfigError(
+                    f"config.{field} does not combine with several processes yet; set it to 0"
+                )
         self.partial = None  # the pool of paused completions (`rollout.partial_budget`)
         if c.rollout.partial_budget:
             if jax.process_count() > 1:

@@ -320,3 +320,16 @@ def test_bad_micro_token_settings_are_config_errors(overrides, match):
     c = small_config(**{"rollout.prompt_buckets": (16,), "rollout.max_new_tokens": 48}, **overrides)
     with pytest.raises(config_lib.ConfigError, match=match):
         config_lib.validate(c)
+
+
+@pytest.mark.parametrize("field", ["train.pack_budget", "rollout.continuous_slots"])
+def test_several_processes_refuse_host_side_batching_at_start_up(tmp_path, monkeypatch, field):
+    """Packing and continuous batching are planned on one host: with several processes the
+    trainer refuses them when it is built, before any model or compile."""
+    from jaxrl_llm.trainers import rl
+    from tests.trainers.conftest import small_config
+
+    c = small_config(**{field: 1024})
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(config_lib.ConfigError, match=rf"config\.{field} does not combine with several processes"):  # fmt: skip
+        rl.Trainer(c, str(tmp_path))
