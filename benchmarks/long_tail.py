@@ -15,6 +15,8 @@ with exactly the same lengths, which the script checks.
 
 - static: today's `generate`, `--slots` rows in flight: the jobs in order, in batches of
   `slots / n` prompts (`slots` rows), each batch decoding until its longest row ends.
+- static, buckets: the same batches with `generate(..., kv_buckets=--buckets)`: each decode
+  step attends over the filled cache prefix rounded up to a bucket (`rollout.kv_buckets`).
 - continuous: `generate_continuous(..., slots=--slots, kv_buckets=--buckets)`: a row that
   ends hands its slot to the next job inside the same compiled loop; each decode step
   reads only a bucketed prefix of the cache.
@@ -98,8 +100,9 @@ def _block(x):
     return jax.block_until_ready(x)
 
 
-def run_static(params, config, prompts, key, sp, lengths, slots):
-    """Today's `generate` in batches of `slots` rows; returns the lengths it produced."""
+def run_static(params, config, prompts, key, sp, lengths, slots, buckets=0):
+    """Today's `generate` in batches of `slots` rows (`kv_buckets=buckets`); returns the
+    lengths it produced."""
     per = slots // sp.n
     out = []
     for start in range(0, prompts.tokens.shape[0], per):
@@ -108,7 +111,13 @@ def run_static(params, config, prompts, key, sp, lengths, slots):
         )
         rows = slice(start * sp.n, (start + per) * sp.n)
         r = generate(
-            params, config, batch, jax.random.fold_in(key, start), sp, max_tokens=lengths[rows]
+            params,
+            config,
+            batch,
+            jax.random.fold_in(key, start),
+            sp,
+            max_tokens=lengths[rows],
+            kv_buckets=buckets,
         )
         out.append(r.mask.sum(axis=1))
     return np.asarray(_block(jnp.concatenate(out)))
@@ -217,16 +226,17 @@ def main(argv=None) -> dict:
     key = jax.random.key(args.seed + 2)
     tokens = int(lengths.sum())
 
-    (s_time, c_time), (s_len, (c_len, stats)) = timed(
+    (s_time, b_time, c_time), (s_len, b_len, (c_len, stats)) = timed(
         [
             lambda: run_static(params, config, prompts, key, sp, lengths, args.slots),
+            lambda: run_static(params, config, prompts, key, sp, lengths, args.slots, args.buckets),
             lambda: run_continuous(
                 params, config, prompts, key, sp, lengths, args.slots, args.buckets
             ),
         ],
         args.reps,
     )
-    if not (np.array_equal(s_len, lengths) and np.array_equal(c_len, lengths)):
+    if not all(np.array_equal(x, lengths) for x in (s_len, b_len, c_len)):
         raise RuntimeError("an arm did not produce the fixed lengths")
     per = args.slots // args.n
     static_steps = int(
@@ -257,6 +267,14 @@ def main(argv=None) -> dict:
                 "seconds": s_time,
                 "tokens_per_s": tokens / s_time,
                 "rows_per_s": jobs / s_time,
+                "decode_steps": static_steps,
+                "slot_utilisation": tokens / (static_steps * args.slots),
+            },
+            {
+                "arm": "static, kv buckets",
+                "seconds": b_time,
+                "tokens_per_s": tokens / b_time,
+                "rows_per_s": jobs / b_time,
                 "decode_steps": static_steps,
                 "slot_utilisation": tokens / (static_steps * args.slots),
             },

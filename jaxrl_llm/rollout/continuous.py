@@ -63,7 +63,6 @@ yet measured or optimised for many devices.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -83,6 +82,7 @@ from jaxrl_llm.rollout.sampler import (
     _prefill_prompts,
     _rollout_shardings,
     _rules_tuple,
+    kv_buckets_for,
     row_step_keys,
 )
 from jaxrl_llm.rollout.sampling import sample_tokens
@@ -92,17 +92,6 @@ __all__ = ["generate_continuous", "kv_buckets_for"]
 
 Params = Any
 _STATS = ("steps", "refills", "busy_slot_steps")
-
-
-def kv_buckets_for(prompt_len: int, max_new_tokens: int, buckets: int) -> tuple[int, ...]:
-    """The static attention lengths of the decode step (module docstring), ascending."""
-    max_len = prompt_len + max_new_tokens
-    out = set()
-    for i in range(buckets):
-        kv = prompt_len + math.ceil(max_new_tokens / 2**i)
-        out.add(min(max_len, -(-kv // 8) * 8))
-    out.add(max_len)
-    return tuple(sorted(out))
 
 
 def _program(

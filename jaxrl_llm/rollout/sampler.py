@@ -42,6 +42,7 @@ warning, instead of failing.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,6 +128,19 @@ def init_sampler_cache(config, rows: int, max_len: int, *, mesh=None, rules=None
 
 
 # ----------------------------------------------------------------------- program
+def kv_buckets_for(prompt_len: int, max_new_tokens: int, buckets: int) -> tuple[int, ...]:
+    """The static attention lengths of a decode step, ascending: `P + ceil(T / 2^i)` for
+    i < `buckets`, rounded up to a multiple of 8, and always the whole cache `P + T`
+    (`generate(..., kv_buckets=)`, `generate_continuous`)."""
+    max_len = prompt_len + max_new_tokens
+    out = set()
+    for i in range(buckets):
+        kv = prompt_len + math.ceil(max_new_tokens / 2**i)
+        out.add(min(max_len, -(-kv // 8) * 8))
+    out.add(max_len)
+    return tuple(sorted(out))
+
+
 def row_step_keys(key: jax.Array, rows: jax.Array, steps) -> jax.Array:
     """Per-row keys: `fold_in(fold_in(key, rows[i]), steps[i])` for each i, typed keys [N].
 
@@ -192,8 +206,13 @@ def _decode(
     *,
     row_keys=False,
     offsets=None,
+    kv_buckets=(),
 ):
     """Draw token 0 from the prefill logits, then the while_loop over steps 1..T-1.
+
+    `kv_buckets` (ascending cache lengths, the last one the cache's): the steps run in
+    phases, each attending over the smallest bucket that holds every slot written so far
+    (`apply(..., kv_len=)`), not over the whole cache; () attends over every slot.
 
     `limits` (optional int [N]): row r ends after `limits[r]` tokens (as truncated).
     `row_keys`: token t of row r is drawn with `row_step_keys(key, r, t)`. With `offsets`
@@ -239,10 +258,10 @@ def _decode(
         t, _, _, done, *_ = state
         return (t < max_new) & ~jnp.all(done)
 
-    def body(state):
+    def body(state, kv_len=None):
         t, cache, prev, done, out_tokens, out_logp, length = state
         pos = (plen + t - 1)[:, None]
-        logits, cache = models.apply(config, params, prev[:, None], pos, ones, cache)
+        logits, cache = models.apply(config, params, prev[:, None], pos, ones, cache, kv_len=kv_len)
         tok, lp = draw(t, logits[:, 0, :])
         alive = ~done
         out_tokens = jax.lax.dynamic_update_slice(
@@ -258,7 +277,20 @@ def _decode(
         return t + 1, cache, tok, done, out_tokens, out_logp, length
 
     state = (jnp.asarray(1, jnp.int32), cache, tok, done, out_tokens, out_logp, length)
-    _, cache, _, done, out_tokens, out_logp, length = jax.lax.while_loop(cond, body, state)
+    if not kv_buckets:
+        state = jax.lax.while_loop(cond, body, state)
+    else:
+        # Step t writes slot index + t - 1 (the shared cursor starts at the prompt width) and
+        # attends to every slot before it: bucket k serves the steps with index + t <= k, in
+        # order, as t only grows.
+        start = cache["index"] - 1
+        for k in kv_buckets:
+            state = jax.lax.while_loop(
+                lambda s, k=k: cond(s) & (start + s[0] < k),
+                functools.partial(body, kv_len=int(k)),
+                state,
+            )
+    _, cache, _, done, out_tokens, out_logp, length = state
     return cache, done, out_tokens, out_logp, length
 
 
@@ -277,6 +309,7 @@ def _program(
     *,
     fused=False,
     row_keys=False,
+    kv_buckets=(),
 ):
     max_new, n, stop_ids, top_k, greedy = static
     b, p = prompt_tokens.shape
@@ -288,7 +321,7 @@ def _program(
     logits, cache, plen, empty = _prefill(config, params, prompt_tokens, prompt_mask, n, cache)
     cache = constrain["cache"](cache)
     operands = (params, key, floats, logits, cache, plen, empty, limits)
-    decode = functools.partial(_decode, row_keys=row_keys)
+    decode = functools.partial(_decode, row_keys=row_keys, kv_buckets=kv_buckets)
     if greedy or top_k:
         outs = decode(config, static, True, *operands)
     else:  # one branch per call: the untruncated fast path unless top_p < 1 or min_p > 0
@@ -330,6 +363,7 @@ def _compiled(
     *,
     fused=False,
     row_keys=False,
+    kv_buckets: int = 0,
 ):
     """The jitted program for one (config, static sampling fields, shape, mesh, rules, layout)."""
     max_new, n = static[0], static[1]
@@ -341,8 +375,16 @@ def _compiled(
         cache_sh = _cache_shardings(config, rows, prompt_len + max_new, mesh, rules)
         constrain = {"cache": lambda c: jax.lax.with_sharding_constraint(c, cache_sh)}
         shardings = {"out_shardings": (_rollout_shardings(rows, mesh, rules), cache_sh)}
+    buckets = kv_buckets_for(prompt_len, max_new, kv_buckets) if kv_buckets else ()
     fn = functools.partial(
-        _program, config, static, unstack, constrain, fused=fused, row_keys=row_keys
+        _program,
+        config,
+        static,
+        unstack,
+        constrain,
+        fused=fused,
+        row_keys=row_keys,
+        kv_buckets=buckets,
     )
     return jax.jit(fn, donate_argnums=(5,), **shardings)
 
@@ -390,6 +432,7 @@ def generate_with_cache(
     fused: bool = False,
     row_keys: bool = False,
     max_tokens=None,
+    kv_buckets: int = 0,
 ) -> tuple[Rollout, dict]:
     """`generate`, also returning the final KV cache.
 
@@ -397,9 +440,11 @@ def generate_with_cache(
     is donated: its buffers are reused in place and must not be used after
     the call; pass the returned cache to the next call of the same shape to
     avoid a new allocation. None allocates a fresh one.
-    `unstack_layers`, `fused`, `row_keys` and `max_tokens` are as in `generate`.
+    `unstack_layers`, `fused`, `row_keys`, `max_tokens` and `kv_buckets` are as in `generate`.
     """
     _check(config, prompts, sampling)
+    if isinstance(kv_buckets, bool) or not isinstance(kv_buckets, int) or kv_buckets < 0:
+        raise ValueError(f"generate: kv_buckets must be an int >= 0, got {kv_buckets!r}")
     rules = _rules_tuple(rules)
     b, p = prompts.tokens.shape
     rows, max_len = b * sampling.n, p + sampling.max_new_tokens
@@ -446,6 +491,7 @@ def generate_with_cache(
         bool(unstack_layers),
         fused=bool(fused),
         row_keys=bool(row_keys),
+        kv_buckets=int(kv_buckets),
     )
     extra = () if max_tokens is None else (_check_limits(max_tokens, rows, "generate"),)
     if mesh is None:
@@ -543,6 +589,7 @@ def generate(
     fused: bool = False,
     row_keys: bool = False,
     max_tokens=None,
+    kv_buckets: int = 0,
 ) -> Rollout:
     """Sample `sampling.n` completions for each prompt: a `Rollout` of N = B·n rows.
 
@@ -575,6 +622,11 @@ def generate(
         as max_new_tokens): row r ends after `max_tokens[r]` tokens, as truncated, unless a
         stop id came first. Fixes completion lengths (the long-tail benchmark) or gives rows
         their own budgets. None (default): every row may run to max_new_tokens.
+      kv_buckets: > 0: each decode step attends over the filled prefix of the cache rounded
+        up to one of `kv_buckets_for(P, T, kv_buckets)` static lengths (the steps run in
+        phases, one per length), instead of all P + T slots; a step reads about P + t slots
+        instead of P + T. 0 (default): every slot, as before. The same function up to float
+        rounding (the masked slots it skips weigh exactly 0), like `fused`.
     Returns:
       `Rollout` with prompt_tokens/prompt_mask [N, P], tokens/mask/sampler_logp
       [N, T], group_id [N] (row r ↔ prompt r // n), truncated [N].
@@ -591,5 +643,6 @@ def generate(
         fused=fused,
         row_keys=row_keys,
         max_tokens=max_tokens,
+        kv_buckets=kv_buckets,
     )
     return rollout

@@ -242,6 +242,14 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "0: the static sampler",
             ge=0,
         ),
+        "kv_buckets": F(
+            0,
+            "static sampler: each decode step attends over the filled cache prefix rounded up "
+            "to one of this many lengths (rollout.kv_buckets_for), not all P + T slots; 0: "
+            "every slot (the continuous sampler always uses 4)",
+            ge=0,
+            le=16,
+        ),
         "partial_budget": F(
             0,
             "K: partial rollouts, each row draws at most K tokens per sampler round and "
@@ -654,6 +662,7 @@ def _check_partial(c) -> None:
     clash = {
         "rollout.async_steps": c.rollout.async_steps,
         "rollout.continuous_slots": c.rollout.continuous_slots,
+        "rollout.kv_buckets": c.rollout.kv_buckets,
         "data.dynamic_sampling": c.data.dynamic_sampling,
         "data.replay_fraction": c.data.replay_fraction,
         "env.name": c.env.name,
@@ -681,6 +690,12 @@ def _validate_env(c) -> None:
         raise ConfigError(
             f"config.env.name = {c.env.name!r} does not combine with rollout.async_steps = "
             f"{c.rollout.async_steps} yet (episodes are played in the collect stage); set it to 0"
+        )
+    if c.rollout.get("kv_buckets", 0):
+        raise ConfigError(
+            f"config.env.name = {c.env.name!r} does not combine with rollout.kv_buckets = "
+            f"{c.rollout.kv_buckets} yet (episodes decode with the multi-turn sampler, over "
+            "every cache slot); set it to 0"
         )
     if c.env.credit == "turn" and c.algo.advantage not in ("grpo", "dr_grpo", "gae"):
         raise ConfigError(

@@ -425,7 +425,7 @@ class Trainer:
             sampling,
             mesh=self.mesh,
             rules=self.rules,
-            **({"slots": slots} if slots else {}),
+            **({"slots": slots} if slots else {"kv_buckets": self.config.rollout.kv_buckets}),
         )
         return ro, b * sampling.n, pad
 

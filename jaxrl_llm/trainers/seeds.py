@@ -93,6 +93,11 @@ def _check(config, workdirs, seeds):
             f"config.rollout.async_steps = {config.rollout.async_steps} cannot run as vmapped "
             "seeds (the vmapped loop samples synchronously); run the seeds as separate runs"
         )
+    if config.rollout.kv_buckets:
+        raise config_lib.ConfigError(
+            f"config.rollout.kv_buckets = {config.rollout.kv_buckets} cannot run as vmapped "
+            "seeds yet (their sampler attends over every cache slot); set it to 0"
+        )
     if config.train.pack_budget:
         raise config_lib.ConfigError(
             f"config.train.pack_budget = {config.train.pack_budget} cannot run as vmapped "

@@ -18,7 +18,7 @@ def test_tiny_run_reports_both_arms_and_the_proxy(capsys):
         ["--size=tiny", "--prompts=4", "--n=2", "--slots=4", "--prompt-len=8"]
         + ["--max-new=16", "--median=3", "--buckets=2", "--reps=1"]
     )
-    assert [a["arm"] for a in out["arms"]] == ["static", "continuous"]
+    assert [a["arm"] for a in out["arms"]] == ["static", "static, kv buckets", "continuous"]
     for arm in out["arms"]:
         assert set(arm) == {
             "arm",

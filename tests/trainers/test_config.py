@@ -161,6 +161,7 @@ FROZEN_DEFAULTS = {
     "train.max_bad_steps": 5,
     "train.pack_budget": 0,
     "train.micro_tokens": 0,
+    "rollout.kv_buckets": 0,
     "train.vocab_block": 8192,
     "train.microbatch_size": 0,
     "train.minibatch_size": 0,
