@@ -11,6 +11,13 @@ params, `model.remat` on. MFU = model FLOPs / (seconds × devices × peak), mode
 token = 6 N + 12 L · heads · head_dim · S (Chowdhery et al. 2022, appendix B), N the matmul
 parameters.
 
+Options of the train step: `--micro` micro-batches (scanned, exact accumulation),
+`--attention` (`model.attention`: xla | auto | cudnn | splash | pallas_gpu),
+`--remat_policy` (`model.remat_policy`), and `--lora_rank r`: LoRA adapters (fp32, alpha 2r)
+on all seven projections of a bf16 frozen base (`train_step(..., base)`, AdamW over the
+adapters only); its MFU still counts 6 N per token (the merge-in-forward backward forms the
+targeted kernels' gradients, docs/lora.md).
+
 Decode: `rollout.generate` with greedy decoding and no stop token (every row runs the full
 T steps); seconds per decode step = (generate − prefill) / (T − 1). Bandwidth utilisation =
 bytes read per decode step / seconds / (devices × HBM bandwidth), bytes = the weights as the
@@ -32,7 +39,7 @@ import optax
 
 from jaxrl_llm import models, parallel
 from jaxrl_llm import rollout as rollout_lib
-from jaxrl_llm.models import presets
+from jaxrl_llm.models import lora, presets
 from jaxrl_llm.trainers import config as config_lib
 from jaxrl_llm.trainers import rl_step
 from jaxrl_llm.trainers.state import TrainState
@@ -58,8 +65,8 @@ def peak_of(device) -> tuple[float, float] | None:
     return None
 
 
-def _config(size: str, remat: bool = True):
-    return presets.qwen25_config(size, remat=remat)
+def _config(size: str, remat: bool = True, **overrides):
+    return presets.qwen25_config(size, remat=remat, **overrides)
 
 
 def _median_time(fn, repeats):
@@ -72,11 +79,31 @@ def _median_time(fn, repeats):
     return float(np.median(times))
 
 
-def bench_train(config, mesh, rows: int, seq: int, repeats: int = 3) -> dict:
-    """Seconds per `train_step` on `rows` sequences of `seq` tokens (half prompt, half completion)."""
+def bench_train(
+    config, mesh, rows: int, seq: int, repeats: int = 3, *, micro: int = 1, lora_rank: int = 0
+) -> dict:
+    """Seconds per `train_step` on `rows` sequences of `seq` tokens (half prompt, half
+    completion), in `micro` micro-batches; `lora_rank > 0`: adapters on a bf16 frozen base."""
     p_len, t_len = seq // 2, seq - seq // 2
     p_shard = models.param_shardings(config, mesh)
     params = models.init_sharded_params(config, jax.random.key(0), mesh)
+    base = None
+    if lora_rank:
+        cast = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(jnp.bfloat16), p))
+        base = cast(params)
+        del params
+        init = functools.partial(
+            models.init_lora,
+            config,
+            rank=lora_rank,
+            alpha=2.0 * lora_rank,
+            targets=tuple(lora.TARGETS),
+        )
+        key = jax.random.key(2)
+        shapes = jax.eval_shape(init, base, key)
+        specs = models.lora_logical_axes(config, shapes)
+        p_shard = parallel.logical_to_sharding(specs, mesh, shapes=shapes)
+        params = jax.jit(init, out_shardings=p_shard)(base, key)
     opt = optax.adamw(1e-6)
     o_shard = parallel.opt_state_shardings(opt, params, p_shard, mesh)
     rep = parallel.replicated(mesh)
@@ -109,7 +136,7 @@ def bench_train(config, mesh, rows: int, seq: int, repeats: int = 3) -> dict:
             rl_step.train_step,
             model_config=config,
             s=rl_step.LossSettings.from_config(c),
-            num_micro=1,
+            num_micro=micro,
             optimizer=opt,
             critic_optimizer=None,
             policy_warmup=0,
@@ -117,10 +144,36 @@ def bench_train(config, mesh, rows: int, seq: int, repeats: int = 3) -> dict:
         in_shardings=(state_shard, jax.tree.map(lambda _: rows_sh, batch)),
         out_shardings=(state_shard, rep),
     )
+    if base is not None:  # the frozen base is an argument, laid out as created
+        lora_step = jax.jit(
+            functools.partial(
+                rl_step.train_step,
+                model_config=config,
+                s=rl_step.LossSettings.from_config(c),
+                num_micro=micro,
+                optimizer=opt,
+                critic_optimizer=None,
+                policy_warmup=0,
+            ),
+            in_shardings=(
+                state_shard,
+                jax.tree.map(lambda _: rows_sh, batch),
+                jax.tree.map(lambda x: x.sharding, base),
+            ),
+            out_shardings=(state_shard, rep),
+        )
+        step = lambda st, b: lora_step(st, b, base)  # noqa: E731
     seconds = _median_time(lambda: step(state, batch)[1]["loss/total"], repeats)
     _, n = presets.param_counts(config)
     flops = rows * seq * (6 * n + 12 * config.num_layers * config.num_heads * config.head_dim * seq)
-    return {"seconds": seconds, "model_flops": flops, "tokens": rows * seq}
+    out = {"seconds": seconds, "model_flops": flops, "tokens": rows * seq, "micro": micro}
+    if lora_rank:
+        out["lora_rank"] = lora_rank
+        out["trainable"] = int(sum(x.size for x in jax.tree.leaves(params)))
+    stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        out["peak_GiB"] = stats["peak_bytes_in_use"] / 2**30
+    return out
 
 
 def bench_decode(
@@ -175,8 +228,17 @@ def main(argv=None):
     parser.add_argument(
         "--only", choices=("train", "decode"), default=None, help="run one of the two"
     )
+    parser.add_argument("--micro", type=int, default=1, help="micro-batches of the train step")
+    parser.add_argument("--lora_rank", type=int, default=0, help="> 0: LoRA on a bf16 base")
+    parser.add_argument("--attention", default="xla", help="model.attention of the train step")
+    parser.add_argument("--remat_policy", default="full", help="model.remat_policy")
     args = parser.parse_args(argv)
-    config = _config(args.size, remat=not args.no_remat)
+    config = _config(
+        args.size,
+        remat=not args.no_remat,
+        attention=args.attention,
+        remat_policy=args.remat_policy,
+    )
     mesh = parallel.make_mesh({"fsdp": -1, "tensor": args.tensor})
     devices = jax.devices()
     peak = peak_of(devices[0])
@@ -188,7 +250,15 @@ def main(argv=None):
         "remat": config.remat,
     }
     if args.only in (None, "train"):
-        train = out["train"] = bench_train(config, mesh, args.rows, args.seq, args.repeats)
+        train = out["train"] = bench_train(
+            config,
+            mesh,
+            args.rows,
+            args.seq,
+            args.repeats,
+            micro=args.micro,
+            lora_rank=args.lora_rank,
+        )
         if peak is not None:
             out["train_mfu"] = train["model_flops"] / (train["seconds"] * len(devices) * peak[0])
     if args.only in (None, "decode"):

@@ -15,3 +15,17 @@ def test_tiny_run_reports_train_and_decode_figures(capsys):
     assert set(out["decode"]) == {"seconds_per_step", "bytes_per_step", "tokens_per_s"}
     assert out["decode"]["bytes_per_step"] > 0
     assert '"decode"' in capsys.readouterr().out  # the JSON report
+
+
+def test_tiny_lora_run_in_micro_batches_trains_the_adapters_only():
+    """`--lora_rank`: the step runs on adapters over a bf16 base in 2 micro-batches; the
+    trainable count is the adapters' (`lora.lora_param_count`), not the model's."""
+    from jaxrl_llm.models import lora
+
+    out = mfu.main(
+        ["--size=tiny", "--rows=8", "--seq=32", "--repeats=1", "--only=train"]
+        + ["--lora_rank=4", "--micro=2"]
+    )
+    config = mfu._config("tiny")
+    assert out["train"]["micro"] == 2 and out["train"]["lora_rank"] == 4
+    assert out["train"]["trainable"] == lora.lora_param_count(config, rank=4, targets=lora.TARGETS)
