@@ -182,18 +182,21 @@ def start_rows(
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _segment(config, static, truncate, params, tokens, mask, keys, offsets, idle, limits, floats):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _segment(
+    config, static, truncate, kv_buckets, params, tokens, mask, keys, offsets, idle, limits, floats
+):
     """Prefill [R, W] (prompt + completion so far, left-padded), then decode <= budget tokens
-    per row with its own keys; rows with `idle` draw nothing."""
+    per row with its own keys; rows with `idle` draw nothing. `kv_buckets` as in `generate`."""
     budget = static[0]
     rows, width = tokens.shape
     cache = models.init_cache(config, rows, width + budget)
     logits, cache, plen, empty = sampler_lib._prefill(config, params, tokens, mask, 1, cache)
     keys = jax.random.wrap_key_data(keys)
+    buckets = sampler_lib.kv_buckets_for(width, budget, kv_buckets) if kv_buckets else ()
     _, _, out_tokens, out_logp, length = sampler_lib._decode(
         config, static, truncate, params, keys, floats, logits, cache, plen, empty | idle,
-        limits, offsets=offsets,
+        limits, offsets=offsets, kv_buckets=buckets,
     )  # fmt: skip
     valid = jnp.arange(budget)[None, :] < length[:, None]
     stopped = jnp.any(sampler_lib._is_stop(out_tokens, static[2]) & valid, axis=1)
@@ -226,6 +229,7 @@ def continue_rows(
     budget: int,
     *,
     version: int = 0,
+    kv_buckets: int = 0,
 ) -> PartialRows:
     """Draws up to `budget` more tokens for every unfinished row of `rows` (module docstring).
 
@@ -236,11 +240,14 @@ def continue_rows(
         ignored (rows were laid out by `start_rows`).
       budget: tokens per row in this call, >= 1.
       version: recorded in `versions` for the tokens drawn here (e.g. the trainer step).
+      kv_buckets: decode attention over the filled prefix in this many length buckets, as
+        `generate(..., kv_buckets=)` (the call's cache is the prefilled width + `budget`).
     Returns:
       New `PartialRows`: finished rows unchanged, the others longer by up to `budget` tokens.
     """
     if int(budget) < 1:
         raise ValueError(f"continue_rows: budget must be >= 1, got {budget}")
+    sampler_lib._check_buckets(kv_buckets)
     if sampling.max_new_tokens != rows.max_new_tokens:
         raise ValueError(
             f"continue_rows: sampling.max_new_tokens = {sampling.max_new_tokens} but the rows "
@@ -261,6 +268,7 @@ def continue_rows(
         config,
         static,
         truncate,
+        int(kv_buckets),
         params,
         tokens,
         mask,

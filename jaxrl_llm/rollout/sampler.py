@@ -443,8 +443,7 @@ def generate_with_cache(
     `unstack_layers`, `fused`, `row_keys`, `max_tokens` and `kv_buckets` are as in `generate`.
     """
     _check(config, prompts, sampling)
-    if isinstance(kv_buckets, bool) or not isinstance(kv_buckets, int) or kv_buckets < 0:
-        raise ValueError(f"generate: kv_buckets must be an int >= 0, got {kv_buckets!r}")
+    _check_buckets(kv_buckets)
     rules = _rules_tuple(rules)
     b, p = prompts.tokens.shape
     rows, max_len = b * sampling.n, p + sampling.max_new_tokens
@@ -504,6 +503,11 @@ def generate_with_cache(
         return program(params, tokens, mask, key, floats, cache, *extra)
 
 
+def _check_buckets(kv_buckets) -> None:
+    if isinstance(kv_buckets, bool) or not isinstance(kv_buckets, int) or kv_buckets < 0:
+        raise ValueError(f"generate: kv_buckets must be an int >= 0, got {kv_buckets!r}")
+
+
 def _check_limits(max_tokens, rows: int, who: str) -> jax.Array:
     """Per-row token limits as int32 [rows]; a wrong shape or a limit < 1 fails here."""
     limits = np.asarray(max_tokens)
@@ -516,12 +520,28 @@ def _check_limits(max_tokens, rows: int, who: str) -> jax.Array:
 
 @functools.cache
 def _compiled_seeds(
-    config, static: tuple, seeds: int, batch: int, prompt_len: int, unstack: bool, fused=False
+    config,
+    static: tuple,
+    seeds: int,
+    batch: int,
+    prompt_len: int,
+    unstack: bool,
+    fused=False,
+    kv_buckets: int = 0,
 ):
     """`_program` vmapped over a leading seed axis of params, prompts, keys and cache."""
     rows, max_len = batch * static[1], prompt_len + static[0]
+    buckets = kv_buckets_for(prompt_len, static[0], kv_buckets) if kv_buckets else ()
     fn = jax.vmap(
-        functools.partial(_program, config, static, unstack, {"cache": lambda c: c}, fused=fused),
+        functools.partial(
+            _program,
+            config,
+            static,
+            unstack,
+            {"cache": lambda c: c},
+            fused=fused,
+            kv_buckets=buckets,
+        ),
         in_axes=(0, 0, 0, 0, None, 0),
     )
 
@@ -541,6 +561,7 @@ def generate_seeds(
     *,
     unstack_layers: bool | None = None,
     fused: bool = False,
+    kv_buckets: int = 0,
 ) -> Rollout:
     """`generate` for S models at once, as one program vmapped over a leading seed axis.
 
@@ -549,8 +570,9 @@ def generate_seeds(
     `generate(params[s], config, prompts[s], keys[s], sampling)` up to float rounding (one
     device, no mesh: the use is many small runs, e.g. seeds of a tiny model, on one chip).
     The decode loop runs until every row of every seed has stopped.
-    `unstack_layers` and `fused` are as in `generate`.
+    `unstack_layers`, `fused` and `kv_buckets` are as in `generate`.
     """
+    _check_buckets(kv_buckets)
     tokens, mask = np.asarray(prompts.tokens, np.int32), np.asarray(prompts.mask, np.int32)
     if tokens.ndim != 3 or tokens.shape != mask.shape:
         raise ValueError(
@@ -571,7 +593,7 @@ def generate_seeds(
         ]
     )
     program = _compiled_seeds(
-        config, sampling.static_key(), s, b, p, bool(unstack_layers), bool(fused)
+        config, sampling.static_key(), s, b, p, bool(unstack_layers), bool(fused), kv_buckets
     )
     return program(params, tokens, mask, key_data, floats)
 

@@ -244,9 +244,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
         ),
         "kv_buckets": F(
             0,
-            "static sampler: each decode step attends over the filled cache prefix rounded up "
-            "to one of this many lengths (rollout.kv_buckets_for), not all P + T slots; 0: "
-            "every slot (the continuous sampler always uses 4)",
+            "static sampler (vmapped seeds and partial rollouts too): each decode step attends "
+            "over the filled cache prefix rounded up to one of this many lengths "
+            "(rollout.kv_buckets_for), not all P + T slots; 0: every slot (the continuous "
+            "sampler always uses 4)",
             ge=0,
             le=16,
         ),
@@ -662,7 +663,6 @@ def _check_partial(c) -> None:
     clash = {
         "rollout.async_steps": c.rollout.async_steps,
         "rollout.continuous_slots": c.rollout.continuous_slots,
-        "rollout.kv_buckets": c.rollout.kv_buckets,
         "data.dynamic_sampling": c.data.dynamic_sampling,
         "data.replay_fraction": c.data.replay_fraction,
         "env.name": c.env.name,

@@ -93,6 +93,7 @@ class PartialPool:
                 sampling,
                 self.budget,
                 version=step,
+                kv_buckets=int(c.rollout.get("kv_buckets", 0)),
             )
             for i, x in enumerate(groups):
                 x.rows = rows.select(np.arange(i * g, (i + 1) * g))

@@ -93,11 +93,6 @@ def _check(config, workdirs, seeds):
             f"config.rollout.async_steps = {config.rollout.async_steps} cannot run as vmapped "
             "seeds (the vmapped loop samples synchronously); run the seeds as separate runs"
         )
-    if config.rollout.kv_buckets:
-        raise config_lib.ConfigError(
-            f"config.rollout.kv_buckets = {config.rollout.kv_buckets} cannot run as vmapped "
-            "seeds yet (their sampler attends over every cache slot); set it to 0"
-        )
     if config.train.pack_budget:
         raise config_lib.ConfigError(
             f"config.train.pack_budget = {config.train.pack_budget} cannot run as vmapped "
@@ -164,7 +159,14 @@ class SeedsTrainer:
         )
         if isinstance(params, models.LoraAdapters):  # LoRA: each seed's adapters on the base
             params = self._merge_seeds(lead.lora_base, params)
-        ro = rollout_lib.generate_seeds(params, lead.model_config, prompts, keys, sampling)
+        ro = rollout_lib.generate_seeds(
+            params,
+            lead.model_config,
+            prompts,
+            keys,
+            sampling,
+            kv_buckets=self.config.rollout.kv_buckets,
+        )
         host = jax.device_get(ro)
         completions = [
             rollout_lib.decode_completions(lead.tokenizer, _seed(host, s))

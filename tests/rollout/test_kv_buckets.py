@@ -92,32 +92,47 @@ def test_bad_kv_buckets_are_refused(setup):
             R.generate(params, mc, prompts, jax.random.key(0), sp, kv_buckets=bad)
 
 
-@pytest.mark.parametrize(
-    "overrides, match",
-    [
-        (
-            {"rollout.partial_budget": 8},
-            r"partial_budget = 8 does not combine with .*kv_buckets = 4",
-        ),
-        ({"env.name": "calculator"}, r"does not combine with rollout.kv_buckets = 4"),
-    ],
-)
-def test_samplers_without_buckets_refuse_the_option(overrides, match):
-    """Partial rollouts and multi-turn episodes decode with their own loops: refused, not
-    silently ignored."""
+def test_episodes_refuse_the_option():
+    """Multi-turn episodes decode with their own loop: refused, not silently ignored."""
     from jaxrl_llm.trainers import config as config_lib
     from tests.trainers.conftest import small_config
 
-    c = small_config(**{"rollout.kv_buckets": 4}, **overrides)
-    with pytest.raises(config_lib.ConfigError, match=match):
+    c = small_config(**{"rollout.kv_buckets": 4, "env.name": "calculator"})
+    with pytest.raises(
+        config_lib.ConfigError, match="does not combine with rollout.kv_buckets = 4"
+    ):
         config_lib.validate(c)
 
 
-def test_vmapped_seeds_refuse_kv_buckets(tmp_path):
-    from jaxrl_llm.trainers import config as config_lib
-    from jaxrl_llm.trainers import seeds
-    from tests.trainers.conftest import small_config
+def test_vmapped_seeds_with_buckets_equal_without(setup):
+    """`generate_seeds(..., kv_buckets=)`: 2 seeds (params scaled differently), the same
+    tokens and log-probs within 2e-6 as attending over every slot."""
+    mc, params, prompts = setup
+    stacked = jax.tree.map(lambda x: np.stack([x, 0.9 * x]), params)
+    two = R.PromptBatch(tokens=np.stack([prompts.tokens] * 2), mask=np.stack([prompts.mask] * 2))
+    keys = jax.random.split(jax.random.key(3), 2)
+    sp = R.SamplingParams(n=2, max_new_tokens=T, stop_token_ids=(5,))
+    full = R.generate_seeds(stacked, mc, two, keys, sp)
+    cut = R.generate_seeds(stacked, mc, two, keys, sp, kv_buckets=4)
+    np.testing.assert_array_equal(np.asarray(cut.tokens), np.asarray(full.tokens))
+    np.testing.assert_allclose(np.asarray(cut.sampler_logp), np.asarray(full.sampler_logp), atol=2e-6)  # fmt: skip
 
-    c = small_config(**{"rollout.kv_buckets": 4})
-    with pytest.raises(config_lib.ConfigError, match="kv_buckets = 4 cannot run as vmapped"):
-        seeds.SeedsTrainer(c, [str(tmp_path / "a"), str(tmp_path / "b")], [0, 1])
+
+def test_partial_rounds_with_buckets_equal_without(setup):
+    """`continue_rows(..., kv_buckets=)`: two rounds of 16 tokens, the same rows as
+    attending over every slot of each round's cache."""
+    from jaxrl_llm.rollout.partial import continue_rows, start_rows
+
+    mc, params, prompts = setup
+    sp = R.SamplingParams(n=2, max_new_tokens=T, stop_token_ids=(5,))
+    outs = []
+    for kv_buckets in (0, 3):
+        rows = start_rows(prompts, jax.random.key(4), 2, T)
+        for _ in range(2):
+            rows = continue_rows(params, mc, rows, sp, 16, kv_buckets=kv_buckets)
+        outs.append(rows)
+    full, cut = outs
+    assert full.length.max() > 16  # the second round decoded after a re-prefill
+    np.testing.assert_array_equal(cut.tokens, full.tokens)
+    np.testing.assert_array_equal(cut.length, full.length)
+    np.testing.assert_allclose(cut.logp, full.logp, atol=2e-6)
