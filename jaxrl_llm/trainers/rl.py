@@ -45,13 +45,25 @@ class TrainingStopped(RuntimeError):
 
 
 def build_tokenizer(config, workdir):
-    """The run's tokenizer (`models.build_tokenizer` of `config.tokenizer.path`)."""
-    return models.build_tokenizer(config.tokenizer.path, workdir)
+    """The run's tokenizer (`models.build_tokenizer` of `config.tokenizer.path`); a folder
+    that is not there is a config error naming the field."""
+    try:
+        return models.build_tokenizer(config.tokenizer.path, workdir)
+    except FileNotFoundError as e:
+        raise config_lib.ConfigError(
+            f"config.tokenizer.path = {config.tokenizer.path!r}: {e}"
+        ) from None
 
 
 def build_model_config(config, tokenizer):
-    """The run's `ModelConfig` (`models.build_model_config` of `config.model`)."""
-    return models.build_model_config(config.model, tokenizer)
+    """The run's `ModelConfig` (`models.build_model_config` of `config.model`); an HF folder
+    that is not there is a config error naming the field."""
+    try:
+        return models.build_model_config(config.model, tokenizer)
+    except FileNotFoundError as e:
+        raise config_lib.ConfigError(
+            f"config.model.hf_path = {config.model.hf_path!r}: {e}"
+        ) from None
 
 
 class Trainer:
