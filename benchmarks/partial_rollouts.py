@@ -75,13 +75,19 @@ class Stream:
         return np.concatenate([self.lengths[i * self.n : (i + 1) * self.n] for i in examples])
 
 
-def run_sync(params, config, stream: Stream, sp, steps: int, b: int, key) -> dict:
+def run_sync(params, config, stream: Stream, sp, steps: int, b: int, key, kv_buckets=0) -> dict:
     tokens = decode_steps = 0
     for step in range(steps):
         ex = stream.next(b)
         limits = stream.limits(ex)
         r = generate(
-            params, config, stream.batch(ex), jax.random.fold_in(key, step), sp, max_tokens=limits
+            params,
+            config,
+            stream.batch(ex),
+            jax.random.fold_in(key, step),
+            sp,
+            max_tokens=limits,
+            kv_buckets=kv_buckets,
         )
         got = np.asarray(jax.device_get(r.mask)).sum(axis=1)
         if not np.array_equal(got, np.minimum(limits, sp.max_new_tokens)):
@@ -91,7 +97,9 @@ def run_sync(params, config, stream: Stream, sp, steps: int, b: int, key) -> dic
     return {"trained_tokens": tokens, "decode_steps": decode_steps}
 
 
-def run_partial(params, config, stream: Stream, sp, steps: int, b: int, budget: int, key) -> dict:
+def run_partial(
+    params, config, stream: Stream, sp, steps: int, b: int, budget: int, key, kv_buckets=0
+) -> dict:
     """`steps` collect stages of the trainer's `PartialPool`, its rows started with the
     stream's fixed per-row limits."""
     trainer = SimpleNamespace(
@@ -109,7 +117,7 @@ def run_partial(params, config, stream: Stream, sp, steps: int, b: int, budget: 
         )
 
     source = SimpleNamespace(next=lambda k: pending.append(stream.next(k)) or pending[-1])
-    pool = partial_rollouts.PartialPool(sp.n, budget)
+    pool = partial_rollouts.PartialPool(sp.n, budget, kv_buckets)
     tokens, rounds, decode_steps, stale = 0, 0, 0, []
     original = partial_rollouts.start_rows
     partial_rollouts.start_rows = start_rows
@@ -150,6 +158,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the report to this file")
+    ap.add_argument(
+        "--kv-buckets", type=int, default=0, help="rollout.kv_buckets of both arms' decode"
+    )
     args = ap.parse_args(argv)
     if min(args.prompts_per_step, args.n, args.steps, args.budget, args.max_new) < 1:
         raise SystemExit("--prompts-per-step, --n, --steps, --budget, --max-new must be >= 1")
@@ -165,11 +176,14 @@ def main(argv=None) -> dict:
     key = jax.random.key(args.seed + 2)
 
     def sync():
-        return run_sync(params, config, Stream(prompts, lengths, g), sp, args.steps, b, key)
+        stream = Stream(prompts, lengths, g)
+        return run_sync(params, config, stream, sp, args.steps, b, key, args.kv_buckets)
 
     def partial():
         stream = Stream(prompts, lengths, g)
-        return run_partial(params, config, stream, sp, args.steps, b, args.budget, key)
+        return run_partial(
+            params, config, stream, sp, args.steps, b, args.budget, key, args.kv_buckets
+        )
 
     arms = {"sync": sync, "partial": partial}
     outs = {name: fn() for name, fn in arms.items()}  # warm-up: compiles
@@ -190,6 +204,7 @@ def main(argv=None) -> dict:
             "prompt_len": args.prompt_len,
             "max_new_tokens": args.max_new,
             "budget": args.budget,
+            "kv_buckets": args.kv_buckets,
             "length_median": float(np.median(lengths)),
             "length_p99": float(np.percentile(lengths, 99)),
             "length_max": int(lengths.max()),

@@ -56,8 +56,9 @@ class Group:
 class PartialPool:
     """The paused and the waiting (ready, not yet trained on) groups of a run."""
 
-    def __init__(self, group: int, budget: int):
+    def __init__(self, group: int, budget: int, kv_buckets: int = 0):
         self.group, self.budget = int(group), int(budget)
+        self.kv_buckets = int(kv_buckets)  # `rollout.kv_buckets` of every round's decode
         self.paused: list[Group] = []
         self.ready: list[Group] = []
 
@@ -93,7 +94,7 @@ class PartialPool:
                 sampling,
                 self.budget,
                 version=step,
-                kv_buckets=int(c.rollout.get("kv_buckets", 0)),
+                kv_buckets=self.kv_buckets,
             )
             for i, x in enumerate(groups):
                 x.rows = rows.select(np.arange(i * g, (i + 1) * g))

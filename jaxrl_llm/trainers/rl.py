@@ -94,7 +94,7 @@ class Trainer:
                     "yet; set it to 0"
                 )
             self.partial = partial_lib.PartialPool(
-                c.train.samples_per_prompt, c.rollout.partial_budget
+                c.train.samples_per_prompt, c.rollout.partial_budget, c.rollout.kv_buckets
             )
         self.task = (
             self.agent.task
