@@ -3,6 +3,7 @@ resume reproduces the uninterrupted run, the queue file can be lost, the async r
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -97,16 +98,27 @@ def _run_killed_after(config, workdir, step, monkeypatch):
     monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
 
 
-def test_async_resume_reproduces_the_uninterrupted_run(tmp_path, sft_checkpoint, monkeypatch):
+@pytest.fixture(scope="module")
+def async2_reference(sft_checkpoint, tmp_path_factory):
+    """(config, trainer, summary, workdir) of an uninterrupted 5-step `async_steps = 2` run
+    that logs every step and checkpoints every step (shared by the resume and staleness tests)."""
     c = _config(
-        sft_checkpoint, **{"rollout.async_steps": 2, "checkpoint.every": 1, "train.steps": 5}
+        sft_checkpoint,
+        **{"rollout.async_steps": 2, "checkpoint.every": 1, "train.steps": 5, "log.every": 1},
     )
-    ref = rl.Trainer(c, str(tmp_path / "ref"))
-    reference = ref.run(**QUIET)
+    workdir = str(tmp_path_factory.mktemp("async_ref"))
+    trainer = rl.Trainer(c, workdir)
+    return c, trainer, trainer.run(**QUIET), workdir
+
+
+def test_async_resume_reproduces_the_uninterrupted_run(tmp_path, async2_reference, monkeypatch):
+    c, ref, reference, _ = async2_reference
 
     killed = str(tmp_path / "killed")
     _run_killed_after(c, killed, 2, monkeypatch)
     assert os.path.exists(workdir_lib.pending_rollouts_file(killed, 2))
+    lost = str(tmp_path / "lost")  # the same killed run (deterministic), for the lost-file case
+    shutil.copytree(killed, lost)
     resumed = rl.Trainer(c, killed)
     summary = resumed.run(**QUIET)
     _assert_same_run(reference, summary, ref.state, resumed.state)
@@ -114,26 +126,23 @@ def test_async_resume_reproduces_the_uninterrupted_run(tmp_path, sft_checkpoint,
 
     # A lost queue file: the run resamples the queued steps with the restored parameters,
     # counts it, and finishes.
-    lost = str(tmp_path / "lost")
-    _run_killed_after(c, lost, 2, monkeypatch)
     os.remove(workdir_lib.pending_rollouts_file(lost, 2))
     summary = rl.Trainer(c, lost).run(**QUIET)
     assert summary["counters"]["async_pending_lost"] == 1
     assert sorted(_history(summary)) == [1, 2, 3, 4, 5]
 
 
-def test_staleness_is_logged(tmp_path, sft_checkpoint):
-    c = _config(sft_checkpoint, **{"rollout.async_steps": 2, "train.steps": 3, "log.every": 1})
-    rl.Trainer(c, str(tmp_path)).run(**QUIET)
-
-    with open(workdir_lib.path(str(tmp_path), workdir_lib.METRICS_JSONL)) as f:
+def test_staleness_is_logged(async2_reference):
+    workdir = async2_reference[3]
+    with open(workdir_lib.path(workdir, workdir_lib.METRICS_JSONL)) as f:
         rows = [json.loads(line) for line in f]
     staleness = [
         r["scalars"]["rollout/staleness"]
         for r in rows
         if "rollout/staleness" in r.get("scalars", {})
     ]
-    assert staleness == [0.0, 1.0, 2.0]  # steps 0 and 1 were sampled with the initial params
+    # steps 0 and 1 were sampled with the initial params, every later step 2 updates behind
+    assert staleness == [0.0, 1.0, 2.0, 2.0, 2.0]
 
 
 @pytest.mark.parametrize(

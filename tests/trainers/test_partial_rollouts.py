@@ -4,6 +4,7 @@ reproduces the uninterrupted run, a lost pool file is counted, bad combinations 
 
 import json
 import os
+import shutil
 import types
 
 import jax
@@ -86,9 +87,16 @@ def test_each_segment_keeps_the_logp_of_the_params_that_drew_it():
     assert resumed >= 1  # some batch held rows drawn by both parameter sets
 
 
-def test_a_partial_run_trains_on_whole_groups_and_logs_staleness(tmp_path, sft_checkpoint):
-    c = _config(sft_checkpoint, **{"rollout.partial_budget": 2, "log.every": 1})
-    trainer = rl.Trainer(c, str(tmp_path))
+@pytest.fixture(scope="module")
+def partial_reference(sft_checkpoint, tmp_path_factory):
+    """(config, trainer, summary, workdir, the collected rollouts) of an uninterrupted 4-step
+    `partial_budget = 2` run that logs and checkpoints every step (shared by the tests below)."""
+    c = _config(
+        sft_checkpoint,
+        **{"rollout.partial_budget": 2, "checkpoint.every": 1, "train.steps": 4, "log.every": 1},
+    )
+    workdir = str(tmp_path_factory.mktemp("partial_ref"))
+    trainer = rl.Trainer(c, workdir)
     seen = []
     collect = trainer.collect
 
@@ -99,12 +107,17 @@ def test_a_partial_run_trains_on_whole_groups_and_logs_staleness(tmp_path, sft_c
 
     trainer.collect = spy
     summary = trainer.run(**QUIET)
+    return c, trainer, summary, workdir, seen
+
+
+def test_a_partial_run_trains_on_whole_groups_and_logs_staleness(partial_reference):
+    c, _, summary, workdir, seen = partial_reference
     assert sorted(_history(summary)) == [1, 2, 3, 4]
     t = c.rollout.max_new_tokens
     for ro in seen:
         lengths = np.asarray(ro.mask).sum(axis=1)
         assert ((lengths == t) | ~np.asarray(ro.truncated)).all()
-    with open(workdir_lib.path(str(tmp_path), workdir_lib.METRICS_JSONL)) as f:
+    with open(workdir_lib.path(workdir, workdir_lib.METRICS_JSONL)) as f:
         rows = [json.loads(line)["scalars"] for line in f if '"rollout/partial_rounds"' in line]
     assert len(rows) == 4
     assert max(r["rollout/partial_staleness_max"] for r in rows) >= 1
@@ -112,24 +125,19 @@ def test_a_partial_run_trains_on_whole_groups_and_logs_staleness(tmp_path, sft_c
     assert rows[0]["rollout/partial_rounds"] >= 3  # 6 tokens at 2 per round
 
 
-def test_partial_resume_reproduces_the_uninterrupted_run(tmp_path, sft_checkpoint, monkeypatch):
-    c = _config(
-        sft_checkpoint,
-        **{"rollout.partial_budget": 2, "checkpoint.every": 1, "train.steps": 4},
-    )
-    ref = rl.Trainer(c, str(tmp_path / "ref"))
-    reference = ref.run(**QUIET)
+def test_partial_resume_reproduces_the_uninterrupted_run(tmp_path, partial_reference, monkeypatch):
+    c, ref, reference, _, _ = partial_reference
 
     killed = str(tmp_path / "killed")
     _run_killed_after(c, killed, 2, monkeypatch)
     assert os.path.exists(workdir_lib.partial_rollouts_file(killed, 2))
+    lost = str(tmp_path / "lost")  # the same killed run (deterministic), for the lost-file case
+    shutil.copytree(killed, lost)
     resumed = rl.Trainer(c, killed)
     summary = resumed.run(**QUIET)
     _assert_same_run(reference, summary, ref.state, resumed.state)
     assert "partial_pool_lost" not in summary["counters"]
 
-    lost = str(tmp_path / "lost")
-    _run_killed_after(c, lost, 2, monkeypatch)
     with open(workdir_lib.partial_rollouts_file(lost, 2), "wb") as f:
         f.write(b"not a pickle")
     summary = rl.Trainer(c, lost).run(**QUIET)
