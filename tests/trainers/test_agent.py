@@ -87,8 +87,8 @@ def test_collect_plays_episodes_and_evaluates_agents(tmp_path):
 
 
 def _episodes_and_update(tmp_path, **mesh):
-    """The first collect of a calculator run on the given mesh, and its parameters after one
-    RL step (`Trainer.run`, which collects the same batch again), on the host."""
+    """The collect of a one-step calculator run on the given mesh (its episodes, rewards and
+    the parameters it sampled with), and its parameters after the RL step, on the host."""
     c = small_config(
         **{
             "env.name": "calculator",
@@ -112,10 +112,18 @@ def _episodes_and_update(tmp_path, **mesh):
     )
     c.mesh.update(mesh)  # after small_config, which pins one device
     tr = rl.Trainer(c, str(tmp_path))
-    state = tr.init_state(tr.initial_params(log=lambda *a: None))
-    _, ro, _, rewards, _, _, _, _ = tr.collect(state, tr.make_source(), 0, stages.fresh_counters())
-    ro, rewards, init = jax.device_get((ro, rewards, state.params))
+    collected, collect = [], tr.collect
+
+    def spy(state, source, step, counters):
+        out = collect(state, source, step, counters)
+        # to the host now: the update donates the state
+        collected.append(jax.device_get((out[1], out[3], state.params)))
+        return out
+
+    tr.collect = spy
     tr.run(log=lambda *a: None)
+    assert len(collected) == 1
+    ro, rewards, init = collected[0]
     return ro, rewards, init, jax.device_get(tr.state.params)
 
 
