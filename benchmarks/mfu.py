@@ -131,37 +131,21 @@ def bench_train(
     c.unlock()
     c.rollout.max_new_tokens = t_len
     c.train.logprob_chunk = min(256, t_len)
-    step = jax.jit(
-        functools.partial(
-            rl_step.train_step,
-            model_config=config,
-            s=rl_step.LossSettings.from_config(c),
-            num_micro=micro,
-            optimizer=opt,
-            critic_optimizer=None,
-            policy_warmup=0,
-        ),
-        in_shardings=(state_shard, jax.tree.map(lambda _: rows_sh, batch)),
-        out_shardings=(state_shard, rep),
+    fn = functools.partial(
+        rl_step.train_step,
+        model_config=config,
+        s=rl_step.LossSettings.from_config(c),
+        num_micro=micro,
+        optimizer=opt,
+        critic_optimizer=None,
+        policy_warmup=0,
     )
-    if base is not None:  # the frozen base is an argument, laid out as created
-        lora_step = jax.jit(
-            functools.partial(
-                rl_step.train_step,
-                model_config=config,
-                s=rl_step.LossSettings.from_config(c),
-                num_micro=micro,
-                optimizer=opt,
-                critic_optimizer=None,
-                policy_warmup=0,
-            ),
-            in_shardings=(
-                state_shard,
-                jax.tree.map(lambda _: rows_sh, batch),
-                jax.tree.map(lambda x: x.sharding, base),
-            ),
-            out_shardings=(state_shard, rep),
-        )
+    in_sh = (state_shard, jax.tree.map(lambda _: rows_sh, batch))
+    if base is None:
+        step = jax.jit(fn, in_shardings=in_sh, out_shardings=(state_shard, rep))
+    else:  # the frozen base is an argument, laid out as created
+        base_sh = jax.tree.map(lambda x: x.sharding, base)
+        lora_step = jax.jit(fn, in_shardings=(*in_sh, base_sh), out_shardings=(state_shard, rep))
         step = lambda st, b: lora_step(st, b, base)  # noqa: E731
     seconds = _median_time(lambda: step(state, batch)[1]["loss/total"], repeats)
     _, n = presets.param_counts(config)
