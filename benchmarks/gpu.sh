@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU figures for BENCHMARKS.md in one call, in two parts of at most 9 minutes each:
+# GPU figures for BENCHMARKS.md in one call, in three parts of at most 9 minutes each:
 #
 #   train    (timeouts sum to 550 s) fused attention (cuDNN, Pallas Triton) against the XLA path, forward and gradients
 #            asserted (`benchmarks/attention_parity.py`); train-step MFU and decode bandwidth
@@ -10,17 +10,21 @@
 #            (`benchmarks/paged_attention_parity.py`); the sampler side by side with HF
 #            transformers on the same GPU (model (b), bfloat16); the long-tail workload:
 #            static, static with prefix buckets, continuous (`benchmarks/long_tail.py`)
+#   decode   (timeouts sum to 400 s) seconds per decode step and HBM bandwidth utilisation at
+#            1 and 256 rows, Qwen2.5-0.5B and -1.5B shapes, the XLA decode attention vs the
+#            Triton decode kernel (`model.decode_attention = pallas_gpu`), in one call each
+#            (`benchmarks/mfu.py --only decode`)
 #
-#     bash benchmarks/gpu.sh                  # both parts; results under $OUT (/tmp/gpu_bench)
-#     bash benchmarks/gpu.sh --only train     # or --only rollout
+#     bash benchmarks/gpu.sh                  # every part; results under $OUT (/tmp/gpu_bench)
+#     bash benchmarks/gpu.sh --only train     # or --only rollout, --only decode
 #
 # Needs jax with a CUDA plugin, flax, optax, orbax, ml_collections, torch (cuda) and
 # transformers importable; run from the repository root (it is put on PYTHONPATH).
 set -u
 ONLY=all
 if [ "${1:-}" = "--only" ]; then ONLY=${2:-}; fi
-case "$ONLY" in all | train | rollout) ;; *)
-  echo "usage: bash benchmarks/gpu.sh [--only train|rollout] (got: $*)" >&2
+case "$ONLY" in all | train | rollout | decode) ;; *)
+  echo "usage: bash benchmarks/gpu.sh [--only train|rollout|decode] (got: $*)" >&2
   exit 2
   ;;
 esac
@@ -79,8 +83,24 @@ rollout() {
   echo "rc=$?"; grep -v '^{' "$OUT/long_tail.log" | tail -12
 }
 
+decode() {
+  echo "== benchmarks/mfu.py --only decode: XLA decode attention vs the Triton decode kernel"
+  for size in 0.5B 1.5B; do
+    for rows in 1 256; do
+      for impl in xla pallas_gpu; do
+        name="decode_${size}_${rows}_${impl}"
+        timeout 50 python3 benchmarks/mfu.py --size=$size --only=decode --decode_rows=$rows \
+          --prompt_len=256 --new_tokens=256 --repeats=2 --decode_attention=$impl \
+          > "$OUT/$name.json" 2> "$OUT/$name.log"
+        echo "$name rc=$?"; grep -E '"(seconds_per_step|decode_bw_util)"' "$OUT/$name.json"
+      done
+    done
+  done
+}
+
 case "$ONLY" in
   train) train ;;
   rollout) rollout ;;
-  all) train; rollout ;;
+  decode) decode ;;
+  all) train; rollout; decode ;;
 esac

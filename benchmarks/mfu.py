@@ -22,7 +22,9 @@ Decode: `rollout.generate` with greedy decoding and no stop token (every row run
 T steps); seconds per decode step = (generate − prefill) / (T − 1). Bandwidth utilisation =
 bytes read per decode step / seconds / (devices × HBM bandwidth), bytes = the weights as the
 sampler reads them (fp32 params, cast to bf16 on the fly) + the live KV cache (half full on
-average). Timings are the median of `--repeats` runs after a compile run.
+average). Timings are the median of `--repeats` runs after a compile run. `--decode_attention`
+(`model.decode_attention`: xla | auto | pallas_gpu, the Triton decode kernel over each row's
+filled slots) and `--kv_buckets` (`generate(..., kv_buckets=)`) pick the decode step's attention.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def bench_train(
 
 
 def bench_decode(
-    config, mesh, rows: int, prompt_len: int, new_tokens: int, repeats: int = 3
+    config, mesh, rows: int, prompt_len: int, new_tokens: int, repeats: int = 3, kv_buckets=0
 ) -> dict:
     """Seconds per decode step of `generate` (greedy, no stop: all rows run T steps)."""
     params = models.init_sharded_params(config, jax.random.key(0), mesh)
@@ -174,7 +176,9 @@ def bench_decode(
 
     def run(t):
         sampling = rollout_lib.SamplingParams(max_new_tokens=t, greedy=True)
-        return rollout_lib.generate(params, config, prompts, key, sampling, mesh=mesh).tokens
+        return rollout_lib.generate(
+            params, config, prompts, key, sampling, mesh=mesh, kv_buckets=kv_buckets
+        ).tokens
 
     full = _median_time(lambda: run(new_tokens), repeats)
     prefill = _median_time(lambda: run(1), repeats)
@@ -216,12 +220,17 @@ def main(argv=None):
     parser.add_argument("--lora_rank", type=int, default=0, help="> 0: LoRA on a bf16 base")
     parser.add_argument("--attention", default="xla", help="model.attention of the train step")
     parser.add_argument("--remat_policy", default="full", help="model.remat_policy")
+    parser.add_argument(
+        "--decode_attention", default="xla", help="model.decode_attention of the decode step"
+    )
+    parser.add_argument("--kv_buckets", type=int, default=0, help="generate(kv_buckets=)")
     args = parser.parse_args(argv)
     config = _config(
         args.size,
         remat=not args.no_remat,
         attention=args.attention,
         remat_policy=args.remat_policy,
+        decode_attention=args.decode_attention,
     )
     mesh = parallel.make_mesh({"fsdp": -1, "tensor": args.tensor})
     devices = jax.devices()
@@ -247,8 +256,15 @@ def main(argv=None):
             out["train_mfu"] = train["model_flops"] / (train["seconds"] * len(devices) * peak[0])
     if args.only in (None, "decode"):
         decode = out["decode"] = bench_decode(
-            config, mesh, args.decode_rows, args.prompt_len, args.new_tokens, args.repeats
+            config,
+            mesh,
+            args.decode_rows,
+            args.prompt_len,
+            args.new_tokens,
+            args.repeats,
+            kv_buckets=args.kv_buckets,
         )
+        decode.update(decode_attention=args.decode_attention, kv_buckets=args.kv_buckets)
         if peak is not None:
             out["decode_bw_util"] = decode["bytes_per_step"] / (
                 decode["seconds_per_step"] * len(devices) * peak[1]

@@ -35,6 +35,16 @@ Layouts:
   needs equal head counts, so K/V are repeated per query group there (one [N, S, heads, d]
   copy per layer, still no [S, S] scores).
 
+Decoding (`ModelConfig.decode_attention`, `DECODE_ATTENTION_NAMES`): a sampler's one-token
+step attends over its KV cache through `decode_attention`, the Triton decode kernel of
+`pallas.ops.gpu.decode_attention` (its kernel body, under our own `pallas_call`), when the
+caller states each row's valid slots as one contiguous span `[start, end)` (the samplers'
+left-padded layout; `transformer.apply(..., kv_start=)`). The kernel reads only the key blocks
+before `end`, so a row's step costs its filled prefix, not the cache's length. The call is laid
+out on our cache as it is, `[N, K, kv_heads, d]` (no transposed copy: `gqa` would swap the
+cache's axes in every layer of every step); K is padded to a multiple of 16 slots, the
+kernel's smallest key block, only where it is not one already (a copy).
+
 `interpret=True` (`ModelConfig.attention_interpret`) runs the Pallas kernels in interpret
 mode and cuDNN's layout code with `implementation="xla"`, so every path runs on a CPU (the
 tests); without it a kernel on a platform that cannot run it is a `ValueError` at trace time
@@ -43,19 +53,24 @@ tests); without it a kernel on a platform that cannot run it is a `ValueError` a
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxrl_llm.models.config import ATTENTION_NAMES
+from jaxrl_llm.models.config import ATTENTION_NAMES, DECODE_ATTENTION_NAMES
 from jaxrl_llm.parallel import axes as A
 
 __all__ = [
     "ATTENTION_NAMES",
+    "DECODE_ATTENTION_NAMES",
     "KernelLayout",
+    "DecodeLayout",
     "resolve",
+    "resolve_decode",
     "check_platform",
     "runnable",
     "make_layout",
@@ -63,6 +78,7 @@ __all__ = [
     "cudnn_attention",
     "splash_attention",
     "pallas_gpu_attention",
+    "decode_attention",
 ]
 
 _PLATFORMS = {"cudnn": ("gpu",), "pallas_gpu": ("gpu",), "splash": ("tpu",)}
@@ -89,19 +105,32 @@ def resolve(name: str, *, packed: bool, platform: str, dtype: str = "bfloat16") 
     return name
 
 
+def resolve_decode(name: str, *, platform: str) -> str:
+    """The kernel that `decode_attention = name` runs: "xla" or "pallas_gpu" (`auto`: the
+    Triton decode kernel on GPU, xla elsewhere)."""
+    if name not in DECODE_ATTENTION_NAMES:
+        raise ValueError(f"decode_attention = {name!r}; allowed: {DECODE_ATTENTION_NAMES}")
+    if name == "auto":
+        return "pallas_gpu" if platform == "gpu" else "xla"
+    return name
+
+
 def runnable(platform: str) -> tuple[str, ...]:
     """The `ATTENTION_NAMES` that run on `platform` without interpret mode."""
     return tuple(n for n in ATTENTION_NAMES if platform in _PLATFORMS.get(n, (platform,)))
 
 
-def check_platform(name: str, platform: str, *, interpret: bool = False) -> None:
-    """`ValueError` (one line) if `attention = name` cannot run on `platform` (`jax.default_backend()`)."""
+def check_platform(
+    name: str, platform: str, *, interpret: bool = False, field: str = "attention"
+) -> None:
+    """`ValueError` (one line) if `field = name` (`attention` or `decode_attention`) cannot run
+    on `platform` (`jax.default_backend()`)."""
     if name not in ATTENTION_NAMES:
-        raise ValueError(f"attention = {name!r}; allowed: {ATTENTION_NAMES}")
+        raise ValueError(f"{field} = {name!r}; allowed: {ATTENTION_NAMES}")
     wants = _PLATFORMS.get(name)
     if wants and platform not in wants and not interpret:
         raise ValueError(
-            f"attention = {name!r} needs a {'/'.join(w.upper() for w in wants)} backend, but "
+            f"{field} = {name!r} needs a {'/'.join(w.upper() for w in wants)} backend, but "
             f"jax runs on {platform!r}; use 'auto' or 'xla' (or attention_interpret=True to "
             "test the kernel in interpret mode)"
         )
@@ -323,3 +352,118 @@ def pallas_gpu_attention(q, k, v, segments, *, interpret=False):
         interpret=interpret,
     )
     return out[:, :s]
+
+
+# -------------------------------------------------------- Pallas: Triton decode (GPU)
+@flax.struct.dataclass
+class DecodeLayout:
+    """What `decode_attention` needs besides q / k / v, made once per decode step
+    (`transformer._attention_inputs`) and passed to every layer: row n attends to cache slots
+    `[start[n], end[n])` (int32 `[N]`) of the first `kv_len` slots it reads."""
+
+    start: jax.Array
+    end: jax.Array
+    kv_len: int = flax.struct.field(pytree_node=False, default=0)
+    interpret: bool = flax.struct.field(pytree_node=False, default=False)
+
+
+_DECODE_BLOCK = 16  # the kernel's smallest key block (and its head block, `block_h`)
+
+
+def _decode_tiling(kv_len: int) -> tuple[int, int]:
+    """(k_splits, block_k) for `kv_len` slots (a multiple of 16): up to 16 splits of at least
+    16 slots each, run in parallel; each split loops over key blocks of a power of two
+    (at most 128) that divides it."""
+    splits = next(
+        s for s in (16, 8, 4, 2, 1) if kv_len % s == 0 and (kv_len // s) % _DECODE_BLOCK == 0
+    )
+    per_split = kv_len // splits
+    block_k = next(b for b in (128, 64, 32, 16) if per_split % b == 0)
+    return splits, block_k
+
+
+def decode_attention(q, k, v, layout: DecodeLayout) -> jax.Array:
+    """One-token GQA attention `[N, 1, heads, d]` of q `[N, 1, heads, d]` over the cache
+    slots k / v `[N, K, kv_heads, d]` in `[layout.start[n], layout.end[n])`, scale
+    `d ** -0.5`, in q's dtype: the Triton decode kernel, rows split over the mesh's batch
+    axes (`_per_row_shard`)."""
+    n, s, nh, d = q.shape
+    nkv = k.shape[2]
+    if s != 1 or k.shape[0] != n or k.shape[3] != d or v.shape != k.shape or nh % nkv:
+        raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape}: not one-token GQA decoding")
+    pad = -k.shape[1] % _DECODE_BLOCK
+    if pad:
+        k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (k, v))
+
+    def rows(q, k, v, start, end):
+        return _triton_decode(q, k, v, start, end, interpret=layout.interpret)
+
+    start = layout.start.astype(jnp.int32)
+    end = layout.end.astype(jnp.int32)
+    return _per_row_shard(rows, q, k, v, start, end).astype(q.dtype)
+
+
+def _triton_decode(q, k, v, start, end, *, interpret):
+    """`pallas.ops.gpu.decode_attention.attn_forward_kernel` on grid (head blocks, key
+    splits, rows, kv heads): each program attends one block of a KV head's query group to
+    one split of that head's keys, read in place from `[N, K, kv_heads, d]`; the splits'
+    partial softmax sums are merged here (flash-decoding)."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as pl_triton
+    from jax.experimental.pallas.ops.gpu import decode_attention as gda
+
+    n, _, nh, d = q.shape
+    kv_len, nkv = k.shape[1], k.shape[2]
+    groups = nh // nkv
+    splits, block_k = _decode_tiling(kv_len)
+    per_split = kv_len // splits
+    head_blocks = -(-groups // _DECODE_BLOCK)
+    kernel = functools.partial(
+        gda.attn_forward_kernel,
+        sm_scale=d**-0.5,
+        block_k=block_k,
+        block_h=_DECODE_BLOCK,
+        num_heads=groups,
+    )
+    f32 = jnp.float32
+    # grid (i, j, b, h): the kernel reads program ids 0 and 1 as its head block and split
+    o, l, m = pl.pallas_call(
+        kernel,
+        grid=(head_blocks, splits, n, nkv),
+        in_specs=[
+            pl.BlockSpec((None, None, _DECODE_BLOCK, d), lambda i, j, b, h: (b, h, i, 0)),
+            pl.BlockSpec((None, None, per_split, None, d), lambda i, j, b, h: (b, j, 0, h, 0)),
+            pl.BlockSpec((None, None, per_split, None, d), lambda i, j, b, h: (b, j, 0, h, 0)),
+            pl.BlockSpec((None,), lambda i, j, b, h: (b,)),
+            pl.BlockSpec((None,), lambda i, j, b, h: (b,)),
+        ],
+        out_specs=[
+            pl.BlockSpec((None, None, None, _DECODE_BLOCK, d), lambda i, j, b, h: (b, h, j, i, 0)),
+            pl.BlockSpec((None, None, None, _DECODE_BLOCK), lambda i, j, b, h: (b, h, j, i)),
+            pl.BlockSpec((None, None, None, _DECODE_BLOCK), lambda i, j, b, h: (b, h, j, i)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((n, nkv, splits, groups, d), f32),  # unnormalised output
+            jax.ShapeDtypeStruct((n, nkv, splits, groups), f32),  # softmax denominators
+            jax.ShapeDtypeStruct((n, nkv, splits, groups), f32),  # running maxima
+        ],
+        # Triton, as jax's own wrapper (without these parameters a GPU lowers Mosaic GPU)
+        compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
+        interpret=interpret,
+        name="decode_attention",
+    )(
+        q.reshape(n, nkv, groups, d),
+        k.reshape(n, splits, per_split, nkv, d),
+        v.reshape(n, splits, per_split, nkv, d),
+        start,
+        end,
+    )
+    # A split with no valid key keeps m = float32 min and l = 0: its weight exp(min - max) is
+    # 0. The barrier is jax's own `gqa`'s, which reports wrong values after compilation
+    # without it.
+    top = jax.lax.optimization_barrier(m.max(axis=2, keepdims=True))
+    weight = jnp.exp(m - top)
+    denom = (l * weight).sum(axis=2)
+    denom = jnp.where(denom > 0, denom, 1.0)  # a row without keys (start >= end): zeros
+    out = (o * weight[..., None]).sum(axis=2) / denom[..., None]
+    return out.reshape(n, 1, nh, d)

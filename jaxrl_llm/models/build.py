@@ -36,6 +36,7 @@ def build_model_config(m, tokenizer) -> ModelConfig:
             remat=m.get("remat", False),
             remat_policy=m.get("remat_policy", "full"),
             attention=m.get("attention", "xla"),
+            decode_attention=m.get("decode_attention", "xla"),
         )
     return ModelConfig(
         vocab_size=len(tokenizer),
@@ -54,6 +55,7 @@ def build_model_config(m, tokenizer) -> ModelConfig:
         remat=m.get("remat", False),
         remat_policy=m.get("remat_policy", "full"),
         attention=m.get("attention", "xla"),
+        decode_attention=m.get("decode_attention", "xla"),
         architecture=m.architecture,
         max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id,

@@ -28,6 +28,7 @@ __all__ = [
     "SUPPORTED_ROPE_TYPES",
     "SUPPORTED_DTYPES",
     "ATTENTION_NAMES",
+    "DECODE_ATTENTION_NAMES",
 ]
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -43,6 +44,11 @@ REMAT_POLICY_NAMES = ("full", "dots", "qkv_attn", "block_outputs")
 # cache), "auto" picks cudnn on GPU (bf16 / fp16), splash on TPU, xla elsewhere; "cudnn",
 # "splash" and "pallas_gpu" (Triton flash attention with segment ids) name a kernel.
 ATTENTION_NAMES = ("xla", "auto", "cudnn", "splash", "pallas_gpu")
+# How a sampler's one-token decode step attends over its KV cache
+# (`attention_kernels.decode_attention`, docs/rollouts.md "Decode attention kernel"): "xla"
+# masks all read slots (the reference, the default), "pallas_gpu" runs the Triton decode
+# kernel over each row's filled slots only, "auto" picks pallas_gpu on GPU and xla elsewhere.
+DECODE_ATTENTION_NAMES = ("xla", "auto", "pallas_gpu")
 
 # HF `architectures` entries accepted for each model_type.
 _HF_ARCHITECTURE_CLASSES = {
@@ -97,8 +103,10 @@ class ModelConfig:
     log-probs are always float32. `rope_scaling` is None or a sorted tuple of
     `(key, value)` items, e.g. `(("factor", 8.0), ..., ("rope_type", "llama3"))`.
     `attention` (one of `ATTENTION_NAMES`) picks the kernel of the cache-free passes;
-    `attention_interpret=True` runs the Pallas kernels in interpret mode and the cuDNN
-    layout through XLA, so that any platform (a test's CPU) can run them, slowly.
+    `decode_attention` (one of `DECODE_ATTENTION_NAMES`) picks the kernel of the samplers'
+    one-token decode steps. `attention_interpret=True` runs the Pallas kernels in interpret
+    mode and the cuDNN layout through XLA, so that any platform (a test's CPU) can run them,
+    slowly.
     """
 
     vocab_size: int
@@ -125,6 +133,7 @@ class ModelConfig:
     pad_token_id: int | None = None
     attention: str = "xla"
     attention_interpret: bool = False
+    decode_attention: str = "xla"
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -143,6 +152,11 @@ class ModelConfig:
         if self.attention not in ATTENTION_NAMES:
             raise ValueError(
                 f"ModelConfig.attention={self.attention!r}; allowed: {ATTENTION_NAMES}"
+            )
+        if self.decode_attention not in DECODE_ATTENTION_NAMES:
+            raise ValueError(
+                f"ModelConfig.decode_attention={self.decode_attention!r}; allowed: "
+                f"{DECODE_ATTENTION_NAMES}"
             )
         if (
             self.attention == "cudnn"

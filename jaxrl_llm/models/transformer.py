@@ -31,6 +31,8 @@ With a cache the S new tokens are written at slots `[index, index + S)`; query
 Fully masked query rows get a uniform (finite) attention, never NaN.
 Ragged caches (continuous batching): `index` may be a per-row int32 `[N]` cursor, and
 `apply(..., kv_len=k)` reads only the first `k` cache slots (the filled prefix).
+A one-token step given `kv_start` (each row's valid slots are one span) attends through
+`config.decode_attention` (`attention_kernels.decode_attention` on GPU).
 
 Activations carry logical axis names (`batch`, `length`, `kv_length`, `embed`,
 `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, `layers`) through
@@ -131,10 +133,28 @@ def attention_mask(
     return (k_slot <= q_slot + index)[None] & (cache_mask[:, None, :] > 0)
 
 
-def _attention_inputs(cfg: ModelConfig, mask, cache_mask=None, index=None, segment_ids=None):
+def _attention_inputs(
+    cfg: ModelConfig, mask, cache_mask=None, index=None, segment_ids=None, kv_start=None
+):
     """What every layer's attention reads: the XLA path's boolean `allowed [N, S, K]`, or,
     for a cache-free pass whose `cfg.attention` resolves to a fused kernel on this platform,
-    that kernel's `attention_kernels.KernelLayout`. Decoding with a cache is always XLA."""
+    that kernel's `attention_kernels.KernelLayout`, or, for a one-token step with a cache and
+    `kv_start` whose `cfg.decode_attention` resolves to a kernel, an
+    `attention_kernels.DecodeLayout` (row n's slots `[kv_start[n], index + 1)`)."""
+    if kv_start is not None and cache_mask is not None and mask.shape[1] == 1:
+        platform = jax.default_backend()
+        impl = attention_kernels.resolve_decode(cfg.decode_attention, platform=platform)
+        if impl != "xla":
+            attention_kernels.check_platform(
+                impl, platform, interpret=cfg.attention_interpret, field="decode_attention"
+            )
+            end = jnp.broadcast_to(jnp.asarray(index, jnp.int32) + 1, kv_start.shape)
+            return attention_kernels.DecodeLayout(
+                kv_start.astype(jnp.int32),
+                end,
+                kv_len=cache_mask.shape[1],
+                interpret=cfg.attention_interpret,
+            )
     if cache_mask is None and cfg.attention != "xla":
         platform = jax.default_backend()
         impl = attention_kernels.resolve(
@@ -259,7 +279,10 @@ class Attention(nn.Module):
             k_all = _constrain(k_all, _CACHE_AXES)
             v_all = _constrain(v_all, _CACHE_AXES)
             kv = (k_all, v_all)
-            kv_len = allowed.shape[-1]
+            if isinstance(allowed, attention_kernels.DecodeLayout):
+                kv_len = allowed.kv_len
+            else:
+                kv_len = allowed.shape[-1]
             if kv_len < k_all.shape[2]:
                 size = (1, *k_all.shape[1:2], kv_len, *k_all.shape[3:])
                 at = (layer, 0, 0, 0, 0)
@@ -273,6 +296,8 @@ class Attention(nn.Module):
 
         if isinstance(allowed, attention_kernels.KernelLayout):  # fused, cache-free
             out = attention_kernels.attend(q, k, v, allowed)
+        elif isinstance(allowed, attention_kernels.DecodeLayout):  # one token, a span per row
+            out = attention_kernels.decode_attention(q, k, v, allowed)
         else:
             n, s = q.shape[:2]
             groups = nh // nkv
@@ -356,14 +381,22 @@ class Backbone(nn.Module):
 
     @nn.compact
     def __call__(
-        self, tokens, positions, mask, kv=None, cache_mask=None, index=None, segment_ids=None
+        self,
+        tokens,
+        positions,
+        mask,
+        kv=None,
+        cache_mask=None,
+        index=None,
+        segment_ids=None,
+        kv_start=None,
     ):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         x = Embed(cfg, name="embed")(tokens).astype(dtype)
         x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
         cos, sin = rope_cos_sin(cfg, positions)
-        allowed = _attention_inputs(cfg, mask, cache_mask, index, segment_ids)
+        allowed = _attention_inputs(cfg, mask, cache_mask, index, segment_ids, kv_start)
 
         block = Block
         if cfg.remat:
@@ -478,7 +511,7 @@ def cache_logical_axes(config: ModelConfig) -> dict:
     return {"k": _CACHE_AXES, "v": _CACHE_AXES, "mask": (A.BATCH, A.KV_LENGTH), "index": ()}
 
 
-def _check_inputs(config, tokens, positions, mask, cache, kv_len=None):
+def _check_inputs(config, tokens, positions, mask, cache, kv_len=None, kv_start=None):
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [N, S], got shape {tokens.shape}")
     if positions.shape != tokens.shape or mask.shape != tokens.shape:
@@ -514,6 +547,11 @@ def _check_inputs(config, tokens, positions, mask, cache, kv_len=None):
                 f"kv_len={kv_len} must be in [{tokens.shape[1]}, cache max_len "
                 f"{cache['k'].shape[2]}]"
             )
+    if kv_start is not None and (cache is None or jnp.shape(kv_start) != tokens.shape[:1]):
+        raise ValueError(
+            f"kv_start must be int [N] = [{tokens.shape[0]}] with a cache, got shape "
+            f"{jnp.shape(kv_start)}" + ("" if cache is not None else " without a cache")
+        )
 
 
 def unstack_layers(params: Params) -> Params:
@@ -612,7 +650,7 @@ def fused_logical_axes(config: ModelConfig) -> Params:
 
 
 def _backbone_unstacked(
-    config, params, tokens, positions, mask, kv, cache_mask, index, segment_ids=None
+    config, params, tokens, positions, mask, kv, cache_mask, index, segment_ids=None, kv_start=None
 ):
     """`Backbone` with per-layer parameter trees: the same modules, unrolled over layers."""
     if len(params["layers"]) != config.num_layers:
@@ -623,7 +661,7 @@ def _backbone_unstacked(
     x = Embed(config).apply({"params": params["embed"]}, tokens).astype(jnp.dtype(config.dtype))
     x = _constrain(x, (A.BATCH, A.LENGTH, A.EMBED))
     cos, sin = rope_cos_sin(config, positions)
-    allowed = _attention_inputs(config, mask, cache_mask, index, segment_ids)
+    allowed = _attention_inputs(config, mask, cache_mask, index, segment_ids, kv_start)
     block = (
         nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[config.remat_policy])
         if config.remat
@@ -638,8 +676,10 @@ def _backbone_unstacked(
     return x, kv
 
 
-def _forward(config, params, tokens, positions, mask, cache, kv_len=None, segment_ids=None):
-    _check_inputs(config, tokens, positions, mask, cache, kv_len)
+def _forward(
+    config, params, tokens, positions, mask, cache, kv_len=None, segment_ids=None, kv_start=None
+):
+    _check_inputs(config, tokens, positions, mask, cache, kv_len, kv_start)
     body = {k: params[k] for k in _BACKBONE_KEYS}
     tokens = tokens.astype(jnp.int32)
     positions = positions.astype(jnp.int32)
@@ -673,13 +713,14 @@ def _forward(config, params, tokens, positions, mask, cache, kv_len=None, segmen
         )
     # Attention reads the first `kv_len` slots only; the mask's width tells the layers.
     attend = cache_mask if kv_len is None else cache_mask[:, :kv_len]
+    kv = (cache["k"], cache["v"])
     if unstacked:
         hidden, (k, v) = _backbone_unstacked(
-            config, body, tokens, positions, mask, (cache["k"], cache["v"]), attend, index
+            config, body, tokens, positions, mask, kv, attend, index, None, kv_start
         )
     else:
         hidden, (k, v) = Backbone(config, _is_fused(body)).apply(
-            {"params": body}, tokens, positions, mask, (cache["k"], cache["v"]), attend, index
+            {"params": body}, tokens, positions, mask, kv, attend, index, None, kv_start
         )
     new_cache = {"k": k, "v": v, "mask": cache_mask, "index": index + tokens.shape[1]}
     return hidden, new_cache
@@ -715,6 +756,7 @@ def apply(
     last_only=False,
     kv_len=None,
     segment_ids=None,
+    kv_start=None,
 ):
     """Forward pass: `(logits float32 [N, S, V] (or [N, 1, V] if last_only), new cache or None)`.
 
@@ -737,9 +779,14 @@ def apply(
     `kv_len`.
     `segment_ids` (int `[N, S]`, cache-free passes only): packed rows, a query attends only
     to keys of its own segment; positions restart per segment (`models.packing`).
+    `kv_start` (int32 `[N]`, optional, one-token steps with a cache): the caller states that
+    row n's valid cache slots are exactly `[kv_start[n], index + 1)` (no holes; the samplers'
+    left-padded rows), which lets `config.decode_attention` run a kernel over that span; with
+    `decode_attention` resolving to "xla" it is ignored, and a span that does not match the
+    cache mask is attended as stated (the caller's promise).
     """
     hidden, new_cache = _forward(
-        config, params, tokens, positions, mask, cache, kv_len, segment_ids
+        config, params, tokens, positions, mask, cache, kv_len, segment_ids, kv_start
     )
     if last_only:
         hidden = hidden[:, -1:, :]

@@ -79,6 +79,7 @@ from jaxrl_llm.rollout.sampler import (
     _check,
     _check_limits,
     _is_stop,
+    _kv_start,
     _prefill_prompts,
     _rollout_shardings,
     _rules_tuple,
@@ -194,8 +195,10 @@ def _program(
         prompt = jnp.clip(job // n, 0, b - 1)
         pos = (plen[prompt] + t - 1)[:, None]
         m = active.astype(jnp.int32)[:, None]
+        # a busy slot's valid cache slots: its left-padded prompt, then its tokens
+        kv_start = _kv_start(config, p - plen[prompt])
         logits, cache = models.apply(
-            config, params, s["prev"][:, None], pos, m, s["cache"], kv_len=kv_len
+            config, params, s["prev"][:, None], pos, m, s["cache"], kv_len=kv_len, kv_start=kv_start
         )
         s["cache"] = dict(cache, index=jnp.where(active, cache["index"], old_index))
         tok, lp = draw(job, t, logits[:, 0, :])

@@ -256,6 +256,10 @@ def continue_rows(
     idle = rows.finished
     if len(rows) == 0 or idle.all():
         return rows
+    if sampler_lib._kv_start(config, 0) is not None:
+        sampler_lib._check_left_padded(
+            rows.prompt_mask, f"continue_rows: decode_attention={config.decode_attention!r}"
+        )
     budget = int(min(budget, rows.max_new_tokens))
     tokens, mask = _left_aligned(rows, budget)
     limits = np.where(idle, 1, np.minimum(budget, rows.limits - rows.length))

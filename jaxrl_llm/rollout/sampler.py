@@ -53,6 +53,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxrl_llm import models
+from jaxrl_llm.models import attention_kernels
 from jaxrl_llm.models.transformer import fuse_decode_params
 from jaxrl_llm.parallel import axes as A
 from jaxrl_llm.parallel import sharding as sharding_lib
@@ -185,6 +186,21 @@ def _prefill(config, params, tokens, mask, n, cache):
     return logits, cache, plen, jnp.repeat(empty, n, axis=0)
 
 
+def _kv_start(config, first_slot):
+    """`first_slot` (int `[N]`: each row's first valid cache slot, its prompt left-padded and
+    its tokens following without holes) for `models.apply(..., kv_start=)` when
+    `config.decode_attention` runs a kernel on this platform; None (the XLA path) otherwise.
+    A kernel this platform cannot run is a `ValueError` here, before anything compiles."""
+    platform = jax.default_backend()
+    impl = attention_kernels.resolve_decode(config.decode_attention, platform=platform)
+    if impl == "xla":
+        return None
+    attention_kernels.check_platform(
+        impl, platform, interpret=config.attention_interpret, field="decode_attention"
+    )
+    return jnp.asarray(first_slot, jnp.int32)
+
+
 def _is_stop(tokens, stop_ids):
     if not stop_ids:
         return jnp.zeros(tokens.shape, bool)
@@ -253,6 +269,7 @@ def _decode(
         done = done | (limits <= 1)
     ones = jnp.ones((rows, 1), jnp.int32)
     zero = jnp.zeros((), jnp.int32)
+    kv_start = _kv_start(config, cache["index"] - plen)  # the prompt ends at the cursor
 
     def cond(state):
         t, _, _, done, *_ = state
@@ -261,7 +278,9 @@ def _decode(
     def body(state, kv_len=None):
         t, cache, prev, done, out_tokens, out_logp, length = state
         pos = (plen + t - 1)[:, None]
-        logits, cache = models.apply(config, params, prev[:, None], pos, ones, cache, kv_len=kv_len)
+        logits, cache = models.apply(
+            config, params, prev[:, None], pos, ones, cache, kv_len=kv_len, kv_start=kv_start
+        )
         tok, lp = draw(t, logits[:, 0, :])
         alive = ~done
         out_tokens = jax.lax.dynamic_update_slice(
@@ -409,6 +428,25 @@ def _check(config, prompts: PromptBatch, sampling: SamplingParams):
     if sampling.top_k > config.vocab_size:
         raise ValueError(
             f"SamplingParams.top_k={sampling.top_k} exceeds vocab_size {config.vocab_size}"
+        )
+    if _kv_start(config, 0) is not None:
+        _check_left_padded(prompts.mask, f"decode_attention={config.decode_attention!r}")
+
+
+def _check_left_padded(mask, who: str) -> None:
+    """`ValueError` unless each row of `mask` [B, P] is 0s then 1s (a decode kernel attends to
+    one span of slots per row). Skipped for traced arrays and for arrays this process cannot
+    read whole."""
+    if isinstance(mask, jax.core.Tracer) or (
+        isinstance(mask, jax.Array) and not mask.is_fully_addressable
+    ):
+        return
+    m = np.asarray(mask) > 0
+    holes = np.flatnonzero((m[:, :-1] & ~m[:, 1:]).any(axis=1))
+    if holes.size:
+        raise ValueError(
+            f"{who}: prompt mask rows {holes[:8].tolist()} are not left-padded (a 1 before a 0); "
+            "the decode kernel needs each row's tokens in one span (use pad_prompts)"
         )
 
 

@@ -107,6 +107,12 @@ def _attention_names():
     return tuple(model_config.ATTENTION_NAMES)
 
 
+def _decode_attention_names():
+    from jaxrl_llm.models import config as model_config  # pylint: disable=g-import-not-at-top
+
+    return tuple(model_config.DECODE_ATTENTION_NAMES)
+
+
 _DTYPES = ("float32", "bfloat16", "float16")
 F = Field
 
@@ -136,8 +142,15 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "xla",
             "attention of the teacher-forced passes (docs/scaling.md, Fused attention): xla "
             "(scores materialised), auto (cudnn on GPU in bf16/fp16, splash on TPU, else xla), "
-            "cudnn, splash (TPU Pallas), pallas_gpu (Triton); decoding always uses xla",
+            "cudnn, splash (TPU Pallas), pallas_gpu (Triton); decoding: model.decode_attention",
             choices=_attention_names,
+        ),
+        "decode_attention": F(
+            "xla",
+            "attention of the samplers' one-token decode steps (docs/rollouts.md, Decode "
+            "attention kernel): xla (every read slot masked), pallas_gpu (Triton decode kernel "
+            "over each row's filled slots), auto (pallas_gpu on GPU, else xla)",
+            choices=_decode_attention_names,
         ),
         "init_checkpoint": F(
             "", "params to start RL from (an SFT checkpoint folder); empty: SFT warm start below"
@@ -697,6 +710,12 @@ def _validate_env(c) -> None:
             f"{c.rollout.kv_buckets} yet (episodes decode with the multi-turn sampler, over "
             "every cache slot); set it to 0"
         )
+    if c.model.get("decode_attention", "xla") == "pallas_gpu":
+        raise ConfigError(
+            f"config.env.name = {c.env.name!r} does not combine with model.decode_attention = "
+            "'pallas_gpu' yet (episodes append observations with masked holes, and the "
+            "decode kernel attends to one span per row); use 'auto' or 'xla'"
+        )
     if c.env.credit == "turn" and c.algo.advantage not in ("grpo", "dr_grpo", "gae"):
         raise ConfigError(
             f"config.env.credit = 'turn' needs algo.advantage in ['dr_grpo', 'gae', 'grpo'], "
@@ -915,7 +934,8 @@ def _check_registry(c) -> None:
 
 
 def _check_attention_platform(c) -> None:
-    """`model.attention` names a kernel this process's backend runs (checked with devices)."""
+    """`model.attention` and `model.decode_attention` name kernels this process's backend runs
+    (checked with devices)."""
     import jax  # pylint: disable=g-import-not-at-top
 
     from jaxrl_llm.models import attention_kernels  # pylint: disable=g-import-not-at-top
@@ -926,6 +946,13 @@ def _check_attention_platform(c) -> None:
         raise ConfigError(
             f"config.model.attention = {c.model.attention!r} cannot run on this {platform!r} "
             f"backend; allowed here: {list(runnable)}"
+        )
+    decode = c.model.get("decode_attention", "xla")
+    if decode not in runnable and decode in attention_kernels.DECODE_ATTENTION_NAMES:
+        allowed = [n for n in attention_kernels.DECODE_ATTENTION_NAMES if n in runnable]
+        raise ConfigError(
+            f"config.model.decode_attention = {decode!r} cannot run on this {platform!r} "
+            f"backend; allowed here: {allowed}"
         )
 
 

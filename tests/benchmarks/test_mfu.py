@@ -12,7 +12,14 @@ def test_tiny_run_reports_train_and_decode_figures(capsys):
     assert out["train"]["seconds"] > 0 and out["train"]["tokens"] == 8 * 32
     # a difference of two timings: on a busy shared CPU it can come out <= 0, so only its
     # presence is checked here
-    assert set(out["decode"]) == {"seconds_per_step", "bytes_per_step", "tokens_per_s"}
+    assert set(out["decode"]) == {
+        "seconds_per_step",
+        "bytes_per_step",
+        "tokens_per_s",
+        "decode_attention",
+        "kv_buckets",
+    }
+    assert (out["decode"]["decode_attention"], out["decode"]["kv_buckets"]) == ("xla", 0)
     assert out["decode"]["bytes_per_step"] > 0
     assert '"decode"' in capsys.readouterr().out  # the JSON report
 

@@ -102,6 +102,7 @@ FROZEN_DEFAULTS = {
     "mesh.tensor": 1,
     "model.architecture": "qwen2",
     "model.attention": "xla",
+    "model.decode_attention": "xla",
     "model.dtype": "float32",
     "model.head_dim": 32,
     "model.hf_path": "",
