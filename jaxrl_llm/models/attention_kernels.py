@@ -1,6 +1,8 @@
 """Fused attention for the cache-free (teacher-forced) passes: cuDNN flash attention, the TPU
 Pallas splash kernel and the GPU Pallas (Triton) flash kernel behind one call, chosen by
-`ModelConfig.attention` (docs/scaling.md, "Fused attention").
+`ModelConfig.attention` (docs/scaling.md, "Fused attention"); and the GPU Pallas (Triton)
+decode kernel for the samplers' one-token steps, chosen by `ModelConfig.decode_attention`
+(docs/rollouts.md, "Decode attention kernel").
 
 This module owns the wrappers, not the kernels: it lays our rows out the way each kernel
 wants them and brings the result back, so that on every valid position (mask 1) the output
@@ -386,7 +388,8 @@ def decode_attention(q, k, v, layout: DecodeLayout) -> jax.Array:
     """One-token GQA attention `[N, 1, heads, d]` of q `[N, 1, heads, d]` over the cache
     slots k / v `[N, K, kv_heads, d]` in `[layout.start[n], layout.end[n])`, scale
     `d ** -0.5`, in q's dtype: the Triton decode kernel, rows split over the mesh's batch
-    axes (`_per_row_shard`)."""
+    axes (`_per_row_shard`; KV heads split over `tensor` are gathered for the call, as for
+    the other kernels here)."""
     n, s, nh, d = q.shape
     nkv = k.shape[2]
     if s != 1 or k.shape[0] != n or k.shape[3] != d or v.shape != k.shape or nh % nkv:
