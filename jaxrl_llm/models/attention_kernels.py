@@ -223,32 +223,56 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, layout: KernelLayout) -> ja
     return out.astype(q.dtype)
 
 
-def _per_row_shard(fn, *rows):
+def _per_row_shard(fn, *rows, heads=None):
     """`fn(*rows)` run on each device's rows under the current mesh and logical rules.
 
     A Pallas kernel is one custom call that XLA's SPMD partitioner cannot split: left to it,
     its operands would be gathered whole onto every device. The rows (leading axis) are split
-    as the logical `batch` axis is (`with_logical_constraint` rules); other mesh axes are
-    gathered for the call (heads split over `tensor` are not kept split here). Outside a mesh
-    or without rules, `fn(*rows)` as it is. cuDNN's attention carries its own partitioning rule.
+    as the logical `batch` axis is (`with_logical_constraint` rules). `heads` (optional, one
+    entry per argument: the index of its head axis, or None) also keeps the heads split as
+    the logical `kv_heads` axis is, when `heads` maps to the same mesh axes and they divide
+    every head count (query group `j` stays with KV head `j`); other mesh axes are gathered
+    for the call. Outside a mesh or without rules, `fn(*rows)` as it is. cuDNN's attention
+    carries its own partitioning rule.
     """
     mesh = jax.sharding.get_abstract_mesh()
     rules = nn.get_logical_axis_rules()
     if mesh.empty or not rules:
         return fn(*rows)
-    spec = A.logical_to_spec((A.BATCH,), rules, mesh)[0]
-    names = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
-    n, kept = rows[0].shape[0], []
-    for name in names:  # an axis that does not divide the rows left is not split over
-        if n % mesh.shape[name] == 0:
-            kept.append(name)
-            n //= mesh.shape[name]
-    if not any(mesh.shape[a] > 1 for a in kept):
+    row_axes = _dividing(mesh, A.logical_to_spec((A.BATCH,), rules, mesh)[0], rows[0].shape[0])
+    head_axes = ()
+    if heads is not None:
+        kv, q = (A.logical_to_spec((name,), rules, mesh)[0] for name in (A.KV_HEADS, A.HEADS))
+        sizes = [x.shape[h] for x, h in zip(rows, heads) if h is not None]
+        if kv == q:
+            head_axes = _dividing(mesh, kv, *sizes, taken=row_axes)
+    if not any(mesh.shape[a] > 1 for a in row_axes + head_axes):
         return fn(*rows)
-    row_spec = P(tuple(kept))
-    return jax.shard_map(fn, in_specs=(row_spec,) * len(rows), out_specs=row_spec, check_vma=False)(
-        *rows
-    )
+
+    def spec(x, head):
+        dims = [None] * x.ndim
+        dims[0] = row_axes or None
+        if head is not None and head_axes:
+            dims[head] = head_axes
+        return P(*dims)
+
+    heads = heads or (None,) * len(rows)
+    in_specs = tuple(spec(x, h) for x, h in zip(rows, heads))
+    return jax.shard_map(fn, in_specs=in_specs, out_specs=in_specs[0], check_vma=False)(*rows)
+
+
+def _dividing(mesh, spec, *sizes, taken=()) -> tuple[str, ...]:
+    """The mesh axes of one `PartitionSpec` entry that split every one of `sizes` in turn
+    (an axis that does not divide what is left is not split over), skipping `taken` ones."""
+    names = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    left, kept = list(sizes), []
+    for name in names:
+        if name in taken:
+            continue
+        if all(n % mesh.shape[name] == 0 for n in left):
+            kept.append(name)
+            left = [n // mesh.shape[name] for n in left]
+    return tuple(kept)
 
 
 # --------------------------------------------------------------------------- cuDNN
@@ -388,8 +412,7 @@ def decode_attention(q, k, v, layout: DecodeLayout) -> jax.Array:
     """One-token GQA attention `[N, 1, heads, d]` of q `[N, 1, heads, d]` over the cache
     slots k / v `[N, K, kv_heads, d]` in `[layout.start[n], layout.end[n])`, scale
     `d ** -0.5`, in q's dtype: the Triton decode kernel, rows split over the mesh's batch
-    axes (`_per_row_shard`; KV heads split over `tensor` are gathered for the call, as for
-    the other kernels here)."""
+    axes and heads as the cache's KV heads are (`_per_row_shard`)."""
     n, s, nh, d = q.shape
     nkv = k.shape[2]
     if s != 1 or k.shape[0] != n or k.shape[3] != d or v.shape != k.shape or nh % nkv:
@@ -403,7 +426,9 @@ def decode_attention(q, k, v, layout: DecodeLayout) -> jax.Array:
 
     start = layout.start.astype(jnp.int32)
     end = layout.end.astype(jnp.int32)
-    return _per_row_shard(rows, q, k, v, start, end).astype(q.dtype)
+    # heads split as the cache's KV heads are (a tensor-parallel cache is never gathered)
+    out = _per_row_shard(rows, q, k, v, start, end, heads=(2, 2, 2, None, None))
+    return out.astype(q.dtype)
 
 
 def _triton_decode(q, k, v, start, end, *, interpret):

@@ -192,6 +192,37 @@ def test_on_a_mesh(setup):
     )
 
 
+def test_rows_and_heads_stay_split_on_a_mesh():
+    """Under a data x fsdp x tensor mesh and the default rules, the kernel runs on each
+    device's rows and KV heads (shard_map over (data, fsdp) and tensor: a tensor-parallel
+    cache is never gathered) and equals the reference; 2 KV heads over tensor = 2."""
+    import flax.linen as nn
+
+    from jaxrl_llm.parallel import axes as A
+    from jaxrl_llm.parallel.mesh import make_mesh
+
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    rng = np.random.default_rng(1)
+    n, nh, nkv, d, kv_len = 8, 4, 2, 16, 32
+    q = rng.normal(size=(n, 1, nh, d)).astype(np.float32)
+    k = rng.normal(size=(n, kv_len, nkv, d)).astype(np.float32)
+    v = rng.normal(size=(n, kv_len, nkv, d)).astype(np.float32)
+    start = rng.integers(0, 8, n).astype(np.int32)
+    end = rng.integers(9, kv_len + 1, n).astype(np.int32)
+
+    def attend(q, k, v, start, end):
+        layout = ak.DecodeLayout(start, end, kv_len=kv_len, interpret=True)
+        return ak.decode_attention(q, k, v, layout)
+
+    args = tuple(map(jnp.asarray, (q, k, v, start, end)))
+    with jax.sharding.set_mesh(mesh), nn.logical_axis_rules(A.DEFAULT_RULES):
+        jaxpr = str(jax.make_jaxpr(attend)(*args))
+        got = jax.jit(attend)(*args)
+    assert "shard_map" in jaxpr
+    assert "P(('data', 'fsdp'), None, 'tensor', None)" in jaxpr.replace("\n", "")
+    np.testing.assert_allclose(np.asarray(got), _reference(q, k, v, start, end), atol=2e-6)
+
+
 def test_refusals(setup):
     """A prompt mask with a hole, a kernel this CPU cannot run without interpret mode, a bad
     name, a bad `kv_start`, and episodes asking for the kernel: one-line errors."""
