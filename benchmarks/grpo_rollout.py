@@ -29,9 +29,8 @@ Arms (same seed, same prompts, same steps):
 
 Keys (`--static-keys`): the continuous sampler draws row r's token t with per-row keys
 (`row_step_keys`), and guarantees the tokens of `generate(..., row_keys=True)`
-(docs/rollouts.md). The trainer has no option for the static sampler's per-row keys, so by
-default (`row`) this script runs the static arms with `generate` bound to `row_keys=True`
-while the arms run: then all three arms draw the same completions (checked row by
+(docs/rollouts.md). By default (`row`) the static arms set `rollout.row_keys = True`, the
+static sampler's per-row keys: then all three arms draw the same completions (checked row by
 row; equal up to a draw within float rounding of a category boundary). `--static-keys=step`
 keeps the trainer's default keys (`fold_in(key, t)`) in the static arms: the continuous arm
 then draws other completions from the same distribution.
@@ -55,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -88,6 +86,7 @@ def make_config(args, arm: str):
     c.rollout.temperature = 1.0
     c.rollout.continuous_slots = args.slots if arm == "continuous" else 0
     c.rollout.kv_buckets = args.kv_buckets if arm == "static, kv buckets" else 0
+    c.rollout.row_keys = args.static_keys == "row" and arm != "continuous"
     c.task.reward_workers = args.reward_workers
     if args.size == "tiny":  # for the smoke test: less to compile, a smaller prompt pool
         c.model.num_layers = 1
@@ -193,12 +192,11 @@ class _Trainer(rl.Trainer):
 
 
 @contextlib.contextmanager
-def sampler_hooks(trainers, static_row_keys: bool):
-    """While the arms run: the trainer's static sampler with per-row keys (when asked) and the
-    continuous sampler returning its loop statistics (computed in every call anyway), kept
-    by the trainer whose thread called it."""
+def sampler_hooks(trainers):
+    """While the arms run: the continuous sampler returning its loop statistics (computed in
+    every call anyway), kept by the trainer whose thread called it."""
     lib = rl.rollout_lib
-    generate, continuous = lib.generate, lib.generate_continuous
+    continuous = lib.generate_continuous
 
     def continuous_with_stats(*args, **kwargs):
         ro, s = continuous(*args, return_stats=True, **kwargs)
@@ -206,13 +204,11 @@ def sampler_hooks(trainers, static_row_keys: bool):
         caller[0].sampler_stats.append(s)
         return ro
 
-    if static_row_keys:
-        lib.generate = functools.partial(generate, row_keys=True)
     lib.generate_continuous = continuous_with_stats
     try:
         yield
     finally:
-        lib.generate, lib.generate_continuous = generate, continuous
+        lib.generate_continuous = continuous
 
 
 def run_arms(args, workdir: str) -> list[_Trainer]:
@@ -223,7 +219,7 @@ def run_arms(args, workdir: str) -> list[_Trainer]:
         for i, arm in enumerate(ARMS)
     ]
     results: dict = {}
-    with sampler_hooks(trainers, args.static_keys == "row"):
+    with sampler_hooks(trainers):
         threads = [threading.Thread(target=t.run_in_turn, args=(results,)) for t in trainers]
         for thread in threads:
             thread.start()

@@ -566,6 +566,7 @@ def _compiled_seeds(
     unstack: bool,
     fused=False,
     kv_buckets: int = 0,
+    row_keys: bool = False,
 ):
     """`_program` vmapped over a leading seed axis of params, prompts, keys and cache."""
     rows, max_len = batch * static[1], prompt_len + static[0]
@@ -578,6 +579,7 @@ def _compiled_seeds(
             unstack,
             {"cache": lambda c: c},
             fused=fused,
+            row_keys=row_keys,
             kv_buckets=buckets,
         ),
         in_axes=(0, 0, 0, 0, None, 0),
@@ -600,6 +602,7 @@ def generate_seeds(
     unstack_layers: bool | None = None,
     fused: bool = False,
     kv_buckets: int = 0,
+    row_keys: bool = False,
 ) -> Rollout:
     """`generate` for S models at once, as one program vmapped over a leading seed axis.
 
@@ -608,7 +611,7 @@ def generate_seeds(
     `generate(params[s], config, prompts[s], keys[s], sampling)` up to float rounding (one
     device, no mesh: the use is many small runs, e.g. seeds of a tiny model, on one chip).
     The decode loop runs until every row of every seed has stopped.
-    `unstack_layers`, `fused` and `kv_buckets` are as in `generate`.
+    `unstack_layers`, `fused`, `kv_buckets` and `row_keys` are as in `generate`.
     """
     _check_buckets(kv_buckets)
     tokens, mask = np.asarray(prompts.tokens, np.int32), np.asarray(prompts.mask, np.int32)
@@ -631,7 +634,15 @@ def generate_seeds(
         ]
     )
     program = _compiled_seeds(
-        config, sampling.static_key(), s, b, p, bool(unstack_layers), bool(fused), kv_buckets
+        config,
+        sampling.static_key(),
+        s,
+        b,
+        p,
+        bool(unstack_layers),
+        bool(fused),
+        kv_buckets,
+        bool(row_keys),
     )
     return program(params, tokens, mask, key_data, floats)
 

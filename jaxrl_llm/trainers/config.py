@@ -248,6 +248,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
             ge=0,
             le=8,
         ),
+        "row_keys": F(
+            False,
+            "the static sampler draws row r's token t with fold_in(fold_in(key, r), t), the "
+            "continuous sampler's per-row keys, instead of one key per step: the same seed "
+            "then samples the same completions with and without rollout.continuous_slots "
+            "(docs/rollouts.md, The guarantee); False: today's scheme",
+        ),
         "continuous_slots": F(
             0,
             "rows decoding at a time with continuous batching (rollout.generate_continuous, "
@@ -709,6 +716,11 @@ def _validate_env(c) -> None:
             f"config.env.name = {c.env.name!r} does not combine with rollout.kv_buckets = "
             f"{c.rollout.kv_buckets} yet (episodes decode with the multi-turn sampler, over "
             "every cache slot); set it to 0"
+        )
+    if c.rollout.get("row_keys", False):
+        raise ConfigError(
+            f"config.env.name = {c.env.name!r} does not combine with rollout.row_keys = True "
+            "(episodes draw with the multi-turn sampler's own keys); set it to False"
         )
     if c.model.get("decode_attention", "xla") == "pallas_gpu":
         raise ConfigError(

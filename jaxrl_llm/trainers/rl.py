@@ -437,7 +437,14 @@ class Trainer:
             sampling,
             mesh=self.mesh,
             rules=self.rules,
-            **({"slots": slots} if slots else {"kv_buckets": self.config.rollout.kv_buckets}),
+            **(
+                {"slots": slots}
+                if slots
+                else {
+                    "kv_buckets": self.config.rollout.kv_buckets,
+                    "row_keys": self.config.rollout.get("row_keys", False),
+                }
+            ),
         )
         return ro, b * sampling.n, pad
 

@@ -166,6 +166,7 @@ class SeedsTrainer:
             keys,
             sampling,
             kv_buckets=self.config.rollout.kv_buckets,
+            row_keys=self.config.rollout.get("row_keys", False),
         )
         host = jax.device_get(ro)
         completions = [

@@ -252,6 +252,9 @@ def test_refusals(setup):
     c = small_config(**{"model.decode_attention": "pallas_gpu", "env.name": "calculator"})
     with pytest.raises(config_lib.ConfigError, match="does not combine with model.decode_att"):
         config_lib.validate(c)
+    c = small_config(**{"rollout.row_keys": True, "env.name": "calculator"})
+    with pytest.raises(config_lib.ConfigError, match="does not combine with rollout.row_keys"):
+        config_lib.validate(c)
     config_lib.validate(small_config(**{"model.decode_attention": "auto"}), num_devices=1)
 
 

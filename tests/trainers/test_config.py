@@ -163,6 +163,7 @@ FROZEN_DEFAULTS = {
     "train.pack_budget": 0,
     "train.micro_tokens": 0,
     "rollout.kv_buckets": 0,
+    "rollout.row_keys": False,
     "train.vocab_block": 8192,
     "train.microbatch_size": 0,
     "train.minibatch_size": 0,
